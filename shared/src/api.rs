@@ -1,0 +1,153 @@
+//! Request and response bodies of the central server's HTTP API, shared with its clients
+//! (the gate agent, tests, the load benchmark). Field names are the contract's.
+
+use crate::codes::{ApiCode, DecisionCode};
+use crate::domain::{Channel, FunctionCode, TicketStatus};
+use crate::token::Jti;
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// The body of every error answer: `{"code", "message"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorBody {
+    pub code: ApiCode,
+    pub message: String,
+}
+
+/// `POST /operators/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OperatorInfo {
+    pub id: i64,
+    pub username: String,
+    pub merchant_code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LoginResponse {
+    /// The operator JWT, sent back as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Always `"Bearer"`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: i64,
+    pub operator: OperatorInfo,
+}
+
+/// `POST /venue/scan`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ScanRequest {
+    pub qr_token: String,
+    pub function_code: FunctionCode,
+    pub venue_code: String,
+    pub device_id: String,
+    /// The client's idempotency key (a UUID): a retry with the same `scan_id` returns the
+    /// original decision.
+    #[serde(default)]
+    pub scan_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EntitlementView {
+    pub function_code: FunctionCode,
+    pub name: String,
+    pub total_uses: i32,
+    pub remaining_uses: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TicketView {
+    pub ticket_code: String,
+    pub status: TicketStatus,
+    pub entitlements: Vec<EntitlementView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OperatorRef {
+    pub id: i64,
+    pub username: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RedemptionView {
+    pub id: i64,
+    /// RFC 3339 with offset.
+    pub redeemed_at: String,
+    pub operator: OperatorRef,
+    pub device_id: String,
+    pub venue_code: String,
+}
+
+/// The answer to a scan: `result` and `code` are both the decision code, so every answer is
+/// also a valid error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ScanResponse {
+    pub result: DecisionCode,
+    pub code: DecisionCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redemption: Option<RedemptionView>,
+}
+
+/// `POST /qr/decrypt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DecryptRequest {
+    pub qr_token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TokenState {
+    Valid,
+    Expired,
+    Superseded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ClaimsView {
+    pub jti: Jti,
+    pub ch: Channel,
+    pub iat: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DecryptResponse {
+    pub token_state: TokenState,
+    pub claims: ClaimsView,
+    pub ticket: TicketView,
+}
+
+/// `POST /tickets/{ticket_code}/qr`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct IssuedQr {
+    pub qr_token: String,
+    pub jti: Jti,
+    /// RFC 3339; null for `OTA` tokens, which do not expire.
+    pub expires_at: Option<String>,
+}

@@ -1,0 +1,347 @@
+//! The scan decision: one pure function that both the central server (inside its row-locked
+//! transaction) and the gate agent (offline, against its synced state) call, so the two can
+//! never disagree because they run different code.
+//!
+//! Order of checks (contract): token format and signature (`INVALID_QR`, done by
+//! [`crate::token::verify`] before this) → expiry → merchant → ticket status → supersession
+//! → entitlement present → this (`jti`, `function_code`) already redeemed → remaining uses →
+//! redeem.
+
+use crate::codes::DecisionCode;
+use crate::domain::{FunctionCode, TicketStatus};
+use crate::token::{Jti, QrClaims, TokenPolicy};
+
+/// One entitlement of a ticket as the decider sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntitlementSnapshot {
+    pub function_code: FunctionCode,
+    pub total_uses: i32,
+    pub remaining_uses: i32,
+}
+
+/// The ticket's state at decision time (under the row lock on the central server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketSnapshot {
+    pub status: TicketStatus,
+    /// The jti of the ticket's newest QR; older tokens are superseded.
+    pub current_jti: Option<Jti>,
+    pub entitlements: Vec<EntitlementSnapshot>,
+}
+
+/// Everything the decision depends on: plain data, time included.
+#[derive(Debug, Clone)]
+pub struct DecisionInput<'a> {
+    /// Claims of a token whose signature already verified.
+    pub claims: &'a QrClaims,
+    /// The merchant code of the operator (or device) asking.
+    pub operator_merchant: &'a str,
+    /// The ticket the token names, looked up within the token's merchant; `None` when no
+    /// such ticket exists.
+    pub ticket: Option<&'a TicketSnapshot>,
+    /// Function codes already redeemed under this token's `jti`.
+    pub redeemed_with_this_jti: &'a [FunctionCode],
+    /// The entitlement the operator chose.
+    pub function_code: &'a FunctionCode,
+    /// The deciding process's clock, Unix seconds.
+    pub now: i64,
+    pub policy: TokenPolicy,
+}
+
+/// What to do with a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Redeem one use of `ticket.entitlements[entitlement_index]`.
+    Redeem { entitlement_index: usize },
+    Reject(DecisionCode),
+}
+
+impl Decision {
+    pub fn code(self) -> DecisionCode {
+        match self {
+            Decision::Redeem { .. } => DecisionCode::Success,
+            Decision::Reject(code) => code,
+        }
+    }
+}
+
+/// Decides a scan. See the module doc for the order of checks.
+pub fn decide(input: &DecisionInput<'_>) -> Decision {
+    use DecisionCode::*;
+    let claims = input.claims;
+    if input.policy.is_expired(claims, input.now) {
+        return Decision::Reject(QrExpired);
+    }
+    if claims.mid != input.operator_merchant {
+        return Decision::Reject(WrongMerchant);
+    }
+    let Some(ticket) = input.ticket else {
+        // A correctly signed token for a ticket that does not exist: nothing to redeem.
+        return Decision::Reject(InvalidQr);
+    };
+    match ticket.status {
+        TicketStatus::Void => return Decision::Reject(TicketVoid),
+        TicketStatus::PreGenerated => return Decision::Reject(TicketNotActive),
+        // A USED ticket goes on through the checks: a rescan answers ALREADY_REDEEMED or
+        // EXHAUSTED, as US-002 C and E expect.
+        TicketStatus::Activated | TicketStatus::Used => {}
+    }
+    if ticket.current_jti.as_ref() != Some(&claims.jti) {
+        return Decision::Reject(QrSuperseded);
+    }
+    let Some(entitlement_index) = ticket
+        .entitlements
+        .iter()
+        .position(|e| &e.function_code == input.function_code)
+    else {
+        return Decision::Reject(NotEntitled);
+    };
+    if input.redeemed_with_this_jti.contains(input.function_code) {
+        return Decision::Reject(AlreadyRedeemed);
+    }
+    if ticket.entitlements[entitlement_index].remaining_uses <= 0 {
+        return Decision::Reject(Exhausted);
+    }
+    Decision::Redeem { entitlement_index }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Channel;
+    use proptest::prelude::*;
+
+    const NOW: i64 = 1_764_000_000;
+
+    fn fc(code: &str) -> FunctionCode {
+        FunctionCode::parse(code).expect("valid function code")
+    }
+
+    fn claims() -> QrClaims {
+        QrClaims {
+            jti: Jti::from_bytes([1; 16]),
+            tid: "TK-1".into(),
+            mid: "M001".into(),
+            ch: Channel::MiniApp,
+            iat: NOW - 10,
+            exp: Some(NOW - 10 + 1800),
+        }
+    }
+
+    fn ticket() -> TicketSnapshot {
+        TicketSnapshot {
+            status: TicketStatus::Activated,
+            current_jti: Some(Jti::from_bytes([1; 16])),
+            entitlements: vec![
+                EntitlementSnapshot {
+                    function_code: fc("ENTRY"),
+                    total_uses: 1,
+                    remaining_uses: 1,
+                },
+                EntitlementSnapshot {
+                    function_code: fc("MEAL"),
+                    total_uses: 2,
+                    remaining_uses: 0,
+                },
+            ],
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        claims: QrClaims,
+        merchant: &'static str,
+        ticket: Option<TicketSnapshot>,
+        redeemed: Vec<FunctionCode>,
+        function: &'static str,
+        expected: Decision,
+    }
+
+    fn base(name: &'static str, expected: Decision) -> Case {
+        Case {
+            name,
+            claims: claims(),
+            merchant: "M001",
+            ticket: Some(ticket()),
+            redeemed: vec![],
+            function: "ENTRY",
+            expected,
+        }
+    }
+
+    fn run(case: &Case) -> Decision {
+        let function = fc(case.function);
+        decide(&DecisionInput {
+            claims: &case.claims,
+            operator_merchant: case.merchant,
+            ticket: case.ticket.as_ref(),
+            redeemed_with_this_jti: &case.redeemed,
+            function_code: &function,
+            now: NOW,
+            policy: TokenPolicy::default(),
+        })
+    }
+
+    #[test]
+    fn table() {
+        use DecisionCode::*;
+        let expired = {
+            let mut c = claims();
+            c.iat = NOW - 4000;
+            c.exp = Some(NOW - 2200);
+            c
+        };
+        let other_jti = Some(Jti::from_bytes([2; 16]));
+        let with_status = |status| {
+            let mut t = ticket();
+            t.status = status;
+            Some(t)
+        };
+        let cases = vec![
+            base("redeems", Decision::Redeem { entitlement_index: 0 }),
+            Case {
+                claims: expired.clone(),
+                ..base("expired", Decision::Reject(QrExpired))
+            },
+            Case {
+                claims: expired,
+                merchant: "M002",
+                ..base("expiry before merchant", Decision::Reject(QrExpired))
+            },
+            Case {
+                merchant: "M002",
+                ..base("other merchant", Decision::Reject(WrongMerchant))
+            },
+            Case {
+                merchant: "M002",
+                ticket: with_status(TicketStatus::Void),
+                ..base("merchant before status", Decision::Reject(WrongMerchant))
+            },
+            Case {
+                ticket: None,
+                ..base("unknown ticket", Decision::Reject(InvalidQr))
+            },
+            Case {
+                ticket: with_status(TicketStatus::Void),
+                ..base("void", Decision::Reject(TicketVoid))
+            },
+            Case {
+                ticket: with_status(TicketStatus::PreGenerated),
+                ..base("pre-generated", Decision::Reject(TicketNotActive))
+            },
+            Case {
+                ticket: Some(TicketSnapshot {
+                    current_jti: other_jti.clone(),
+                    status: TicketStatus::Void,
+                    ..ticket()
+                }),
+                ..base("status before supersession", Decision::Reject(TicketVoid))
+            },
+            Case {
+                ticket: Some(TicketSnapshot {
+                    current_jti: other_jti.clone(),
+                    ..ticket()
+                }),
+                ..base("superseded", Decision::Reject(QrSuperseded))
+            },
+            Case {
+                ticket: Some(TicketSnapshot {
+                    current_jti: None,
+                    ..ticket()
+                }),
+                ..base("no current qr", Decision::Reject(QrSuperseded))
+            },
+            Case {
+                function: "SHOW",
+                ..base("not entitled", Decision::Reject(NotEntitled))
+            },
+            Case {
+                redeemed: vec![fc("ENTRY")],
+                ..base("already redeemed", Decision::Reject(AlreadyRedeemed))
+            },
+            Case {
+                redeemed: vec![fc("MEAL")],
+                ..base("other function redeemed", Decision::Redeem { entitlement_index: 0 })
+            },
+            Case {
+                function: "MEAL",
+                ..base("exhausted", Decision::Reject(Exhausted))
+            },
+            Case {
+                function: "MEAL",
+                redeemed: vec![fc("MEAL")],
+                ..base("already redeemed before exhausted", Decision::Reject(AlreadyRedeemed))
+            },
+            Case {
+                ticket: with_status(TicketStatus::Used),
+                redeemed: vec![fc("ENTRY")],
+                ..base("used ticket, same qr", Decision::Reject(AlreadyRedeemed))
+            },
+            Case {
+                ticket: with_status(TicketStatus::Used),
+                function: "MEAL",
+                ..base("used ticket, newer qr", Decision::Reject(Exhausted))
+            },
+        ];
+        for case in &cases {
+            assert_eq!(run(case), case.expected, "{}", case.name);
+        }
+    }
+
+    fn arb_status() -> impl Strategy<Value = TicketStatus> {
+        prop_oneof![
+            Just(TicketStatus::PreGenerated),
+            Just(TicketStatus::Activated),
+            Just(TicketStatus::Used),
+            Just(TicketStatus::Void),
+        ]
+    }
+
+    fn arb_function() -> impl Strategy<Value = FunctionCode> {
+        prop_oneof![Just(fc("ENTRY")), Just(fc("MEAL")), Just(fc("SHOW"))]
+    }
+
+    proptest! {
+        /// Whatever the state, a redemption is only ever decided for an ACTIVATED or USED
+        /// ticket of the operator's merchant, under the current QR, for an entitlement with
+        /// uses left that this jti has not redeemed yet.
+        #[test]
+        fn redeem_only_when_every_rule_allows(
+            status in arb_status(),
+            current_is_token in any::<bool>(),
+            merchant_matches in any::<bool>(),
+            age in 0i64..4000,
+            remaining in proptest::collection::vec(-1i32..3, 0..3),
+            redeemed in proptest::collection::vec(arb_function(), 0..3),
+            function in arb_function(),
+        ) {
+            let mut c = claims();
+            c.iat = NOW - age;
+            c.exp = Some(c.iat + 1800);
+            let codes = ["ENTRY", "MEAL", "SHOW"];
+            let t = TicketSnapshot {
+                status,
+                current_jti: if current_is_token { Some(c.jti.clone()) } else { Some(Jti::from_bytes([9; 16])) },
+                entitlements: remaining.iter().enumerate().map(|(i, r)| EntitlementSnapshot {
+                    function_code: fc(codes[i]), total_uses: 2, remaining_uses: *r,
+                }).collect(),
+            };
+            let decision = decide(&DecisionInput {
+                claims: &c,
+                operator_merchant: if merchant_matches { "M001" } else { "M002" },
+                ticket: Some(&t),
+                redeemed_with_this_jti: &redeemed,
+                function_code: &function,
+                now: NOW,
+                policy: TokenPolicy::default(),
+            });
+            if let Decision::Redeem { entitlement_index } = decision {
+                prop_assert!(matches!(status, TicketStatus::Activated | TicketStatus::Used));
+                prop_assert!(current_is_token && merchant_matches);
+                prop_assert!(age <= 1800 + 60);
+                prop_assert_eq!(&t.entitlements[entitlement_index].function_code, &function);
+                prop_assert!(t.entitlements[entitlement_index].remaining_uses > 0);
+                prop_assert!(!redeemed.contains(&function));
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Small validated value types of the domain, parsed at the edge (requests, seed files,
+//! tokens) so the rest of the code never sees a malformed one.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An entitlement's function code (`ENTRY`, `MEAL`, ...): 1 to 32 characters of `A-Z`,
+/// `0-9`, `_` and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "ENTRY"))]
+#[serde(transparent)]
+pub struct FunctionCode(String);
+
+/// Why a function code was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("function_code must be 1 to 32 characters of A-Z, 0-9, '_' or '-'")]
+pub struct InvalidFunctionCode;
+
+impl FunctionCode {
+    pub const MAX_LEN: usize = 32;
+
+    pub fn parse(raw: &str) -> Result<FunctionCode, InvalidFunctionCode> {
+        let valid = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if valid {
+            Ok(FunctionCode(raw.to_owned()))
+        } else {
+            Err(InvalidFunctionCode)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FunctionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for FunctionCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        FunctionCode::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A ticket's life: `PRE_GENERATED` → `ACTIVATED` → `USED`; `VOID` is terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TicketStatus {
+    PreGenerated,
+    Activated,
+    Used,
+    Void,
+}
+
+impl TicketStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketStatus::PreGenerated => "PRE_GENERATED",
+            TicketStatus::Activated => "ACTIVATED",
+            TicketStatus::Used => "USED",
+            TicketStatus::Void => "VOID",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<TicketStatus> {
+        match raw {
+            "PRE_GENERATED" => Some(TicketStatus::PreGenerated),
+            "ACTIVATED" => Some(TicketStatus::Activated),
+            "USED" => Some(TicketStatus::Used),
+            "VOID" => Some(TicketStatus::Void),
+            _ => None,
+        }
+    }
+}
+
+/// The kind of sales channel a ticket came through; decides the QR token's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Channel {
+    /// The mini-program: QR tokens expire (30 minutes by default).
+    #[serde(rename = "MINIAPP")]
+    MiniApp,
+    /// Online travel agencies: QR tokens are long-lived (no `exp`).
+    #[serde(rename = "OTA")]
+    Ota,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::MiniApp => "MINIAPP",
+            Channel::Ota => "OTA",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Channel> {
+        match raw {
+            "MINIAPP" => Some(Channel::MiniApp),
+            "OTA" => Some(Channel::Ota),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_codes() {
+        let cases = [
+            ("ENTRY", true),
+            ("MEAL_2", true),
+            ("SHOW-A", true),
+            ("", false),
+            ("entry", false),
+            ("ENTRY ", false),
+            ("入园", false),
+            (&"A".repeat(32), true),
+            (&"A".repeat(33), false),
+        ];
+        for (raw, ok) in cases {
+            assert_eq!(FunctionCode::parse(raw).is_ok(), ok, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for status in [
+            TicketStatus::PreGenerated,
+            TicketStatus::Activated,
+            TicketStatus::Used,
+            TicketStatus::Void,
+        ] {
+            assert_eq!(TicketStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(TicketStatus::parse("activated"), None);
+    }
+}

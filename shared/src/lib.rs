@@ -1,0 +1,23 @@
+//! `stile-shared`: everything the central server and the gate agent must agree on.
+//!
+//! - [`codes`]: the decision and error codes of the contract with their zh-CN and English
+//!   messages.
+//! - [`token`]: the QR token (compact JWS, EdDSA, `kid` header): issuing, verifying against
+//!   a key set built from the central's JWK Set, and the TTL policy.
+//! - [`decision`]: the one scan decision function, used by the central server and the agent.
+//! - [`api`]: request and response bodies of the HTTP API.
+//! - [`domain`]: small validated value types (function codes, ticket status, channels).
+//!
+//! Architecture invariant: this crate does no I/O, reads no clock and spawns nothing. Every
+//! function here can only fail for reasons found in its input; `now` is always passed in.
+
+pub mod api;
+pub mod codes;
+pub mod decision;
+pub mod domain;
+pub mod token;
+
+pub use codes::{ApiCode, DecisionCode, Lang};
+pub use decision::{decide, Decision, DecisionInput, EntitlementSnapshot, TicketSnapshot};
+pub use domain::{Channel, FunctionCode, TicketStatus};
+pub use token::{KeySet, QrClaims, TokenError, TokenPolicy, VerifiedToken};
