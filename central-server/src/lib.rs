@@ -1,1 +1,151 @@
-//! placeholder
+//! `central-server`: the REST API over PostgreSQL that logs operators in, issues QR tokens
+//! and redeems entitlements atomically.
+//!
+//! Layout: [`config`] (settings), [`db`] (pool, migrations), [`keys`] (QR signing keys),
+//! [`auth`] (credentials), [`scan`] (the redemption transaction), [`qr`] (issuance and
+//! inspection), [`seed`] (data loading), [`http`] (routes and handlers), [`error`] (the one
+//! mapping of failures to HTTP), [`metrics`], [`openapi`].
+//!
+//! [`serve`] takes a bound listener and a shutdown future, so tests run the real server on
+//! port 0; `main.rs` only parses the command line and settings.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod openapi;
+pub mod qr;
+pub mod scan;
+pub mod seed;
+
+use crate::auth::{hash_password, operator_jwt_secret, OperatorTokens};
+use crate::config::Settings;
+use crate::keys::{KeyError, KeyStore};
+use crate::metrics::Metrics;
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub keys: Arc<KeyStore>,
+    pub operator_tokens: Arc<OperatorTokens>,
+    pub metrics: Arc<Metrics>,
+    /// An argon2id hash of nothing in particular: unknown usernames are checked against it
+    /// so they take as long as wrong passwords.
+    pub dummy_hash: Arc<str>,
+    pub openapi: Arc<serde_json::Value>,
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Connects, migrates, makes sure a signing key exists, and loads what handlers need.
+pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
+    let pool = db::connect(&settings.database_url, settings.db_max_connections).await?;
+    db::migrate(&pool).await?;
+    keys::ensure_active_key(&pool).await?;
+    let keys = KeyStore::load(pool.clone()).await?;
+    let secret = operator_jwt_secret(&pool, settings.jwt_secret.as_deref()).await?;
+    let dummy_hash = tokio::task::spawn_blocking(|| hash_password("stile-dummy-password"))
+        .await
+        .map_err(|error| ServerError::Internal(error.to_string()))?
+        .map_err(|error| ServerError::Internal(error.to_string()))?;
+    Ok(AppState {
+        pool,
+        operator_tokens: Arc::new(OperatorTokens::new(
+            &secret,
+            settings.operator_token_ttl_secs,
+        )),
+        settings: Arc::new(settings),
+        keys: Arc::new(keys),
+        metrics: Arc::new(Metrics::new()),
+        dummy_hash: dummy_hash.into(),
+        openapi: Arc::new(openapi::document()),
+    })
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then drains in-flight requests
+/// for at most `shutdown_grace_secs`.
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = build_state(settings).await?;
+    serve_state(state, listener, shutdown).await
+}
+
+/// [`serve`] with a state built beforehand.
+pub async fn serve_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (stopping_tx, mut stopping_rx) = watch::channel(false);
+    let refresher = tokio::spawn(refresh_keys(
+        state.keys.clone(),
+        state.settings.key_refresh_interval(),
+        stopping_tx.subscribe(),
+    ));
+    let grace = std::time::Duration::from_secs(state.settings.shutdown_grace_secs);
+    tracing::info!(listen = %listener.local_addr()?, "central server listening");
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = stopping_tx.send(true);
+    });
+    let grace_expired = async move {
+        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(ServerError::from),
+        () = grace_expired => {
+            tracing::warn!("shutdown grace period over; dropping remaining requests");
+            Ok(())
+        }
+    };
+    refresher.abort();
+    result
+}
+
+/// One step: reload the key ring. The loop around it only adds timing and shutdown.
+async fn refresh_keys(
+    keys: Arc<KeyStore>,
+    every: std::time::Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if let Err(error) = keys.reload().await {
+                    tracing::warn!(error = %error, "signing key reload failed; keeping the previous keys");
+                }
+            }
+            _ = stopping.changed() => return,
+        }
+    }
+}

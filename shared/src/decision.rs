@@ -64,15 +64,30 @@ impl Decision {
     }
 }
 
+/// The checks that need no ticket state: expiry, then merchant. A caller runs them before
+/// looking a ticket up, so it never locks or reads another merchant's ticket; [`decide`]
+/// runs them again, so the order of checks lives in this module alone.
+pub fn check_token(
+    claims: &QrClaims,
+    operator_merchant: &str,
+    now: i64,
+    policy: TokenPolicy,
+) -> Result<(), DecisionCode> {
+    if policy.is_expired(claims, now) {
+        return Err(DecisionCode::QrExpired);
+    }
+    if claims.mid != operator_merchant {
+        return Err(DecisionCode::WrongMerchant);
+    }
+    Ok(())
+}
+
 /// Decides a scan. See the module doc for the order of checks.
 pub fn decide(input: &DecisionInput<'_>) -> Decision {
     use DecisionCode::*;
     let claims = input.claims;
-    if input.policy.is_expired(claims, input.now) {
-        return Decision::Reject(QrExpired);
-    }
-    if claims.mid != input.operator_merchant {
-        return Decision::Reject(WrongMerchant);
+    if let Err(code) = check_token(claims, input.operator_merchant, input.now, input.policy) {
+        return Decision::Reject(code);
     }
     let Some(ticket) = input.ticket else {
         // A correctly signed token for a ticket that does not exist: nothing to redeem.

@@ -1,0 +1,342 @@
+//! Server settings: defaults, then an optional TOML file, then `STILE_*` environment
+//! variables (and `DATABASE_URL`), then command-line flags. Loading is a function over a
+//! key/value source, so it is tested without touching the process environment.
+//!
+//! A bad setting is a [`ConfigError`] naming the setting; `main` prints it and exits 64.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines (a terminal, a developer).
+    Text,
+    /// One JSON object a line (journald, log shippers).
+    Json,
+}
+
+/// Every setting of the central server, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub db_max_connections: u32,
+    /// Lifetime of an operator JWT (`expires_in`), one shift by default.
+    pub operator_token_ttl_secs: i64,
+    /// HMAC key of operator JWTs; when unset, one is generated once and kept in the database
+    /// so every server process on it agrees.
+    pub jwt_secret: Option<String>,
+    pub qr_ttl_miniapp_secs: i64,
+    pub clock_skew_secs: i64,
+    /// How often a running server reloads the signing keys (a rotation is published within
+    /// this time; the contract allows at most 60 s).
+    pub key_refresh_secs: u64,
+    /// Failed logins for one username within `login_window_secs` before 429.
+    pub login_max_failures: i64,
+    pub login_window_secs: i64,
+    pub shutdown_grace_secs: u64,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn token_policy(&self) -> stile_shared::TokenPolicy {
+        stile_shared::TokenPolicy {
+            miniapp_ttl_secs: self.qr_ttl_miniapp_secs,
+            clock_skew_secs: self.clock_skew_secs,
+        }
+    }
+
+    pub fn key_refresh_interval(&self) -> Duration {
+        Duration::from_secs(self.key_refresh_secs)
+    }
+
+    /// Defaults around a database URL: for tests and tools that only know the database.
+    pub fn for_database(database_url: &str) -> Result<Settings, ConfigError> {
+        SettingsLayer {
+            database_url: Some(database_url.to_owned()),
+            ..SettingsLayer::default()
+        }
+        .resolve()
+    }
+}
+
+/// A bad setting, named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: String, message: String },
+    #[error("setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+    #[error("environment variable {name}: {message}")]
+    InvalidVariable { name: String, message: String },
+    #[error("DATABASE_URL is not set (environment, `database_url` in the config file, or --database-url)")]
+    MissingDatabaseUrl,
+}
+
+/// One layer of settings: every field optional, later layers override earlier ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsLayer {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub db_max_connections: Option<u32>,
+    pub operator_token_ttl_secs: Option<i64>,
+    pub jwt_secret: Option<String>,
+    pub qr_ttl_miniapp_secs: Option<i64>,
+    pub clock_skew_secs: Option<i64>,
+    pub key_refresh_secs: Option<u64>,
+    pub login_max_failures: Option<i64>,
+    pub login_window_secs: Option<i64>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub log_format: Option<LogFormat>,
+}
+
+macro_rules! merge_fields {
+    ($base:ident, $over:ident, $($field:ident),*) => {
+        $( if $over.$field.is_some() { $base.$field = $over.$field; } )*
+    };
+}
+
+impl SettingsLayer {
+    pub fn from_toml_file(path: &Path) -> Result<SettingsLayer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| ConfigError::ParseFile {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        })
+    }
+
+    /// Reads `STILE_*` variables (and `DATABASE_URL`) from a key/value source.
+    pub fn from_env<I, K, V>(vars: I) -> Result<SettingsLayer, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut layer = SettingsLayer::default();
+        for (key, value) in vars {
+            let (key, value) = (key.as_ref(), value.as_ref().to_owned());
+            match key {
+                "DATABASE_URL" | "STILE_DATABASE_URL" => layer.database_url = Some(value),
+                "STILE_LISTEN" => layer.listen = Some(value),
+                "STILE_DB_MAX_CONNECTIONS" => {
+                    layer.db_max_connections = Some(number(key, &value)?)
+                }
+                "STILE_OPERATOR_TOKEN_TTL_SECS" => {
+                    layer.operator_token_ttl_secs = Some(number(key, &value)?)
+                }
+                "STILE_JWT_SECRET" => layer.jwt_secret = Some(value),
+                "STILE_QR_TTL_MINIAPP_SECS" => {
+                    layer.qr_ttl_miniapp_secs = Some(number(key, &value)?)
+                }
+                "STILE_CLOCK_SKEW_SECS" => layer.clock_skew_secs = Some(number(key, &value)?),
+                "STILE_KEY_REFRESH_SECS" => layer.key_refresh_secs = Some(number(key, &value)?),
+                "STILE_LOGIN_MAX_FAILURES" => {
+                    layer.login_max_failures = Some(number(key, &value)?)
+                }
+                "STILE_LOGIN_WINDOW_SECS" => layer.login_window_secs = Some(number(key, &value)?),
+                "STILE_SHUTDOWN_GRACE_SECS" => {
+                    layer.shutdown_grace_secs = Some(number(key, &value)?)
+                }
+                "STILE_LOG_FORMAT" => {
+                    layer.log_format = Some(match value.as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => {
+                            return Err(ConfigError::Invalid {
+                                name: "STILE_LOG_FORMAT",
+                                message: format!("{value:?} is not \"text\" or \"json\""),
+                            })
+                        }
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(layer)
+    }
+
+    /// This layer with `over`'s settings on top.
+    pub fn merged(mut self, over: SettingsLayer) -> SettingsLayer {
+        merge_fields!(
+            self,
+            over,
+            listen,
+            database_url,
+            db_max_connections,
+            operator_token_ttl_secs,
+            jwt_secret,
+            qr_ttl_miniapp_secs,
+            clock_skew_secs,
+            key_refresh_secs,
+            login_max_failures,
+            login_window_secs,
+            shutdown_grace_secs,
+            log_format
+        );
+        self
+    }
+
+    /// Fills in defaults and checks every value.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let listen_raw = self.listen.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen = listen_raw
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Invalid {
+                name: "listen",
+                message: format!("{listen_raw:?} is not an address like 127.0.0.1:8080"),
+            })?;
+        let database_url = self.database_url.ok_or(ConfigError::MissingDatabaseUrl)?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "database_url",
+                message: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        let settings = Settings {
+            listen,
+            database_url,
+            db_max_connections: self.db_max_connections.unwrap_or(16),
+            operator_token_ttl_secs: self.operator_token_ttl_secs.unwrap_or(43_200),
+            jwt_secret: self.jwt_secret,
+            qr_ttl_miniapp_secs: self.qr_ttl_miniapp_secs.unwrap_or(1800),
+            clock_skew_secs: self.clock_skew_secs.unwrap_or(60),
+            key_refresh_secs: self.key_refresh_secs.unwrap_or(30),
+            login_max_failures: self.login_max_failures.unwrap_or(10),
+            login_window_secs: self.login_window_secs.unwrap_or(300),
+            shutdown_grace_secs: self.shutdown_grace_secs.unwrap_or(10),
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
+        };
+        let positive = [
+            ("db_max_connections", i64::from(settings.db_max_connections)),
+            ("operator_token_ttl_secs", settings.operator_token_ttl_secs),
+            ("qr_ttl_miniapp_secs", settings.qr_ttl_miniapp_secs),
+            ("login_max_failures", settings.login_max_failures),
+            ("login_window_secs", settings.login_window_secs),
+        ];
+        for (name, value) in positive {
+            if value <= 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: format!("must be greater than 0, got {value}"),
+                });
+            }
+        }
+        if settings.clock_skew_secs < 0 {
+            return Err(ConfigError::Invalid {
+                name: "clock_skew_secs",
+                message: "must not be negative".into(),
+            });
+        }
+        if settings.key_refresh_secs == 0 || settings.key_refresh_secs > 60 {
+            return Err(ConfigError::Invalid {
+                name: "key_refresh_secs",
+                message: "must be 1 to 60 (a rotation is published within 60 s)".into(),
+            });
+        }
+        if let Some(secret) = &settings.jwt_secret {
+            if secret.len() < 32 {
+                return Err(ConfigError::Invalid {
+                    name: "jwt_secret",
+                    message: "must be at least 32 characters".into(),
+                });
+            }
+        }
+        Ok(settings)
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ConfigError> {
+    raw.trim().parse().map_err(|_| ConfigError::InvalidVariable {
+        name: name.to_owned(),
+        message: format!("{raw:?} is not a valid number"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DB: &str = "postgres://stile@127.0.0.1/stile";
+
+    #[test]
+    fn defaults_then_file_then_env_then_flags() {
+        let file: SettingsLayer = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\nqr_ttl_miniapp_secs = 900\nclock_skew_secs = 5",
+        )
+        .expect("toml");
+        let env = SettingsLayer::from_env([
+            ("DATABASE_URL", DB),
+            ("STILE_CLOCK_SKEW_SECS", "30"),
+            ("HOME", "/root"),
+        ])
+        .expect("env");
+        let flags = SettingsLayer {
+            listen: Some("0.0.0.0:7000".into()),
+            ..SettingsLayer::default()
+        };
+        let settings = SettingsLayer::default()
+            .merged(file)
+            .merged(env)
+            .merged(flags)
+            .resolve()
+            .expect("valid");
+        assert_eq!(settings.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(settings.qr_ttl_miniapp_secs, 900);
+        assert_eq!(settings.clock_skew_secs, 30);
+        assert_eq!(settings.operator_token_ttl_secs, 43_200);
+        assert_eq!(settings.database_url, DB);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![], "DATABASE_URL"),
+            (vec![("DATABASE_URL", "mysql://x")], "database_url"),
+            (
+                vec![("DATABASE_URL", DB), ("STILE_LISTEN", "nowhere")],
+                "listen",
+            ),
+            (
+                vec![("DATABASE_URL", DB), ("STILE_QR_TTL_MINIAPP_SECS", "soon")],
+                "STILE_QR_TTL_MINIAPP_SECS",
+            ),
+            (
+                vec![("DATABASE_URL", DB), ("STILE_KEY_REFRESH_SECS", "120")],
+                "key_refresh_secs",
+            ),
+            (
+                vec![("DATABASE_URL", DB), ("STILE_JWT_SECRET", "short")],
+                "jwt_secret",
+            ),
+            (
+                vec![("DATABASE_URL", DB), ("STILE_LOG_FORMAT", "xml")],
+                "STILE_LOG_FORMAT",
+            ),
+        ];
+        for (vars, name) in cases {
+            let error = SettingsLayer::from_env(vars.clone())
+                .and_then(SettingsLayer::resolve)
+                .expect_err(name);
+            assert!(error.to_string().contains(name), "{vars:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        assert!(toml::from_str::<SettingsLayer>("lisen = \"x\"").is_err());
+    }
+}

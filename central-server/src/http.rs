@@ -1,0 +1,407 @@
+//! The HTTP surface: routes, handlers and the request-level concerns around them (JSON
+//! bodies with contract error bodies, body size cap, metrics and access logs).
+//!
+//! Handlers parse and check input, call the domain modules (`scan`, `qr`, `auth`, `keys`)
+//! and shape answers; they hold no business rule of their own.
+
+use crate::auth::{verify_password, AuthenticatedChannel, AuthenticatedOperator};
+use crate::error::{localize, no_store, status_of, AppError, RequestLang};
+use crate::scan::{self, ScanCommand, ScanContext};
+use crate::{qr, AppState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use std::time::Instant;
+use stile_shared::api::{
+    DecryptRequest, DecryptResponse, ErrorBody, IssuedQr, LoginRequest, LoginResponse,
+    OperatorInfo, ScanRequest, ScanResponse,
+};
+use stile_shared::token::JwkSet;
+use stile_shared::ApiCode;
+use uuid::Uuid;
+
+/// Largest request body accepted (contract: 413 above 64 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The whole API, testable without a socket.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/operators/login", post(login))
+        .route("/venue/scan", post(venue_scan))
+        .route("/qr/decrypt", post(qr_decrypt))
+        .route("/tickets/{ticket_code}/qr", post(issue_qr))
+        .route("/keys", get(published_keys))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn(localize))
+        .with_state(state)
+}
+
+/// A JSON body whose every rejection is a contract error body: 400 naming the field, 413,
+/// or 415.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::UnsupportedMediaType,
+        _ => {
+            let text = rejection.body_text();
+            // Keep serde's own words (they name the field and position), drop the framework's
+            // preamble.
+            let detail = text
+                .split_once(": ")
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or(text);
+            AppError::BadRequest(detail)
+        }
+    }
+}
+
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .record_request(&route, status, elapsed.as_secs_f64());
+    tracing::debug!(%method, route, status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    response
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound
+}
+
+fn check_field(name: &str, value: &str, max: usize) -> Result<(), AppError> {
+    if value.is_empty() || value.chars().count() > max {
+        return Err(AppError::BadRequest(format!(
+            "{name} must be 1 to {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Operator login.
+#[utoipa::path(post, path = "/operators/login", tag = "operators",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 400, description = "Malformed body (the message names the field)", body = ErrorBody),
+        (status = 401, description = "INVALID_CREDENTIALS: unknown user or wrong password (the same answer)", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_REQUESTS: 10 failed attempts for this username within 5 minutes", body = ErrorBody),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<LoginRequest>,
+) -> Result<Response, AppError> {
+    check_field("username", &request.username, 64)?;
+    check_field("password", &request.password, 1024)?;
+    let now = Utc::now();
+    let window_start = now - chrono::Duration::seconds(state.settings.login_window_secs);
+    let (failures,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM login_failures WHERE username = $1 AND failed_at > $2",
+    )
+    .bind(&request.username)
+    .bind(window_start)
+    .fetch_one(&state.pool)
+    .await?;
+    if failures >= state.settings.login_max_failures {
+        tracing::warn!(username = %request.username, "login throttled");
+        return Err(AppError::TooManyRequests);
+    }
+    let operator: Option<(i64, String, i64, String)> = sqlx::query_as(
+        "SELECT o.id, o.password_hash, m.id, m.code FROM operators o \
+         JOIN merchants m ON m.id = o.merchant_id WHERE o.username = $1",
+    )
+    .bind(&request.username)
+    .fetch_optional(&state.pool)
+    .await?;
+    // An unknown user is checked against a dummy hash, so both failures take as long.
+    let stored_hash = operator
+        .as_ref()
+        .map(|(_, hash, _, _)| hash.clone())
+        .unwrap_or_else(|| state.dummy_hash.to_string());
+    let password = request.password.clone();
+    let password_ok = tokio::task::spawn_blocking(move || verify_password(&stored_hash, &password))
+        .await
+        .map_err(|error| AppError::Internal(format!("password check: {error}")))?;
+    let operator = match operator {
+        Some(operator) if password_ok => operator,
+        _ => {
+            sqlx::query("DELETE FROM login_failures WHERE username = $1 AND failed_at <= $2")
+                .bind(&request.username)
+                .bind(window_start)
+                .execute(&state.pool)
+                .await?;
+            sqlx::query("INSERT INTO login_failures (username, failed_at) VALUES ($1, $2)")
+                .bind(&request.username)
+                .bind(now)
+                .execute(&state.pool)
+                .await?;
+            state.metrics.record_login_failure();
+            tracing::info!(username = %request.username, "login failed");
+            return Err(AppError::InvalidCredentials);
+        }
+    };
+    let (operator_id, _, merchant_id, merchant_code) = operator;
+    let authenticated = AuthenticatedOperator {
+        id: operator_id,
+        username: request.username.clone(),
+        merchant_id,
+        merchant_code: merchant_code.clone(),
+    };
+    let token = state
+        .operator_tokens
+        .issue(&authenticated, now.timestamp())?;
+    tracing::info!(operator = operator_id, merchant = %merchant_code, "operator logged in");
+    Ok(no_store(
+        Json(LoginResponse {
+            token,
+            token_type: "Bearer".into(),
+            expires_in: state.operator_tokens.ttl_secs,
+            operator: OperatorInfo {
+                id: operator_id,
+                username: request.username,
+                merchant_code,
+            },
+        })
+        .into_response(),
+    ))
+}
+
+/// Scan a QR token and redeem one entitlement, atomically.
+#[utoipa::path(post, path = "/venue/scan", tag = "venue",
+    request_body = ScanRequest,
+    security(("operator_jwt" = [])),
+    params(("Accept-Language" = Option<String>, Header, description = "`en*` for English messages; zh-CN otherwise")),
+    responses(
+        (status = 200, description = "SUCCESS: one use redeemed", body = ScanResponse),
+        (status = 400, description = "INVALID_QR (a decision body), or BAD_REQUEST for a malformed body", body = ScanResponse),
+        (status = 401, description = "UNAUTHORIZED: missing, invalid or expired operator token", body = ErrorBody),
+        (status = 403, description = "WRONG_MERCHANT (a decision body), or FORBIDDEN: the device is not registered to the operator's merchant at venue_code", body = ScanResponse),
+        (status = 409, description = "A refusal: ALREADY_REDEEMED, NOT_ENTITLED, EXHAUSTED, QR_EXPIRED, QR_SUPERSEDED, TICKET_NOT_ACTIVE, TICKET_VOID", body = ScanResponse),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not application/json", body = ErrorBody),
+        (status = 422, description = "SCAN_ID_REUSED: this scan_id was used for a different token or function", body = ErrorBody),
+    ))]
+pub async fn venue_scan(
+    State(state): State<AppState>,
+    RequestLang(lang): RequestLang,
+    operator: AuthenticatedOperator,
+    JsonBody(request): JsonBody<ScanRequest>,
+) -> Result<Response, AppError> {
+    let started = Instant::now();
+    check_field("venue_code", &request.venue_code, 64)?;
+    check_field("device_id", &request.device_id, 64)?;
+    let scan_id = request
+        .scan_id
+        .as_deref()
+        .map(Uuid::parse_str)
+        .transpose()
+        .map_err(|_| AppError::BadRequest("scan_id must be a UUID".into()))?;
+    let Some((device_pk, location_id)) = scan::bind_device(
+        &state.pool,
+        operator.merchant_id,
+        &request.device_id,
+        &request.venue_code,
+    )
+    .await?
+    else {
+        tracing::warn!(operator = operator.id, device = %request.device_id, venue = %request.venue_code,
+            "scan refused: device not registered to the operator's merchant at this venue");
+        return Err(AppError::Forbidden(
+            "device is not registered to your merchant at this venue_code".into(),
+        ));
+    };
+    let verified = state.keys.verify(&request.qr_token).await;
+    let context = ScanContext {
+        merchant_id: operator.merchant_id,
+        merchant_code: operator.merchant_code.clone(),
+        operator_id: operator.id,
+        operator_username: operator.username.clone(),
+        device_pk,
+        device_id: request.device_id.clone(),
+        location_id,
+        venue_code: request.venue_code.clone(),
+    };
+    let command = ScanCommand {
+        token_sha256: ScanCommand::token_digest(&request.qr_token),
+        verified,
+        function_code: request.function_code.clone(),
+        scan_id,
+        now: Utc::now(),
+    };
+    let metrics = state.metrics.clone();
+    let outcome = scan::redeem(
+        &state.pool,
+        state.settings.token_policy(),
+        &context,
+        &command,
+        move || metrics.record_transaction_retry(),
+    )
+    .await?;
+    let mut response = outcome.response;
+    response.message = response.code.message(lang).to_owned();
+    let code = response.code;
+    if !outcome.replayed {
+        state.metrics.record_decision(code.as_str());
+    }
+    tracing::info!(
+        decision = code.as_str(),
+        jti = outcome.jti.as_ref().map(|j| j.as_str()).unwrap_or("-"),
+        device = %context.device_id,
+        operator = context.operator_id,
+        function = %command.function_code,
+        replayed = outcome.replayed,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "scan decided"
+    );
+    Ok(no_store(
+        (status_of(ApiCode::from(code)), Json(response)).into_response(),
+    ))
+}
+
+/// What a QR token says, without redeeming.
+#[utoipa::path(post, path = "/qr/decrypt", tag = "venue",
+    request_body = DecryptRequest,
+    security(("operator_jwt" = [])),
+    responses(
+        (status = 200, description = "The token's state, claims and ticket", body = DecryptResponse),
+        (status = 400, description = "INVALID_QR, or BAD_REQUEST for a malformed body", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "WRONG_MERCHANT: another merchant's token (no ticket data)", body = ErrorBody),
+    ))]
+pub async fn qr_decrypt(
+    State(state): State<AppState>,
+    operator: AuthenticatedOperator,
+    JsonBody(request): JsonBody<DecryptRequest>,
+) -> Result<Response, AppError> {
+    let answer = qr::decrypt(
+        &state.pool,
+        &state.keys,
+        state.settings.token_policy(),
+        &operator,
+        &request.qr_token,
+        Utc::now(),
+    )
+    .await?;
+    Ok(no_store(Json(answer).into_response()))
+}
+
+/// Issue a fresh QR token for a ticket (superseding the previous one).
+#[utoipa::path(post, path = "/tickets/{ticket_code}/qr", tag = "channels",
+    params(("ticket_code" = String, Path, description = "The ticket's code")),
+    security(("channel_key" = [])),
+    responses(
+        (status = 200, description = "A fresh QR token; every older token of the ticket is superseded", body = IssuedQr),
+        (status = 401, description = "UNAUTHORIZED: missing or unknown channel key", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the ticket is of the other channel kind", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such ticket", body = ErrorBody),
+    ))]
+pub async fn issue_qr(
+    State(state): State<AppState>,
+    channel: AuthenticatedChannel,
+    Path(ticket_code): Path<String>,
+) -> Result<Response, AppError> {
+    let issued = qr::issue(
+        &state.pool,
+        &state.keys,
+        state.settings.token_policy(),
+        &channel,
+        &ticket_code,
+        Utc::now(),
+    )
+    .await?;
+    tracing::info!(jti = %issued.jti, channel = channel.id, "QR issued");
+    Ok(no_store(Json(issued).into_response()))
+}
+
+/// The published QR verification keys (JWK Set, RFC 7517/8037).
+#[utoipa::path(get, path = "/keys", tag = "keys",
+    responses((status = 200, description = "Every key that still verifies tokens", body = JwkSet)))]
+pub async fn published_keys(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.keys.ring().jwks.clone()).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    response
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Database unreachable", body = ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.pool).await {
+        Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(error) => {
+            tracing::warn!(error = %error, "not ready: database unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(ErrorBody {
+                    code: ApiCode::Internal,
+                    message: "database unreachable".into(),
+                }),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document")))]
+pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json((*state.openapi).clone())
+}

@@ -1,0 +1,111 @@
+//! Prometheus metrics of the central server, served on `GET /metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// The server's metrics, one registry per server instance (tests run several at once).
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<Labels, Counter>,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    login_failures: Counter,
+    transaction_retries: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("stile");
+        let decisions = Family::<Labels, Counter>::default();
+        registry.register(
+            "scan_decisions",
+            "Scan decisions of POST /venue/scan, by decision code",
+            decisions.clone(),
+        );
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        let login_failures = Counter::default();
+        registry.register(
+            "login_failures",
+            "Failed operator logins",
+            login_failures.clone(),
+        );
+        let transaction_retries = Counter::default();
+        registry.register(
+            "transaction_retries",
+            "Redemption transactions run again after a serialization failure or deadlock",
+            transaction_retries.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            requests,
+            latency,
+            login_failures,
+            transaction_retries,
+        }
+    }
+
+    pub fn record_decision(&self, code: &str) {
+        self.decisions
+            .get_or_create(&vec![("code".to_owned(), code.to_owned())])
+            .inc();
+    }
+
+    pub fn record_request(&self, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("route".to_owned(), route.to_owned()),
+                ("status".to_owned(), status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("route".to_owned(), route.to_owned())])
+            .observe(seconds);
+    }
+
+    pub fn record_login_failure(&self) {
+        self.login_failures.inc();
+    }
+
+    pub fn record_transaction_retry(&self) {
+        self.transaction_retries.inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

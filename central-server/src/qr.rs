@@ -1,0 +1,176 @@
+//! QR issuance (`POST /tickets/{ticket_code}/qr`: a fresh token that supersedes every older
+//! one of the ticket) and inspection (`POST /qr/decrypt`: what a token says, without
+//! redeeming).
+
+use crate::auth::{AuthenticatedChannel, AuthenticatedOperator};
+use crate::error::AppError;
+use crate::keys::KeyStore;
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use rand::RngCore;
+use sqlx::PgPool;
+use stile_shared::api::{ClaimsView, DecryptResponse, EntitlementView, IssuedQr, TicketView, TokenState};
+use stile_shared::token::{Jti, QrClaims};
+use stile_shared::{Channel, FunctionCode, TicketStatus, TokenPolicy};
+
+/// Issues a fresh QR for a ticket of the channel's kind and makes it the ticket's current
+/// one, under the ticket's row lock (so it serialises with scans of the ticket).
+pub async fn issue(
+    pool: &PgPool,
+    keys: &KeyStore,
+    policy: TokenPolicy,
+    channel: &AuthenticatedChannel,
+    ticket_code: &str,
+    now: DateTime<Utc>,
+) -> Result<IssuedQr, AppError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(i64, String, i64, String)> = sqlx::query_as(
+        "SELECT t.id, t.channel, t.merchant_id, m.code FROM tickets t \
+         JOIN merchants m ON m.id = t.merchant_id WHERE t.ticket_code = $1 FOR NO KEY UPDATE OF t",
+    )
+    .bind(ticket_code)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (ticket_id, ticket_channel, merchant_id, merchant_code) = row.ok_or(AppError::NotFound)?;
+    if Channel::parse(&ticket_channel) != Some(channel.kind) {
+        return Err(AppError::Forbidden(format!(
+            "a {} channel cannot issue QR codes for a {ticket_channel} ticket",
+            channel.kind.as_str()
+        )));
+    }
+    let ring = keys.ring();
+    let signer = ring
+        .signer
+        .as_ref()
+        .ok_or_else(|| AppError::Internal("no active signing key".into()))?;
+    let mut jti_bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut jti_bytes);
+    let iat = now.timestamp();
+    let claims = QrClaims {
+        jti: Jti::from_bytes(jti_bytes),
+        tid: ticket_code.to_owned(),
+        mid: merchant_code,
+        ch: channel.kind,
+        iat,
+        exp: policy.expiry_for(channel.kind, iat),
+    };
+    let token = signer
+        .issue(&claims)
+        .map_err(|error| AppError::Internal(format!("issue token: {error}")))?;
+    let expires_at = claims
+        .exp
+        .and_then(|exp| Utc.timestamp_opt(exp, 0).single());
+    sqlx::query(
+        "INSERT INTO qr_issuances (jti, ticket_id, merchant_id, channel_id, kid, issued_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(claims.jti.as_str())
+    .bind(ticket_id)
+    .bind(merchant_id)
+    .bind(channel.id)
+    .bind(signer.kid())
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE tickets SET current_jti = $2, updated_at = $3 WHERE id = $1")
+        .bind(ticket_id)
+        .bind(claims.jti.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(IssuedQr {
+        qr_token: token,
+        jti: claims.jti,
+        expires_at: expires_at.map(|at| at.to_rfc3339_opts(SecondsFormat::Secs, false)),
+    })
+}
+
+/// Says what a token is worth to this operator, without redeeming anything.
+pub async fn decrypt(
+    pool: &PgPool,
+    keys: &KeyStore,
+    policy: TokenPolicy,
+    operator: &AuthenticatedOperator,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<DecryptResponse, AppError> {
+    let verified = keys
+        .verify(token)
+        .await
+        .map_err(|error| AppError::InvalidQr(error.to_string()))?;
+    let claims = verified.claims;
+    if claims.mid != operator.merchant_code {
+        return Err(AppError::WrongMerchant);
+    }
+    let (ticket_id, current_jti, ticket) =
+        load_ticket_view(pool, operator.merchant_id, &claims.tid)
+            .await?
+            .ok_or_else(|| AppError::InvalidQr("no such ticket".into()))?;
+    let token_state = if policy.is_expired(&claims, now.timestamp()) {
+        TokenState::Expired
+    } else if current_jti.as_deref() != Some(claims.jti.as_str()) {
+        TokenState::Superseded
+    } else {
+        TokenState::Valid
+    };
+    tracing::debug!(ticket_id, state = ?token_state, "token inspected");
+    Ok(DecryptResponse {
+        token_state,
+        claims: ClaimsView {
+            jti: claims.jti,
+            ch: claims.ch,
+            iat: claims.iat,
+            exp: claims.exp,
+        },
+        ticket,
+    })
+}
+
+/// A ticket of the merchant with its entitlements, unlocked: (id, current_jti, view).
+pub async fn load_ticket_view(
+    pool: &PgPool,
+    merchant_id: i64,
+    ticket_code: &str,
+) -> Result<Option<(i64, Option<String>, TicketView)>, AppError> {
+    let row: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, ticket_code, status, current_jti FROM tickets WHERE ticket_code = $1 AND merchant_id = $2",
+    )
+    .bind(ticket_code)
+    .bind(merchant_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((id, ticket_code, status, current_jti)) = row else {
+        return Ok(None);
+    };
+    let status = TicketStatus::parse(&status)
+        .ok_or_else(|| AppError::Internal(format!("ticket {id} has status {status:?}")))?;
+    let rows: Vec<(String, String, i32, i32)> = sqlx::query_as(
+        "SELECT function_code, name, total_uses, remaining_uses FROM entitlements WHERE ticket_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let entitlements = rows
+        .into_iter()
+        .map(|(function_code, name, total_uses, remaining_uses)| {
+            FunctionCode::parse(&function_code)
+                .map(|function_code| EntitlementView {
+                    function_code,
+                    name,
+                    total_uses,
+                    remaining_uses,
+                })
+                .map_err(|_| AppError::Internal(format!("ticket {id}: malformed function code")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((
+        id,
+        current_jti,
+        TicketView {
+            ticket_code,
+            status,
+            entitlements,
+        },
+    )))
+}

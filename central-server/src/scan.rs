@@ -1,0 +1,459 @@
+//! The redemption core of `POST /venue/scan`: one transaction per scan, under row locks,
+//! deciding with the shared decision function.
+//!
+//! Inside the transaction, in this order:
+//! 1. claim the `scan_id` (a retry, even one racing the first request, waits on the unique
+//!    index and then gets the stored answer back);
+//! 2. the checks that need no ticket (expiry, merchant), so another merchant's ticket is
+//!    never read or locked;
+//! 3. lock the ticket (`FOR NO KEY UPDATE`) and its entitlement rows (`FOR UPDATE`), read
+//!    this jti's redemptions, and decide;
+//! 4. on success: insert the redemption event, decrement, mark the ticket `USED` when every
+//!    entitlement is exhausted;
+//! 5. write the audit row and the stored answer; commit.
+//!
+//! Locking the ticket row first serialises every scan of one ticket (and QR issuance for
+//! it), so "all entitlements exhausted" is judged without races; scans of different
+//! tickets never wait for each other. A serialization failure, deadlock or a unique
+//! violation on (jti, function_code) re-runs the whole transaction (bounded), where the
+//! rerun decides `ALREADY_REDEEMED` from the committed row.
+
+use crate::db;
+use crate::error::AppError;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use stile_shared::api::{EntitlementView, OperatorRef, RedemptionView, ScanResponse, TicketView};
+use stile_shared::decision::{check_token, decide, Decision, DecisionInput};
+use stile_shared::token::{Jti, TokenError, VerifiedToken};
+use stile_shared::{
+    DecisionCode, EntitlementSnapshot, FunctionCode, Lang, TicketSnapshot, TicketStatus,
+    TokenPolicy,
+};
+use uuid::Uuid;
+
+/// How many times a transaction is run before a transient failure is surfaced.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// Who is scanning, where: the operator (from the JWT) and the device bound to the venue.
+#[derive(Debug, Clone)]
+pub struct ScanContext {
+    pub merchant_id: i64,
+    pub merchant_code: String,
+    pub operator_id: i64,
+    pub operator_username: String,
+    pub device_pk: i64,
+    pub device_id: String,
+    pub location_id: i64,
+    pub venue_code: String,
+}
+
+/// One scan to decide.
+#[derive(Debug, Clone)]
+pub struct ScanCommand {
+    pub token_sha256: [u8; 32],
+    pub verified: Result<VerifiedToken, TokenError>,
+    pub function_code: FunctionCode,
+    pub scan_id: Option<Uuid>,
+    /// The deciding clock: expiry and `redeemed_at` use it, never the database's clock.
+    pub now: DateTime<Utc>,
+}
+
+impl ScanCommand {
+    pub fn token_digest(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+}
+
+/// The answer, and whether it was replayed from an earlier request with the same scan_id.
+#[derive(Debug, Clone)]
+pub struct ScanOutcome {
+    pub response: ScanResponse,
+    pub replayed: bool,
+    /// The jti the decision was about, for logs.
+    pub jti: Option<Jti>,
+}
+
+/// Looks up the device and checks it belongs to the operator's merchant and stands at
+/// `venue_code`. `None` when it does not (the caller answers 403).
+pub async fn bind_device(
+    pool: &PgPool,
+    merchant_id: i64,
+    device_id: &str,
+    venue_code: &str,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id, l.id FROM devices d JOIN locations l ON l.id = d.location_id \
+         WHERE d.device_id = $1 AND d.merchant_id = $2 AND l.venue_code = $3",
+    )
+    .bind(device_id)
+    .bind(merchant_id)
+    .bind(venue_code)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Decides and applies one scan, running the transaction again on transient failures.
+pub async fn redeem(
+    pool: &PgPool,
+    policy: TokenPolicy,
+    context: &ScanContext,
+    command: &ScanCommand,
+    on_retry: impl Fn(),
+) -> Result<ScanOutcome, AppError> {
+    let mut attempt = 1;
+    loop {
+        let mut tx = pool.begin().await?;
+        match attempt_redeem(&mut tx, policy, context, command).await {
+            Ok(Attempt::Decided(outcome)) => match tx.commit().await {
+                Ok(()) => return Ok(outcome),
+                Err(error) if retryable(&error) && attempt < MAX_ATTEMPTS => {
+                    on_retry();
+                    attempt += 1;
+                }
+                Err(error) => return Err(AppError::Database(error)),
+            },
+            Ok(Attempt::ScanIdTaken) => {
+                drop(tx);
+                return replay(pool, command).await;
+            }
+            Err(AttemptError::Database(error)) if retryable(&error) && attempt < MAX_ATTEMPTS => {
+                drop(tx);
+                on_retry();
+                attempt += 1;
+                // A short, growing pause lets the winner of the race commit first.
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 2)).await;
+            }
+            Err(AttemptError::Database(error)) => return Err(AppError::Database(error)),
+            Err(AttemptError::Internal(message)) => return Err(AppError::Internal(message)),
+        }
+    }
+}
+
+fn retryable(error: &sqlx::Error) -> bool {
+    db::is_transient(error) || db::is_unique_violation(error, "redemption_events_jti_function_code_key")
+}
+
+enum Attempt {
+    Decided(ScanOutcome),
+    /// Another request already claimed this scan_id and committed: replay its answer.
+    ScanIdTaken,
+}
+
+enum AttemptError {
+    Database(sqlx::Error),
+    Internal(String),
+}
+
+impl From<sqlx::Error> for AttemptError {
+    fn from(error: sqlx::Error) -> Self {
+        AttemptError::Database(error)
+    }
+}
+
+struct LockedTicket {
+    id: i64,
+    ticket_code: String,
+    snapshot: TicketSnapshot,
+    entitlement_ids: Vec<i64>,
+    names: Vec<String>,
+}
+
+async fn attempt_redeem(
+    tx: &mut PgConnection,
+    policy: TokenPolicy,
+    context: &ScanContext,
+    command: &ScanCommand,
+) -> Result<Attempt, AttemptError> {
+    if let Some(scan_id) = command.scan_id {
+        let claimed = sqlx::query(
+            "INSERT INTO scan_requests (scan_id, merchant_id, operator_id, token_sha256, function_code, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scan_id) DO NOTHING",
+        )
+        .bind(scan_id)
+        .bind(context.merchant_id)
+        .bind(context.operator_id)
+        .bind(command.token_sha256.as_slice())
+        .bind(command.function_code.as_str())
+        .bind(command.now)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(Attempt::ScanIdTaken);
+        }
+    }
+
+    let now = command.now.timestamp();
+    let (code, ticket, redemption, jti) = match &command.verified {
+        Err(_) => (DecisionCode::InvalidQr, None::<(i64, TicketView)>, None, None),
+        Ok(verified) => {
+            let claims = &verified.claims;
+            match check_token(claims, &context.merchant_code, now, policy) {
+                Err(code) => (code, None, None, Some(claims.jti.clone())),
+                Ok(()) => {
+                    let locked = lock_ticket(tx, context.merchant_id, &claims.tid).await?;
+                    let redeemed = redeemed_functions(tx, &claims.jti).await?;
+                    let decision = decide(&DecisionInput {
+                        claims,
+                        operator_merchant: &context.merchant_code,
+                        ticket: locked.as_ref().map(|t| &t.snapshot),
+                        redeemed_with_this_jti: &redeemed,
+                        function_code: &command.function_code,
+                        now,
+                        policy,
+                    });
+                    match (decision, locked) {
+                        (Decision::Redeem { entitlement_index }, Some(mut locked)) => {
+                            let redemption = apply_redemption(
+                                tx,
+                                context,
+                                command,
+                                &claims.jti,
+                                &mut locked,
+                                entitlement_index,
+                            )
+                            .await?;
+                            (
+                                DecisionCode::Success,
+                                Some((locked.id, ticket_view(&locked))),
+                                Some(redemption),
+                                Some(claims.jti.clone()),
+                            )
+                        }
+                        (Decision::Redeem { .. }, None) => {
+                            return Err(AttemptError::Internal(
+                                "decision redeemed a ticket that was not found".into(),
+                            ))
+                        }
+                        (Decision::Reject(code), locked) => (
+                            code,
+                            locked.as_ref().map(|t| (t.id, ticket_view(t))),
+                            None,
+                            Some(claims.jti.clone()),
+                        ),
+                    }
+                }
+            }
+        }
+    };
+
+    let ticket_id = ticket.as_ref().map(|(id, _)| *id);
+    let ticket = ticket.map(|(_, view)| view);
+    let redemption_id = redemption.as_ref().map(|r: &RedemptionView| r.id);
+    sqlx::query(
+        "INSERT INTO scan_audit (merchant_id, operator_id, device_id, location_id, ticket_id, jti, \
+         function_code, decision, scan_id, redemption_event_id, decided_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(context.merchant_id)
+    .bind(context.operator_id)
+    .bind(context.device_pk)
+    .bind(context.location_id)
+    .bind(ticket_id)
+    .bind(jti.as_ref().map(Jti::as_str))
+    .bind(command.function_code.as_str())
+    .bind(code.as_str())
+    .bind(command.scan_id)
+    .bind(redemption_id)
+    .bind(command.now)
+    .execute(&mut *tx)
+    .await?;
+
+    let response = ScanResponse {
+        result: code,
+        code,
+        message: code.message(Lang::ZhCn).to_owned(),
+        ticket,
+        redemption,
+    };
+    if let Some(scan_id) = command.scan_id {
+        let stored = serde_json::to_value(&response)
+            .map_err(|error| AttemptError::Internal(format!("serialise scan answer: {error}")))?;
+        sqlx::query("UPDATE scan_requests SET response = $2, http_status = $3 WHERE scan_id = $1")
+            .bind(scan_id)
+            .bind(stored)
+            .bind(i32::from(crate::error::status_of(code.into()).as_u16()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(Attempt::Decided(ScanOutcome {
+        response,
+        replayed: false,
+        jti,
+    }))
+}
+
+async fn lock_ticket(
+    tx: &mut PgConnection,
+    merchant_id: i64,
+    ticket_code: &str,
+) -> Result<Option<LockedTicket>, AttemptError> {
+    let row: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, ticket_code, status, current_jti FROM tickets \
+         WHERE ticket_code = $1 AND merchant_id = $2 FOR NO KEY UPDATE",
+    )
+    .bind(ticket_code)
+    .bind(merchant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, ticket_code, status, current_jti)) = row else {
+        return Ok(None);
+    };
+    let status = TicketStatus::parse(&status)
+        .ok_or_else(|| AttemptError::Internal(format!("ticket {id} has status {status:?}")))?;
+    let rows: Vec<(i64, String, String, i32, i32)> = sqlx::query_as(
+        "SELECT id, function_code, name, total_uses, remaining_uses FROM entitlements \
+         WHERE ticket_id = $1 ORDER BY id FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut entitlements = Vec::with_capacity(rows.len());
+    let mut entitlement_ids = Vec::with_capacity(rows.len());
+    let mut names = Vec::with_capacity(rows.len());
+    for (entitlement_id, function_code, name, total_uses, remaining_uses) in rows {
+        let function_code = FunctionCode::parse(&function_code).map_err(|_| {
+            AttemptError::Internal(format!("entitlement {entitlement_id} has a malformed code"))
+        })?;
+        entitlements.push(EntitlementSnapshot {
+            function_code,
+            total_uses,
+            remaining_uses,
+        });
+        entitlement_ids.push(entitlement_id);
+        names.push(name);
+    }
+    Ok(Some(LockedTicket {
+        id,
+        ticket_code,
+        snapshot: TicketSnapshot {
+            status,
+            current_jti: current_jti.and_then(|jti| Jti::parse(&jti).ok()),
+            entitlements,
+        },
+        entitlement_ids,
+        names,
+    }))
+}
+
+async fn redeemed_functions(
+    tx: &mut PgConnection,
+    jti: &Jti,
+) -> Result<Vec<FunctionCode>, AttemptError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT function_code FROM redemption_events WHERE jti = $1")
+            .bind(jti.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(code,)| FunctionCode::parse(&code).ok())
+        .collect())
+}
+
+async fn apply_redemption(
+    tx: &mut PgConnection,
+    context: &ScanContext,
+    command: &ScanCommand,
+    jti: &Jti,
+    locked: &mut LockedTicket,
+    index: usize,
+) -> Result<RedemptionView, AttemptError> {
+    let entitlement_id = locked.entitlement_ids[index];
+    let (redemption_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO redemption_events (jti, function_code, ticket_id, entitlement_id, merchant_id, \
+         operator_id, device_id, location_id, redeemed_at, scan_id, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'venue') RETURNING id",
+    )
+    .bind(jti.as_str())
+    .bind(command.function_code.as_str())
+    .bind(locked.id)
+    .bind(entitlement_id)
+    .bind(context.merchant_id)
+    .bind(context.operator_id)
+    .bind(context.device_pk)
+    .bind(context.location_id)
+    .bind(command.now)
+    .bind(command.scan_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE entitlements SET remaining_uses = remaining_uses - 1 WHERE id = $1")
+        .bind(entitlement_id)
+        .execute(&mut *tx)
+        .await?;
+    locked.snapshot.entitlements[index].remaining_uses -= 1;
+    let exhausted = locked
+        .snapshot
+        .entitlements
+        .iter()
+        .all(|e| e.remaining_uses <= 0);
+    if exhausted && locked.snapshot.status == TicketStatus::Activated {
+        sqlx::query("UPDATE tickets SET status = 'USED', updated_at = $2 WHERE id = $1")
+            .bind(locked.id)
+            .bind(command.now)
+            .execute(&mut *tx)
+            .await?;
+        locked.snapshot.status = TicketStatus::Used;
+    }
+    Ok(RedemptionView {
+        id: redemption_id,
+        redeemed_at: command.now.to_rfc3339_opts(SecondsFormat::Millis, false),
+        operator: OperatorRef {
+            id: context.operator_id,
+            username: context.operator_username.clone(),
+        },
+        device_id: context.device_id.clone(),
+        venue_code: context.venue_code.clone(),
+    })
+}
+
+fn ticket_view(locked: &LockedTicket) -> TicketView {
+    TicketView {
+        ticket_code: locked.ticket_code.clone(),
+        status: locked.snapshot.status,
+        entitlements: locked
+            .snapshot
+            .entitlements
+            .iter()
+            .zip(&locked.names)
+            .map(|(e, name)| EntitlementView {
+                function_code: e.function_code.clone(),
+                name: name.clone(),
+                total_uses: e.total_uses,
+                remaining_uses: e.remaining_uses,
+            })
+            .collect(),
+    }
+}
+
+/// The stored answer of an earlier request with this scan_id, if it was the same scan.
+async fn replay(pool: &PgPool, command: &ScanCommand) -> Result<ScanOutcome, AppError> {
+    let Some(scan_id) = command.scan_id else {
+        return Err(AppError::Internal("replay without a scan_id".into()));
+    };
+    let row: Option<(Vec<u8>, String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT token_sha256, function_code, response FROM scan_requests WHERE scan_id = $1",
+    )
+    .bind(scan_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((token_sha256, function_code, response)) = row else {
+        return Err(AppError::Internal("scan_id vanished during replay".into()));
+    };
+    if token_sha256 != command.token_sha256.as_slice()
+        || function_code != command.function_code.as_str()
+    {
+        return Err(AppError::ScanIdReused);
+    }
+    let response: ScanResponse = response
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|error| AppError::Internal(format!("stored scan answer: {error}")))?
+        .ok_or_else(|| AppError::Internal("stored scan answer missing".into()))?;
+    let jti = command.verified.as_ref().ok().map(|v| v.claims.jti.clone());
+    Ok(ScanOutcome {
+        response,
+        replayed: true,
+        jti,
+    })
+}
