@@ -131,9 +131,7 @@ impl SettingsLayer {
             match key {
                 "DATABASE_URL" | "STILE_DATABASE_URL" => layer.database_url = Some(value),
                 "STILE_LISTEN" => layer.listen = Some(value),
-                "STILE_DB_MAX_CONNECTIONS" => {
-                    layer.db_max_connections = Some(number(key, &value)?)
-                }
+                "STILE_DB_MAX_CONNECTIONS" => layer.db_max_connections = Some(number(key, &value)?),
                 "STILE_OPERATOR_TOKEN_TTL_SECS" => {
                     layer.operator_token_ttl_secs = Some(number(key, &value)?)
                 }
@@ -143,9 +141,7 @@ impl SettingsLayer {
                 }
                 "STILE_CLOCK_SKEW_SECS" => layer.clock_skew_secs = Some(number(key, &value)?),
                 "STILE_KEY_REFRESH_SECS" => layer.key_refresh_secs = Some(number(key, &value)?),
-                "STILE_LOGIN_MAX_FAILURES" => {
-                    layer.login_max_failures = Some(number(key, &value)?)
-                }
+                "STILE_LOGIN_MAX_FAILURES" => layer.login_max_failures = Some(number(key, &value)?),
                 "STILE_LOGIN_WINDOW_SECS" => layer.login_window_secs = Some(number(key, &value)?),
                 "STILE_SHUTDOWN_GRACE_SECS" => {
                     layer.shutdown_grace_secs = Some(number(key, &value)?)
@@ -199,8 +195,7 @@ impl SettingsLayer {
                 message: format!("{listen_raw:?} is not an address like 127.0.0.1:8080"),
             })?;
         let database_url = self.database_url.ok_or(ConfigError::MissingDatabaseUrl)?;
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://"))
-        {
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(ConfigError::Invalid {
                 name: "database_url",
                 message: "must start with postgres:// or postgresql://".into(),
@@ -260,10 +255,12 @@ impl SettingsLayer {
 }
 
 fn number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ConfigError> {
-    raw.trim().parse().map_err(|_| ConfigError::InvalidVariable {
-        name: name.to_owned(),
-        message: format!("{raw:?} is not a valid number"),
-    })
+    raw.trim()
+        .parse()
+        .map_err(|_| ConfigError::InvalidVariable {
+            name: name.to_owned(),
+            message: format!("{raw:?} is not a valid number"),
+        })
 }
 
 #[cfg(test)]

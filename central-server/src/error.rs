@@ -133,11 +133,7 @@ fn error_body(code: ApiCode, lang: Lang, detail: Option<&str>) -> Response {
         Some(detail) => format!("{}: {detail}", code.message(lang)),
         None => code.message(lang).to_owned(),
     };
-    (
-        status_of(code),
-        axum::Json(ErrorBody { code, message }),
-    )
-        .into_response()
+    (status_of(code), axum::Json(ErrorBody { code, message })).into_response()
 }
 
 /// The request's language, from `Accept-Language`.

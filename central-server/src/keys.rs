@@ -26,6 +26,13 @@ pub struct KeyInfo {
     pub retired_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+type KeyRow = (
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
 /// Why a key operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -99,7 +106,7 @@ pub async fn retire(pool: &PgPool, kid: &str) -> Result<(), KeyError> {
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyInfo>, KeyError> {
-    let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> =
+    let rows: Vec<KeyRow> =
         sqlx::query_as("SELECT kid, state, created_at, retired_at FROM signing_keys ORDER BY id")
             .fetch_all(pool)
             .await?;
@@ -247,11 +254,7 @@ async fn load_ring(pool: &PgPool) -> Result<KeyRing, KeyError> {
             signer = Some(QrSigner::new(&kid, private));
         }
     }
-    Ok(KeyRing {
-        signer,
-        keys,
-        jwks,
-    })
+    Ok(KeyRing { signer, keys, jwks })
 }
 
 #[cfg(test)]

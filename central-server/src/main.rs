@@ -71,7 +71,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("central-server: cannot start the runtime: {error}");
@@ -126,7 +129,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            let pool = db::connect(&settings.database_url, 2).await.context("connecting")?;
+            let pool = db::connect(&settings.database_url, 2)
+                .await
+                .context("connecting")?;
             db::migrate(&pool).await.context("migrating")?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
@@ -137,32 +142,47 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let parsed = match seed::parse(&text) {
                 Ok(parsed) => parsed,
                 Err(error) => {
-                    eprintln!("central-server: seed file {} refused, nothing loaded: {error}", file.display());
+                    eprintln!(
+                        "central-server: seed file {} refused, nothing loaded: {error}",
+                        file.display()
+                    );
                     return Ok(ExitCode::from(EX_DATAERR));
                 }
             };
-            let pool = db::connect(&settings.database_url, 2).await.context("connecting")?;
+            let pool = db::connect(&settings.database_url, 2)
+                .await
+                .context("connecting")?;
             db::migrate(&pool).await.context("migrating")?;
-            keys::ensure_active_key(&pool).await.context("creating a signing key")?;
+            keys::ensure_active_key(&pool)
+                .await
+                .context("creating a signing key")?;
             match seed::apply(&pool, &parsed).await {
                 Ok(summary) => {
                     println!("seed {} loaded; {summary}", file.display());
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(seed::SeedError::Invalid { path, message }) => {
-                    eprintln!("central-server: seed file {} refused, nothing loaded: {path}: {message}", file.display());
+                    eprintln!(
+                        "central-server: seed file {} refused, nothing loaded: {path}: {message}",
+                        file.display()
+                    );
                     Ok(ExitCode::from(EX_DATAERR))
                 }
                 Err(error) => Err(error).context("loading the seed file"),
             }
         }
         Command::Keys { action } => {
-            let pool = db::connect(&settings.database_url, 2).await.context("connecting")?;
+            let pool = db::connect(&settings.database_url, 2)
+                .await
+                .context("connecting")?;
             db::migrate(&pool).await.context("migrating")?;
             match action {
                 KeysAction::Rotate => {
                     let kid = keys::rotate(&pool).await?;
-                    println!("new active signing key: {kid} (running servers publish it within {} s)", settings.key_refresh_secs);
+                    println!(
+                        "new active signing key: {kid} (running servers publish it within {} s)",
+                        settings.key_refresh_secs
+                    );
                 }
                 KeysAction::Retire { kid } => {
                     keys::retire(&pool, &kid).await?;
@@ -174,7 +194,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                             .retired_at
                             .map(|at| format!(" retired {}", at.to_rfc3339()))
                             .unwrap_or_default();
-                        println!("{}\t{}\tcreated {}{retired}", key.kid, key.state, key.created_at.to_rfc3339());
+                        println!(
+                            "{}\t{}\tcreated {}{retired}",
+                            key.kid,
+                            key.state,
+                            key.created_at.to_rfc3339()
+                        );
                     }
                 }
             }

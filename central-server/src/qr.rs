@@ -8,7 +8,9 @@ use crate::keys::KeyStore;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use rand::RngCore;
 use sqlx::PgPool;
-use stile_shared::api::{ClaimsView, DecryptResponse, EntitlementView, IssuedQr, TicketView, TokenState};
+use stile_shared::api::{
+    ClaimsView, DecryptResponse, EntitlementView, IssuedQr, TicketView, TokenState,
+};
 use stile_shared::token::{Jti, QrClaims};
 use stile_shared::{Channel, FunctionCode, TicketStatus, TokenPolicy};
 

@@ -106,7 +106,7 @@ pub async fn redeem(
         let mut tx = pool.begin().await?;
         match attempt_redeem(&mut tx, policy, context, command).await {
             Ok(Attempt::Decided(outcome)) => match tx.commit().await {
-                Ok(()) => return Ok(outcome),
+                Ok(()) => return Ok(*outcome),
                 Err(error) if retryable(&error) && attempt < MAX_ATTEMPTS => {
                     on_retry();
                     attempt += 1;
@@ -131,11 +131,12 @@ pub async fn redeem(
 }
 
 fn retryable(error: &sqlx::Error) -> bool {
-    db::is_transient(error) || db::is_unique_violation(error, "redemption_events_jti_function_code_key")
+    db::is_transient(error)
+        || db::is_unique_violation(error, "redemption_events_jti_function_code_key")
 }
 
 enum Attempt {
-    Decided(ScanOutcome),
+    Decided(Box<ScanOutcome>),
     /// Another request already claimed this scan_id and committed: replay its answer.
     ScanIdTaken,
 }
@@ -185,7 +186,12 @@ async fn attempt_redeem(
 
     let now = command.now.timestamp();
     let (code, ticket, redemption, jti) = match &command.verified {
-        Err(_) => (DecisionCode::InvalidQr, None::<(i64, TicketView)>, None, None),
+        Err(_) => (
+            DecisionCode::InvalidQr,
+            None::<(i64, TicketView)>,
+            None,
+            None,
+        ),
         Ok(verified) => {
             let claims = &verified.claims;
             match check_token(claims, &context.merchant_code, now, policy) {
@@ -276,11 +282,11 @@ async fn attempt_redeem(
             .execute(&mut *tx)
             .await?;
     }
-    Ok(Attempt::Decided(ScanOutcome {
+    Ok(Attempt::Decided(Box::new(ScanOutcome {
         response,
         replayed: false,
         jti,
-    }))
+    })))
 }
 
 async fn lock_ticket(

@@ -184,7 +184,10 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
         check_text(&format!("{path}.name"), &channel.name)?;
         unique(&mut channel_names, &format!("{path}.name"), &channel.name)?;
         if channel.api_key.len() < 8 {
-            return Err(invalid(format!("{path}.api_key"), "must be at least 8 characters"));
+            return Err(invalid(
+                format!("{path}.api_key"),
+                "must be at least 8 characters",
+            ));
         }
     }
     let mut merchant_codes = HashSet::new();
@@ -192,35 +195,60 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
     let mut device_ids = HashSet::new();
     for (i, merchant) in file.merchants.iter().enumerate() {
         let path = format!("merchants[{i}]");
-        check_code(&format!("{path}.code"), &merchant.code, MAX_MERCHANT_CODE_LEN)?;
+        check_code(
+            &format!("{path}.code"),
+            &merchant.code,
+            MAX_MERCHANT_CODE_LEN,
+        )?;
         unique(&mut merchant_codes, &format!("{path}.code"), &merchant.code)?;
         check_text(&format!("{path}.name"), &merchant.name)?;
         if let Some(url) = &merchant.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(format!("{path}.webhook_url"), "must be an http(s) URL"));
+                return Err(invalid(
+                    format!("{path}.webhook_url"),
+                    "must be an http(s) URL",
+                ));
             }
         }
         let mut venues = HashSet::new();
         for (j, location) in merchant.locations.iter().enumerate() {
             let lpath = format!("{path}.locations[{j}]");
             check_code(&format!("{lpath}.venue_code"), &location.venue_code, 64)?;
-            unique(&mut venues, &format!("{lpath}.venue_code"), &location.venue_code)?;
+            unique(
+                &mut venues,
+                &format!("{lpath}.venue_code"),
+                &location.venue_code,
+            )?;
             check_text(&format!("{lpath}.name"), &location.name)?;
         }
         for (j, operator) in merchant.operators.iter().enumerate() {
             let opath = format!("{path}.operators[{j}]");
             check_code(&format!("{opath}.username"), &operator.username, 64)?;
-            unique(&mut usernames, &format!("{opath}.username"), &operator.username)?;
+            unique(
+                &mut usernames,
+                &format!("{opath}.username"),
+                &operator.username,
+            )?;
             if operator.password.is_empty() || operator.password.len() > 1024 {
-                return Err(invalid(format!("{opath}.password"), "must be 1 to 1024 characters"));
+                return Err(invalid(
+                    format!("{opath}.password"),
+                    "must be 1 to 1024 characters",
+                ));
             }
         }
         for (j, device) in merchant.devices.iter().enumerate() {
             let dpath = format!("{path}.devices[{j}]");
             check_code(&format!("{dpath}.device_id"), &device.device_id, 64)?;
-            unique(&mut device_ids, &format!("{dpath}.device_id"), &device.device_id)?;
+            unique(
+                &mut device_ids,
+                &format!("{dpath}.device_id"),
+                &device.device_id,
+            )?;
             if device.secret.len() < 8 {
-                return Err(invalid(format!("{dpath}.secret"), "must be at least 8 characters"));
+                return Err(invalid(
+                    format!("{dpath}.secret"),
+                    "must be at least 8 characters",
+                ));
             }
         }
     }
@@ -230,14 +258,26 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
         let path = format!("orders[{i}]");
         check_code(&format!("{path}.order_id"), &order.order_id, 64)?;
         unique(&mut order_ids, &format!("{path}.order_id"), &order.order_id)?;
-        check_code(&format!("{path}.merchant"), &order.merchant, MAX_MERCHANT_CODE_LEN)?;
+        check_code(
+            &format!("{path}.merchant"),
+            &order.merchant,
+            MAX_MERCHANT_CODE_LEN,
+        )?;
         for (j, passenger) in order.passengers.iter().enumerate() {
             let ppath = format!("{path}.passengers[{j}]");
             check_text(&format!("{ppath}.name"), &passenger.name)?;
             for (k, ticket) in passenger.tickets.iter().enumerate() {
                 let tpath = format!("{ppath}.tickets[{k}]");
-                check_code(&format!("{tpath}.ticket_code"), &ticket.ticket_code, MAX_TICKET_CODE_LEN)?;
-                unique(&mut ticket_codes, &format!("{tpath}.ticket_code"), &ticket.ticket_code)?;
+                check_code(
+                    &format!("{tpath}.ticket_code"),
+                    &ticket.ticket_code,
+                    MAX_TICKET_CODE_LEN,
+                )?;
+                unique(
+                    &mut ticket_codes,
+                    &format!("{tpath}.ticket_code"),
+                    &ticket.ticket_code,
+                )?;
                 let mut functions = HashSet::new();
                 for (l, entitlement) in ticket.entitlements.iter().enumerate() {
                     let epath = format!("{tpath}.entitlements[{l}]");
@@ -248,7 +288,10 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
                     )?;
                     check_text(&format!("{epath}.name"), &entitlement.name)?;
                     if entitlement.total_uses < 0 {
-                        return Err(invalid(format!("{epath}.total_uses"), "must not be negative"));
+                        return Err(invalid(
+                            format!("{epath}.total_uses"),
+                            "must not be negative",
+                        ));
                     }
                     let remaining = entitlement.remaining_uses.unwrap_or(entitlement.total_uses);
                     if remaining < 0 || remaining > entitlement.total_uses {
@@ -319,7 +362,10 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
     }
     let mut merchant_ids: HashMap<String, i64> = HashMap::new();
     for (i, merchant) in file.merchants.iter().enumerate() {
-        let timezone = merchant.timezone.clone().unwrap_or_else(|| "Asia/Shanghai".into());
+        let timezone = merchant
+            .timezone
+            .clone()
+            .unwrap_or_else(|| "Asia/Shanghai".into());
         let changed: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO merchants (code, name, timezone, webhook_url, webhook_secret) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, timezone = EXCLUDED.timezone, \
@@ -375,7 +421,10 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
             let (location_id,) = location.ok_or_else(|| {
                 invalid(
                     format!("merchants[{i}].devices[{j}].venue_code"),
-                    format!("no location {:?} for merchant {}", device.venue_code, merchant.code),
+                    format!(
+                        "no location {:?} for merchant {}",
+                        device.venue_code, merchant.code
+                    ),
                 )
             })?;
             let owner: Option<(i64,)> =
@@ -408,9 +457,14 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
         let path = format!("orders[{i}]");
         let merchant_id = match merchant_ids.get(&order.merchant) {
             Some(id) => *id,
-            None => merchant_id(&mut tx, &order.merchant).await?.ok_or_else(|| {
-                invalid(format!("{path}.merchant"), format!("no merchant {:?}", order.merchant))
-            })?,
+            None => merchant_id(&mut tx, &order.merchant)
+                .await?
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{path}.merchant"),
+                        format!("no merchant {:?}", order.merchant),
+                    )
+                })?,
         };
         let existing: Option<(i64, i64)> =
             sqlx::query_as("SELECT id, merchant_id FROM orders WHERE order_code = $1")
@@ -419,7 +473,10 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
                 .await?;
         let order_pk = match existing {
             Some((_, owner)) if owner != merchant_id => {
-                return Err(invalid(format!("{path}.order_id"), "belongs to another merchant"))
+                return Err(invalid(
+                    format!("{path}.order_id"),
+                    "belongs to another merchant",
+                ))
             }
             Some((id, _)) => {
                 counter.add("orders", false);
@@ -483,16 +540,16 @@ async fn upsert_operator(
     operator: &SeedOperator,
 ) -> Result<bool, SeedError> {
     let display_name = operator.display_name.clone().unwrap_or_default();
-    let existing: Option<(i64, i64, String)> = sqlx::query_as(
-        "SELECT id, merchant_id, password_hash FROM operators WHERE username = $1",
-    )
-    .bind(&operator.username)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let existing: Option<(i64, i64, String)> =
+        sqlx::query_as("SELECT id, merchant_id, password_hash FROM operators WHERE username = $1")
+            .bind(&operator.username)
+            .fetch_optional(&mut *tx)
+            .await?;
     match existing {
-        Some((_, owner, _)) if owner != merchant_id => {
-            Err(invalid("", "this username belongs to another merchant's operator"))
-        }
+        Some((_, owner, _)) if owner != merchant_id => Err(invalid(
+            "",
+            "this username belongs to another merchant's operator",
+        )),
         Some((id, _, hash)) => {
             // Re-hash only when the password really changed: a fresh salt would otherwise
             // make every load a change.
@@ -560,15 +617,17 @@ async fn upsert_ticket(
     ticket: &SeedTicket,
     counter: &mut Counter,
 ) -> Result<(), SeedError> {
-    let existing: Option<(i64, i64, String)> = sqlx::query_as(
-        "SELECT id, merchant_id, status FROM tickets WHERE ticket_code = $1",
-    )
-    .bind(&ticket.ticket_code)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let existing: Option<(i64, i64, String)> =
+        sqlx::query_as("SELECT id, merchant_id, status FROM tickets WHERE ticket_code = $1")
+            .bind(&ticket.ticket_code)
+            .fetch_optional(&mut *tx)
+            .await?;
     let ticket_id = match existing {
         Some((_, owner, _)) if owner != merchant_id => {
-            return Err(invalid(format!("{path}.ticket_code"), "belongs to another merchant"))
+            return Err(invalid(
+                format!("{path}.ticket_code"),
+                "belongs to another merchant",
+            ))
         }
         Some((id, _, status)) => {
             let current = TicketStatus::parse(&status).unwrap_or(TicketStatus::Void);
@@ -642,18 +701,41 @@ mod tests {
     #[test]
     fn bad_files_name_the_offending_field() {
         let cases = [
-            (r#"{"merchants": [{"code": "M0001234X", "name": "x"}]}"#, "merchants[0].code"),
-            (r#"{"merchants": [{"code": "M1", "name": "x", "locations": [{"venue_code": "G", "name": "g"}, {"venue_code": "G", "name": "h"}]}]}"#, "merchants[0].locations[1].venue_code"),
-            (r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "TK-0123456789", "channel": "OTA", "status": "ACTIVATED"}]}]}]}"#, "orders[0].passengers[0].tickets[0].ticket_code"),
-            (r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "T1", "channel": "OTA", "status": "ACTIVATED", "entitlements": [{"function_code": "ENTRY", "name": "e", "total_uses": 1, "remaining_uses": 2}]}]}]}]}"#, "orders[0].passengers[0].tickets[0].entitlements[0].remaining_uses"),
-            (r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "T1", "channel": "WEB", "status": "ACTIVATED"}]}]}]}"#, "orders[0].passengers[0].tickets[0].channel"),
-            (r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "T1", "channel": "OTA", "status": "ACTIVATED", "entitlements": [{"function_code": "entry", "name": "e", "total_uses": 1}]}]}]}]}"#, "orders[0].passengers[0].tickets[0].entitlements[0].function_code"),
+            (
+                r#"{"merchants": [{"code": "M0001234X", "name": "x"}]}"#,
+                "merchants[0].code",
+            ),
+            (
+                r#"{"merchants": [{"code": "M1", "name": "x", "locations": [{"venue_code": "G", "name": "g"}, {"venue_code": "G", "name": "h"}]}]}"#,
+                "merchants[0].locations[1].venue_code",
+            ),
+            (
+                r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "TK-0123456789", "channel": "OTA", "status": "ACTIVATED"}]}]}]}"#,
+                "orders[0].passengers[0].tickets[0].ticket_code",
+            ),
+            (
+                r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "T1", "channel": "OTA", "status": "ACTIVATED", "entitlements": [{"function_code": "ENTRY", "name": "e", "total_uses": 1, "remaining_uses": 2}]}]}]}]}"#,
+                "orders[0].passengers[0].tickets[0].entitlements[0].remaining_uses",
+            ),
+            (
+                r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "T1", "channel": "WEB", "status": "ACTIVATED"}]}]}]}"#,
+                "orders[0].passengers[0].tickets[0].channel",
+            ),
+            (
+                r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a", "tickets": [{"ticket_code": "T1", "channel": "OTA", "status": "ACTIVATED", "entitlements": [{"function_code": "entry", "name": "e", "total_uses": 1}]}]}]}]}"#,
+                "orders[0].passengers[0].tickets[0].entitlements[0].function_code",
+            ),
             (r#"{"merchant": []}"#, "merchant"),
-            (r#"{"channels": [{"name": "c", "kind": "OTA", "api_key": "short"}]}"#, "channels[0].api_key"),
+            (
+                r#"{"channels": [{"name": "c", "kind": "OTA", "api_key": "short"}]}"#,
+                "channels[0].api_key",
+            ),
         ];
         for (text, path) in cases {
             match parse(text) {
-                Err(SeedError::Invalid { path: got, .. }) => assert!(got.contains(path), "{text}: {got}"),
+                Err(SeedError::Invalid { path: got, .. }) => {
+                    assert!(got.contains(path), "{text}: {got}")
+                }
                 other => panic!("{text}: {other:?}"),
             }
         }
@@ -671,7 +753,11 @@ mod tests {
             (Activated, Activated, Activated),
         ];
         for (current, file, expected) in cases {
-            assert_eq!(next_status(current, file), expected, "{current:?} + {file:?}");
+            assert_eq!(
+                next_status(current, file),
+                expected,
+                "{current:?} + {file:?}"
+            );
         }
     }
 }

@@ -9,7 +9,14 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::process::Command;
 
-async fn raw(server: &TestServer, method: reqwest::Method, path: &str, bearer: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+async fn raw(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let mut request = server.client.request(method, server.url(path)).body(body);
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
@@ -24,12 +31,22 @@ async fn raw(server: &TestServer, method: reqwest::Method, path: &str, bearer: O
     (status, body)
 }
 
-fn assert_error(case: &str, (status, body): &(StatusCode, Value), expected_status: StatusCode, code: &str) {
+fn assert_error(
+    case: &str,
+    (status, body): &(StatusCode, Value),
+    expected_status: StatusCode,
+    code: &str,
+) {
     assert_eq!(*status, expected_status, "{case}: {body}");
     assert_eq!(body["code"], code, "{case}: {body}");
-    let message = body["message"].as_str().unwrap_or_else(|| panic!("{case}: no message in {body}"));
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{case}: no message in {body}"));
     for leak in ["sqlx", "panicked", "/src/", "SELECT", "postgres"] {
-        assert!(!message.contains(leak), "{case}: message leaks {leak:?}: {message}");
+        assert!(
+            !message.contains(leak),
+            "{case}: message leaks {leak:?}: {message}"
+        );
     }
 }
 
@@ -50,56 +67,269 @@ async fn bad_input_gets_a_contract_error_body_never_a_500() {
         serde_json::to_vec(&body).expect("json")
     };
 
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, b"{not json".to_vec()).await;
-    assert_error("malformed json", &case, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_error(
+        "malformed json",
+        &case,
+        StatusCode::BAD_REQUEST,
+        "BAD_REQUEST",
+    );
 
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, br#"{"function_code": "ENTRY", "venue_code": "GATE-EAST", "device_id": "dev-east-1"}"#.to_vec()).await;
-    assert_error("missing field", &case, StatusCode::BAD_REQUEST, "BAD_REQUEST");
-    assert!(case.1["message"].as_str().is_some_and(|m| m.contains("qr_token")), "{}", case.1);
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        br#"{"function_code": "ENTRY", "venue_code": "GATE-EAST", "device_id": "dev-east-1"}"#
+            .to_vec(),
+    )
+    .await;
+    assert_error(
+        "missing field",
+        &case,
+        StatusCode::BAD_REQUEST,
+        "BAD_REQUEST",
+    );
+    assert!(
+        case.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("qr_token")),
+        "{}",
+        case.1
+    );
 
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, good(json!({"venue_code": 42}))).await;
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        good(json!({"venue_code": 42})),
+    )
+    .await;
     assert_error("wrong type", &case, StatusCode::BAD_REQUEST, "BAD_REQUEST");
-    assert!(case.1["message"].as_str().is_some_and(|m| m.contains("venue_code")), "{}", case.1);
+    assert!(
+        case.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("venue_code")),
+        "{}",
+        case.1
+    );
 
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, good(json!({"function_code": "entry; drop"}))).await;
-    assert_error("malformed function code", &case, StatusCode::BAD_REQUEST, "BAD_REQUEST");
-    assert!(case.1["message"].as_str().is_some_and(|m| m.contains("function_code")), "{}", case.1);
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        good(json!({"function_code": "entry; drop"})),
+    )
+    .await;
+    assert_error(
+        "malformed function code",
+        &case,
+        StatusCode::BAD_REQUEST,
+        "BAD_REQUEST",
+    );
+    assert!(
+        case.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("function_code")),
+        "{}",
+        case.1
+    );
 
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, good(json!({"venue_code": ""}))).await;
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        good(json!({"venue_code": ""})),
+    )
+    .await;
     assert_error("empty venue", &case, StatusCode::BAD_REQUEST, "BAD_REQUEST");
 
     let huge = good(json!({"padding": "x".repeat(70 * 1024)}));
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, huge).await;
-    assert_error("oversized body", &case, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        huge,
+    )
+    .await;
+    assert_error(
+        "oversized body",
+        &case,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+    );
 
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), Some("text/plain"), good(json!({}))).await;
-    assert_error("wrong content type", &case, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        Some("text/plain"),
+        good(json!({})),
+    )
+    .await;
+    assert_error(
+        "wrong content type",
+        &case,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UNSUPPORTED_MEDIA_TYPE",
+    );
 
-    let case = raw(&server, post.clone(), "/venue/scan", None, json_type, good(json!({}))).await;
-    assert_error("no credential", &case, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        None,
+        json_type,
+        good(json!({})),
+    )
+    .await;
+    assert_error(
+        "no credential",
+        &case,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+    );
     assert_eq!(case.1["message"], "登录已失效，请重新登录");
-    let case = raw(&server, post.clone(), "/venue/scan", Some("not.a.jwt"), json_type, good(json!({}))).await;
-    assert_error("bad credential", &case, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some("not.a.jwt"),
+        json_type,
+        good(json!({})),
+    )
+    .await;
+    assert_error(
+        "bad credential",
+        &case,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+    );
 
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, good(json!({"device_id": "dev-other-1"}))).await;
-    assert_error("device of another merchant", &case, StatusCode::FORBIDDEN, "FORBIDDEN");
-    let case = raw(&server, post.clone(), "/venue/scan", Some(&operator), json_type, good(json!({"device_id": "dev-west-1"}))).await;
-    assert_error("device bound to another venue", &case, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        good(json!({"device_id": "dev-other-1"})),
+    )
+    .await;
+    assert_error(
+        "device of another merchant",
+        &case,
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+    );
+    let case = raw(
+        &server,
+        post.clone(),
+        "/venue/scan",
+        Some(&operator),
+        json_type,
+        good(json!({"device_id": "dev-west-1"})),
+    )
+    .await;
+    assert_error(
+        "device bound to another venue",
+        &case,
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+    );
 
-    let case = raw(&server, reqwest::Method::GET, "/no/such/path", None, None, vec![]).await;
+    let case = raw(
+        &server,
+        reqwest::Method::GET,
+        "/no/such/path",
+        None,
+        None,
+        vec![],
+    )
+    .await;
     assert_error("unknown path", &case, StatusCode::NOT_FOUND, "NOT_FOUND");
-    let case = raw(&server, reqwest::Method::GET, "/venue/scan", None, None, vec![]).await;
-    assert_error("wrong method", &case, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
-    let case = raw(&server, reqwest::Method::DELETE, "/keys", None, None, vec![]).await;
-    assert_error("wrong method on keys", &case, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
+    let case = raw(
+        &server,
+        reqwest::Method::GET,
+        "/venue/scan",
+        None,
+        None,
+        vec![],
+    )
+    .await;
+    assert_error(
+        "wrong method",
+        &case,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    );
+    let case = raw(
+        &server,
+        reqwest::Method::DELETE,
+        "/keys",
+        None,
+        None,
+        vec![],
+    )
+    .await;
+    assert_error(
+        "wrong method on keys",
+        &case,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    );
 
-    let case = raw(&server, post.clone(), "/operators/login", None, json_type, br#"{"username": "", "password": "x"}"#.to_vec()).await;
-    assert_error("empty username", &case, StatusCode::BAD_REQUEST, "BAD_REQUEST");
-    let case = raw(&server, post.clone(), "/operators/login", None, json_type, br#"[1, 2]"#.to_vec()).await;
+    let case = raw(
+        &server,
+        post.clone(),
+        "/operators/login",
+        None,
+        json_type,
+        br#"{"username": "", "password": "x"}"#.to_vec(),
+    )
+    .await;
+    assert_error(
+        "empty username",
+        &case,
+        StatusCode::BAD_REQUEST,
+        "BAD_REQUEST",
+    );
+    let case = raw(
+        &server,
+        post.clone(),
+        "/operators/login",
+        None,
+        json_type,
+        br#"[1, 2]"#.to_vec(),
+    )
+    .await;
     assert_error("array body", &case, StatusCode::BAD_REQUEST, "BAD_REQUEST");
 
     // English, when asked.
-    let response = server.client.get(server.url("/nowhere")).header("Accept-Language", "en").send().await.expect("request");
+    let response = server
+        .client
+        .get(server.url("/nowhere"))
+        .header("Accept-Language", "en")
+        .send()
+        .await
+        .expect("request");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body, json!({"code": "NOT_FOUND", "message": "Not found"}));
 
@@ -118,19 +348,39 @@ async fn operations_endpoints_answer() {
     let get = |path: &'static str| {
         let server = &server;
         async move {
-            let response = server.client.get(server.url(path)).send().await.expect("request");
+            let response = server
+                .client
+                .get(server.url(path))
+                .send()
+                .await
+                .expect("request");
             (response.status(), response.text().await.expect("text"))
         }
     };
     let (status, body) = get("/healthz").await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    );
     let (status, body) = get("/readyz").await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ready"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"status":"ready"}"#)
+    );
     let (status, metrics) = get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(metrics.contains(r#"stile_scan_decisions_total{code="SUCCESS"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"stile_scan_decisions_total{code="ALREADY_REDEEMED"} 1"#), "{metrics}");
-    assert!(metrics.contains("stile_http_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains(r#"stile_scan_decisions_total{code="SUCCESS"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stile_scan_decisions_total{code="ALREADY_REDEEMED"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stile_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
     let (status, keys) = get("/keys").await;
     assert_eq!(status, StatusCode::OK);
     let keys: Value = serde_json::from_str(&keys).expect("jwks");
@@ -141,21 +391,54 @@ async fn operations_endpoints_answer() {
     let (status, doc) = get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let doc: Value = serde_json::from_str(&doc).expect("openapi");
-    for path in ["/operators/login", "/venue/scan", "/qr/decrypt", "/tickets/{ticket_code}/qr", "/keys", "/healthz", "/readyz", "/metrics"] {
-        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/operators/login",
+        "/venue/scan",
+        "/qr/decrypt",
+        "/tickets/{ticket_code}/qr",
+        "/keys",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
     }
     for status in ["200", "400", "401", "403", "409", "413", "415", "422"] {
-        assert!(doc["paths"]["/venue/scan"]["post"]["responses"][status].is_object(), "/venue/scan {status}");
+        assert!(
+            doc["paths"]["/venue/scan"]["post"]["responses"][status].is_object(),
+            "/venue/scan {status}"
+        );
     }
     server.stop().await;
 }
 
 async fn dump(pool: &sqlx::PgPool) -> Vec<String> {
     let mut rows = Vec::new();
-    for table in ["merchants", "locations", "operators", "devices", "channels", "orders", "tickets", "entitlements", "signing_keys"] {
-        let table_rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY id"))
-            .fetch_all(pool).await.expect("dump");
-        rows.extend(table_rows.into_iter().map(|(row,)| format!("{table}: {row}")));
+    for table in [
+        "merchants",
+        "locations",
+        "operators",
+        "devices",
+        "channels",
+        "orders",
+        "tickets",
+        "entitlements",
+        "signing_keys",
+    ] {
+        let table_rows: Vec<(String,)> = sqlx::query_as(&format!(
+            "SELECT row_to_json(t)::text FROM {table} t ORDER BY id"
+        ))
+        .fetch_all(pool)
+        .await
+        .expect("dump");
+        rows.extend(
+            table_rows
+                .into_iter()
+                .map(|(row,)| format!("{table}: {row}")),
+        );
     }
     rows
 }
@@ -169,25 +452,62 @@ async fn seeding_the_same_file_twice_changes_nothing_and_use_is_never_rewound() 
     server.scan(&operator, &qr.qr_token, "MEAL").await;
     let before = dump(&server.pool).await;
     let file = central_server::seed::parse(FIXTURES).expect("parse");
-    let summary = central_server::seed::apply(&server.pool, &file).await.expect("apply");
+    let summary = central_server::seed::apply(&server.pool, &file)
+        .await
+        .expect("apply");
     assert!(summary.changed.iter().all(|(_, n)| *n == 0), "{summary}");
-    assert_eq!(dump(&server.pool).await, before, "a second load changed rows");
+    assert_eq!(
+        dump(&server.pool).await,
+        before,
+        "a second load changed rows"
+    );
 
     // A changed file: new name and password apply, a VOID applies, use is kept.
     let changed = FIXTURES
         .replace("示例乐园", "示例乐园（新）")
-        .replace(r#""ticket_code": "TK-1001-1", "channel": "MINIAPP", "status": "ACTIVATED""#, r#""ticket_code": "TK-1001-1", "channel": "MINIAPP", "status": "VOID""#)
-        .replace(r#"{"username": "op-other", "password": "correct horse"}"#, r#"{"username": "op-other", "password": "battery staple"}"#);
-    let summary = central_server::seed::apply(&server.pool, &central_server::seed::parse(&changed).expect("parse")).await.expect("apply");
+        .replace(
+            r#""ticket_code": "TK-1001-1", "channel": "MINIAPP", "status": "ACTIVATED""#,
+            r#""ticket_code": "TK-1001-1", "channel": "MINIAPP", "status": "VOID""#,
+        )
+        .replace(
+            r#"{"username": "op-other", "password": "correct horse"}"#,
+            r#"{"username": "op-other", "password": "battery staple"}"#,
+        );
+    let summary = central_server::seed::apply(
+        &server.pool,
+        &central_server::seed::parse(&changed).expect("parse"),
+    )
+    .await
+    .expect("apply");
     assert!(summary.to_string().contains("merchants: 1"), "{summary}");
-    let (name,): (String,) = sqlx::query_as("SELECT name FROM merchants WHERE code = 'M001'").fetch_one(&server.pool).await.expect("merchant");
+    let (name,): (String,) = sqlx::query_as("SELECT name FROM merchants WHERE code = 'M001'")
+        .fetch_one(&server.pool)
+        .await
+        .expect("merchant");
     assert_eq!(name, "示例乐园（新）");
-    let (status, current_jti): (String, Option<String>) = sqlx::query_as("SELECT status, current_jti FROM tickets WHERE ticket_code = 'TK-1001-1'")
-        .fetch_one(&server.pool).await.expect("ticket");
+    let (status, current_jti): (String, Option<String>) =
+        sqlx::query_as("SELECT status, current_jti FROM tickets WHERE ticket_code = 'TK-1001-1'")
+            .fetch_one(&server.pool)
+            .await
+            .expect("ticket");
     assert_eq!(status, "VOID");
-    assert_eq!(current_jti.as_deref(), Some(qr.jti.as_str()), "current_jti kept");
-    assert_eq!(server.remaining("TK-1001-1", "MEAL").await, 1, "remaining_uses kept");
-    let (status, _) = server.post_json("/operators/login", None, json!({"username": "op-other", "password": "battery staple"})).await;
+    assert_eq!(
+        current_jti.as_deref(),
+        Some(qr.jti.as_str()),
+        "current_jti kept"
+    );
+    assert_eq!(
+        server.remaining("TK-1001-1", "MEAL").await,
+        1,
+        "remaining_uses kept"
+    );
+    let (status, _) = server
+        .post_json(
+            "/operators/login",
+            None,
+            json!({"username": "op-other", "password": "battery staple"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }
@@ -199,15 +519,22 @@ async fn a_bad_seed_file_is_refused_whole() {
     let before = dump(&pool).await;
     // Valid JSON, valid shape, but a device names a venue the merchant does not have: found
     // only while applying, after the merchant rename was already written in the transaction.
-    let bad = FIXTURES
-        .replace("示例乐园", "改名")
-        .replace(r#""device_id": "dev-west-1", "venue_code": "GATE-WEST""#, r#""device_id": "dev-west-1", "venue_code": "GATE-NOWHERE""#);
+    let bad = FIXTURES.replace("示例乐园", "改名").replace(
+        r#""device_id": "dev-west-1", "venue_code": "GATE-WEST""#,
+        r#""device_id": "dev-west-1", "venue_code": "GATE-NOWHERE""#,
+    );
     let file = central_server::seed::parse(&bad).expect("shape is valid");
     match central_server::seed::apply(&pool, &file).await {
-        Err(central_server::seed::SeedError::Invalid { path, .. }) => assert_eq!(path, "merchants[0].devices[1].venue_code"),
+        Err(central_server::seed::SeedError::Invalid { path, .. }) => {
+            assert_eq!(path, "merchants[0].devices[1].venue_code")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(dump(&pool).await, before, "nothing of a refused file is loaded");
+    assert_eq!(
+        dump(&pool).await,
+        before,
+        "nothing of a refused file is loaded"
+    );
 }
 
 #[test]
@@ -220,18 +547,33 @@ fn the_cli_exits_64_on_a_bad_setting_and_65_on_a_bad_seed_file() {
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("listen"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("listen"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
-    let output = Command::new(binary).args(["serve"]).env_remove("DATABASE_URL").output().expect("run");
+    let output = Command::new(binary)
+        .args(["serve"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL"));
 
-    let output = Command::new(binary).args(["frobnicate"]).output().expect("run");
+    let output = Command::new(binary)
+        .args(["frobnicate"])
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(64));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.json");
-    std::fs::write(&file, r#"{"merchants": [{"code": "WAY-TOO-LONG", "name": "x"}]}"#).expect("write");
+    std::fs::write(
+        &file,
+        r#"{"merchants": [{"code": "WAY-TOO-LONG", "name": "x"}]}"#,
+    )
+    .expect("write");
     let output = Command::new(binary)
         .args(["seed", file.to_str().expect("path")])
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
@@ -239,24 +581,56 @@ fn the_cli_exits_64_on_a_bad_setting_and_65_on_a_bad_seed_file() {
         .expect("run");
     assert_eq!(output.status.code(), Some(65));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("merchants[0].code") && stderr.contains("nothing loaded"), "{stderr}");
+    assert!(
+        stderr.contains("merchants[0].code") && stderr.contains("nothing loaded"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
 async fn the_cli_seeds_and_rotates_keys_against_a_real_database() {
-    let url = stile_testkit::Cluster::shared().fresh_database(&central_server::db::MIGRATOR).await.expect("db");
+    let url = stile_testkit::Cluster::shared()
+        .fresh_database(&central_server::db::MIGRATOR)
+        .await
+        .expect("db");
     let binary = env!("CARGO_BIN_EXE_central-server");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed.json");
     for _ in 0..2 {
-        let output = Command::new(binary).args(["seed", example]).env("DATABASE_URL", &url).output().expect("run");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let output = Command::new(binary)
+            .args(["seed", example])
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    let second = Command::new(binary).args(["seed", example]).env("DATABASE_URL", &url).output().expect("run");
+    let second = Command::new(binary)
+        .args(["seed", example])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&second.stdout);
-    assert!(stdout.contains("merchants: 0") && stdout.contains("tickets: 0"), "{stdout}");
-    let rotate = Command::new(binary).args(["keys", "rotate"]).env("DATABASE_URL", &url).output().expect("run");
+    assert!(
+        stdout.contains("merchants: 0") && stdout.contains("tickets: 0"),
+        "{stdout}"
+    );
+    let rotate = Command::new(binary)
+        .args(["keys", "rotate"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run");
     assert!(String::from_utf8_lossy(&rotate.stdout).contains("k2"));
-    let list = Command::new(binary).args(["keys", "list"]).env("DATABASE_URL", &url).output().expect("run");
+    let list = Command::new(binary)
+        .args(["keys", "list"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run");
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(list.contains("k1\tpublished") && list.contains("k2\tactive"), "{list}");
+    assert!(
+        list.contains("k1\tpublished") && list.contains("k2\tactive"),
+        "{list}"
+    );
 }

@@ -12,7 +12,11 @@ use stile_shared::{Channel, DecisionCode, TicketStatus};
 async fn a_operator_login() {
     let server = TestServer::start().await;
     let (status, body) = server
-        .post_json("/operators/login", None, json!({"username": "op-east", "password": PASSWORD}))
+        .post_json(
+            "/operators/login",
+            None,
+            json!({"username": "op-east", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["token_type"], "Bearer");
@@ -23,12 +27,23 @@ async fn a_operator_login() {
 
     // Wrong password and unknown user: the same 401 and the same words.
     let (status, wrong) = server
-        .post_json("/operators/login", None, json!({"username": "op-east", "password": "nope"}))
+        .post_json(
+            "/operators/login",
+            None,
+            json!({"username": "op-east", "password": "nope"}),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(wrong, json!({"code": "INVALID_CREDENTIALS", "message": "用户名或密码错误"}));
+    assert_eq!(
+        wrong,
+        json!({"code": "INVALID_CREDENTIALS", "message": "用户名或密码错误"})
+    );
     let (status, unknown) = server
-        .post_json("/operators/login", None, json!({"username": "nobody", "password": "nope"}))
+        .post_json(
+            "/operators/login",
+            None,
+            json!({"username": "nobody", "password": "nope"}),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown, wrong);
@@ -40,18 +55,30 @@ async fn a_repeated_failures_are_throttled_even_with_the_right_password() {
     let server = TestServer::start().await;
     for _ in 0..10 {
         let (status, _) = server
-            .post_json("/operators/login", None, json!({"username": "op-east", "password": "guess"}))
+            .post_json(
+                "/operators/login",
+                None,
+                json!({"username": "op-east", "password": "guess"}),
+            )
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let (status, body) = server
-        .post_json("/operators/login", None, json!({"username": "op-east", "password": PASSWORD}))
+        .post_json(
+            "/operators/login",
+            None,
+            json!({"username": "op-east", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["code"], "TOO_MANY_REQUESTS");
     // Another username is not affected.
     let (status, _) = server
-        .post_json("/operators/login", None, json!({"username": "op-other", "password": PASSWORD}))
+        .post_json(
+            "/operators/login",
+            None,
+            json!({"username": "op-other", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
@@ -94,8 +121,15 @@ async fn b_successful_scan_redeems_one_use_and_logs_who_where_when() {
     .fetch_one(&server.pool)
     .await
     .expect("event");
-    assert_eq!((operator_name.as_str(), device.as_str(), venue.as_str(), function.as_str()),
-        ("op-east", "dev-east-1", "GATE-EAST", "MEAL"));
+    assert_eq!(
+        (
+            operator_name.as_str(),
+            device.as_str(),
+            venue.as_str(),
+            function.as_str()
+        ),
+        ("op-east", "dev-east-1", "GATE-EAST", "MEAL")
+    );
     let (audits,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM scan_audit WHERE redemption_event_id = $1 AND decision = 'SUCCESS' \
          AND operator_id IS NOT NULL AND device_id IS NOT NULL AND location_id IS NOT NULL",
@@ -113,13 +147,20 @@ async fn c_same_entitlement_twice_is_blocked_but_another_entitlement_of_the_same
     let server = TestServer::start().await;
     let operator = server.login("op-east").await;
     let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
-    assert_eq!(server.scan(&operator, &qr.qr_token, "MEAL").await.0, StatusCode::OK);
+    assert_eq!(
+        server.scan(&operator, &qr.qr_token, "MEAL").await.0,
+        StatusCode::OK
+    );
     let (status, body) = server.scan(&operator, &qr.qr_token, "MEAL").await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["code"], "ALREADY_REDEEMED");
     assert_eq!(body["result"], "ALREADY_REDEEMED");
     assert_eq!(body["message"], "该权益已核销");
-    assert_eq!(server.remaining("TK-1001-1", "MEAL").await, 1, "no second decrement");
+    assert_eq!(
+        server.remaining("TK-1001-1", "MEAL").await,
+        1,
+        "no second decrement"
+    );
     // The same QR may redeem a different entitlement.
     let (status, body) = server.scan(&operator, &qr.qr_token, "ENTRY").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -142,7 +183,10 @@ async fn d_entitlement_not_on_the_ticket() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["code"], "NOT_ENTITLED");
     assert_eq!(body["message"], "票券不包含此权益");
-    assert_eq!(body["ticket"]["ticket_code"], "TK-1001-1", "own merchant's ticket is shown");
+    assert_eq!(
+        body["ticket"]["ticket_code"], "TK-1001-1",
+        "own merchant's ticket is shown"
+    );
     server.stop().await;
 }
 
@@ -196,7 +240,10 @@ async fn f_miniapp_qr_expires_after_thirty_minutes_but_ota_does_not() {
     let fresh = server
         .dated_token("TK-1001-1", "M001", Channel::MiniApp, now - 1700)
         .await;
-    assert_eq!(server.scan(&operator, &fresh, "ENTRY").await.0, StatusCode::OK);
+    assert_eq!(
+        server.scan(&operator, &fresh, "ENTRY").await.0,
+        StatusCode::OK
+    );
 
     // An OTA QR from a month ago still works.
     let old_ota = server
@@ -228,18 +275,33 @@ async fn one_qr_redeems_each_of_two_entitlements_once_and_the_ticket_ends_used()
     let server = TestServer::start().await;
     let operator = server.login("op-east").await;
     let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
-    assert_eq!(server.scan(&operator, &qr.qr_token, "ENTRY").await.0, StatusCode::OK);
+    assert_eq!(
+        server.scan(&operator, &qr.qr_token, "ENTRY").await.0,
+        StatusCode::OK
+    );
     let (status, body) = server.scan(&operator, &qr.qr_token, "MEAL").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["ticket"]["status"], "ACTIVATED", "one MEAL use is left");
+    assert_eq!(
+        body["ticket"]["status"], "ACTIVATED",
+        "one MEAL use is left"
+    );
     let second = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
     let (status, body) = server.scan(&operator, &second.qr_token, "MEAL").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["ticket"]["status"], "USED", "every entitlement exhausted");
+    assert_eq!(
+        body["ticket"]["status"], "USED",
+        "every entitlement exhausted"
+    );
     // A USED ticket goes on through the checks: same QR → ALREADY_REDEEMED, newer → EXHAUSTED.
-    assert_eq!(server.scan(&operator, &second.qr_token, "MEAL").await.1["code"], "ALREADY_REDEEMED");
+    assert_eq!(
+        server.scan(&operator, &second.qr_token, "MEAL").await.1["code"],
+        "ALREADY_REDEEMED"
+    );
     let third = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
-    assert_eq!(server.scan(&operator, &third.qr_token, "ENTRY").await.1["code"], "EXHAUSTED");
+    assert_eq!(
+        server.scan(&operator, &third.qr_token, "ENTRY").await.1["code"],
+        "EXHAUSTED"
+    );
     server.stop().await;
 }
 
@@ -250,11 +312,17 @@ async fn pre_generated_and_void_tickets_are_refused() {
     let pre = server.issue_qr("TK-PRE", MINIAPP_KEY).await;
     let (status, body) = server.scan(&operator, &pre.qr_token, "ENTRY").await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!((body["code"].as_str(), body["message"].as_str()), (Some("TICKET_NOT_ACTIVE"), Some("票券未激活")));
+    assert_eq!(
+        (body["code"].as_str(), body["message"].as_str()),
+        (Some("TICKET_NOT_ACTIVE"), Some("票券未激活"))
+    );
     let void = server.issue_qr("TK-VOID", OTA_KEY).await;
     let (status, body) = server.scan(&operator, &void.qr_token, "ENTRY").await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!((body["code"].as_str(), body["message"].as_str()), (Some("TICKET_VOID"), Some("票券已作废")));
+    assert_eq!(
+        (body["code"].as_str(), body["message"].as_str()),
+        (Some("TICKET_VOID"), Some("票券已作废"))
+    );
     server.stop().await;
 }
 
@@ -269,7 +337,10 @@ async fn another_merchants_operator_gets_wrong_merchant_and_no_ticket_data() {
         }))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body, json!({"result": "WRONG_MERCHANT", "code": "WRONG_MERCHANT", "message": "无权核销该票券"}));
+    assert_eq!(
+        body,
+        json!({"result": "WRONG_MERCHANT", "code": "WRONG_MERCHANT", "message": "无权核销该票券"})
+    );
     assert_eq!(server.remaining("TK-1001-1", "ENTRY").await, 1);
     server.stop().await;
 }
@@ -289,6 +360,9 @@ async fn english_messages_on_request() {
         .await
         .expect("request");
     let body: serde_json::Value = response.json().await.expect("json");
-    assert_eq!(body["message"], "The ticket does not include this entitlement");
+    assert_eq!(
+        body["message"],
+        "The ticket does not include this entitlement"
+    );
     server.stop().await;
 }

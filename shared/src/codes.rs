@@ -146,8 +146,14 @@ mod tests {
         for (code, message) in expected {
             assert_eq!(code.message(Lang::ZhCn), message, "{code}");
         }
-        assert_eq!(ApiCode::Unauthorized.message(Lang::ZhCn), "登录已失效，请重新登录");
-        assert_eq!(ApiCode::InvalidCredentials.message(Lang::ZhCn), "用户名或密码错误");
+        assert_eq!(
+            ApiCode::Unauthorized.message(Lang::ZhCn),
+            "登录已失效，请重新登录"
+        );
+        assert_eq!(
+            ApiCode::InvalidCredentials.message(Lang::ZhCn),
+            "用户名或密码错误"
+        );
     }
 
     #[test]

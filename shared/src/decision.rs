@@ -51,7 +51,9 @@ pub struct DecisionInput<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Redeem one use of `ticket.entitlements[entitlement_index]`.
-    Redeem { entitlement_index: usize },
+    Redeem {
+        entitlement_index: usize,
+    },
     Reject(DecisionCode),
 }
 
@@ -212,7 +214,12 @@ mod tests {
             Some(t)
         };
         let cases = vec![
-            base("redeems", Decision::Redeem { entitlement_index: 0 }),
+            base(
+                "redeems",
+                Decision::Redeem {
+                    entitlement_index: 0,
+                },
+            ),
             Case {
                 claims: expired.clone(),
                 ..base("expired", Decision::Reject(QrExpired))
@@ -275,7 +282,12 @@ mod tests {
             },
             Case {
                 redeemed: vec![fc("MEAL")],
-                ..base("other function redeemed", Decision::Redeem { entitlement_index: 0 })
+                ..base(
+                    "other function redeemed",
+                    Decision::Redeem {
+                        entitlement_index: 0,
+                    },
+                )
             },
             Case {
                 function: "MEAL",
@@ -284,7 +296,10 @@ mod tests {
             Case {
                 function: "MEAL",
                 redeemed: vec![fc("MEAL")],
-                ..base("already redeemed before exhausted", Decision::Reject(AlreadyRedeemed))
+                ..base(
+                    "already redeemed before exhausted",
+                    Decision::Reject(AlreadyRedeemed),
+                )
             },
             Case {
                 ticket: with_status(TicketStatus::Used),

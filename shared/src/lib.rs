@@ -18,6 +18,8 @@ pub mod domain;
 pub mod token;
 
 pub use codes::{ApiCode, DecisionCode, Lang};
-pub use decision::{check_token, decide, Decision, DecisionInput, EntitlementSnapshot, TicketSnapshot};
+pub use decision::{
+    check_token, decide, Decision, DecisionInput, EntitlementSnapshot, TicketSnapshot,
+};
 pub use domain::{Channel, FunctionCode, TicketStatus};
 pub use token::{KeySet, QrClaims, TokenError, TokenPolicy, VerifiedToken};

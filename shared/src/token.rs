@@ -221,8 +221,7 @@ impl KeySet {
     pub fn from_jwks(jwks: &JwkSet) -> Result<KeySet, KeySetError> {
         let mut set = KeySet::new();
         for jwk in &jwks.keys {
-            if jwk.kty != "OKP" || jwk.crv != "Ed25519" || jwk.alg != "EdDSA" || jwk.use_ != "sig"
-            {
+            if jwk.kty != "OKP" || jwk.crv != "Ed25519" || jwk.alg != "EdDSA" || jwk.use_ != "sig" {
                 continue;
             }
             let bad = |reason| KeySetError::BadKey {
@@ -232,10 +231,9 @@ impl KeySet {
             let bytes = URL_SAFE_NO_PAD
                 .decode(&jwk.x)
                 .map_err(|_| bad("x is not base64url"))?;
-            let bytes: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| bad("x is not 32 bytes"))?;
-            let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("x is not a curve point"))?;
+            let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad("x is not 32 bytes"))?;
+            let key =
+                VerifyingKey::from_bytes(&bytes).map_err(|_| bad("x is not a curve point"))?;
             set.insert(&jwk.kid, key);
         }
         Ok(set)
@@ -277,8 +275,7 @@ pub fn verify(token: &str, keys: &KeySet) -> Result<VerifiedToken, TokenError> {
         return Err(TokenError::Malformed);
     };
     let header_json = decode_part(header_b64)?;
-    let header: Header =
-        serde_json::from_slice(&header_json).map_err(|_| TokenError::BadHeader)?;
+    let header: Header = serde_json::from_slice(&header_json).map_err(|_| TokenError::BadHeader)?;
     if header.alg != "EdDSA" {
         return Err(TokenError::AlgorithmNotAllowed(header.alg));
     }
@@ -450,7 +447,10 @@ mod tests {
         c.tid = "T".repeat(MAX_TICKET_CODE_LEN + 1);
         assert!(matches!(
             signer("k1", 1).issue(&c),
-            Err(IssueError::TooLong { field: "ticket code", .. })
+            Err(IssueError::TooLong {
+                field: "ticket code",
+                ..
+            })
         ));
         assert!(matches!(
             signer("k12345", 1).issue(&claims(Channel::Ota)),
@@ -469,12 +469,14 @@ mod tests {
         let parts: Vec<&str> = good.split('.').collect();
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","kid":"k1"}"#);
         let hs_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","kid":"k1"}"#);
-        let cases: Vec<(String, fn(&TokenError) -> bool)> = vec![
+        type Expectation = fn(&TokenError) -> bool;
+        let cases: Vec<(String, Expectation)> = vec![
             (forged, |e| *e == TokenError::BadSignature),
             (unknown_kid, |e| *e == TokenError::UnknownKid),
-            (format!("{none_header}.{}.", parts[1]), |e| {
-                matches!(e, TokenError::AlgorithmNotAllowed(a) if a == "none")
-            }),
+            (
+                format!("{none_header}.{}.", parts[1]),
+                |e| matches!(e, TokenError::AlgorithmNotAllowed(a) if a == "none"),
+            ),
             (format!("{hs_header}.{}.{}", parts[1], parts[2]), |e| {
                 matches!(e, TokenError::AlgorithmNotAllowed(_))
             }),

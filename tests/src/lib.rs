@@ -53,11 +53,9 @@ static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
 impl Cluster {
     /// The cluster of this test process, started on first use.
     pub fn shared() -> &'static Cluster {
-        let result = SHARED.get_or_init(|| {
-            match std::env::var("DATABASE_URL") {
-                Ok(url) if !url.is_empty() => Ok(Cluster::external(url)),
-                _ => Cluster::start(&ClusterOptions::default()).map_err(|e| format!("{e:#}")),
-            }
+        let result = SHARED.get_or_init(|| match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Ok(Cluster::external(url)),
+            _ => Cluster::start(&ClusterOptions::default()).map_err(|e| format!("{e:#}")),
         });
         match result {
             Ok(cluster) => cluster,
@@ -98,7 +96,14 @@ impl Cluster {
         let initdb = as_user(&run_as, &bin.join("initdb"))
             .args(["-D"])
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "-N"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-N",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
@@ -165,15 +170,15 @@ impl Cluster {
         // makes it busy, so retry briefly.
         let started = Instant::now();
         loop {
-            let created = sqlx::query(&format!(
-                "CREATE DATABASE {name} TEMPLATE {template}"
-            ))
-            .execute(&mut admin)
-            .await;
+            let created = sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+                .execute(&mut admin)
+                .await;
             match created {
                 Ok(_) => break,
                 Err(error) if started.elapsed() < Duration::from_secs(30) => {
-                    let busy = error.to_string().contains("is being accessed by other users");
+                    let busy = error
+                        .to_string()
+                        .contains("is being accessed by other users");
                     if !busy {
                         return Err(error.into());
                     }
@@ -197,7 +202,10 @@ impl Cluster {
             .execute(&mut admin)
             .await?;
         let mut conn = sqlx::PgConnection::connect(&self.url_of(&name)).await?;
-        migrator.run(&mut conn).await.context("migrating the template")?;
+        migrator
+            .run(&mut conn)
+            .await
+            .context("migrating the template")?;
         conn.close().await?;
         templates.push((key, name.clone()));
         Ok(name)
@@ -255,7 +263,10 @@ pub fn postgres_bindir() -> anyhow::Result<PathBuf> {
 
 /// `None` when we may run PostgreSQL ourselves; the user to run it as when we are root.
 fn run_as_user() -> anyhow::Result<Option<String>> {
-    let output = Command::new("id").arg("-u").output().context("running id -u")?;
+    let output = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
     let uid = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     if uid != "0" {
         return Ok(None);

@@ -136,13 +136,22 @@ impl TestServer {
     /// Logs in; panics unless it works.
     pub async fn login(&self, username: &str) -> String {
         let (status, body) = self
-            .post_json("/operators/login", None, serde_json::json!({"username": username, "password": PASSWORD}))
+            .post_json(
+                "/operators/login",
+                None,
+                serde_json::json!({"username": username, "password": PASSWORD}),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["token"].as_str().expect("token").to_owned()
     }
 
-    pub async fn post_json(&self, path: &str, bearer: Option<&str>, body: Value) -> (StatusCode, Value) {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
         let mut request = self.client.post(self.url(path)).json(&body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
@@ -170,7 +179,13 @@ impl TestServer {
         self.scan_with(operator, qr, function, None).await
     }
 
-    pub async fn scan_with(&self, operator: &str, qr: &str, function: &str, scan_id: Option<&str>) -> (StatusCode, Value) {
+    pub async fn scan_with(
+        &self,
+        operator: &str,
+        qr: &str,
+        function: &str,
+        scan_id: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut body = serde_json::json!({
             "qr_token": qr, "function_code": function, "venue_code": "GATE-EAST", "device_id": "dev-east-1"
         });
@@ -205,7 +220,13 @@ impl TestServer {
     }
 
     /// A token signed by the server's real key, issued at `iat`, made the ticket's current QR.
-    pub async fn dated_token(&self, ticket_code: &str, merchant: &str, channel: Channel, iat: i64) -> String {
+    pub async fn dated_token(
+        &self,
+        ticket_code: &str,
+        merchant: &str,
+        channel: Channel,
+        iat: i64,
+    ) -> String {
         let signer = self.active_signer().await;
         let jti = Jti::from_bytes(rand_bytes());
         let claims = QrClaims {
