@@ -110,11 +110,15 @@ pub async fn serve_state(
     ));
     let grace = std::time::Duration::from_secs(state.settings.shutdown_grace_secs);
     tracing::info!(listen = %listener.local_addr()?, "central server listening");
+    let watchdog = tokio::spawn(systemd_watchdog(stopping_tx.subscribe()));
     let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let _ = stopping_tx.send(true);
     });
+    // Under systemd (Type=notify) this says the server is up; elsewhere it does nothing.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let grace_expired = async move {
         let _ = stopping_rx.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(grace).await;
@@ -127,7 +131,26 @@ pub async fn serve_state(
         }
     };
     refresher.abort();
+    watchdog.abort();
     result
+}
+
+/// Pings systemd's watchdog at half its interval while the server runs (only when the unit
+/// sets `WatchdogSec`).
+async fn systemd_watchdog(mut stopping: watch::Receiver<bool>) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let mut interval = tokio::time::interval(std::time::Duration::from_micros(usec / 2));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = stopping.changed() => return,
+        }
+    }
 }
 
 /// One step: reload the key ring. The loop around it only adds timing and shutdown.
