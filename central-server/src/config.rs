@@ -30,6 +30,8 @@ pub struct Settings {
     /// HMAC key of operator JWTs; when unset, one is generated once and kept in the database
     /// so every server process on it agrees.
     pub jwt_secret: Option<String>,
+    /// Bearer token of the admin API (`POST /admin/seed`); the admin API is off when unset.
+    pub admin_token: Option<String>,
     pub qr_ttl_miniapp_secs: i64,
     pub clock_skew_secs: i64,
     /// How often a running server reloads the signing keys (a rotation is published within
@@ -91,6 +93,7 @@ pub struct SettingsLayer {
     pub db_max_connections: Option<u32>,
     pub operator_token_ttl_secs: Option<i64>,
     pub jwt_secret: Option<String>,
+    pub admin_token: Option<String>,
     pub qr_ttl_miniapp_secs: Option<i64>,
     pub clock_skew_secs: Option<i64>,
     pub key_refresh_secs: Option<u64>,
@@ -136,6 +139,7 @@ impl SettingsLayer {
                     layer.operator_token_ttl_secs = Some(number(key, &value)?)
                 }
                 "STILE_JWT_SECRET" => layer.jwt_secret = Some(value),
+                "STILE_ADMIN_TOKEN" => layer.admin_token = Some(value),
                 "STILE_QR_TTL_MINIAPP_SECS" => {
                     layer.qr_ttl_miniapp_secs = Some(number(key, &value)?)
                 }
@@ -174,6 +178,7 @@ impl SettingsLayer {
             db_max_connections,
             operator_token_ttl_secs,
             jwt_secret,
+            admin_token,
             qr_ttl_miniapp_secs,
             clock_skew_secs,
             key_refresh_secs,
@@ -207,6 +212,7 @@ impl SettingsLayer {
             db_max_connections: self.db_max_connections.unwrap_or(16),
             operator_token_ttl_secs: self.operator_token_ttl_secs.unwrap_or(43_200),
             jwt_secret: self.jwt_secret,
+            admin_token: self.admin_token,
             qr_ttl_miniapp_secs: self.qr_ttl_miniapp_secs.unwrap_or(1800),
             clock_skew_secs: self.clock_skew_secs.unwrap_or(60),
             key_refresh_secs: self.key_refresh_secs.unwrap_or(30),
@@ -242,10 +248,13 @@ impl SettingsLayer {
                 message: "must be 1 to 60 (a rotation is published within 60 s)".into(),
             });
         }
-        if let Some(secret) = &settings.jwt_secret {
-            if secret.len() < 32 {
+        for (name, secret) in [
+            ("jwt_secret", &settings.jwt_secret),
+            ("admin_token", &settings.admin_token),
+        ] {
+            if secret.as_ref().is_some_and(|secret| secret.len() < 32) {
                 return Err(ConfigError::Invalid {
-                    name: "jwt_secret",
+                    name,
                     message: "must be at least 32 characters".into(),
                 });
             }
@@ -330,6 +339,17 @@ mod tests {
                 .expect_err(name);
             assert!(error.to_string().contains(name), "{vars:?}: {error}");
         }
+    }
+
+    #[test]
+    fn the_shipped_example_file_is_valid() {
+        let file: SettingsLayer =
+            toml::from_str(include_str!("../../systemd/central-server.toml")).expect("toml");
+        let settings = file
+            .merged(SettingsLayer::from_env([("DATABASE_URL", DB)]).expect("env"))
+            .resolve()
+            .expect("valid");
+        assert_eq!(settings.log_format, LogFormat::Json);
     }
 
     #[test]

@@ -28,6 +28,8 @@ use uuid::Uuid;
 
 /// Largest request body accepted (contract: 413 above 64 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest seed file the admin API accepts.
+pub const MAX_SEED_BYTES: usize = 16 * 1024 * 1024;
 
 /// The whole API, testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -37,6 +39,10 @@ pub fn router(state: AppState) -> Router {
         .route("/qr/decrypt", post(qr_decrypt))
         .route("/tickets/{ticket_code}/qr", post(issue_qr))
         .route("/keys", get(published_keys))
+        .route(
+            "/admin/seed",
+            post(admin_seed).layer(DefaultBodyLimit::max(MAX_SEED_BYTES)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -404,4 +410,59 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "The OpenAPI document")))]
 pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json((*state.openapi).clone())
+}
+
+/// Load a seed file (the same format and rules as `central-server seed`).
+#[utoipa::path(post, path = "/admin/seed", tag = "admin",
+    request_body(content = String, content_type = "application/json", description = "A seed file (format in the README); up to 16 MiB"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Loaded; rows inserted or changed, by kind", body = serde_json::Value),
+        (status = 400, description = "BAD_REQUEST: the file is refused whole; the message names the offending field's path", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: wrong admin token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the admin API is off (no STILE_ADMIN_TOKEN configured)", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: over 16 MiB", body = ErrorBody),
+    ))]
+pub async fn admin_seed(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> Result<Response, AppError> {
+    let Some(expected) = state.settings.admin_token.as_deref() else {
+        return Err(AppError::Forbidden("the admin API is off".into()));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compare digests, so the comparison takes the same time wherever the strings differ.
+    if crate::auth::sha256_hex(presented) != crate::auth::sha256_hex(expected) {
+        return Err(AppError::Unauthorized);
+    }
+    let text = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
+        _ => AppError::BadRequest(rejection.body_text()),
+    })?;
+    let file = crate::seed::parse(&text).map_err(seed_error)?;
+    let summary = crate::seed::apply(&state.pool, &file)
+        .await
+        .map_err(seed_error)?;
+    tracing::info!(%summary, "seed loaded through the admin API");
+    let changed: serde_json::Map<String, serde_json::Value> = summary
+        .changed
+        .iter()
+        .map(|(kind, n)| ((*kind).to_owned(), serde_json::Value::from(*n)))
+        .collect();
+    Ok(Json(serde_json::json!({ "changed": changed })).into_response())
+}
+
+fn seed_error(error: crate::seed::SeedError) -> AppError {
+    match error {
+        crate::seed::SeedError::Invalid { path, message } => {
+            AppError::BadRequest(format!("{path}: {message}"))
+        }
+        crate::seed::SeedError::Database(error) => AppError::Database(error),
+        crate::seed::SeedError::Hash(error) => AppError::Internal(error),
+    }
 }

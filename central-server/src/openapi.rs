@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         crate::http::readyz,
         crate::http::metrics,
         crate::http::openapi,
+        crate::http::admin_seed,
     ),
     components(schemas(
         stile_shared::api::ErrorBody,
@@ -43,6 +44,15 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some("The token from POST /operators/login"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("STILE_ADMIN_TOKEN"))
                     .build(),
             ),
         );

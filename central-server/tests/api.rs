@@ -634,3 +634,72 @@ async fn the_cli_seeds_and_rotates_keys_against_a_real_database() {
         "{list}"
     );
 }
+
+#[tokio::test]
+async fn the_admin_api_loads_seed_files_with_the_same_rules() {
+    const ADMIN: &str = "admin-token-admin-token-admin-token";
+    let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+    let post = |token: &'static str, body: String| {
+        let server = &server;
+        async move {
+            let response = server
+                .client
+                .post(server.url("/admin/seed"))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("request");
+            (
+                response.status(),
+                response.json::<Value>().await.expect("json"),
+            )
+        }
+    };
+    let (status, body) = post(ADMIN, FIXTURES.to_owned()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["changed"]
+            .as_object()
+            .expect("changed")
+            .values()
+            .all(|n| n == 0),
+        "already loaded: {body}"
+    );
+    let added = FIXTURES.replace(r#"{"name": "王五", "tickets": ["#, r#"{"name": "王五", "tickets": [
+        {"ticket_code": "TK-NEW", "channel": "OTA", "status": "ACTIVATED", "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1}]},"#);
+    let (status, body) = post(ADMIN, added).await;
+    assert_eq!(
+        (status, body["changed"]["tickets"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{body}"
+    );
+    let (status, body) = post(
+        ADMIN,
+        r#"{"orders": [{"order_id": "O9", "merchant": "NOPE"}]}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("orders[0].merchant")),
+        "{body}"
+    );
+    let (status, _) = post("wrong-token", FIXTURES.to_owned()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+
+    let off = TestServer::start().await;
+    let response = off
+        .client
+        .post(off.url("/admin/seed"))
+        .bearer_auth(ADMIN)
+        .body(FIXTURES)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    off.stop().await;
+}
