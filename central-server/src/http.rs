@@ -6,7 +6,9 @@
 
 use crate::auth::{verify_password, AuthenticatedChannel, AuthenticatedOperator};
 use crate::error::{localize, no_store, status_of, AppError, RequestLang};
-use crate::scan::{self, ScanCommand, ScanContext};
+use crate::scan::{
+    self, DeviceAt, LocationAt, RedemptionSource, ScanCommand, ScanContext, ScanSubject,
+};
 use crate::{qr, AppState};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
@@ -255,14 +257,19 @@ pub async fn venue_scan(
         merchant_code: operator.merchant_code.clone(),
         operator_id: operator.id,
         operator_username: operator.username.clone(),
-        device_pk,
-        device_id: request.device_id.clone(),
-        location_id,
-        venue_code: request.venue_code.clone(),
+        device: Some(DeviceAt {
+            device_pk,
+            device_id: request.device_id.clone(),
+        }),
+        location: Some(LocationAt {
+            location_id,
+            venue_code: request.venue_code.clone(),
+        }),
+        source: RedemptionSource::Venue,
     };
     let command = ScanCommand {
         token_sha256: ScanCommand::token_digest(&request.qr_token),
-        verified,
+        subject: ScanSubject::Token(verified),
         function_code: request.function_code.clone(),
         scan_id,
         now: Utc::now(),
@@ -285,7 +292,7 @@ pub async fn venue_scan(
     tracing::info!(
         decision = code.as_str(),
         jti = outcome.jti.as_ref().map(|j| j.as_str()).unwrap_or("-"),
-        device = %context.device_id,
+        device = %request.device_id,
         operator = context.operator_id,
         function = %command.function_code,
         replayed = outcome.replayed,

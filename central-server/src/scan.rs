@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use stile_shared::api::{EntitlementView, OperatorRef, RedemptionView, ScanResponse, TicketView};
 use stile_shared::decision::{check_token, decide, Decision, DecisionInput};
-use stile_shared::token::{Jti, TokenError, VerifiedToken};
+use stile_shared::token::{Jti, QrClaims, TokenError, VerifiedToken};
 use stile_shared::{
-    DecisionCode, EntitlementSnapshot, FunctionCode, Lang, TicketSnapshot, TicketStatus,
+    Channel, DecisionCode, EntitlementSnapshot, FunctionCode, Lang, TicketSnapshot, TicketStatus,
     TokenPolicy,
 };
 use uuid::Uuid;
@@ -35,24 +35,72 @@ use uuid::Uuid;
 /// How many times a transaction is run before a transient failure is surfaced.
 pub const MAX_ATTEMPTS: u32 = 8;
 
-/// Who is scanning, where: the operator (from the JWT) and the device bound to the venue.
+/// Which path a redemption came through (the reconciliation log's `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedemptionSource {
+    /// `POST /venue/scan`: a gate.
+    Venue,
+    /// `POST /merchant/tickets/scan`: the merchant console.
+    Merchant,
+    /// Decided by a gate while offline, uploaded later.
+    Offline,
+}
+
+impl RedemptionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedemptionSource::Venue => "venue",
+            RedemptionSource::Merchant => "merchant",
+            RedemptionSource::Offline => "offline",
+        }
+    }
+}
+
+/// A device and the location it is bound to.
+#[derive(Debug, Clone)]
+pub struct DeviceAt {
+    pub device_pk: i64,
+    pub device_id: String,
+}
+
+/// A location of the merchant.
+#[derive(Debug, Clone)]
+pub struct LocationAt {
+    pub location_id: i64,
+    pub venue_code: String,
+}
+
+/// Who is scanning, where: the operator (from the JWT), the device (gates) and the
+/// location (gates always; the merchant console when it names one).
 #[derive(Debug, Clone)]
 pub struct ScanContext {
     pub merchant_id: i64,
     pub merchant_code: String,
     pub operator_id: i64,
     pub operator_username: String,
-    pub device_pk: i64,
-    pub device_id: String,
-    pub location_id: i64,
-    pub venue_code: String,
+    pub device: Option<DeviceAt>,
+    pub location: Option<LocationAt>,
+    pub source: RedemptionSource,
+}
+
+/// What is being redeemed.
+#[derive(Debug, Clone)]
+pub enum ScanSubject {
+    /// A QR token as scanned, with the outcome of its verification.
+    Token(Result<VerifiedToken, TokenError>),
+    /// A ticket of the operator's merchant, redeemed under its current jti (order-code
+    /// scans of the merchant console; the caller makes sure the ticket has a current QR).
+    /// A QR scan and an order scan of one ticket block each other exactly as two QR
+    /// scans do, because both redeem under the same (jti, function_code).
+    Ticket { ticket_code: String },
 }
 
 /// One scan to decide.
 #[derive(Debug, Clone)]
 pub struct ScanCommand {
+    /// Digest of the scanned token (or ticket code): a retried scan_id must match it.
     pub token_sha256: [u8; 32],
-    pub verified: Result<VerifiedToken, TokenError>,
+    pub subject: ScanSubject,
     pub function_code: FunctionCode,
     pub scan_id: Option<Uuid>,
     /// The deciding clock: expiry and `redeemed_at` use it, never the database's clock.
@@ -155,6 +203,11 @@ impl From<sqlx::Error> for AttemptError {
 struct LockedTicket {
     id: i64,
     ticket_code: String,
+    channel: Channel,
+    order_id: i64,
+    order_code: String,
+    /// Whether the merchant wants a webhook for each redemption.
+    notify: bool,
     snapshot: TicketSnapshot,
     entitlement_ids: Vec<i64>,
     names: Vec<String>,
@@ -185,76 +238,61 @@ async fn attempt_redeem(
     }
 
     let now = command.now.timestamp();
-    let (code, ticket, redemption, jti) = match &command.verified {
-        Err(_) => (
-            DecisionCode::InvalidQr,
-            None::<(i64, TicketView)>,
-            None,
-            None,
-        ),
-        Ok(verified) => {
+    let decided = match &command.subject {
+        ScanSubject::Token(Err(_)) => Decided::without_ticket(DecisionCode::InvalidQr, None),
+        ScanSubject::Token(Ok(verified)) => {
             let claims = &verified.claims;
             match check_token(claims, &context.merchant_code, now, policy) {
-                Err(code) => (code, None, None, Some(claims.jti.clone())),
+                Err(code) => Decided::without_ticket(code, Some(claims.jti.clone())),
                 Ok(()) => {
                     let locked = lock_ticket(tx, context.merchant_id, &claims.tid).await?;
-                    let redeemed = redeemed_functions(tx, &claims.jti).await?;
-                    let decision = decide(&DecisionInput {
-                        claims,
-                        operator_merchant: &context.merchant_code,
-                        ticket: locked.as_ref().map(|t| &t.snapshot),
-                        redeemed_with_this_jti: &redeemed,
-                        function_code: &command.function_code,
-                        now,
-                        policy,
-                    });
-                    match (decision, locked) {
-                        (Decision::Redeem { entitlement_index }, Some(mut locked)) => {
-                            let redemption = apply_redemption(
-                                tx,
-                                context,
-                                command,
-                                &claims.jti,
-                                &mut locked,
-                                entitlement_index,
-                            )
-                            .await?;
-                            (
-                                DecisionCode::Success,
-                                Some((locked.id, ticket_view(&locked))),
-                                Some(redemption),
-                                Some(claims.jti.clone()),
-                            )
-                        }
-                        (Decision::Redeem { .. }, None) => {
-                            return Err(AttemptError::Internal(
-                                "decision redeemed a ticket that was not found".into(),
-                            ))
-                        }
-                        (Decision::Reject(code), locked) => (
-                            code,
-                            locked.as_ref().map(|t| (t.id, ticket_view(t))),
-                            None,
-                            Some(claims.jti.clone()),
-                        ),
-                    }
+                    decide_and_apply(tx, policy, context, command, claims, locked).await?
                 }
             }
         }
+        ScanSubject::Ticket { ticket_code } => {
+            let Some(locked) = lock_ticket(tx, context.merchant_id, ticket_code).await? else {
+                return Err(AttemptError::Internal(format!(
+                    "ticket {ticket_code} vanished before its order scan"
+                )));
+            };
+            let Some(current_jti) = locked.snapshot.current_jti.clone() else {
+                return Err(AttemptError::Internal(format!(
+                    "ticket {ticket_code} has no current QR for its order scan"
+                )));
+            };
+            // The operator is authenticated by their JWT and the ticket was chosen by its
+            // order: the claims are the ticket's current QR, fresh now.
+            let claims = QrClaims {
+                jti: current_jti,
+                tid: ticket_code.clone(),
+                mid: context.merchant_code.clone(),
+                ch: locked.channel,
+                iat: now,
+                exp: policy.expiry_for(locked.channel, now),
+            };
+            decide_and_apply(tx, policy, context, command, &claims, Some(locked)).await?
+        }
     };
+    let Decided {
+        code,
+        ticket,
+        redemption,
+        jti,
+    } = decided;
 
     let ticket_id = ticket.as_ref().map(|(id, _)| *id);
     let ticket = ticket.map(|(_, view)| view);
     let redemption_id = redemption.as_ref().map(|r: &RedemptionView| r.id);
     sqlx::query(
         "INSERT INTO scan_audit (merchant_id, operator_id, device_id, location_id, ticket_id, jti, \
-         function_code, decision, scan_id, redemption_event_id, decided_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         function_code, decision, scan_id, redemption_event_id, decided_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(context.merchant_id)
     .bind(context.operator_id)
-    .bind(context.device_pk)
-    .bind(context.location_id)
+    .bind(context.device.as_ref().map(|d| d.device_pk))
+    .bind(context.location.as_ref().map(|l| l.location_id))
     .bind(ticket_id)
     .bind(jti.as_ref().map(Jti::as_str))
     .bind(command.function_code.as_str())
@@ -262,6 +300,7 @@ async fn attempt_redeem(
     .bind(command.scan_id)
     .bind(redemption_id)
     .bind(command.now)
+    .bind(context.source.as_str())
     .execute(&mut *tx)
     .await?;
 
@@ -289,22 +328,109 @@ async fn attempt_redeem(
     })))
 }
 
+type LockedRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    String,
+    bool,
+);
+
+/// A decision and what it produced, before the audit row and the stored answer.
+struct Decided {
+    code: DecisionCode,
+    /// The ticket's id and view, for decisions about a ticket of the operator's merchant.
+    ticket: Option<(i64, TicketView)>,
+    redemption: Option<RedemptionView>,
+    jti: Option<Jti>,
+}
+
+impl Decided {
+    fn without_ticket(code: DecisionCode, jti: Option<Jti>) -> Decided {
+        Decided {
+            code,
+            ticket: None,
+            redemption: None,
+            jti,
+        }
+    }
+}
+
+/// Decides with the shared function over the locked ticket, and applies a redemption.
+async fn decide_and_apply(
+    tx: &mut PgConnection,
+    policy: TokenPolicy,
+    context: &ScanContext,
+    command: &ScanCommand,
+    claims: &QrClaims,
+    locked: Option<LockedTicket>,
+) -> Result<Decided, AttemptError> {
+    let now = command.now.timestamp();
+    let redeemed = redeemed_functions(tx, &claims.jti).await?;
+    let decision = decide(&DecisionInput {
+        claims,
+        operator_merchant: &context.merchant_code,
+        ticket: locked.as_ref().map(|t| &t.snapshot),
+        redeemed_with_this_jti: &redeemed,
+        function_code: &command.function_code,
+        now,
+        policy,
+    });
+    let jti = Some(claims.jti.clone());
+    match (decision, locked) {
+        (Decision::Redeem { entitlement_index }, Some(mut locked)) => {
+            let redemption = apply_redemption(
+                tx,
+                context,
+                command,
+                &claims.jti,
+                &mut locked,
+                entitlement_index,
+            )
+            .await?;
+            Ok(Decided {
+                code: DecisionCode::Success,
+                ticket: Some((locked.id, ticket_view(&locked))),
+                redemption: Some(redemption),
+                jti,
+            })
+        }
+        (Decision::Redeem { .. }, None) => Err(AttemptError::Internal(
+            "decision redeemed a ticket that was not found".into(),
+        )),
+        (Decision::Reject(code), locked) => Ok(Decided {
+            code,
+            ticket: locked.as_ref().map(|t| (t.id, ticket_view(t))),
+            redemption: None,
+            jti,
+        }),
+    }
+}
+
 async fn lock_ticket(
     tx: &mut PgConnection,
     merchant_id: i64,
     ticket_code: &str,
 ) -> Result<Option<LockedTicket>, AttemptError> {
-    let row: Option<(i64, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, ticket_code, status, current_jti FROM tickets \
-         WHERE ticket_code = $1 AND merchant_id = $2 FOR NO KEY UPDATE",
+    let row: Option<LockedRow> = sqlx::query_as(
+        "SELECT t.id, t.ticket_code, t.status, t.current_jti, t.channel, t.order_id, o.order_code, \
+         m.webhook_url IS NOT NULL FROM tickets t JOIN orders o ON o.id = t.order_id \
+         JOIN merchants m ON m.id = t.merchant_id \
+         WHERE t.ticket_code = $1 AND t.merchant_id = $2 FOR NO KEY UPDATE OF t",
     )
     .bind(ticket_code)
     .bind(merchant_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, ticket_code, status, current_jti)) = row else {
+    let Some((id, ticket_code, status, current_jti, channel, order_id, order_code, notify)) = row
+    else {
         return Ok(None);
     };
+    let channel = Channel::parse(&channel)
+        .ok_or_else(|| AttemptError::Internal(format!("ticket {id} has channel {channel:?}")))?;
     let status = TicketStatus::parse(&status)
         .ok_or_else(|| AttemptError::Internal(format!("ticket {id} has status {status:?}")))?;
     let rows: Vec<(i64, String, String, i32, i32)> = sqlx::query_as(
@@ -332,6 +458,10 @@ async fn lock_ticket(
     Ok(Some(LockedTicket {
         id,
         ticket_code,
+        channel,
+        order_id,
+        order_code,
+        notify,
         snapshot: TicketSnapshot {
             status,
             current_jti: current_jti.and_then(|jti| Jti::parse(&jti).ok()),
@@ -369,7 +499,7 @@ async fn apply_redemption(
     let (redemption_id,): (i64,) = sqlx::query_as(
         "INSERT INTO redemption_events (jti, function_code, ticket_id, entitlement_id, merchant_id, \
          operator_id, device_id, location_id, redeemed_at, scan_id, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'venue') RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(jti.as_str())
     .bind(command.function_code.as_str())
@@ -377,10 +507,11 @@ async fn apply_redemption(
     .bind(entitlement_id)
     .bind(context.merchant_id)
     .bind(context.operator_id)
-    .bind(context.device_pk)
-    .bind(context.location_id)
+    .bind(context.device.as_ref().map(|d| d.device_pk))
+    .bind(context.location.as_ref().map(|l| l.location_id))
     .bind(command.now)
     .bind(command.scan_id)
+    .bind(context.source.as_str())
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("UPDATE entitlements SET remaining_uses = remaining_uses - 1 WHERE id = $1")
@@ -401,15 +532,59 @@ async fn apply_redemption(
             .await?;
         locked.snapshot.status = TicketStatus::Used;
     }
+    let (log_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO merchant_redemptions (merchant_id, operator_id, ticket_id, order_id, location_id, \
+         device_id, redemption_event_id, function_code, redeemed_at, decided_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING id",
+    )
+    .bind(context.merchant_id)
+    .bind(context.operator_id)
+    .bind(locked.id)
+    .bind(locked.order_id)
+    .bind(context.location.as_ref().map(|l| l.location_id))
+    .bind(context.device.as_ref().map(|d| d.device_pk))
+    .bind(redemption_id)
+    .bind(command.function_code.as_str())
+    .bind(command.now)
+    .bind(context.source.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let redeemed_at = command.now.to_rfc3339_opts(SecondsFormat::Millis, false);
+    if locked.notify {
+        // The outbox row commits with the redemption; delivery happens later, elsewhere, so
+        // a slow or failing webhook never slows or fails a scan.
+        let payload = serde_json::json!({
+            "event": "redemption.succeeded",
+            "redemption_id": log_id,
+            "merchant_code": context.merchant_code,
+            "order_id": locked.order_code,
+            "ticket_code": locked.ticket_code,
+            "function_code": command.function_code.as_str(),
+            "redeemed_at": redeemed_at,
+            "source": context.source.as_str(),
+            "operator": context.operator_username,
+            "venue_code": context.location.as_ref().map(|l| l.venue_code.as_str()),
+        });
+        sqlx::query(
+            "INSERT INTO notifications (merchant_id, merchant_redemption_id, payload, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(context.merchant_id)
+        .bind(log_id)
+        .bind(payload)
+        .bind(command.now)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(RedemptionView {
         id: redemption_id,
-        redeemed_at: command.now.to_rfc3339_opts(SecondsFormat::Millis, false),
+        redeemed_at,
         operator: OperatorRef {
             id: context.operator_id,
             username: context.operator_username.clone(),
         },
-        device_id: context.device_id.clone(),
-        venue_code: context.venue_code.clone(),
+        device_id: context.device.as_ref().map(|d| d.device_id.clone()),
+        venue_code: context.location.as_ref().map(|l| l.venue_code.clone()),
     })
 }
 
@@ -456,7 +631,10 @@ async fn replay(pool: &PgPool, command: &ScanCommand) -> Result<ScanOutcome, App
         .transpose()
         .map_err(|error| AppError::Internal(format!("stored scan answer: {error}")))?
         .ok_or_else(|| AppError::Internal("stored scan answer missing".into()))?;
-    let jti = command.verified.as_ref().ok().map(|v| v.claims.jti.clone());
+    let jti = match &command.subject {
+        ScanSubject::Token(Ok(verified)) => Some(verified.claims.jti.clone()),
+        _ => None,
+    };
     Ok(ScanOutcome {
         response,
         replayed: true,

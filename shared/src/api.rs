@@ -90,8 +90,12 @@ pub struct RedemptionView {
     /// RFC 3339 with offset.
     pub redeemed_at: String,
     pub operator: OperatorRef,
-    pub device_id: String,
-    pub venue_code: String,
+    /// The gate's device; absent for merchant-console redemptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Where it happened; absent when a merchant-console scan names no location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue_code: Option<String>,
 }
 
 /// The answer to a scan: `result` and `code` are both the decision code, so every answer is
