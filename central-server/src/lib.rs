@@ -15,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod merchant;
 pub mod metrics;
 pub mod openapi;
 pub mod qr;
@@ -43,6 +44,9 @@ pub struct AppState {
     /// so they take as long as wrong passwords.
     pub dummy_hash: Arc<str>,
     pub openapi: Arc<serde_json::Value>,
+    /// HMAC key of the reconciliation log's cursors (derived from the JWT key, so every
+    /// server process accepts every other's cursors).
+    pub cursor_key: Arc<[u8; 32]>,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -71,7 +75,9 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
         .await
         .map_err(|error| ServerError::Internal(error.to_string()))?
         .map_err(|error| ServerError::Internal(error.to_string()))?;
+    let cursor_key = derive_key(&secret, b"stile reconciliation cursor v1");
     Ok(AppState {
+        cursor_key: Arc::new(cursor_key),
         pool,
         operator_tokens: Arc::new(OperatorTokens::new(
             &secret,
@@ -83,6 +89,19 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
         dummy_hash: dummy_hash.into(),
         openapi: Arc::new(openapi::document()),
     })
+}
+
+/// A purpose-bound key derived from a server secret (HMAC-SHA256 of the label).
+fn derive_key(secret: &[u8], label: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    match Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(label);
+            mac.finalize().into_bytes().into()
+        }
+        // HMAC takes keys of any length; this arm cannot run.
+        Err(_) => [0; 32],
+    }
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains in-flight requests

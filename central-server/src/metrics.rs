@@ -3,6 +3,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -16,6 +17,11 @@ pub struct Metrics {
     latency: Family<Labels, Histogram>,
     login_failures: Counter,
     transaction_retries: Counter,
+    merchant_scan_success: Counter,
+    merchant_scan_partial: Counter,
+    merchant_scan_reject: Counter,
+    outbox_pending: Gauge,
+    outbox_dead: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -32,16 +38,18 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("stile");
+        // No prefix: the merchant console card names its counters `merchant_scan_*`; the
+        // rest carry `stile_` in their names.
+        let mut registry = Registry::default();
         let decisions = Family::<Labels, Counter>::default();
         registry.register(
-            "scan_decisions",
+            "stile_scan_decisions",
             "Scan decisions of POST /venue/scan, by decision code",
             decisions.clone(),
         );
         let requests = Family::<Labels, Counter>::default();
         registry.register(
-            "http_requests",
+            "stile_http_requests",
             "HTTP requests by route and status",
             requests.clone(),
         );
@@ -49,24 +57,53 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         registry.register(
-            "http_request_duration_seconds",
+            "stile_http_request_duration_seconds",
             "HTTP request latency by route",
             latency.clone(),
         );
         let login_failures = Counter::default();
         registry.register(
-            "login_failures",
+            "stile_login_failures",
             "Failed operator logins",
             login_failures.clone(),
         );
         let transaction_retries = Counter::default();
         registry.register(
-            "transaction_retries",
+            "stile_transaction_retries",
             "Redemption transactions run again after a serialization failure or deadlock",
             transaction_retries.clone(),
         );
+        let merchant_scan = |registry: &mut Registry, result: &str| {
+            let counter = Counter::default();
+            registry.register(
+                format!("merchant_scan_{result}"),
+                format!("Merchant console scans answered {result}"),
+                counter.clone(),
+            );
+            counter
+        };
+        let merchant_scan_success = merchant_scan(&mut registry, "success");
+        let merchant_scan_partial = merchant_scan(&mut registry, "partial");
+        let merchant_scan_reject = merchant_scan(&mut registry, "reject");
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "stile_outbox_pending",
+            "Webhook notifications waiting for delivery",
+            outbox_pending.clone(),
+        );
+        let outbox_dead = Gauge::default();
+        registry.register(
+            "stile_outbox_dead",
+            "Webhook notifications parked as dead after their last attempt",
+            outbox_dead.clone(),
+        );
         Metrics {
             registry,
+            merchant_scan_success,
+            merchant_scan_partial,
+            merchant_scan_reject,
+            outbox_pending,
+            outbox_dead,
             decisions,
             requests,
             latency,
@@ -95,6 +132,20 @@ impl Metrics {
 
     pub fn record_login_failure(&self) {
         self.login_failures.inc();
+    }
+
+    pub fn record_merchant_scan(&self, result: stile_shared::api::MerchantScanResult) {
+        use stile_shared::api::MerchantScanResult::*;
+        match result {
+            Success => self.merchant_scan_success.inc(),
+            Partial => self.merchant_scan_partial.inc(),
+            Reject => self.merchant_scan_reject.inc(),
+        };
+    }
+
+    pub fn set_outbox(&self, pending: i64, dead: i64) {
+        self.outbox_pending.set(pending);
+        self.outbox_dead.set(dead);
     }
 
     pub fn record_transaction_retry(&self) {

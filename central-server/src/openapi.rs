@@ -22,6 +22,10 @@ use utoipa::{Modify, OpenApi};
         crate::http::metrics,
         crate::http::openapi,
         crate::http::admin_seed,
+        crate::http::merchant_scan,
+        crate::http::merchant_order,
+        crate::http::merchant_redemptions,
+        crate::http::merchant_redemptions_csv,
     ),
     components(schemas(
         stile_shared::api::ErrorBody,

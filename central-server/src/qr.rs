@@ -24,6 +24,38 @@ pub async fn issue(
     ticket_code: &str,
     now: DateTime<Utc>,
 ) -> Result<IssuedQr, AppError> {
+    issue_for(pool, keys, policy, Some(channel), ticket_code, now).await
+}
+
+/// Gives a ticket a current QR when it has none (an order-code scan redeems under the
+/// ticket's current jti). A ticket that already has one is left alone.
+pub async fn ensure_current(
+    pool: &PgPool,
+    keys: &KeyStore,
+    policy: TokenPolicy,
+    ticket_code: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    let (has_current,): (bool,) =
+        sqlx::query_as("SELECT current_jti IS NOT NULL FROM tickets WHERE ticket_code = $1")
+            .bind(ticket_code)
+            .fetch_optional(pool)
+            .await?
+            .ok_or(AppError::NotFound)?;
+    if !has_current {
+        issue_for(pool, keys, policy, None, ticket_code, now).await?;
+    }
+    Ok(())
+}
+
+async fn issue_for(
+    pool: &PgPool,
+    keys: &KeyStore,
+    policy: TokenPolicy,
+    channel: Option<&AuthenticatedChannel>,
+    ticket_code: &str,
+    now: DateTime<Utc>,
+) -> Result<IssuedQr, AppError> {
     let mut tx = pool.begin().await?;
     let row: Option<(i64, String, i64, String)> = sqlx::query_as(
         "SELECT t.id, t.channel, t.merchant_id, m.code FROM tickets t \
@@ -33,11 +65,16 @@ pub async fn issue(
     .fetch_optional(&mut *tx)
     .await?;
     let (ticket_id, ticket_channel, merchant_id, merchant_code) = row.ok_or(AppError::NotFound)?;
-    if Channel::parse(&ticket_channel) != Some(channel.kind) {
-        return Err(AppError::Forbidden(format!(
-            "a {} channel cannot issue QR codes for a {ticket_channel} ticket",
-            channel.kind.as_str()
-        )));
+    let kind = Channel::parse(&ticket_channel).ok_or_else(|| {
+        AppError::Internal(format!("ticket {ticket_id} has channel {ticket_channel:?}"))
+    })?;
+    if let Some(channel) = channel {
+        if channel.kind != kind {
+            return Err(AppError::Forbidden(format!(
+                "a {} channel cannot issue QR codes for a {ticket_channel} ticket",
+                channel.kind.as_str()
+            )));
+        }
     }
     let ring = keys.ring();
     let signer = ring
@@ -51,9 +88,9 @@ pub async fn issue(
         jti: Jti::from_bytes(jti_bytes),
         tid: ticket_code.to_owned(),
         mid: merchant_code,
-        ch: channel.kind,
+        ch: kind,
         iat,
-        exp: policy.expiry_for(channel.kind, iat),
+        exp: policy.expiry_for(kind, iat),
     };
     let token = signer
         .issue(&claims)
@@ -68,7 +105,7 @@ pub async fn issue(
     .bind(claims.jti.as_str())
     .bind(ticket_id)
     .bind(merchant_id)
-    .bind(channel.id)
+    .bind(channel.map(|c| c.id))
     .bind(signer.kid())
     .bind(now)
     .bind(expires_at)

@@ -366,6 +366,17 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
             .timezone
             .clone()
             .unwrap_or_else(|| "Asia/Shanghai".into());
+        let known_zone: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM pg_timezone_names WHERE name = $1")
+                .bind(&timezone)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known_zone.is_none() {
+            return Err(invalid(
+                format!("merchants[{i}].timezone"),
+                format!("{timezone:?} is not an IANA time zone name"),
+            ));
+        }
         let changed: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO merchants (code, name, timezone, webhook_url, webhook_secret) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, timezone = EXCLUDED.timezone, \

@@ -535,6 +535,17 @@ async fn a_bad_seed_file_is_refused_whole() {
         before,
         "nothing of a refused file is loaded"
     );
+    let bad_zone = FIXTURES.replace(
+        r#""timezone": "Asia/Shanghai""#,
+        r#""timezone": "Mars/Olympus""#,
+    );
+    let file = central_server::seed::parse(&bad_zone).expect("shape is valid");
+    match central_server::seed::apply(&pool, &file).await {
+        Err(central_server::seed::SeedError::Invalid { path, .. }) => {
+            assert_eq!(path, "merchants[0].timezone")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[test]

@@ -155,3 +155,121 @@ pub struct IssuedQr {
     /// RFC 3339; null for `OTA` tokens, which do not expire.
     pub expires_at: Option<String>,
 }
+
+/// `POST /merchant/tickets/scan`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MerchantScanRequest {
+    /// A QR token, or an order code (redeems every ticket of the order that can take it).
+    pub code: String,
+    /// Defaults to `ENTRY`.
+    #[serde(default)]
+    pub function_code: Option<FunctionCode>,
+    /// A `venue_code` of the operator's merchant.
+    #[serde(default)]
+    pub location_id: Option<String>,
+    /// Accepted and ignored: sessions were replaced by the operator JWT.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// Whether a merchant scan redeemed every selected ticket, some, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum MerchantScanResult {
+    Success,
+    Partial,
+    Reject,
+}
+
+/// One ticket's outcome in a merchant scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MerchantTicketOutcome {
+    pub ticket_code: String,
+    pub passenger_name: String,
+    pub code: DecisionCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redemption: Option<RedemptionView>,
+    pub entitlements: Vec<EntitlementView>,
+}
+
+/// The answer of a merchant scan. On 409 (nothing redeemable) it is also an error body:
+/// `code` and `message` are set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MerchantScanResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ApiCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub result: MerchantScanResult,
+    pub tickets: Vec<MerchantTicketOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OrderEntitlementView {
+    pub function_code: FunctionCode,
+    pub name: String,
+    pub total_uses: i32,
+    pub remaining_uses: i32,
+    /// RFC 3339; null when never redeemed.
+    pub last_redeemed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OrderTicketView {
+    pub ticket_code: String,
+    pub status: TicketStatus,
+    pub entitlements: Vec<OrderEntitlementView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PassengerView {
+    pub passenger_name: String,
+    pub tickets: Vec<OrderTicketView>,
+}
+
+/// `GET /merchant/orders/{orderId}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OrderView {
+    pub order_id: String,
+    pub passengers: Vec<PassengerView>,
+}
+
+/// One row of the reconciliation log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RedemptionItem {
+    pub id: i64,
+    /// When the central recorded the redemption (RFC 3339).
+    pub redeemed_at: String,
+    pub ticket_code: String,
+    pub order_id: String,
+    pub function_code: String,
+    pub operator: Option<OperatorRef>,
+    pub venue_code: Option<String>,
+    pub device_id: Option<String>,
+    /// `venue`, `merchant` or `offline`.
+    pub source: String,
+    /// When the deciding process decided (a gate's clock for offline decisions).
+    pub decided_at: String,
+    /// When an offline decision was uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_at: Option<String>,
+}
+
+/// `GET /merchant/redemptions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RedemptionPage {
+    pub items: Vec<RedemptionItem>,
+    /// Opaque; null on the last page.
+    pub next_cursor: Option<String>,
+}
