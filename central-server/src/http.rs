@@ -21,9 +21,9 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 use std::time::Instant;
 use stile_shared::api::{
-    DecryptRequest, DecryptResponse, ErrorBody, IssuedQr, LoginRequest, LoginResponse,
-    MerchantScanRequest, MerchantScanResponse, OperatorInfo, OrderView, RedemptionPage,
-    ScanRequest, ScanResponse,
+    DecisionUpload, DecryptRequest, DecryptResponse, ErrorBody, IssuedQr, LoginRequest,
+    LoginResponse, MerchantScanRequest, MerchantScanResponse, OperatorInfo, OrderView,
+    RedemptionPage, ScanRequest, ScanResponse, TicketFeedPage, UploadResponse,
 };
 use stile_shared::token::JwkSet;
 use stile_shared::ApiCode;
@@ -31,6 +31,8 @@ use uuid::Uuid;
 
 /// Largest request body accepted (contract: 413 above 64 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest batch of offline decisions (500 decisions of a few hundred bytes each).
+pub const MAX_UPLOAD_BYTES: usize = 1024 * 1024;
 /// Largest seed file the admin API accepts.
 pub const MAX_SEED_BYTES: usize = 16 * 1024 * 1024;
 
@@ -45,6 +47,13 @@ pub fn router(state: AppState) -> Router {
         .route("/merchant/orders/{order_id}", get(merchant_order))
         .route("/merchant/redemptions", get(merchant_redemptions))
         .route("/merchant/redemptions.csv", get(merchant_redemptions_csv))
+        .route("/venue/scan/{scan_id}", get(venue_scan_by_id))
+        .route("/device/keys", get(device_keys))
+        .route("/device/tickets", get(device_tickets))
+        .route(
+            "/device/decisions",
+            post(device_decisions).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
         .route("/keys", get(published_keys))
         .route(
             "/admin/seed",
@@ -278,6 +287,7 @@ pub async fn venue_scan(
         function_code: request.function_code.clone(),
         scan_id,
         now: Utc::now(),
+        decided_at: None,
     };
     let metrics = state.metrics.clone();
     let outcome = scan::redeem(
@@ -588,4 +598,92 @@ pub async fn merchant_redemptions_csv(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(no_store(response))
+}
+
+/// The answer to an earlier scan, by its scan_id: how a gate resolves a scan whose answer
+/// it never received.
+#[utoipa::path(get, path = "/venue/scan/{scan_id}", tag = "venue",
+    params(("scan_id" = String, Path, description = "The scan_id the gate sent")),
+    security(("operator_jwt" = [])),
+    responses(
+        (status = 200, description = "The stored decision (SUCCESS)", body = ScanResponse),
+        (status = 400, description = "INVALID_QR stored, or BAD_REQUEST: scan_id is not a UUID", body = ScanResponse),
+        (status = 403, description = "WRONG_MERCHANT stored", body = ScanResponse),
+        (status = 409, description = "A stored refusal", body = ScanResponse),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: no scan with this id for the operator's merchant (it never reached the server, or has not committed)", body = ErrorBody),
+    ))]
+pub async fn venue_scan_by_id(
+    State(state): State<AppState>,
+    RequestLang(lang): RequestLang,
+    operator: AuthenticatedOperator,
+    Path(scan_id): Path<String>,
+) -> Result<Response, AppError> {
+    let mut response = crate::device::scan_by_id(&state, operator.merchant_id, &scan_id).await?;
+    response.message = response.code.message(lang).to_owned();
+    Ok(no_store(
+        (status_of(ApiCode::from(response.code)), Json(response)).into_response(),
+    ))
+}
+
+/// The published QR verification keys, for a device.
+#[utoipa::path(get, path = "/device/keys", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "JWK Set of every key that still verifies tokens", body = JwkSet),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_keys(
+    State(state): State<AppState>,
+    _device: crate::device::AuthenticatedDevice,
+) -> Response {
+    published_keys(State(state)).await
+}
+
+/// The device's change feed of ticket state.
+#[utoipa::path(get, path = "/device/tickets", tag = "devices",
+    params(
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous call; absent for a full sync"),
+        ("limit" = Option<i64>, Query, description = "1 to 2000, default 1000"),
+    ),
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "Tickets of the device's merchant changed after the cursor, oldest change first", body = TicketFeedPage),
+        (status = 400, description = "BAD_REQUEST: bad cursor or limit", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_tickets(
+    State(state): State<AppState>,
+    device: crate::device::AuthenticatedDevice,
+    query: Result<Query<std::collections::HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|rejection| AppError::BadRequest(rejection.body_text()))?;
+    let page = crate::device::ticket_feed(
+        &state,
+        &device,
+        query.get("cursor").map(String::as_str),
+        query.get("limit").map(String::as_str),
+    )
+    .await?;
+    Ok(no_store(Json(page).into_response()))
+}
+
+/// Upload decisions taken offline.
+#[utoipa::path(post, path = "/device/decisions", tag = "devices",
+    request_body = DecisionUpload,
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "One result per decision, in order: applied, conflict (recorded for the merchant's reconciliation) or invalid. Idempotent by scan_id", body = UploadResponse),
+        (status = 400, description = "BAD_REQUEST: malformed body or more than 500 decisions", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: over 1 MiB", body = ErrorBody),
+    ))]
+pub async fn device_decisions(
+    State(state): State<AppState>,
+    RequestLang(lang): RequestLang,
+    device: crate::device::AuthenticatedDevice,
+    JsonBody(upload): JsonBody<DecisionUpload>,
+) -> Result<Response, AppError> {
+    let results = crate::device::upload(&state, &device, &upload.decisions, lang).await?;
+    Ok(no_store(Json(UploadResponse { results }).into_response()))
 }

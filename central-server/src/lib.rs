@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod device;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -110,6 +110,7 @@ pub async fn scan(
             function_code: function_code.clone(),
             scan_id: None,
             now,
+            decided_at: None,
         };
         let outcome = scan::redeem(&state.pool, policy, &context, &command, || {
             state.metrics.record_transaction_retry()
@@ -143,6 +144,7 @@ pub async fn scan(
                 function_code: function_code.clone(),
                 scan_id: None,
                 now,
+                decided_at: None,
             };
             let outcome = scan::redeem(&state.pool, policy, &context, &command, || {
                 state.metrics.record_transaction_retry()
@@ -455,6 +457,8 @@ type LogRow = (
     String,
     DateTime<Utc>,
     Option<DateTime<Utc>>,
+    String,
+    Option<String>,
 );
 
 /// The log query: `$1` merchant, `$2`/`$3` the day's bounds, then either `$4` limit, or
@@ -472,7 +476,8 @@ pub fn page_sql(after_cursor: bool) -> String {
 }
 
 const LOG_COLUMNS: &str = "SELECT mr.id, mr.redeemed_at, t.ticket_code, o.order_code, mr.function_code, \
-     mr.operator_id, op.username, l.venue_code, d.device_id, mr.source, mr.decided_at, mr.uploaded_at \
+     mr.operator_id, op.username, l.venue_code, d.device_id, mr.source, mr.decided_at, mr.uploaded_at, \
+     mr.result, mr.meta->>'code' \
      FROM merchant_redemptions mr \
      JOIN tickets t ON t.id = mr.ticket_id \
      JOIN orders o ON o.id = mr.order_id \
@@ -543,6 +548,8 @@ fn log_item(row: LogRow) -> RedemptionItem {
         source,
         decided_at,
         uploaded_at,
+        result,
+        conflict_code,
     ) = row;
     RedemptionItem {
         id,
@@ -559,11 +566,13 @@ fn log_item(row: LogRow) -> RedemptionItem {
         source,
         decided_at: rfc3339(decided_at),
         uploaded_at: uploaded_at.map(rfc3339),
+        result,
+        conflict_code,
     }
 }
 
 /// The CSV header of `GET /merchant/redemptions.csv`.
-pub const CSV_HEADER: &str = "id,redeemed_at,ticket_code,order_id,function_code,operator_id,operator_username,venue_code,device_id,source,decided_at,uploaded_at\n";
+pub const CSV_HEADER: &str = "id,redeemed_at,ticket_code,order_id,function_code,operator_id,operator_username,venue_code,device_id,source,decided_at,uploaded_at,result,conflict_code\n";
 
 /// The day's log as CSV lines, page by page, sent into `lines` (the HTTP body streams them).
 pub async fn stream_csv(
@@ -633,6 +642,8 @@ pub fn csv_line(item: &RedemptionItem) -> String {
         item.source.clone(),
         item.decided_at.clone(),
         item.uploaded_at.clone().unwrap_or_default(),
+        item.result.clone(),
+        item.conflict_code.clone().unwrap_or_default(),
     ];
     let quoted: Vec<String> = fields
         .iter()
@@ -687,10 +698,12 @@ mod tests {
             source: "merchant".into(),
             decided_at: "2026-11-24T10:00:00.000+00:00".into(),
             uploaded_at: None,
+            result: "SUCCESS".into(),
+            conflict_code: None,
         };
         assert_eq!(
             csv_line(&item),
-            "1,2026-11-24T10:00:00.000+00:00,TK-1,ORD-1,ENTRY,3,\"a,\"\"b\"\"\",,,merchant,2026-11-24T10:00:00.000+00:00,\n"
+            "1,2026-11-24T10:00:00.000+00:00,TK-1,ORD-1,ENTRY,3,\"a,\"\"b\"\"\",,,merchant,2026-11-24T10:00:00.000+00:00,,SUCCESS,\n"
         );
     }
 }

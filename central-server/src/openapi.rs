@@ -26,6 +26,10 @@ use utoipa::{Modify, OpenApi};
         crate::http::merchant_order,
         crate::http::merchant_redemptions,
         crate::http::merchant_redemptions_csv,
+        crate::http::venue_scan_by_id,
+        crate::http::device_keys,
+        crate::http::device_tickets,
+        crate::http::device_decisions,
     ),
     components(schemas(
         stile_shared::api::ErrorBody,
@@ -48,6 +52,15 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some("The token from POST /operators/login"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "device_credential",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("<device_id>:<secret>"))
                     .build(),
             ),
         );

@@ -103,8 +103,12 @@ pub struct ScanCommand {
     pub subject: ScanSubject,
     pub function_code: FunctionCode,
     pub scan_id: Option<Uuid>,
-    /// The deciding clock: expiry and `redeemed_at` use it, never the database's clock.
+    /// The central's clock: `redeemed_at` (and expiry, unless `decided_at` is set); never the
+    /// database's clock.
     pub now: DateTime<Utc>,
+    /// For an offline decision uploaded later: when the gate decided. Expiry is judged at
+    /// that moment, by the clock of the process that decided.
+    pub decided_at: Option<DateTime<Utc>>,
 }
 
 impl ScanCommand {
@@ -237,7 +241,7 @@ async fn attempt_redeem(
         }
     }
 
-    let now = command.now.timestamp();
+    let now = command.decided_at.unwrap_or(command.now).timestamp();
     let decided = match &command.subject {
         ScanSubject::Token(Err(_)) => Decided::without_ticket(DecisionCode::InvalidQr, None),
         ScanSubject::Token(Ok(verified)) => {
@@ -368,7 +372,7 @@ async fn decide_and_apply(
     claims: &QrClaims,
     locked: Option<LockedTicket>,
 ) -> Result<Decided, AttemptError> {
-    let now = command.now.timestamp();
+    let now = command.decided_at.unwrap_or(command.now).timestamp();
     let redeemed = redeemed_functions(tx, &claims.jti).await?;
     let decision = decide(&DecisionInput {
         claims,
@@ -472,6 +476,56 @@ async fn lock_ticket(
     }))
 }
 
+/// One row of the reconciliation log.
+pub struct LogEntry<'a> {
+    pub context: &'a ScanContext,
+    pub ticket_id: i64,
+    pub order_id: i64,
+    /// `None` for a conflict: an offline acceptance the central could not apply.
+    pub redemption_event_id: Option<i64>,
+    pub function_code: &'a FunctionCode,
+    /// When the central recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// When the deciding process decided (a gate's clock for offline decisions).
+    pub decided_at: DateTime<Utc>,
+    pub scan_id: Option<Uuid>,
+    /// `SUCCESS`, or `CONFLICT` for an offline acceptance the central refused.
+    pub result: &'a str,
+    pub meta: serde_json::Value,
+}
+
+/// Writes a reconciliation log row; offline rows carry their upload time and scan_id.
+pub async fn record_log_row(
+    tx: &mut PgConnection,
+    entry: &LogEntry<'_>,
+) -> Result<i64, sqlx::Error> {
+    let offline = entry.context.source == RedemptionSource::Offline;
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO merchant_redemptions (merchant_id, operator_id, ticket_id, order_id, location_id, \
+         device_id, redemption_event_id, function_code, redeemed_at, decided_at, uploaded_at, source, \
+         result, meta, scan_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+    )
+    .bind(entry.context.merchant_id)
+    .bind(entry.context.operator_id)
+    .bind(entry.ticket_id)
+    .bind(entry.order_id)
+    .bind(entry.context.location.as_ref().map(|l| l.location_id))
+    .bind(entry.context.device.as_ref().map(|d| d.device_pk))
+    .bind(entry.redemption_event_id)
+    .bind(entry.function_code.as_str())
+    .bind(entry.recorded_at)
+    .bind(entry.decided_at)
+    .bind(offline.then_some(entry.recorded_at))
+    .bind(entry.context.source.as_str())
+    .bind(entry.result)
+    .bind(&entry.meta)
+    .bind(if offline { entry.scan_id } else { None })
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(id)
+}
+
 async fn redeemed_functions(
     tx: &mut PgConnection,
     jti: &Jti,
@@ -532,22 +586,21 @@ async fn apply_redemption(
             .await?;
         locked.snapshot.status = TicketStatus::Used;
     }
-    let (log_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO merchant_redemptions (merchant_id, operator_id, ticket_id, order_id, location_id, \
-         device_id, redemption_event_id, function_code, redeemed_at, decided_at, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING id",
+    let log_id = record_log_row(
+        tx,
+        &LogEntry {
+            context,
+            ticket_id: locked.id,
+            order_id: locked.order_id,
+            redemption_event_id: Some(redemption_id),
+            function_code: &command.function_code,
+            recorded_at: command.now,
+            decided_at: command.decided_at.unwrap_or(command.now),
+            scan_id: command.scan_id,
+            result: "SUCCESS",
+            meta: serde_json::json!({}),
+        },
     )
-    .bind(context.merchant_id)
-    .bind(context.operator_id)
-    .bind(locked.id)
-    .bind(locked.order_id)
-    .bind(context.location.as_ref().map(|l| l.location_id))
-    .bind(context.device.as_ref().map(|d| d.device_pk))
-    .bind(redemption_id)
-    .bind(command.function_code.as_str())
-    .bind(command.now)
-    .bind(context.source.as_str())
-    .fetch_one(&mut *tx)
     .await?;
     let redeemed_at = command.now.to_rfc3339_opts(SecondsFormat::Millis, false);
     if locked.notify {

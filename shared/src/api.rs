@@ -263,6 +263,12 @@ pub struct RedemptionItem {
     /// When an offline decision was uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploaded_at: Option<String>,
+    /// `SUCCESS`, or `CONFLICT`: a gate accepted it offline but the central could not apply
+    /// it (nothing was redeemed by this row).
+    pub result: String,
+    /// For a conflict, the central's decision code (e.g. `ALREADY_REDEEMED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_code: Option<String>,
 }
 
 /// `GET /merchant/redemptions`.
@@ -272,4 +278,79 @@ pub struct RedemptionPage {
     pub items: Vec<RedemptionItem>,
     /// Opaque; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// A ticket as a gate device keeps it for deciding offline (`GET /device/tickets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SyncedTicket {
+    pub ticket_code: String,
+    pub status: TicketStatus,
+    pub channel: Channel,
+    /// The jti of the ticket's newest QR; older tokens are superseded.
+    pub current_jti: Option<Jti>,
+    pub entitlements: Vec<EntitlementView>,
+    /// Function codes already redeemed under `current_jti`.
+    pub redeemed_functions: Vec<FunctionCode>,
+}
+
+/// One page of the device's change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TicketFeedPage {
+    pub tickets: Vec<SyncedTicket>,
+    /// Where the next call resumes; store it and send it back.
+    pub next_cursor: String,
+    /// True when the device has caught up (for now).
+    pub complete: bool,
+}
+
+/// A decision a gate took offline, uploaded later (`POST /device/decisions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OfflineDecision {
+    /// The scan's idempotency key (a UUID).
+    pub scan_id: String,
+    pub qr_token: String,
+    pub function_code: FunctionCode,
+    /// When the gate decided (RFC 3339).
+    pub decided_at: String,
+    /// The operator logged in at the gate.
+    pub operator_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DecisionUpload {
+    pub decisions: Vec<OfflineDecision>,
+}
+
+/// What the central made of one uploaded decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum UploadOutcome {
+    /// Redeemed at the central as the gate decided.
+    Applied,
+    /// The central could not apply it (redeemed elsewhere, superseded, exhausted, voided...):
+    /// recorded for the merchant's reconciliation.
+    Conflict,
+    /// The upload itself was malformed (bad scan_id, unknown operator...).
+    Invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UploadResult {
+    pub scan_id: String,
+    pub outcome: UploadOutcome,
+    /// The central's decision code (or `BAD_REQUEST` for an invalid upload).
+    pub code: ApiCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UploadResponse {
+    pub results: Vec<UploadResult>,
 }

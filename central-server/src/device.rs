@@ -1,0 +1,460 @@
+//! The gate devices' endpoints (device credential `Bearer <device_id>:<secret>`): the
+//! published keys, a commit-ordered change feed of the ticket state a device needs to decide
+//! offline, and the upload of decisions taken offline, answered one by one as applied or as
+//! a conflict and recorded in the merchant's reconciliation log either way.
+//!
+//! The feed pages on (`sync_xid`, `id`): every change to a ticket or its entitlements stamps
+//! the ticket with its transaction id (migration 0003), and a page only contains rows whose
+//! transaction id is below the reading snapshot's xmin, so every transaction that could
+//! still commit behind the cursor has already finished. A device's cursor never skips a change.
+
+use crate::auth::sha256_hex;
+use crate::error::AppError;
+use crate::scan::{
+    self, DeviceAt, LocationAt, LogEntry, RedemptionSource, ScanCommand, ScanContext, ScanSubject,
+};
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use stile_shared::api::{
+    EntitlementView, OfflineDecision, SyncedTicket, TicketFeedPage, UploadOutcome, UploadResult,
+};
+use stile_shared::token::Jti;
+use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, TicketStatus};
+use uuid::Uuid;
+
+/// Most tickets in one feed page.
+pub const MAX_FEED_PAGE: i64 = 2000;
+/// Most decisions in one upload.
+pub const MAX_UPLOAD: usize = 500;
+
+/// A device whose credential checked out, with its merchant and location.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedDevice {
+    pub device_pk: i64,
+    pub device_id: String,
+    pub merchant_id: i64,
+    pub merchant_code: String,
+    pub location_id: i64,
+    pub venue_code: String,
+}
+
+impl FromRequestParts<AppState> for AuthenticatedDevice {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let credential = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(AppError::Unauthorized)?;
+        let (device_id, secret) = credential.split_once(':').ok_or(AppError::Unauthorized)?;
+        let row: Option<(i64, String, i64, String, i64, String)> = sqlx::query_as(
+            "SELECT d.id, d.secret_hash, m.id, m.code, l.id, l.venue_code FROM devices d \
+             JOIN merchants m ON m.id = d.merchant_id JOIN locations l ON l.id = d.location_id \
+             WHERE d.device_id = $1",
+        )
+        .bind(device_id)
+        .fetch_optional(&state.pool)
+        .await?;
+        // Compare digests of digests, so the comparison time says nothing about the secret.
+        let presented = sha256_hex(&sha256_hex(secret));
+        match row {
+            Some((device_pk, hash, merchant_id, merchant_code, location_id, venue_code))
+                if sha256_hex(&hash) == presented =>
+            {
+                Ok(AuthenticatedDevice {
+                    device_pk,
+                    device_id: device_id.to_owned(),
+                    merchant_id,
+                    merchant_code,
+                    location_id,
+                    venue_code,
+                })
+            }
+            _ => Err(AppError::Unauthorized),
+        }
+    }
+}
+
+/// A feed position: the last (`sync_xid`, `id`) handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FeedCursor {
+    xid: u64,
+    id: i64,
+}
+
+impl FeedCursor {
+    const START: FeedCursor = FeedCursor { xid: 0, id: 0 };
+
+    fn encode(self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}.{}", self.xid, self.id))
+    }
+
+    fn decode(raw: &str) -> Option<FeedCursor> {
+        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+        let (xid, id) = text.split_once('.')?;
+        Some(FeedCursor {
+            xid: xid.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+/// One page of ticket changes for the device's merchant, after `cursor`.
+pub async fn ticket_feed(
+    state: &AppState,
+    device: &AuthenticatedDevice,
+    cursor: Option<&str>,
+    limit: Option<&str>,
+) -> Result<TicketFeedPage, AppError> {
+    let after = match cursor {
+        None | Some("") => FeedCursor::START,
+        Some(raw) => FeedCursor::decode(raw)
+            .ok_or_else(|| AppError::BadRequest("cursor is not one this server gave".into()))?,
+    };
+    let limit = match limit {
+        None | Some("") => 1000,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_FEED_PAGE).contains(n))
+            .ok_or_else(|| {
+                AppError::BadRequest(format!(
+                    "limit must be a whole number from 1 to {MAX_FEED_PAGE}"
+                ))
+            })?,
+    };
+    // One snapshot for the horizon and every read, so the page is consistent and the
+    // horizon is exactly the one the rows were filtered by.
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let (horizon,): (String,) =
+        sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+            .fetch_one(&mut *tx)
+            .await?;
+    let horizon = parse_xid(&horizon)?;
+    let rows: Vec<(i64, String, String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, ticket_code, status, channel, current_jti, sync_xid::text FROM tickets \
+         WHERE merchant_id = $1 AND (sync_xid, id) > ($2::text::xid8, $3) AND sync_xid < $4::text::xid8 \
+         ORDER BY sync_xid, id LIMIT $5",
+    )
+    .bind(device.merchant_id)
+    .bind(after.xid.to_string())
+    .bind(after.id)
+    .bind(horizon.to_string())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let complete = (rows.len() as i64) < limit;
+    let next = match rows.last() {
+        Some(last) if !complete => FeedCursor {
+            xid: parse_xid(&last.5)?,
+            id: last.0,
+        },
+        // Caught up: every change below the horizon has been handed out.
+        _ => FeedCursor {
+            xid: horizon,
+            id: 0,
+        }
+        .max_with(after),
+    };
+    let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
+    let entitlements: Vec<(i64, String, String, i32, i32)> = sqlx::query_as(
+        "SELECT ticket_id, function_code, name, total_uses, remaining_uses FROM entitlements \
+         WHERE ticket_id = ANY($1) ORDER BY ticket_id, id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let redeemed: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT t.id, r.function_code FROM tickets t \
+         JOIN redemption_events r ON r.jti = t.current_jti AND r.ticket_id = t.id \
+         WHERE t.id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut tickets = Vec::with_capacity(rows.len());
+    for (id, ticket_code, status, channel, current_jti, _) in rows {
+        let bad = |what: &str| AppError::Internal(format!("ticket {id}: malformed {what}"));
+        tickets.push(SyncedTicket {
+            ticket_code,
+            status: TicketStatus::parse(&status).ok_or_else(|| bad("status"))?,
+            channel: Channel::parse(&channel).ok_or_else(|| bad("channel"))?,
+            current_jti: current_jti
+                .map(|jti| Jti::parse(&jti))
+                .transpose()
+                .map_err(|_| bad("jti"))?,
+            entitlements: entitlements
+                .iter()
+                .filter(|e| e.0 == id)
+                .map(|(_, code, name, total, remaining)| {
+                    Ok(EntitlementView {
+                        function_code: FunctionCode::parse(code)
+                            .map_err(|_| bad("function code"))?,
+                        name: name.clone(),
+                        total_uses: *total,
+                        remaining_uses: *remaining,
+                    })
+                })
+                .collect::<Result<_, AppError>>()?,
+            redeemed_functions: redeemed
+                .iter()
+                .filter(|r| r.0 == id)
+                .map(|(_, code)| FunctionCode::parse(code).map_err(|_| bad("function code")))
+                .collect::<Result<_, _>>()?,
+        });
+    }
+    Ok(TicketFeedPage {
+        tickets,
+        next_cursor: next.encode(),
+        complete,
+    })
+}
+
+impl FeedCursor {
+    /// Never move a cursor backwards.
+    fn max_with(self, other: FeedCursor) -> FeedCursor {
+        if (self.xid, self.id) >= (other.xid, other.id) {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+fn parse_xid(raw: &str) -> Result<u64, AppError> {
+    raw.parse()
+        .map_err(|_| AppError::Internal(format!("xid8 {raw:?} is not a number")))
+}
+
+/// Applies a batch of offline decisions, one by one.
+pub async fn upload(
+    state: &AppState,
+    device: &AuthenticatedDevice,
+    decisions: &[OfflineDecision],
+    lang: Lang,
+) -> Result<Vec<UploadResult>, AppError> {
+    if decisions.len() > MAX_UPLOAD {
+        return Err(AppError::BadRequest(format!(
+            "decisions: at most {MAX_UPLOAD} per upload"
+        )));
+    }
+    let mut results = Vec::with_capacity(decisions.len());
+    for decision in decisions {
+        let result = upload_one(state, device, decision, lang).await?;
+        results.push(result);
+    }
+    Ok(results)
+}
+
+fn invalid(decision: &OfflineDecision, why: &str, lang: Lang) -> UploadResult {
+    UploadResult {
+        scan_id: decision.scan_id.clone(),
+        outcome: UploadOutcome::Invalid,
+        code: ApiCode::BadRequest,
+        message: format!("{}: {why}", ApiCode::BadRequest.message(lang)),
+    }
+}
+
+async fn upload_one(
+    state: &AppState,
+    device: &AuthenticatedDevice,
+    decision: &OfflineDecision,
+    lang: Lang,
+) -> Result<UploadResult, AppError> {
+    let Ok(scan_id) = Uuid::parse_str(&decision.scan_id) else {
+        return Ok(invalid(decision, "scan_id must be a UUID", lang));
+    };
+    let Ok(decided_at) = DateTime::parse_from_rfc3339(&decision.decided_at) else {
+        return Ok(invalid(decision, "decided_at must be RFC 3339", lang));
+    };
+    let decided_at = decided_at.with_timezone(&Utc);
+    let operator: Option<(String,)> =
+        sqlx::query_as("SELECT username FROM operators WHERE id = $1 AND merchant_id = $2")
+            .bind(decision.operator_id)
+            .bind(device.merchant_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let Some((operator_username,)) = operator else {
+        return Ok(invalid(
+            decision,
+            "operator_id is not an operator of this merchant",
+            lang,
+        ));
+    };
+    let context = ScanContext {
+        merchant_id: device.merchant_id,
+        merchant_code: device.merchant_code.clone(),
+        operator_id: decision.operator_id,
+        operator_username,
+        device: Some(DeviceAt {
+            device_pk: device.device_pk,
+            device_id: device.device_id.clone(),
+        }),
+        location: Some(LocationAt {
+            location_id: device.location_id,
+            venue_code: device.venue_code.clone(),
+        }),
+        source: RedemptionSource::Offline,
+    };
+    let verified = state.keys.verify(&decision.qr_token).await;
+    let ticket_code = verified.as_ref().ok().map(|v| v.claims.tid.clone());
+    let command = ScanCommand {
+        token_sha256: ScanCommand::token_digest(&decision.qr_token),
+        subject: ScanSubject::Token(verified),
+        function_code: decision.function_code.clone(),
+        scan_id: Some(scan_id),
+        now: Utc::now(),
+        decided_at: Some(decided_at),
+    };
+    let outcome = match scan::redeem(
+        &state.pool,
+        state.settings.token_policy(),
+        &context,
+        &command,
+        || state.metrics.record_transaction_retry(),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(AppError::ScanIdReused) => {
+            return Ok(invalid(
+                decision,
+                "scan_id was already used for a different scan",
+                lang,
+            ))
+        }
+        Err(error) => return Err(error),
+    };
+    let code = outcome.response.code;
+    if code != DecisionCode::Success && !outcome.replayed {
+        record_conflict(state, &context, &command, ticket_code.as_deref(), code).await?;
+    }
+    tracing::info!(
+        device = %device.device_id,
+        decision = code.as_str(),
+        replayed = outcome.replayed,
+        "offline decision uploaded"
+    );
+    Ok(UploadResult {
+        scan_id: decision.scan_id.clone(),
+        outcome: if code == DecisionCode::Success {
+            UploadOutcome::Applied
+        } else {
+            UploadOutcome::Conflict
+        },
+        code: code.into(),
+        message: code.message(lang).to_owned(),
+    })
+}
+
+/// Records an offline acceptance the central refused, for the merchant's reconciliation.
+async fn record_conflict(
+    state: &AppState,
+    context: &ScanContext,
+    command: &ScanCommand,
+    ticket_code: Option<&str>,
+    code: DecisionCode,
+) -> Result<(), AppError> {
+    let ticket: Option<(i64, i64)> = match ticket_code {
+        Some(ticket_code) => {
+            sqlx::query_as(
+                "SELECT id, order_id FROM tickets WHERE ticket_code = $1 AND merchant_id = $2",
+            )
+            .bind(ticket_code)
+            .bind(context.merchant_id)
+            .fetch_optional(&state.pool)
+            .await?
+        }
+        None => None,
+    };
+    let Some((ticket_id, order_id)) = ticket else {
+        // An upload naming no ticket of this merchant has nothing to reconcile; the audit
+        // trail has the decision.
+        tracing::warn!(
+            decision = code.as_str(),
+            "offline decision for no ticket of this merchant"
+        );
+        return Ok(());
+    };
+    let mut tx = state.pool.begin().await?;
+    let entry = LogEntry {
+        context,
+        ticket_id,
+        order_id,
+        redemption_event_id: None,
+        function_code: &command.function_code,
+        recorded_at: command.now,
+        decided_at: command.decided_at.unwrap_or(command.now),
+        scan_id: command.scan_id,
+        result: "CONFLICT",
+        meta: serde_json::json!({"code": code.as_str()}),
+    };
+    match scan::record_log_row(&mut tx, &entry).await {
+        Ok(_) => tx.commit().await?,
+        // Recorded already by a concurrent retry of the same upload.
+        Err(error) if crate::db::is_unique_violation(&error, "merchant_redemptions_scan_idx") => {}
+        Err(error) => return Err(error.into()),
+    }
+    tracing::warn!(
+        device = context
+            .device
+            .as_ref()
+            .map(|d| d.device_id.as_str())
+            .unwrap_or("-"),
+        decision = code.as_str(),
+        "offline acceptance could not be applied: conflict recorded"
+    );
+    Ok(())
+}
+
+/// The stored answer to a scan, by its scan_id (for a gate resolving an unknown outcome).
+pub async fn scan_by_id(
+    state: &AppState,
+    merchant_id: i64,
+    scan_id: &str,
+) -> Result<stile_shared::api::ScanResponse, AppError> {
+    let scan_id = Uuid::parse_str(scan_id)
+        .map_err(|_| AppError::BadRequest("scan_id must be a UUID".into()))?;
+    let row: Option<(Option<serde_json::Value>,)> = sqlx::query_as(
+        "SELECT response FROM scan_requests WHERE scan_id = $1 AND merchant_id = $2",
+    )
+    .bind(scan_id)
+    .bind(merchant_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let response = row
+        .and_then(|(response,)| response)
+        .ok_or(AppError::NotFound)?;
+    serde_json::from_value(response)
+        .map_err(|error| AppError::Internal(format!("stored scan answer: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FeedCursor;
+
+    #[test]
+    fn feed_cursors_round_trip() {
+        let cursor = FeedCursor { xid: 12_345, id: 7 };
+        assert_eq!(FeedCursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(FeedCursor::decode("garbage!"), None);
+        assert_eq!(
+            FeedCursor::decode(&base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                "1.x"
+            )),
+            None
+        );
+    }
+}
