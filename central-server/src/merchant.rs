@@ -252,6 +252,9 @@ async fn ticket_outcome(
     })
 }
 
+/// (ticket id, function code, name, total, remaining, last redeemed at).
+type OrderEntitlementRow = (i64, String, String, i32, i32, Option<DateTime<Utc>>);
+
 /// An order's entitlements grouped by passenger. Another merchant's order is `NotFound`,
 /// exactly like a missing one.
 pub async fn order_view(
@@ -273,7 +276,7 @@ pub async fn order_view(
     .fetch_all(&state.pool)
     .await?;
     let ids: Vec<i64> = tickets.iter().map(|t| t.0).collect();
-    let entitlements: Vec<(i64, String, String, i32, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let entitlements: Vec<OrderEntitlementRow> = sqlx::query_as(
         "SELECT e.ticket_id, e.function_code, e.name, e.total_uses, e.remaining_uses, \
          (SELECT max(r.redeemed_at) FROM redemption_events r WHERE r.entitlement_id = e.id) \
          FROM entitlements e WHERE e.ticket_id = ANY($1) ORDER BY e.ticket_id, e.id",

@@ -1,0 +1,158 @@
+//! `stile-newman`: the merchant redemption console's Postman collection, run with newman
+//! against the real system.
+//!
+//! Starts a private PostgreSQL unless `DATABASE_URL` is set, migrates it and loads
+//! `postman/seed.json` through the real `central-server` CLI, starts `central-server serve`
+//! on a free port, then runs
+//! `newman run postman/merchant-redemption-console.postman_collection.json` with
+//! `base_url` pointing at that server, the CLI reporter on the terminal and the JSON report
+//! written to `reports/newman/merchant-redemption-console.json`. Exits with newman's status:
+//! a failed assertion makes this tool fail.
+//!
+//! newman is the local install under `.tools/newman` (`scripts/ensure-deps` puts it there
+//! when `STILE_NEED_NEWMAN=1`), or `STILE_NEWMAN_BIN`. With `DATABASE_URL` set, give it an
+//! empty database: the collection expects the seed data as loaded, unused.
+//!
+//! Run: `scripts/newman` (builds, installs newman when missing, then runs this binary).
+//! Arguments after the options go to newman as they are (e.g. `--bail`).
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use stile_testkit::ClusterOptions;
+use stile_tools::{central_server_binary, ServerProcess};
+
+const COLLECTION: &str = "postman/merchant-redemption-console.postman_collection.json";
+const SEED: &str = "postman/seed.json";
+const REPORT: &str = "reports/newman/merchant-redemption-console.json";
+const NEWMAN: &str = ".tools/newman/node_modules/.bin/newman";
+
+#[derive(Parser)]
+#[command(
+    name = "stile-newman",
+    about = "Run the merchant redemption console's Postman collection with newman against a freshly seeded central server"
+)]
+struct Args {
+    /// The repository root (where postman/ is); default: the current directory when it has
+    /// the collection, else the source tree this tool was built from.
+    #[arg(long)]
+    root: Option<PathBuf>,
+
+    /// Extra arguments for `newman run`, passed as they are.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    newman_args: Vec<String>,
+}
+
+/// Where postman/, reports/ and .tools/ are.
+fn repository_root(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(root) = explicit {
+        return Ok(root);
+    }
+    let current = std::env::current_dir().context("reading the current directory")?;
+    if current.join(COLLECTION).is_file() {
+        return Ok(current);
+    }
+    let built_from = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    if built_from.join(COLLECTION).is_file() {
+        return Ok(built_from.to_path_buf());
+    }
+    bail!(
+        "{COLLECTION} not found in {} nor in {}: run from the repository root or pass --root",
+        current.display(),
+        built_from.display()
+    )
+}
+
+/// Runs `central-server ARGS` against the database; fails with its stderr.
+fn central_server(binary: &Path, database_url: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(binary)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running central-server {}", args.join(" ")))?;
+    if !output.status.success() {
+        bail!(
+            "central-server {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    println!(
+        "▶ central-server {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
+    Ok(())
+}
+
+/// Newman's exit code; a run ended by a signal counts as a failure.
+async fn run(args: Args) -> anyhow::Result<i32> {
+    let root = repository_root(args.root)?;
+    let newman = match std::env::var_os("STILE_NEWMAN_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => root.join(NEWMAN),
+    };
+    if !newman.exists() {
+        bail!(
+            "{} not found: install it with STILE_NEED_NEWMAN=1 bash scripts/ensure-deps (scripts/newman does)",
+            newman.display()
+        );
+    }
+    let seed = root.join(SEED);
+    let seed = seed
+        .to_str()
+        .with_context(|| format!("{} is not valid UTF-8", seed.display()))?
+        .to_owned();
+
+    let (database_url, cluster) =
+        stile_tools::database("stile_newman", &ClusterOptions::default()).await?;
+    match &cluster {
+        Some(_) => println!("▶ private PostgreSQL started (DATABASE_URL not set)"),
+        None => println!("▶ using DATABASE_URL"),
+    }
+    let binary = central_server_binary()?;
+    central_server(&binary, &database_url, &["migrate"])?;
+    central_server(&binary, &database_url, &["seed", &seed])?;
+
+    let server = ServerProcess::start(&database_url, &[("RUST_LOG", "warn")]).await?;
+    println!("▶ central-server serving on {}", server.base_url);
+
+    let report = root.join(REPORT);
+    if let Some(dir) = report.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    println!("▶ newman run {COLLECTION}\n");
+    let status = Command::new(&newman)
+        .current_dir(&root)
+        .arg("run")
+        .arg(COLLECTION)
+        .arg("--env-var")
+        .arg(format!("base_url={}", server.base_url))
+        .args(["--reporters", "cli,json", "--reporter-json-export"])
+        .arg(&report)
+        .args(&args.newman_args)
+        .status()
+        .with_context(|| format!("running {}", newman.display()))?;
+    drop(server);
+    drop(cluster);
+    let code = status.code().unwrap_or(1);
+    if code == 0 {
+        println!("▶ every assertion passed; report: {REPORT}");
+    } else {
+        eprintln!("▶ newman failed ({status}); report: {REPORT}");
+    }
+    Ok(code)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let code = run(Args::parse()).await?;
+    if code != 0 {
+        // Everything with a destructor (the server, the cluster) is gone by now.
+        std::process::exit(code);
+    }
+    Ok(())
+}
