@@ -42,6 +42,13 @@ pub struct Settings {
     pub login_window_secs: i64,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
+    /// Days redemption log and audit rows are kept (at least 365).
+    pub retention_days: i64,
+    /// How often the server runs the retention job itself; 0 = never (run
+    /// `central-server retention` from a timer instead).
+    pub retention_interval_secs: u64,
+    /// How often the webhook worker looks for due notifications, in milliseconds.
+    pub outbox_poll_ms: u64,
 }
 
 impl Settings {
@@ -101,6 +108,9 @@ pub struct SettingsLayer {
     pub login_window_secs: Option<i64>,
     pub shutdown_grace_secs: Option<u64>,
     pub log_format: Option<LogFormat>,
+    pub retention_days: Option<i64>,
+    pub retention_interval_secs: Option<u64>,
+    pub outbox_poll_ms: Option<u64>,
 }
 
 macro_rules! merge_fields {
@@ -150,6 +160,11 @@ impl SettingsLayer {
                 "STILE_SHUTDOWN_GRACE_SECS" => {
                     layer.shutdown_grace_secs = Some(number(key, &value)?)
                 }
+                "STILE_RETENTION_DAYS" => layer.retention_days = Some(number(key, &value)?),
+                "STILE_RETENTION_INTERVAL_SECS" => {
+                    layer.retention_interval_secs = Some(number(key, &value)?)
+                }
+                "STILE_OUTBOX_POLL_MS" => layer.outbox_poll_ms = Some(number(key, &value)?),
                 "STILE_LOG_FORMAT" => {
                     layer.log_format = Some(match value.as_str() {
                         "text" => LogFormat::Text,
@@ -185,7 +200,10 @@ impl SettingsLayer {
             login_max_failures,
             login_window_secs,
             shutdown_grace_secs,
-            log_format
+            log_format,
+            retention_days,
+            retention_interval_secs,
+            outbox_poll_ms
         );
         self
     }
@@ -220,7 +238,25 @@ impl SettingsLayer {
             login_window_secs: self.login_window_secs.unwrap_or(300),
             shutdown_grace_secs: self.shutdown_grace_secs.unwrap_or(10),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
+            retention_days: self.retention_days.unwrap_or(400),
+            retention_interval_secs: self.retention_interval_secs.unwrap_or(0),
+            outbox_poll_ms: self.outbox_poll_ms.unwrap_or(1000),
         };
+        if settings.retention_days < crate::retention::MIN_RETENTION_DAYS {
+            return Err(ConfigError::Invalid {
+                name: "retention_days",
+                message: format!(
+                    "must be at least {} (redemption and audit rows are kept for settlement)",
+                    crate::retention::MIN_RETENTION_DAYS
+                ),
+            });
+        }
+        if settings.outbox_poll_ms == 0 {
+            return Err(ConfigError::Invalid {
+                name: "outbox_poll_ms",
+                message: "must be greater than 0".into(),
+            });
+        }
         let positive = [
             ("db_max_connections", i64::from(settings.db_max_connections)),
             ("operator_token_ttl_secs", settings.operator_token_ttl_secs),
@@ -331,6 +367,10 @@ mod tests {
             (
                 vec![("DATABASE_URL", DB), ("STILE_LOG_FORMAT", "xml")],
                 "STILE_LOG_FORMAT",
+            ),
+            (
+                vec![("DATABASE_URL", DB), ("STILE_RETENTION_DAYS", "364")],
+                "retention_days",
             ),
         ];
         for (vars, name) in cases {

@@ -417,6 +417,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    match crate::outbox::depth(&state.pool).await {
+        Ok((pending, dead)) => state.metrics.set_outbox(pending, dead),
+        Err(error) => tracing::warn!(error = %error, "outbox depth unavailable for /metrics"),
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -19,7 +19,9 @@ pub mod keys;
 pub mod merchant;
 pub mod metrics;
 pub mod openapi;
+pub mod outbox;
 pub mod qr;
+pub mod retention;
 pub mod scan;
 pub mod seed;
 
@@ -131,6 +133,29 @@ pub async fn serve_state(
     let grace = std::time::Duration::from_secs(state.settings.shutdown_grace_secs);
     tracing::info!(listen = %listener.local_addr()?, "central server listening");
     let watchdog = tokio::spawn(systemd_watchdog(stopping_tx.subscribe()));
+    let webhooks = match reqwest::Client::builder().no_proxy().build() {
+        Ok(client) => Some(tokio::spawn(outbox::run(
+            state.pool.clone(),
+            client,
+            outbox::OutboxSettings {
+                poll_interval: std::time::Duration::from_millis(state.settings.outbox_poll_ms),
+                ..outbox::OutboxSettings::default()
+            },
+            stopping_tx.subscribe(),
+        ))),
+        Err(error) => {
+            tracing::error!(error = %error, "webhook client unavailable; notifications stay queued");
+            None
+        }
+    };
+    let retention = (state.settings.retention_interval_secs > 0).then(|| {
+        tokio::spawn(retention_loop(
+            state.pool.clone(),
+            state.settings.retention_days,
+            std::time::Duration::from_secs(state.settings.retention_interval_secs),
+            stopping_tx.subscribe(),
+        ))
+    });
     let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
@@ -152,7 +177,42 @@ pub async fn serve_state(
     };
     refresher.abort();
     watchdog.abort();
+    if let Some(webhooks) = webhooks {
+        // The worker stops after the POST in flight; bound the wait like the rest.
+        let _ = tokio::time::timeout(grace, webhooks).await;
+    }
+    if let Some(retention) = retention {
+        retention.abort();
+    }
     result
+}
+
+/// The optional retention schedule: one full purge per interval.
+async fn retention_loop(
+    pool: PgPool,
+    days: i64,
+    every: std::time::Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let policy = match retention::RetentionPolicy::new(days, 5000) {
+        Ok(policy) => policy,
+        Err(error) => {
+            tracing::error!(error = %error, "retention schedule off");
+            return;
+        }
+    };
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                match retention::purge_all(&pool, &policy, chrono::Utc::now(), |_| {}).await {
+                    Ok(report) => tracing::info!(deleted = report.total(), "retention run finished"),
+                    Err(error) => tracing::warn!(error = %error, "retention run failed"),
+                }
+            }
+            _ = stopping.changed() => return,
+        }
+    }
 }
 
 /// Pings systemd's watchdog at half its interval while the server runs (only when the unit

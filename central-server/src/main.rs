@@ -37,6 +37,17 @@ enum Command {
     Migrate,
     /// Load a seed file (idempotent).
     Seed { file: PathBuf },
+    /// Delete redemption log, audit and idempotency rows older than the retention period,
+    /// in bounded batches (never the redemption events that keep a QR from being redeemed
+    /// twice).
+    Retention {
+        /// Keep this many days (at least 365; default: the `retention_days` setting).
+        #[arg(long)]
+        days: Option<i64>,
+        /// Rows per table per batch.
+        #[arg(long, default_value_t = 5000)]
+        batch: i64,
+    },
     /// Manage QR signing keys.
     Keys {
         #[command(subcommand)]
@@ -170,6 +181,38 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 }
                 Err(error) => Err(error).context("loading the seed file"),
             }
+        }
+        Command::Retention { days, batch } => {
+            let policy = match central_server::retention::RetentionPolicy::new(
+                days.unwrap_or(settings.retention_days),
+                batch,
+            ) {
+                Ok(policy) => policy,
+                Err(error) => {
+                    eprintln!("central-server: {error}");
+                    return Ok(ExitCode::from(EX_USAGE));
+                }
+            };
+            let pool = db::connect(&settings.database_url, 2)
+                .await
+                .context("connecting")?;
+            db::migrate(&pool).await.context("migrating")?;
+            let mut batches = 0u64;
+            let total = central_server::retention::purge_all(&pool, &policy, chrono::Utc::now(), |report| {
+                batches += 1;
+                println!(
+                    "batch {batches}: deleted {} log, {} audit, {} scan request, {} notification rows",
+                    report.merchant_redemptions, report.scan_audit, report.scan_requests, report.notifications
+                );
+            })
+            .await
+            .context("purging")?;
+            println!(
+                "retention done: {} rows older than {} days deleted",
+                total.total(),
+                policy.days()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keys { action } => {
             let pool = db::connect(&settings.database_url, 2)

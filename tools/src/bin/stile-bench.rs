@@ -1,1 +1,836 @@
-fn main() {}
+//! `stile-bench`: the load benchmark of `POST /venue/scan`, with pgbench running the same
+//! SQL transaction as its baseline.
+//!
+//! On a private PostgreSQL cluster with durable settings (or `DATABASE_URL`, which must name
+//! an empty database) it seeds `--tickets` single-use OTA tickets by SQL, signs one QR per
+//! ticket with the server's real key, starts the real `central-server` binary and, over
+//! HTTP:
+//! 1. **throughput**: `--concurrency` clients scan distinct tickets for `--duration` seconds
+//!    (every scan a fresh, redeemable QR), printing scans/s and p50/p99/p99.9 latency;
+//! 2. **contention**: `--contention-qrs` QRs, each scanned by 4 clients at once; exactly one
+//!    scan per QR must succeed and the others answer `ALREADY_REDEEMED` (a violation is a
+//!    correctness failure: the process exits with code 1);
+//! 3. **memory**: the server's peak and current resident memory after the load;
+//! 4. **baseline**: pgbench runs the server's scan transaction (device lookup, scan_id claim,
+//!    row locks, redemption, log, audit, stored answer) with the same concurrency for
+//!    `--pgbench-duration` seconds; the ratio server/pgbench is the overhead of everything
+//!    above the SQL.
+//!
+//! Figures are printed next to their targets, never asserted: timing depends on the machine.
+//!
+//! Run: `cargo build --release -p central-server -p stile-tools && target/release/stile-bench`
+//! (smallest form: `--tickets 400 --concurrency 4 --duration 1 --contention-qrs 20
+//! --pgbench-duration 1`).
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stile_shared::api::{LoginRequest, LoginResponse, ScanRequest};
+use stile_shared::token::{Jti, QrClaims, QrSigner};
+use stile_shared::{Channel, FunctionCode};
+use stile_testkit::ClusterOptions;
+use stile_tools::ServerProcess;
+
+#[derive(Parser)]
+#[command(
+    name = "stile-bench",
+    about = "Load benchmark of POST /venue/scan, with a pgbench baseline of the same transaction"
+)]
+struct Args {
+    /// Single-use tickets to seed (the contention phase takes the last --contention-qrs).
+    #[arg(long, default_value_t = 100_000)]
+    tickets: usize,
+    /// Concurrent clients of the throughput phase (and pgbench clients).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds of the throughput phase.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// QRs of the contention phase, each scanned by 4 clients at once.
+    #[arg(long, default_value_t = 2000)]
+    contention_qrs: usize,
+    /// Seconds of the pgbench baseline (default: --duration).
+    #[arg(long)]
+    pgbench_duration: Option<u64>,
+}
+
+const MERCHANT_CODE: &str = "MB";
+const VENUE_CODE: &str = "GATE-1";
+const DEVICE_ID: &str = "bench-dev";
+const DEVICE_SECRET: &str = "bench-secret-1";
+const OPERATOR: &str = "bench-op";
+const PASSWORD: &str = "bench-password";
+const FUNCTION: &str = "ENTRY";
+/// Tickets per seeded order.
+const TICKETS_PER_ORDER: usize = 100;
+/// Rows per bulk `current_jti` update.
+const JTI_BATCH: usize = 10_000;
+/// Tickets of the pgbench baseline, each with a practically endless entitlement.
+const PGBENCH_TICKETS: i64 = 10_000;
+const PGBENCH_USES: i32 = 1_000_000;
+/// Clients scanning one QR at once in the contention phase.
+const RACERS: usize = 4;
+/// Connections of the server's pool.
+const SERVER_DB_CONNECTIONS: &str = "20";
+/// The concurrency at which the latency target is stated.
+const TARGET_CONCURRENCY: usize = 32;
+const TARGET_P99_MS: f64 = 50.0;
+const TARGET_RATIO: f64 = 0.5;
+const TARGET_MEMORY_MB: f64 = 150.0;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    if args.concurrency == 0 || args.duration == 0 || args.contention_qrs == 0 {
+        bail!("--concurrency, --duration and --contention-qrs must be at least 1");
+    }
+    if args.tickets <= args.contention_qrs {
+        bail!(
+            "--tickets ({}) must exceed --contention-qrs ({}): the contention phase takes its own tickets",
+            args.tickets,
+            args.contention_qrs
+        );
+    }
+    let pgbench_secs = args.pgbench_duration.unwrap_or(args.duration).max(1);
+
+    let options = ClusterOptions {
+        fast_and_unsafe: false,
+        max_connections: 200,
+    };
+    let (url, cluster) = stile_tools::database("stile_bench", &options).await?;
+    let pool = central_server::db::connect(&url, 4)
+        .await
+        .context("connecting to the bench database")?;
+    central_server::db::migrate(&pool)
+        .await
+        .context("migrating")?;
+    central_server::keys::ensure_active_key(&pool)
+        .await
+        .context("creating the signing key")?;
+
+    let fixture = seed(&pool, args.tickets).await?;
+    let tokens = sign_tokens(&pool, args.tickets).await?;
+    sqlx::query("ANALYZE")
+        .execute(&pool)
+        .await
+        .context("ANALYZE")?;
+
+    let server = ServerProcess::start(
+        &url,
+        &[
+            ("RUST_LOG", "warn"),
+            ("STILE_DB_MAX_CONNECTIONS", SERVER_DB_CONNECTIONS),
+        ],
+    )
+    .await?;
+    let gate = Arc::new(Gate::login(&server, tokens).await?);
+
+    let split = args.tickets - args.contention_qrs;
+    let throughput = run_throughput(&gate, args.concurrency, split, args.duration).await?;
+    throughput.print(args.concurrency);
+    let contention = run_contention(
+        &gate,
+        (args.concurrency / RACERS).max(1),
+        split,
+        args.tickets,
+    )
+    .await?;
+    contention.print();
+
+    let memory = server.memory_kib();
+    match memory {
+        Some((peak, current)) => println!(
+            "\nserver memory: peak {:.1} MB, now {:.1} MB (target <= {TARGET_MEMORY_MB:.0} MB)",
+            mb(peak),
+            mb(current)
+        ),
+        None => println!("\nserver memory: unavailable (no /proc/<pid>/status)"),
+    }
+    drop(server);
+
+    let baseline = run_pgbench(&url, &fixture, args.concurrency, pgbench_secs).await?;
+    println!(
+        "\npgbench, same transaction, {} clients, {pgbench_secs} s: {:.0} tps, latency average {}",
+        args.concurrency,
+        baseline.tps,
+        baseline.latency_average.as_deref().unwrap_or("n/a")
+    );
+
+    print_summary(&args, &throughput, &contention, memory, &baseline);
+    pool.close().await;
+    drop(cluster);
+    if contention.violations > 0 {
+        eprintln!(
+            "stile-bench: {} QRs did not get exactly one SUCCESS: double redemption or lost scans",
+            contention.violations
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ids of the seeded rows the pgbench script needs.
+struct Fixture {
+    merchant_id: i64,
+    operator_id: i64,
+    device_pk: i64,
+    location_id: i64,
+}
+
+/// One merchant with a gate, a device and an operator; `tickets` single-use OTA tickets
+/// `B1`, `B2`, … (one order per hundred) and the pgbench tickets `P1`, `P2`, ….
+async fn seed(pool: &PgPool, tickets: usize) -> anyhow::Result<Fixture> {
+    let started = Instant::now();
+    let tickets = i64::try_from(tickets).context("--tickets is too large")?;
+    let password_hash = central_server::auth::hash_password(PASSWORD)?;
+    let mut tx = pool.begin().await?;
+    let existing: Option<(i64,)> = sqlx::query_as("SELECT id FROM merchants WHERE code = $1")
+        .bind(MERCHANT_CODE)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if existing.is_some() {
+        bail!("the database already holds bench data: point DATABASE_URL at an empty database");
+    }
+    let (merchant_id,): (i64,) =
+        sqlx::query_as("INSERT INTO merchants (code, name) VALUES ($1, 'Bench park') RETURNING id")
+            .bind(MERCHANT_CODE)
+            .fetch_one(&mut *tx)
+            .await?;
+    let (location_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO locations (merchant_id, venue_code, name) VALUES ($1, $2, 'Gate 1') RETURNING id",
+    )
+    .bind(merchant_id)
+    .bind(VENUE_CODE)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (device_pk,): (i64,) = sqlx::query_as(
+        "INSERT INTO devices (device_id, merchant_id, location_id, secret_hash) \
+         VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(DEVICE_ID)
+    .bind(merchant_id)
+    .bind(location_id)
+    .bind(central_server::auth::sha256_hex(DEVICE_SECRET))
+    .fetch_one(&mut *tx)
+    .await?;
+    let (operator_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO operators (merchant_id, username, password_hash, display_name) \
+         VALUES ($1, $2, $3, 'Bench operator') RETURNING id",
+    )
+    .bind(merchant_id)
+    .bind(OPERATOR)
+    .bind(&password_hash)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    for (prefix, count, uses) in [("B", tickets, 1), ("P", PGBENCH_TICKETS, PGBENCH_USES)] {
+        let per_order = TICKETS_PER_ORDER as i64;
+        sqlx::query(
+            "INSERT INTO orders (order_code, merchant_id) \
+             SELECT 'ORD-' || $1 || g, $2 FROM generate_series(1, ($3 + $4 - 1) / $4) AS g",
+        )
+        .bind(prefix)
+        .bind(merchant_id)
+        .bind(count)
+        .bind(per_order)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("seeding the orders of the {prefix} tickets"))?;
+        sqlx::query(
+            "INSERT INTO tickets (ticket_code, order_id, merchant_id, passenger_name, channel, status) \
+             SELECT $1 || g, o.id, $2, 'Guest ' || g, 'OTA', 'ACTIVATED' \
+             FROM generate_series(1, $3) AS g \
+             JOIN orders o ON o.order_code = 'ORD-' || $1 || ((g - 1) / $4 + 1)",
+        )
+        .bind(prefix)
+        .bind(merchant_id)
+        .bind(count)
+        .bind(per_order)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("seeding the {prefix} tickets"))?;
+        sqlx::query(
+            "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses) \
+             SELECT id, merchant_id, $3, 'Entry', $4, $4 FROM tickets \
+             WHERE merchant_id = $1 AND ticket_code LIKE $2 || '%'",
+        )
+        .bind(merchant_id)
+        .bind(prefix)
+        .bind(FUNCTION)
+        .bind(uses)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("seeding the entitlements of the {prefix} tickets"))?;
+    }
+    tx.commit().await.context("committing the seed")?;
+    println!(
+        "seeded {tickets} tickets (+ {PGBENCH_TICKETS} for pgbench) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Fixture {
+        merchant_id,
+        operator_id,
+        device_pk,
+        location_id,
+    })
+}
+
+/// Signs one OTA QR per bench ticket with the server's active key and makes it the ticket's
+/// current QR. Returns the tokens, index `i` for ticket `B{i+1}`.
+async fn sign_tokens(pool: &PgPool, tickets: usize) -> anyhow::Result<Vec<String>> {
+    let started = Instant::now();
+    let (kid, private_key): (String, Vec<u8>) =
+        sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE state = 'active'")
+            .fetch_one(pool)
+            .await
+            .context("reading the active signing key")?;
+    let private_key: [u8; 32] = private_key
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("signing key {kid} is not 32 bytes"))?;
+    let signer = QrSigner::new(&kid, private_key);
+    let iat = chrono::Utc::now().timestamp();
+    let mut tokens = Vec::with_capacity(tickets);
+    let mut codes = Vec::with_capacity(JTI_BATCH);
+    let mut jtis = Vec::with_capacity(JTI_BATCH);
+    for number in 1..=tickets {
+        let jti = Jti::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+        let claims = QrClaims {
+            jti: jti.clone(),
+            tid: format!("B{number}"),
+            mid: MERCHANT_CODE.to_owned(),
+            ch: Channel::Ota,
+            iat,
+            exp: None,
+        };
+        tokens.push(
+            signer
+                .issue(&claims)
+                .with_context(|| format!("signing the QR of ticket B{number}"))?,
+        );
+        codes.push(claims.tid);
+        jtis.push(jti.as_str().to_owned());
+        if codes.len() == JTI_BATCH || number == tickets {
+            sqlx::query(
+                "UPDATE tickets t SET current_jti = u.jti \
+                 FROM unnest($1::text[], $2::text[]) AS u(code, jti) WHERE t.ticket_code = u.code",
+            )
+            .bind(&codes)
+            .bind(&jtis)
+            .execute(pool)
+            .await
+            .context("storing current_jti")?;
+            codes.clear();
+            jtis.clear();
+        }
+    }
+    println!(
+        "signed {tickets} QR tokens and stored their jti in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(tokens)
+}
+
+/// A logged-in gate: what every scanning task shares.
+struct Gate {
+    client: reqwest::Client,
+    scan_url: String,
+    bearer: String,
+    function_code: FunctionCode,
+    tokens: Vec<String>,
+}
+
+/// What one scan came back with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// An HTTP answer with its `code` (`"?"` when the body has none).
+    Http { status: u16, code: String },
+    /// No HTTP answer at all.
+    Failed(String),
+}
+
+impl Answer {
+    fn is(&self, expected_status: u16, expected_code: &str) -> bool {
+        matches!(self, Answer::Http { status, code } if *status == expected_status && code == expected_code)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Answer::Http { status, code } => format!("HTTP {status} {code}"),
+            Answer::Failed(error) => format!("request failed: {error}"),
+        }
+    }
+}
+
+/// The only field of an answer the benchmark reads.
+#[derive(Deserialize)]
+struct CodeOnly {
+    code: String,
+}
+
+impl Gate {
+    async fn login(server: &ServerProcess, tokens: Vec<String>) -> anyhow::Result<Gate> {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
+        let response = client
+            .post(server.url("/operators/login"))
+            .json(&LoginRequest {
+                username: OPERATOR.to_owned(),
+                password: PASSWORD.to_owned(),
+            })
+            .send()
+            .await
+            .context("POST /operators/login")?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            bail!("login answered {status}: {body}");
+        }
+        let login: LoginResponse = response.json().await.context("reading the login answer")?;
+        Ok(Gate {
+            client,
+            scan_url: server.url("/venue/scan"),
+            bearer: login.token,
+            function_code: FunctionCode::parse(FUNCTION)
+                .map_err(|_| anyhow::anyhow!("{FUNCTION} is not a function code"))?,
+            tokens,
+        })
+    }
+
+    /// Scans ticket `index` once with a fresh scan_id; returns the latency in microseconds
+    /// (request sent to body read) and the answer.
+    async fn scan(&self, index: usize) -> (u64, Answer) {
+        let request = ScanRequest {
+            qr_token: self.tokens[index].clone(),
+            function_code: self.function_code.clone(),
+            venue_code: VENUE_CODE.to_owned(),
+            device_id: DEVICE_ID.to_owned(),
+            scan_id: Some(uuid::Uuid::new_v4().to_string()),
+        };
+        let started = Instant::now();
+        let answer = match self
+            .client
+            .post(&self.scan_url)
+            .bearer_auth(&self.bearer)
+            .json(&request)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.json::<CodeOnly>().await {
+                    Ok(body) => Answer::Http {
+                        status,
+                        code: body.code,
+                    },
+                    Err(_) => Answer::Http {
+                        status,
+                        code: "?".to_owned(),
+                    },
+                }
+            }
+            Err(error) => Answer::Failed(error.to_string()),
+        };
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        (micros, answer)
+    }
+}
+
+/// What one throughput task saw.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    successes: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+struct ThroughputResult {
+    requests: usize,
+    successes: u64,
+    errors: BTreeMap<String, u64>,
+    elapsed: Duration,
+    ran_out_of_tickets: bool,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+impl ThroughputResult {
+    /// Successful scans per second: what pgbench's committed transactions compare with.
+    fn scans_per_sec(&self) -> f64 {
+        self.successes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn print(&self, concurrency: usize) {
+        println!(
+            "\nthroughput, {concurrency} clients, {:.1} s: {} requests, {} SUCCESS, {} errors",
+            self.elapsed.as_secs_f64(),
+            self.requests,
+            self.successes,
+            self.error_count()
+        );
+        for (kind, count) in &self.errors {
+            println!("  error {kind}: {count}");
+        }
+        if self.ran_out_of_tickets {
+            println!("  (tickets ran out before --duration: raise --tickets for a full run)");
+        }
+        println!(
+            "  {:.0} scans/s   p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms",
+            self.scans_per_sec(),
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms
+        );
+    }
+}
+
+/// `concurrency` tasks scan tickets `0..end`, each ticket once, until `secs` have passed or
+/// the tickets run out.
+async fn run_throughput(
+    gate: &Arc<Gate>,
+    concurrency: usize,
+    end: usize,
+    secs: u64,
+) -> anyhow::Result<ThroughputResult> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (gate, next) = (gate.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= end {
+                    break;
+                }
+                let (micros, answer) = gate.scan(index).await;
+                tally.latencies_us.push(micros);
+                if answer.is(200, "SUCCESS") {
+                    tally.successes += 1;
+                } else {
+                    *tally.errors.entry(answer.describe()).or_default() += 1;
+                }
+            }
+            tally
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        let tally = task.await.context("a throughput task panicked")?;
+        all.latencies_us.extend(tally.latencies_us);
+        all.successes += tally.successes;
+        for (kind, count) in tally.errors {
+            *all.errors.entry(kind).or_default() += count;
+        }
+    }
+    let elapsed = started.elapsed();
+    all.latencies_us.sort_unstable();
+    Ok(ThroughputResult {
+        requests: all.latencies_us.len(),
+        successes: all.successes,
+        errors: all.errors,
+        elapsed,
+        ran_out_of_tickets: next.load(Ordering::Relaxed) >= end,
+        p50_ms: percentile_ms(&all.latencies_us, 50.0),
+        p99_ms: percentile_ms(&all.latencies_us, 99.0),
+        p999_ms: percentile_ms(&all.latencies_us, 99.9),
+    })
+}
+
+struct ContentionResult {
+    workers: usize,
+    qrs: usize,
+    violations: usize,
+    /// A few violating QRs with their four answers.
+    examples: Vec<String>,
+    elapsed: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl ContentionResult {
+    fn print(&self) {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "\ncontention, {} workers x {RACERS} concurrent scans of one QR, {:.1} s: {} QRs, {} violations",
+            self.workers,
+            secs,
+            self.qrs,
+            self.violations
+        );
+        for example in &self.examples {
+            println!("  violation: {example}");
+        }
+        println!(
+            "  {:.0} scans/s   {:.0} QRs/s   p50 {:.2} ms   p99 {:.2} ms",
+            (self.qrs * RACERS) as f64 / secs,
+            self.qrs as f64 / secs,
+            self.p50_ms,
+            self.p99_ms
+        );
+    }
+}
+
+/// `workers` tasks each take the next ticket of `start..end` and scan its QR from
+/// [`RACERS`] clients at once; exactly one scan must succeed and the rest answer
+/// `ALREADY_REDEEMED`.
+async fn run_contention(
+    gate: &Arc<Gate>,
+    workers: usize,
+    start: usize,
+    end: usize,
+) -> anyhow::Result<ContentionResult> {
+    const MAX_EXAMPLES: usize = 5;
+    let next = Arc::new(AtomicUsize::new(start));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (gate, next) = (gate.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::new();
+            let mut qrs = 0usize;
+            let mut violations = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= end {
+                    break;
+                }
+                let (a, b, c, d) = tokio::join!(
+                    gate.scan(index),
+                    gate.scan(index),
+                    gate.scan(index),
+                    gate.scan(index)
+                );
+                let answers = [a, b, c, d];
+                latencies_us.extend(answers.iter().map(|(micros, _)| *micros));
+                qrs += 1;
+                let successes = answers
+                    .iter()
+                    .filter(|(_, answer)| answer.is(200, "SUCCESS"))
+                    .count();
+                let refusals = answers
+                    .iter()
+                    .filter(|(_, answer)| answer.is(409, "ALREADY_REDEEMED"))
+                    .count();
+                if successes != 1 || refusals != RACERS - 1 {
+                    let described: Vec<String> = answers
+                        .iter()
+                        .map(|(_, answer)| answer.describe())
+                        .collect();
+                    violations.push(format!("ticket B{}: {}", index + 1, described.join(", ")));
+                }
+            }
+            (latencies_us, qrs, violations)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut qrs = 0;
+    let mut violations = Vec::new();
+    for task in tasks {
+        let (latencies, count, violated) = task.await.context("a contention task panicked")?;
+        latencies_us.extend(latencies);
+        qrs += count;
+        violations.extend(violated);
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    Ok(ContentionResult {
+        workers,
+        qrs,
+        violations: violations.len(),
+        examples: violations.into_iter().take(MAX_EXAMPLES).collect(),
+        elapsed,
+        p50_ms: percentile_ms(&latencies_us, 50.0),
+        p99_ms: percentile_ms(&latencies_us, 99.0),
+    })
+}
+
+/// The server's scan transaction (`central_server::scan`: `bind_device`, then
+/// `attempt_redeem` with `apply_redemption`) as a pgbench script, statement for statement.
+/// Each transaction redeems under a jti of its own (client id and a random number), so the
+/// ticket's `UNIQUE (jti, function_code)` never stops it, and the tickets carry a million
+/// uses, so they never run out. The server marks a single-use ticket `USED` in the same
+/// transaction; the script updates the ticket row the same way without changing its status.
+const PGBENCH_SCRIPT: &str = r#"\set n random(1, :pg_tickets)
+\set nonce random(1, 4000000000000000000)
+SELECT d.id, l.id FROM devices d JOIN locations l ON l.id = d.location_id WHERE d.device_id = 'bench-dev' AND d.merchant_id = :merchant_id AND l.venue_code = 'GATE-1';
+BEGIN;
+INSERT INTO scan_requests (scan_id, merchant_id, operator_id, token_sha256, function_code, created_at) VALUES (gen_random_uuid(), :merchant_id, :operator_id, sha256(:nonce::text::bytea), 'ENTRY', now()) ON CONFLICT (scan_id) DO NOTHING RETURNING scan_id \gset
+SELECT t.id AS ticket_id, t.ticket_code, t.status, t.current_jti, t.channel, t.order_id, o.order_code, m.webhook_url IS NOT NULL AS notify FROM tickets t JOIN orders o ON o.id = t.order_id JOIN merchants m ON m.id = t.merchant_id WHERE t.ticket_code = 'P' || :n AND t.merchant_id = :merchant_id FOR NO KEY UPDATE OF t \gset
+SELECT id AS entitlement_id, function_code, name, total_uses, remaining_uses FROM entitlements WHERE ticket_id = :ticket_id ORDER BY id FOR UPDATE \gset
+SELECT function_code FROM redemption_events WHERE jti = 'pgb' || :client_id::text || '-' || :nonce::text;
+INSERT INTO redemption_events (jti, function_code, ticket_id, entitlement_id, merchant_id, operator_id, device_id, location_id, redeemed_at, scan_id, source) VALUES ('pgb' || :client_id::text || '-' || :nonce::text, 'ENTRY', :ticket_id, :entitlement_id, :merchant_id, :operator_id, :device_pk, :location_id, now(), :scan_id, 'venue') RETURNING id AS redemption_id \gset
+UPDATE entitlements SET remaining_uses = remaining_uses - 1 WHERE id = :entitlement_id;
+UPDATE tickets SET updated_at = now() WHERE id = :ticket_id;
+INSERT INTO merchant_redemptions (merchant_id, operator_id, ticket_id, order_id, location_id, device_id, redemption_event_id, function_code, redeemed_at, decided_at, uploaded_at, source, result, meta, scan_id) VALUES (:merchant_id, :operator_id, :ticket_id, :order_id, :location_id, :device_pk, :redemption_id, 'ENTRY', now(), now(), NULL, 'venue', 'SUCCESS', '{}'::jsonb, NULL) RETURNING id AS log_id \gset
+INSERT INTO scan_audit (merchant_id, operator_id, device_id, location_id, ticket_id, jti, function_code, decision, scan_id, redemption_event_id, decided_at, source) VALUES (:merchant_id, :operator_id, :device_pk, :location_id, :ticket_id, 'pgb' || :client_id::text || '-' || :nonce::text, 'ENTRY', 'SUCCESS', :scan_id, :redemption_id, now(), 'venue');
+UPDATE scan_requests SET response = '{"result":"SUCCESS","code":"SUCCESS","message":"ok","ticket":{"ticket_code":"P1","status":"ACTIVATED","entitlements":[{"function_code":"ENTRY","name":"Entry","total_uses":1000000,"remaining_uses":999999}]},"redemption":{"id":1,"redeemed_at":"2026-01-01T00:00:00.000+00:00","operator":{"id":1,"username":"bench-op"},"device_id":"bench-dev","venue_code":"GATE-1"}}'::jsonb, http_status = 200 WHERE scan_id = :scan_id;
+COMMIT;
+"#;
+
+struct PgbenchResult {
+    tps: f64,
+    latency_average: Option<String>,
+}
+
+/// Runs [`PGBENCH_SCRIPT`] against the bench database with `clients` clients.
+async fn run_pgbench(
+    url: &str,
+    fixture: &Fixture,
+    clients: usize,
+    secs: u64,
+) -> anyhow::Result<PgbenchResult> {
+    let pgbench = pgbench_binary();
+    let script = std::env::temp_dir().join(format!("stile-bench-{}.sql", std::process::id()));
+    std::fs::write(&script, PGBENCH_SCRIPT)
+        .with_context(|| format!("writing {}", script.display()))?;
+    let threads = clients.min(2);
+    let output = tokio::process::Command::new(&pgbench)
+        .args(["-n", "-M", "prepared"])
+        .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
+        .args(["-T", &secs.to_string()])
+        .args(["-D", &format!("merchant_id={}", fixture.merchant_id)])
+        .args(["-D", &format!("operator_id={}", fixture.operator_id)])
+        .args(["-D", &format!("device_pk={}", fixture.device_pk)])
+        .args(["-D", &format!("location_id={}", fixture.location_id)])
+        .args(["-D", &format!("pg_tickets={PGBENCH_TICKETS}")])
+        .arg("-f")
+        .arg(&script)
+        .arg(url)
+        .output()
+        .await
+        .with_context(|| format!("running {}", pgbench.display()));
+    let _ = std::fs::remove_file(&script);
+    let output = output?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!(
+            "pgbench failed ({}):\n{}\n{}",
+            output.status,
+            stdout.trim(),
+            stderr.trim()
+        );
+    }
+    parse_pgbench(&stdout).with_context(|| format!("reading pgbench's report:\n{stdout}"))
+}
+
+/// pgbench of the PostgreSQL binaries the bench cluster runs on, else the one on the PATH.
+fn pgbench_binary() -> PathBuf {
+    stile_testkit::postgres_bindir()
+        .ok()
+        .map(|dir| dir.join("pgbench"))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("pgbench"))
+}
+
+/// Reads `tps = X (without initial connection time)` and the average latency.
+fn parse_pgbench(stdout: &str) -> anyhow::Result<PgbenchResult> {
+    let tps = stdout
+        .lines()
+        .find(|line| line.starts_with("tps = ") && line.contains("without initial connection"))
+        .and_then(|line| line.trim_start_matches("tps = ").split_whitespace().next())
+        .context("no tps line")?
+        .parse::<f64>()
+        .context("tps is not a number")?;
+    let latency_average = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("latency average = "))
+        .map(str::to_owned);
+    Ok(PgbenchResult {
+        tps,
+        latency_average,
+    })
+}
+
+fn print_summary(
+    args: &Args,
+    throughput: &ThroughputResult,
+    contention: &ContentionResult,
+    memory: Option<(u64, u64)>,
+    baseline: &PgbenchResult,
+) {
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let ratio = throughput.scans_per_sec() / baseline.tps.max(1e-9);
+    println!("\n== stile-bench summary ({} tickets) ==", args.tickets);
+    println!(
+        "throughput      {:>10.0} scans/s at C={}  ({} errors)",
+        throughput.scans_per_sec(),
+        args.concurrency,
+        throughput.error_count()
+    );
+    println!(
+        "pgbench         {:>10.0} tps at C={}",
+        baseline.tps, args.concurrency
+    );
+    println!(
+        "server/pgbench  {:>10.2}            target >= {TARGET_RATIO}: {}",
+        ratio,
+        verdict(ratio >= TARGET_RATIO)
+    );
+    let at_target = if args.concurrency == TARGET_CONCURRENCY {
+        String::new()
+    } else {
+        format!(
+            " (measured at C={}, target is for C={TARGET_CONCURRENCY})",
+            args.concurrency
+        )
+    };
+    println!(
+        "latency p50     {:>10.2} ms   p99 {:.2} ms   p99.9 {:.2} ms",
+        throughput.p50_ms, throughput.p99_ms, throughput.p999_ms
+    );
+    println!(
+        "latency p99     {:>10.2} ms         target <= {TARGET_P99_MS:.0} ms at C={TARGET_CONCURRENCY}: {}{at_target}",
+        throughput.p99_ms,
+        verdict(throughput.p99_ms <= TARGET_P99_MS)
+    );
+    match memory {
+        Some((peak, current)) => println!(
+            "server memory   {:>10.1} MB peak ({:.1} MB now)  target <= {TARGET_MEMORY_MB:.0} MB: {}",
+            mb(peak),
+            mb(current),
+            verdict(mb(peak) <= TARGET_MEMORY_MB)
+        ),
+        None => println!("server memory         n/a"),
+    }
+    println!(
+        "contention      {:>10} QRs x {RACERS} scans, {} violations  target: exactly one SUCCESS per QR: {}",
+        contention.qrs,
+        contention.violations,
+        verdict(contention.violations == 0)
+    );
+    println!(
+        "contention      {:>10.2} ms p50   p99 {:.2} ms",
+        contention.p50_ms, contention.p99_ms
+    );
+}
+
+/// Nearest-rank percentile of sorted microsecond samples, in milliseconds.
+fn percentile_ms(sorted_us: &[u64], pct: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((pct / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, sorted_us.len()) - 1;
+    sorted_us[index] as f64 / 1000.0
+}
+
+fn mb(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
