@@ -1,0 +1,345 @@
+//! Agent settings: a TOML file, then `STILE_AGENT_*` environment variables. Parsing is a
+//! function over the file's text and a key/value source, so it is tested without touching
+//! the process environment. `edge-agent check-config` prints the resolved settings (secrets
+//! masked) or the first problem, naming the setting.
+
+use crate::decode::DecoderKind;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where frames come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A V4L2 camera (needs the `camera` build feature).
+    Camera {
+        #[serde(default)]
+        device: u32,
+        #[serde(default = "default_width")]
+        width: u32,
+        #[serde(default = "default_height")]
+        height: u32,
+        #[serde(default = "default_fps")]
+        fps: u32,
+        #[serde(default = "default_format")]
+        format: String,
+    },
+    /// Image files: `watch` a spool directory, or `replay` a directory once (or looped).
+    Directory {
+        path: PathBuf,
+        #[serde(default = "default_mode")]
+        mode: String,
+        #[serde(default)]
+        fps: Option<f32>,
+        #[serde(default)]
+        looped: bool,
+    },
+    /// Lines from a hardware scan engine (a device path, or `-` for stdin).
+    Lines { path: PathBuf },
+    /// No frame source: scans come only through the local API (`POST /api/scan`).
+    None,
+}
+
+fn default_width() -> u32 {
+    1280
+}
+fn default_height() -> u32 {
+    720
+}
+fn default_fps() -> u32 {
+    30
+}
+fn default_format() -> String {
+    "mjpeg".into()
+}
+fn default_mode() -> String {
+    "watch".into()
+}
+
+/// When the gate may decide alone while the central is unreachable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflinePolicy {
+    /// Oldest synced ticket state still trusted.
+    pub max_state_age_secs: u64,
+    pub allow_miniapp: bool,
+    pub allow_ota: bool,
+    /// Largest |clock offset| from the central still trusted to judge expiry.
+    pub max_clock_offset_secs: i64,
+}
+
+impl Default for OfflinePolicy {
+    fn default() -> Self {
+        OfflinePolicy {
+            max_state_age_secs: 3600,
+            allow_miniapp: true,
+            allow_ota: true,
+            max_clock_offset_secs: 30,
+        }
+    }
+}
+
+/// Operator credentials for a gate that logs in by itself at start (optional; otherwise the
+/// operator logs in on the gate display page).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorLogin {
+    pub username: String,
+    pub password: String,
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    device_id: Option<String>,
+    device_secret: Option<String>,
+    central_url: Option<String>,
+    venue_code: Option<String>,
+    function_code: Option<String>,
+    state_dir: Option<PathBuf>,
+    listen: Option<String>,
+    online_deadline_ms: Option<u64>,
+    sync_interval_secs: Option<u64>,
+    key_refresh_secs: Option<u64>,
+    upload_batch: Option<usize>,
+    debounce_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    miniapp_ttl_secs: Option<i64>,
+    clock_skew_secs: Option<i64>,
+    decoders: Option<Vec<DecoderKind>>,
+    source: Option<SourceConfig>,
+    offline: Option<OfflinePolicy>,
+    operator: Option<OperatorLogin>,
+}
+
+/// Every setting of the agent, resolved.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub device_id: String,
+    pub device_secret: String,
+    pub central_url: String,
+    pub venue_code: String,
+    /// The gate's entitlement (switchable on the device).
+    pub function_code: stile_shared::FunctionCode,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub online_deadline: Duration,
+    pub sync_interval: Duration,
+    pub key_refresh: Duration,
+    pub upload_batch: usize,
+    pub debounce: Duration,
+    pub shutdown_grace: Duration,
+    pub token_policy: stile_shared::TokenPolicy,
+    pub decoders: Vec<DecoderKind>,
+    pub source: SourceConfig,
+    pub offline: OfflinePolicy,
+    pub operator: Option<OperatorLogin>,
+}
+
+/// A bad setting, named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file: {0}")]
+    Parse(String),
+    #[error("setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+    #[error("setting {0} is required (config file or STILE_AGENT_{1})")]
+    Missing(&'static str, &'static str),
+}
+
+fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        message: message.into(),
+    }
+}
+
+impl AgentConfig {
+    /// Resolves the file's text with environment overrides on top.
+    pub fn parse<I, K, V>(text: &str, env: I) -> Result<AgentConfig, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut file: FileConfig =
+            toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
+        for (key, value) in env {
+            let value = value.as_ref().to_owned();
+            match key.as_ref() {
+                "STILE_AGENT_DEVICE_ID" => file.device_id = Some(value),
+                "STILE_AGENT_DEVICE_SECRET" => file.device_secret = Some(value),
+                "STILE_AGENT_CENTRAL_URL" => file.central_url = Some(value),
+                "STILE_AGENT_VENUE_CODE" => file.venue_code = Some(value),
+                "STILE_AGENT_FUNCTION_CODE" => file.function_code = Some(value),
+                "STILE_AGENT_STATE_DIR" => file.state_dir = Some(value.into()),
+                "STILE_AGENT_LISTEN" => file.listen = Some(value),
+                "STILE_AGENT_OPERATOR_PASSWORD" => {
+                    if let Some(operator) = file.operator.as_mut() {
+                        operator.password = value;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let required = |value: Option<String>, name, env| {
+            value
+                .filter(|v| !v.trim().is_empty())
+                .ok_or(ConfigError::Missing(name, env))
+        };
+        let central_url = required(file.central_url, "central_url", "CENTRAL_URL")?;
+        if !(central_url.starts_with("http://") || central_url.starts_with("https://")) {
+            return Err(invalid(
+                "central_url",
+                "must start with http:// or https://",
+            ));
+        }
+        let function_raw = file.function_code.unwrap_or_else(|| "ENTRY".into());
+        let function_code = stile_shared::FunctionCode::parse(&function_raw)
+            .map_err(|error| invalid("function_code", error.to_string()))?;
+        let listen_raw = file.listen.unwrap_or_else(|| "127.0.0.1:9090".into());
+        let listen = listen_raw.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_raw:?} is not an address like 127.0.0.1:9090"),
+            )
+        })?;
+        let decoders = file
+            .decoders
+            .unwrap_or_else(|| vec![DecoderKind::Rxing, DecoderKind::Rqrr]);
+        if decoders.is_empty() {
+            return Err(invalid("decoders", "name at least one decoder"));
+        }
+        let secs = |value: Option<u64>, default: u64, name: &'static str| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                Err(invalid(name, "must be greater than 0"))
+            } else {
+                Ok(value)
+            }
+        };
+        let config = AgentConfig {
+            device_id: required(file.device_id, "device_id", "DEVICE_ID")?,
+            device_secret: required(file.device_secret, "device_secret", "DEVICE_SECRET")?,
+            central_url: central_url.trim_end_matches('/').to_owned(),
+            venue_code: required(file.venue_code, "venue_code", "VENUE_CODE")?,
+            function_code,
+            state_dir: file
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/stile-agent")),
+            listen,
+            online_deadline: Duration::from_millis(secs(
+                file.online_deadline_ms,
+                800,
+                "online_deadline_ms",
+            )?),
+            sync_interval: Duration::from_secs(secs(
+                file.sync_interval_secs,
+                5,
+                "sync_interval_secs",
+            )?),
+            key_refresh: Duration::from_secs(secs(file.key_refresh_secs, 60, "key_refresh_secs")?),
+            upload_batch: file.upload_batch.unwrap_or(200).clamp(1, 500),
+            debounce: Duration::from_secs(file.debounce_secs.unwrap_or(3)),
+            shutdown_grace: Duration::from_secs(secs(
+                file.shutdown_grace_secs,
+                5,
+                "shutdown_grace_secs",
+            )?),
+            token_policy: stile_shared::TokenPolicy {
+                miniapp_ttl_secs: file.miniapp_ttl_secs.unwrap_or(1800),
+                clock_skew_secs: file.clock_skew_secs.unwrap_or(60),
+            },
+            decoders,
+            source: file.source.unwrap_or(SourceConfig::None),
+            offline: file.offline.unwrap_or_default(),
+            operator: file.operator,
+        };
+        Ok(config)
+    }
+
+    /// The SQLite file.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("agent.db")
+    }
+
+    /// The settings as `check-config` prints them, secrets masked.
+    pub fn describe(&self) -> String {
+        format!(
+            "device_id = {}\ndevice_secret = (set, {} characters)\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\n",
+            self.device_id,
+            self.device_secret.len(),
+            self.central_url,
+            self.venue_code,
+            self.function_code,
+            self.state_dir.display(),
+            self.listen,
+            self.online_deadline.as_millis(),
+            self.sync_interval.as_secs(),
+            self.decoders,
+            self.source,
+            self.offline,
+            self.operator.as_ref().map(|o| o.username.as_str()).unwrap_or("(logs in on the gate page)"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        device_id = "dev-east-1"
+        device_secret = "dev-secret-1"
+        central_url = "http://127.0.0.1:8080/"
+        venue_code = "GATE-EAST"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_env_overrides() {
+        let config =
+            AgentConfig::parse(MINIMAL, [("STILE_AGENT_FUNCTION_CODE", "MEAL")]).expect("valid");
+        assert_eq!(config.central_url, "http://127.0.0.1:8080");
+        assert_eq!(config.function_code.as_str(), "MEAL");
+        assert_eq!(config.online_deadline, Duration::from_millis(800));
+        assert_eq!(config.source, SourceConfig::None);
+        assert_eq!(config.decoders, vec![DecoderKind::Rxing, DecoderKind::Rqrr]);
+        assert!(
+            !config.describe().contains("dev-secret-1"),
+            "secrets are masked"
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let config = AgentConfig::parse(
+            include_str!("../../systemd/edge-agent.toml"),
+            Vec::<(String, String)>::new(),
+        )
+        .expect("systemd/edge-agent.toml is valid");
+        assert!(matches!(config.source, SourceConfig::Camera { .. }));
+    }
+
+    #[test]
+    fn problems_are_named() {
+        let cases = [
+            ("device_id = \"x\"", "central_url"),
+            (
+                &format!("{MINIMAL}\nfunction_code = \"entry\""),
+                "function_code",
+            ),
+            (&format!("{MINIMAL}\nlisten = \"nowhere\""), "listen"),
+            (&format!("{MINIMAL}\ndecoders = []"), "decoders"),
+            (&format!("{MINIMAL}\ndecoders = [\"zxing\"]"), "config file"),
+            (&format!("{MINIMAL}\nsurprise = 1"), "config file"),
+            (&MINIMAL.replace("http://", "ftp://"), "central_url"),
+        ];
+        for (text, name) in cases {
+            let error = AgentConfig::parse(text, Vec::<(String, String)>::new()).expect_err(name);
+            assert!(error.to_string().contains(name), "{text}: {error}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The daemon's wiring and lifecycle: the store and the gate, the status listener, the sync
+//! loop, and the capture pipeline — a capture thread reading the frame source, a decode
+//! thread, and the decision task.
+//!
+//! Latency first: the capture thread hands a frame to the decoder only when the decoder is
+//! idle (a one-slot channel); frames that arrive while it is busy are dropped and counted,
+//! never queued. Decisions are taken one at a time, in order. Shutdown (SIGTERM) stops the
+//! capture, lets the decision in flight (and any code already decoded) finish within the
+//! grace period, and tells systemd STOPPING; READY is sent once the store is open and the
+//! listener bound, and WATCHDOG pings follow while the decision task is alive.
+
+use crate::config::{AgentConfig, SourceConfig};
+use crate::decode::Cascade;
+use crate::engine::{Gate, GateError};
+use crate::frames::{Capture, DirectorySource, FrameSource, LineSource};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Why the daemon stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the configured frame source; `Err` says why there is none (shown on the status page).
+fn open_source(config: &SourceConfig) -> Result<Option<Box<dyn FrameSource>>, String> {
+    match config {
+        SourceConfig::None => Ok(None),
+        SourceConfig::Directory {
+            path,
+            mode,
+            fps,
+            looped,
+        } => {
+            let source = if mode == "replay" {
+                DirectorySource::replay(path, *fps, *looped)
+            } else {
+                DirectorySource::watch(path, Duration::from_millis(50))
+            };
+            source
+                .map(|s| Some(Box::new(s) as Box<dyn FrameSource>))
+                .map_err(|error| error.to_string())
+        }
+        SourceConfig::Lines { path } => LineSource::open(path)
+            .map(|s| Some(Box::new(s) as Box<dyn FrameSource>))
+            .map_err(|error| error.to_string()),
+        #[cfg(feature = "camera")]
+        SourceConfig::Camera {
+            device,
+            width,
+            height,
+            fps,
+            format,
+        } => crate::camera::CameraSource::open(*device, *width, *height, *fps, format)
+            .map(|s| Some(Box::new(s) as Box<dyn FrameSource>))
+            .map_err(|error| error.to_string()),
+        #[cfg(not(feature = "camera"))]
+        SourceConfig::Camera { .. } => {
+            Err("no camera: this build has no camera support (build with --features camera)".into())
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let listen = config.listen;
+    let grace = config.shutdown_grace;
+    let gate = Arc::new(Gate::open(config)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            address: listen,
+            source,
+        })?;
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+
+    let mut server_stop = stopping_rx.clone();
+    let app = crate::status::router(gate.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.changed().await;
+            })
+            .await
+    });
+    let sync = tokio::spawn(crate::sync::run(gate.clone(), stopping_rx.clone()));
+
+    // The capture pipeline.
+    let (codes_tx, mut codes_rx) = mpsc::channel::<String>(16);
+    let capture_stop = Arc::new(AtomicBool::new(false));
+    match open_source(&gate.config.source) {
+        Ok(Some(source)) => {
+            if let Ok(mut info) = gate.source.lock() {
+                *info = Some(source.info());
+            }
+            let cascade = Arc::new(Cascade::new(&gate.config.decoders));
+            let _ = gate.decoder.set(cascade.clone());
+            start_capture(
+                gate.clone(),
+                source,
+                cascade,
+                codes_tx,
+                capture_stop.clone(),
+            );
+        }
+        Ok(None) => drop(codes_tx),
+        Err(problem) => {
+            tracing::error!(problem = %problem, device = %gate.config.device_id, "no frame source; the gate takes scans through /api/scan only");
+            if let Ok(mut error) = gate.source_error.lock() {
+                *error = Some(problem);
+            }
+            drop(codes_tx);
+        }
+    }
+    let deciding = {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            while let Some(code) = codes_rx.recv().await {
+                gate.decide_code(&code).await;
+            }
+        })
+    };
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(watchdog(stopping_rx.clone()));
+    tracing::info!(device = %gate.config.device_id, listen = %listen, "edge agent running");
+
+    shutdown.await;
+    tracing::info!("stopping: finishing the decision in flight");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    capture_stop.store(true, Ordering::SeqCst);
+    let _ = stopping_tx.send(true);
+    if tokio::time::timeout(grace, deciding).await.is_err() {
+        tracing::warn!("shutdown grace period over with a decision still in flight");
+    }
+    let _ = tokio::time::timeout(grace, sync).await;
+    let _ = tokio::time::timeout(grace, server).await;
+    watchdog.abort();
+    Ok(())
+}
+
+fn start_capture(
+    gate: Arc<Gate>,
+    mut source: Box<dyn FrameSource>,
+    cascade: Arc<Cascade>,
+    codes: mpsc::Sender<String>,
+    stop: Arc<AtomicBool>,
+) {
+    let (frames_tx, frames_rx) = sync_channel::<crate::frames::LumaFrame>(1);
+    let decoder_codes = codes.clone();
+    let decoder_gate = gate.clone();
+    std::thread::spawn(move || {
+        while let Ok(frame) = frames_rx.recv() {
+            if let Some(decoded) = cascade.decode(&frame) {
+                decoder_gate
+                    .capture
+                    .frames_decoded
+                    .fetch_add(1, Ordering::Relaxed);
+                if decoder_codes.blocking_send(decoded.text).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match source.next_capture() {
+                Ok(Some(Capture::Frame(frame))) => {
+                    gate.capture.frames_seen.fetch_add(1, Ordering::Relaxed);
+                    match frames_tx.try_send(frame) {
+                        Ok(()) => {}
+                        // The decoder is busy: drop this frame, latency first.
+                        Err(TrySendError::Full(_)) => {
+                            gate.capture.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(TrySendError::Disconnected(_)) => return,
+                    }
+                }
+                Ok(Some(Capture::Code(text))) => {
+                    if codes.blocking_send(text).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!("frame source finished");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "frame source error");
+                    if let Ok(mut problem) = gate.source_error.lock() {
+                        *problem = Some(error.to_string());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    });
+}
+
+/// Pings systemd's watchdog at half its interval (only when the unit sets `WatchdogSec`).
+async fn watchdog(mut stopping: watch::Receiver<bool>) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let mut interval = tokio::time::interval(Duration::from_micros(usec / 2));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = stopping.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The agent's own HTTP listener: the technician's status page, the operator's gate display,
+//! and the machine-readable endpoints (`/api/status`, `/api/scan`, `/metrics`, `/healthz`,
+//! `/readyz`). Pages are plain server-rendered HTML that refresh themselves: they work on any
+//! browser a technician has, with no script.
+
+use crate::engine::{age_secs, mask_ticket_code, Gate, GateDecision, OperatorSession};
+use crate::store::{DecisionRecord, QueueState};
+use axum::extract::{Form, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use stile_shared::{ApiCode, FunctionCode, Lang};
+
+/// Everything the status page shows, as `/api/status` answers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub version: &'static str,
+    pub uptime_secs: u64,
+    pub device_id: String,
+    pub venue_code: String,
+    pub function_code: String,
+    pub operator: Option<OperatorSession>,
+    pub camera: CameraReport,
+    pub decoders: Vec<crate::decode::DecoderStats>,
+    pub last_decisions: Vec<DecisionLine>,
+    pub uplink: crate::engine::Uplink,
+    pub last_sync_at: Option<String>,
+    pub last_sync_age_secs: Option<i64>,
+    pub synced_tickets: i64,
+    pub outbox: QueueState,
+    pub oldest_queued_age_secs: Option<i64>,
+    pub conflicts: Vec<DecisionLine>,
+    pub keys: KeysReport,
+    pub sqlite_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraReport {
+    pub source: Option<crate::frames::SourceInfo>,
+    /// Why there is no frame source ("no camera"), if so.
+    pub problem: Option<String>,
+    pub frames_seen: u64,
+    pub frames_dropped: u64,
+    pub frames_decoded: u64,
+    /// Share of processed frames in which a code was found.
+    pub decode_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysReport {
+    pub kids: Vec<String>,
+    pub fetched_at: Option<String>,
+    pub age_secs: Option<i64>,
+}
+
+/// One decision as the pages list it: masked ticket code, never a token.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionLine {
+    pub code: String,
+    pub message: String,
+    pub decided_at: String,
+    pub ticket: Option<String>,
+    pub function_code: String,
+    pub mode: crate::store::Mode,
+    pub latency_ms: f64,
+    pub upload: Option<String>,
+}
+
+impl From<&DecisionRecord> for DecisionLine {
+    fn from(record: &DecisionRecord) -> DecisionLine {
+        let message = ApiCode::parse(&record.code)
+            .map(|code| code.message(Lang::ZhCn).to_owned())
+            .unwrap_or_default();
+        DecisionLine {
+            code: record.code.clone(),
+            message,
+            decided_at: record.decided_at.clone(),
+            ticket: record.ticket_code.as_deref().map(mask_ticket_code),
+            function_code: record.function_code.clone(),
+            mode: record.mode,
+            latency_ms: record.latency_ms,
+            upload: match (&record.upload_state, &record.upload_code) {
+                (Some(state), Some(code)) => Some(format!("{state} ({code})")),
+                (Some(state), None) => Some(state.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Gathers the report.
+pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::StoreError> {
+    let (recent, conflicts, queue, last_sync, tickets, keys_at) = gate
+        .with_store(|store| {
+            Ok((
+                store.recent(20)?,
+                store.conflicts(20)?,
+                store.queue_state()?,
+                store.get_state("last_ticket_sync_at")?,
+                store.ticket_count()?,
+                store.get_state("jwks_fetched_at")?,
+            ))
+        })
+        .await?;
+    let seen = gate.capture.frames_seen.load(Ordering::Relaxed);
+    let dropped = gate.capture.frames_dropped.load(Ordering::Relaxed);
+    let decoded = gate.capture.frames_decoded.load(Ordering::Relaxed);
+    let processed = seen.saturating_sub(dropped);
+    let sqlite_bytes = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut path = gate.config.database_path().into_os_string();
+            path.push(suffix);
+            std::fs::metadata(path).ok().map(|m| m.len())
+        })
+        .sum();
+    Ok(StatusReport {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: gate.started_at.elapsed().as_secs(),
+        device_id: gate.config.device_id.clone(),
+        venue_code: gate.config.venue_code.clone(),
+        function_code: gate.function_code().to_string(),
+        operator: gate.session(),
+        camera: CameraReport {
+            source: gate.source.lock().ok().and_then(|s| s.clone()),
+            problem: gate.source_error.lock().ok().and_then(|s| s.clone()),
+            frames_seen: seen,
+            frames_dropped: dropped,
+            frames_decoded: decoded,
+            decode_rate: if processed == 0 {
+                0.0
+            } else {
+                decoded as f64 / processed as f64
+            },
+        },
+        decoders: gate.decoder_stats(),
+        last_decisions: recent.iter().map(DecisionLine::from).collect(),
+        uplink: gate.uplink(),
+        last_sync_age_secs: age_secs(last_sync.as_deref()),
+        last_sync_at: last_sync,
+        synced_tickets: tickets,
+        oldest_queued_age_secs: age_secs(queue.oldest_decided_at.as_deref()),
+        outbox: queue,
+        conflicts: conflicts.iter().map(DecisionLine::from).collect(),
+        keys: KeysReport {
+            kids: gate.jwks().keys.iter().map(|k| k.kid.clone()).collect(),
+            age_secs: age_secs(keys_at.as_deref()),
+            fetched_at: keys_at,
+        },
+        sqlite_bytes,
+    })
+}
+
+/// The listener's routes.
+pub fn router(gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/gate", get(gate_page))
+        .route("/gate/login", post(gate_login))
+        .route("/gate/logout", post(gate_logout))
+        .route("/gate/function", post(gate_function))
+        .route("/api/status", get(api_status))
+        .route("/api/scan", post(api_scan))
+        .route("/metrics", get(metrics))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .with_state(gate)
+}
+
+fn internal(error: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %error, "status page failed");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+}
+
+async fn api_status(State(gate): State<Arc<Gate>>) -> Response {
+    match report(&gate).await {
+        Ok(report) => Json(report).into_response(),
+        Err(error) => internal(error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ScanBody {
+    code: String,
+}
+
+/// Decides a code given over HTTP (a scan engine on another process, tests, the demo).
+async fn api_scan(State(gate): State<Arc<Gate>>, Json(body): Json<ScanBody>) -> Json<GateDecision> {
+    Json(gate.decide_code(&body.code).await)
+}
+
+async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
+    let queue = gate
+        .with_store(|store| store.queue_state())
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gate.render_metrics(&queue),
+    )
+        .into_response()
+}
+
+async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
+    let store_ok = gate.with_store(|store| store.queue_state()).await.is_ok();
+    if store_ok && gate.has_keys() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready", "store": store_ok, "keys": gate.has_keys()})),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+}
+
+async fn gate_login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) -> Response {
+    match gate.central.login(&form.username, &form.password).await {
+        Ok(answer) => {
+            gate.set_session(Some(OperatorSession {
+                token: answer.token,
+                operator_id: answer.operator.id,
+                username: answer.operator.username,
+                merchant_code: answer.operator.merchant_code,
+            }));
+            Redirect::to("/gate").into_response()
+        }
+        Err(error) => {
+            tracing::info!(error = %error, "gate login failed");
+            Redirect::to("/gate?error=login").into_response()
+        }
+    }
+}
+
+async fn gate_logout(State(gate): State<Arc<Gate>>) -> Redirect {
+    gate.set_session(None);
+    Redirect::to("/gate")
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionForm {
+    function_code: String,
+}
+
+async fn gate_function(State(gate): State<Arc<Gate>>, Form(form): Form<FunctionForm>) -> Redirect {
+    match FunctionCode::parse(form.function_code.trim()) {
+        Ok(code) => {
+            gate.set_function_code(code);
+            Redirect::to("/gate")
+        }
+        Err(_) => Redirect::to("/gate?error=function"),
+    }
+}
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn or_dash(value: Option<impl ToString>) -> String {
+    value
+        .map(|v| escape(&v.to_string()))
+        .unwrap_or_else(|| "—".to_owned())
+}
+
+const STYLE: &str = "body{font-family:system-ui,'Noto Sans CJK SC',sans-serif;margin:1.2em;background:#f6f7f9;color:#1b1f24}\
+table{border-collapse:collapse;width:100%;background:#fff}td,th{border-bottom:1px solid #e3e6ea;padding:.35em .6em;text-align:left;font-size:14px}\
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:12px}.card{background:#fff;border-radius:8px;padding:12px;box-shadow:0 1px 2px #0002}\
+.ok{color:#137333;font-weight:600}.bad{color:#c5221f;font-weight:600}.warn{color:#b06000;font-weight:600}h1{font-size:20px}h2{font-size:15px;margin:.2em 0 .5em}";
+
+async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
+    let report = match report(&gate).await {
+        Ok(report) => report,
+        Err(error) => return internal(error),
+    };
+    let flag = |good: bool, yes: &str, no: &str| {
+        if good {
+            format!("<span class=ok>{yes}</span>")
+        } else {
+            format!("<span class=bad>{no}</span>")
+        }
+    };
+    let camera = match (&report.camera.source, &report.camera.problem) {
+        (_, Some(problem)) => format!("<span class=bad>{}</span>", escape(problem)),
+        (Some(source), None) => format!(
+            "<span class=ok>{}</span> {} {}",
+            escape(source.kind),
+            escape(&source.device),
+            source
+                .resolution
+                .map(|(w, h)| format!("{w}×{h}"))
+                .unwrap_or_default()
+        ),
+        (None, None) => "<span class=warn>none configured</span>".to_owned(),
+    };
+    let rows = |lines: &[DecisionLine]| -> String {
+        lines
+            .iter()
+            .map(|d| {
+                format!(
+                    "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:.1} ms</td><td>{}</td></tr>",
+                    escape(&d.decided_at),
+                    if d.code == "SUCCESS" { "ok" } else { "bad" },
+                    escape(&d.code),
+                    escape(&d.message),
+                    or_dash(d.ticket.as_ref()),
+                    escape(&d.function_code),
+                    d.mode,
+                    d.latency_ms,
+                    or_dash(d.upload.as_ref()),
+                )
+            })
+            .collect()
+    };
+    let body = format!(
+        "<!doctype html><html lang=zh-CN><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
+<title>Stile gate {device} status</title><style>{STYLE}</style></head><body>\
+<h1>Stile gate <b id=device>{device}</b> at <b id=venue>{venue}</b> — edge-agent {version}, up {uptime} s</h1>\
+<div class=grid>\
+<div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div></div>\
+<div class=card><h2>Uplink</h2><div id=uplink>{uplink}</div><div>round trip {rtt}</div><div>last ok {last_ok}</div><div>last error {last_error}</div></div>\
+<div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
+<div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched {keys_age} s ago</div><div>clock offset <b id=clock-offset>{offset}</b> s</div><div>SQLite {sqlite} KiB</div></div>\
+<div class=card><h2>Gate</h2><div>function <b id=function>{function}</b></div><div>operator {operator}</div></div>\
+</div><h2>Last decisions</h2><table id=decisions><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{recent}</table>\
+<h2>Conflicts</h2><table id=conflict-list><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{conflict_rows}</table>\
+</body></html>",
+        device = escape(&report.device_id),
+        venue = escape(&report.venue_code),
+        version = report.version,
+        uptime = report.uptime_secs,
+        frames = report.camera.frames_seen,
+        dropped = report.camera.frames_dropped,
+        decoded = report.camera.frames_decoded,
+        rate = report.camera.decode_rate * 100.0,
+        uplink = flag(report.uplink.online, "online", "offline"),
+        rtt = or_dash(report.uplink.rtt_ms.map(|ms| format!("{ms:.1} ms"))),
+        last_ok = or_dash(report.uplink.last_ok_at.as_ref()),
+        last_error = or_dash(report.uplink.last_error.as_ref()),
+        sync_age = or_dash(report.last_sync_age_secs),
+        tickets = report.synced_tickets,
+        outbox = report.outbox.depth,
+        oldest = or_dash(report.oldest_queued_age_secs),
+        conflicts = report.outbox.conflicts,
+        kids = escape(&report.keys.kids.join(", ")),
+        keys_age = or_dash(report.keys.age_secs),
+        offset = or_dash(report.uplink.clock_offset_secs.map(|s| format!("{s:+.1}"))),
+        sqlite = report.sqlite_bytes / 1024,
+        function = escape(&report.function_code),
+        operator = or_dash(report.operator.as_ref().map(|o| format!("{} ({})", o.username, o.merchant_code))),
+        recent = rows(&report.last_decisions),
+        conflict_rows = rows(&report.conflicts),
+    );
+    Html(body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct GateQuery {
+    error: Option<String>,
+}
+
+async fn gate_page(
+    State(gate): State<Arc<Gate>>,
+    axum::extract::Query(query): axum::extract::Query<GateQuery>,
+) -> Html<String> {
+    let last = gate.last_decision();
+    let (color, headline, detail) = match &last {
+        Some(decision) => (
+            if decision.is_green() {
+                "#1e8e3e"
+            } else {
+                "#d93025"
+            },
+            escape(&decision.message),
+            format!(
+                "{} · {} · {}",
+                escape(decision.code.as_str()),
+                or_dash(decision.ticket.as_ref()),
+                escape(&decision.decided_at)
+            ),
+        ),
+        None => ("#5f6368", "等待扫码".to_owned(), String::new()),
+    };
+    let entitlements: String = last
+        .as_ref()
+        .map(|d| {
+            d.entitlements
+                .iter()
+                .map(|e| {
+                    format!(
+                        "<li>{} {}: {}/{}</li>",
+                        escape(e.function_code.as_str()),
+                        escape(&e.name),
+                        e.remaining_uses,
+                        e.total_uses
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let error = match query.error.as_deref() {
+        Some("login") => "<p class=bad id=error>用户名或密码错误</p>",
+        Some("function") => "<p class=bad id=error>无效的权益代码</p>",
+        _ => "",
+    };
+    let operator = match gate.session() {
+        Some(session) => format!(
+            "<form method=post action=/gate/logout>操作员 <b id=operator>{}</b> <button>退出登录</button></form>",
+            escape(&session.username)
+        ),
+        None => "<form method=post action=/gate/login id=login>用户名 <input name=username> 密码 <input name=password type=password> <button>登录</button></form>".to_owned(),
+    };
+    Html(format!(
+        "<!doctype html><html lang=zh-CN><head><meta charset=utf-8><meta http-equiv=refresh content=1>\
+<title>Stile 闸机</title><style>{STYLE}#light{{background:{color};color:#fff;border-radius:12px;padding:40px;text-align:center}}\
+#message{{font-size:56px;font-weight:700}}#detail{{font-size:18px;opacity:.9}}</style></head><body>\
+<div id=light><div id=message>{headline}</div><div id=detail>{detail}</div><ul id=entitlements>{entitlements}</ul></div>\
+{error}<div class=card>{operator}\
+<form method=post action=/gate/function>核销权益 <input name=function_code value=\"{function}\" size=10> <button>切换</button></form></div>\
+</body></html>",
+        function = escape(gate.function_code().as_str()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<b a=\"x\">&'"),
+            "&lt;b a=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

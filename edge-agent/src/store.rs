@@ -1,0 +1,527 @@
+//! The agent's local SQLite store: every decision, the (jti, function_code) pairs this
+//! device accepted, the synced ticket state, the key set, and the upload queue.
+//!
+//! Opened in WAL mode with `synchronous = FULL`: an offline acceptance is on disk before the
+//! gate shows green, and survives a SIGKILL or a power cut. The schema is created at open
+//! (`PRAGMA user_version` tracks it).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use stile_shared::api::{EntitlementView, SyncedTicket};
+use stile_shared::token::{Jti, JwkSet};
+use stile_shared::{Channel, FunctionCode, TicketStatus};
+
+/// What went wrong with the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is malformed: {0}")]
+    Malformed(String),
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// How a decision was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// By the central server.
+    Online,
+    /// By this device alone, with its synced state (uploaded later when accepted).
+    Offline,
+    /// By this device before any call: invalid, expired, another merchant's, or a
+    /// (jti, function_code) this device already accepted.
+    Local,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Online => "online",
+            Mode::Offline => "offline",
+            Mode::Local => "local",
+        }
+    }
+
+    fn parse(raw: &str) -> Mode {
+        match raw {
+            "online" => Mode::Online,
+            "offline" => Mode::Offline,
+            _ => Mode::Local,
+        }
+    }
+}
+
+/// One decision as the store keeps it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecisionRecord {
+    pub scan_id: String,
+    pub jti: Option<String>,
+    pub ticket_code: Option<String>,
+    pub function_code: String,
+    pub code: String,
+    pub mode: Mode,
+    /// RFC 3339.
+    pub decided_at: String,
+    pub latency_ms: f64,
+    /// Kept only for offline acceptances, which must be uploaded.
+    #[serde(skip)]
+    pub qr_token: Option<String>,
+    pub operator_id: Option<i64>,
+    pub upload_state: Option<String>,
+    pub upload_code: Option<String>,
+}
+
+/// An offline acceptance waiting for upload.
+#[derive(Debug, Clone)]
+pub struct PendingUpload {
+    pub scan_id: String,
+    pub qr_token: String,
+    pub function_code: String,
+    pub decided_at: String,
+    pub operator_id: i64,
+}
+
+/// The upload queue at a glance.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QueueState {
+    pub depth: i64,
+    pub oldest_decided_at: Option<String>,
+    pub conflicts: i64,
+}
+
+pub struct Store {
+    connection: Connection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version < SCHEMA_VERSION {
+            connection.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS decisions (
+                     scan_id TEXT PRIMARY KEY,
+                     jti TEXT,
+                     ticket_code TEXT,
+                     function_code TEXT NOT NULL,
+                     code TEXT NOT NULL,
+                     mode TEXT NOT NULL,
+                     decided_at TEXT NOT NULL,
+                     latency_ms REAL NOT NULL,
+                     qr_token TEXT,
+                     operator_id INTEGER,
+                     upload_state TEXT,
+                     upload_code TEXT,
+                     uploaded_at TEXT
+                 );
+                 CREATE INDEX IF NOT EXISTS decisions_pending ON decisions (decided_at) WHERE upload_state = 'pending';
+                 CREATE INDEX IF NOT EXISTS decisions_ticket ON decisions (ticket_code, function_code);
+                 CREATE TABLE IF NOT EXISTS accepted (
+                     jti TEXT NOT NULL,
+                     function_code TEXT NOT NULL,
+                     scan_id TEXT NOT NULL,
+                     PRIMARY KEY (jti, function_code)
+                 );
+                 CREATE TABLE IF NOT EXISTS tickets (
+                     ticket_code TEXT PRIMARY KEY,
+                     body TEXT NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS sync_state (
+                     name TEXT PRIMARY KEY,
+                     value TEXT NOT NULL
+                 );
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Store { connection })
+    }
+
+    /// Whether this device already accepted this (jti, function_code).
+    pub fn is_accepted(&self, jti: &str, function_code: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT 1 FROM accepted WHERE jti = ?1 AND function_code = ?2",
+                params![jti, function_code],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Records a decision. An accepted one (online or offline) also blocks its
+    /// (jti, function_code) on this device from now on; an offline acceptance is queued for
+    /// upload. One transaction, durable on return.
+    pub fn record(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
+        let tx = self.connection.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO decisions (scan_id, jti, ticket_code, function_code, code, mode, decided_at, \
+             latency_ms, qr_token, operator_id, upload_state, upload_code) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                decision.scan_id,
+                decision.jti,
+                decision.ticket_code,
+                decision.function_code,
+                decision.code,
+                decision.mode.as_str(),
+                decision.decided_at,
+                decision.latency_ms,
+                decision.qr_token,
+                decision.operator_id,
+                decision.upload_state,
+                decision.upload_code,
+            ],
+        )?;
+        if decision.code == "SUCCESS" {
+            if let Some(jti) = &decision.jti {
+                tx.execute(
+                    "INSERT OR IGNORE INTO accepted (jti, function_code, scan_id) VALUES (?1, ?2, ?3)",
+                    params![jti, decision.function_code, decision.scan_id],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Uses of this ticket's entitlement accepted here that the synced state may not show
+    /// yet: queued, or uploaded after the last ticket sync.
+    pub fn unsynced_uses(&self, ticket_code: &str, function_code: &str) -> Result<i64, StoreError> {
+        let last_sync = self.get_state("last_ticket_sync_at")?.unwrap_or_default();
+        Ok(self.connection.query_row(
+            "SELECT count(*) FROM decisions WHERE ticket_code = ?1 AND function_code = ?2 AND code = 'SUCCESS' \
+             AND mode = 'offline' AND (upload_state = 'pending' OR uploaded_at > ?3)",
+            params![ticket_code, function_code, last_sync],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// The synced state of one ticket.
+    pub fn ticket(&self, ticket_code: &str) -> Result<Option<SyncedTicket>, StoreError> {
+        let body: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT body FROM tickets WHERE ticket_code = ?1",
+                params![ticket_code],
+                |row| row.get(0),
+            )
+            .optional()?;
+        body.map(|body| {
+            serde_json::from_str(&body).map_err(|error| StoreError::Malformed(error.to_string()))
+        })
+        .transpose()
+    }
+
+    /// Applies one page of the central's feed and moves the cursor, in one transaction.
+    pub fn apply_feed(
+        &mut self,
+        tickets: &[SyncedTicket],
+        next_cursor: &str,
+        synced_at: &str,
+        complete: bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.connection.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO tickets (ticket_code, body) VALUES (?1, ?2) \
+                 ON CONFLICT (ticket_code) DO UPDATE SET body = excluded.body",
+            )?;
+            for ticket in tickets {
+                let body = serde_json::to_string(ticket)
+                    .map_err(|error| StoreError::Malformed(error.to_string()))?;
+                upsert.execute(params![ticket.ticket_code, body])?;
+            }
+        }
+        set_state(&tx, "ticket_cursor", next_cursor)?;
+        if complete {
+            set_state(&tx, "last_ticket_sync_at", synced_at)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn ticket_count(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT count(*) FROM tickets", [], |row| row.get(0))?)
+    }
+
+    pub fn get_state(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT value FROM sync_state WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_state(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
+        set_state(&self.connection, name, value)
+    }
+
+    /// The key set last fetched from the central.
+    pub fn keys(&self) -> Result<Option<JwkSet>, StoreError> {
+        self.get_state("jwks")?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|error| StoreError::Malformed(error.to_string()))
+            })
+            .transpose()
+    }
+
+    /// The oldest queued offline acceptances.
+    pub fn pending_uploads(&self, limit: usize) -> Result<Vec<PendingUpload>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT scan_id, qr_token, function_code, decided_at, operator_id FROM decisions \
+             WHERE upload_state = 'pending' ORDER BY decided_at LIMIT ?1",
+        )?;
+        let rows = statement.query_map(params![limit as i64], |row| {
+            Ok(PendingUpload {
+                scan_id: row.get(0)?,
+                qr_token: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                function_code: row.get(2)?,
+                decided_at: row.get(3)?,
+                operator_id: row.get::<_, Option<i64>>(4)?.unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records the central's answer to an upload. The token is dropped once the decision is
+    /// settled.
+    pub fn mark_uploaded(
+        &mut self,
+        scan_id: &str,
+        state: &str,
+        code: &str,
+        uploaded_at: &str,
+    ) -> Result<(), StoreError> {
+        self.connection.execute(
+            "UPDATE decisions SET upload_state = ?2, upload_code = ?3, uploaded_at = ?4, qr_token = NULL \
+             WHERE scan_id = ?1",
+            params![scan_id, state, code, uploaded_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn queue_state(&self) -> Result<QueueState, StoreError> {
+        let (depth, oldest): (i64, Option<String>) = self.connection.query_row(
+            "SELECT count(*), min(decided_at) FROM decisions WHERE upload_state = 'pending'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let conflicts: i64 = self.connection.query_row(
+            "SELECT count(*) FROM decisions WHERE upload_state = 'conflict'",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(QueueState {
+            depth,
+            oldest_decided_at: oldest,
+            conflicts,
+        })
+    }
+
+    /// The newest decisions, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<DecisionRecord>, StoreError> {
+        self.decisions_where("1 = 1", limit)
+    }
+
+    /// Offline acceptances the central could not apply, newest first.
+    pub fn conflicts(&self, limit: usize) -> Result<Vec<DecisionRecord>, StoreError> {
+        self.decisions_where("upload_state = 'conflict'", limit)
+    }
+
+    fn decisions_where(
+        &self,
+        filter: &str,
+        limit: usize,
+    ) -> Result<Vec<DecisionRecord>, StoreError> {
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT scan_id, jti, ticket_code, function_code, code, mode, decided_at, latency_ms, operator_id, \
+             upload_state, upload_code FROM decisions WHERE {filter} ORDER BY decided_at DESC, rowid DESC LIMIT ?1"
+        ))?;
+        let rows = statement.query_map(params![limit as i64], |row| {
+            Ok(DecisionRecord {
+                scan_id: row.get(0)?,
+                jti: row.get(1)?,
+                ticket_code: row.get(2)?,
+                function_code: row.get(3)?,
+                code: row.get(4)?,
+                mode: Mode::parse(&row.get::<_, String>(5)?),
+                decided_at: row.get(6)?,
+                latency_ms: row.get(7)?,
+                qr_token: None,
+                operator_id: row.get(8)?,
+                upload_state: row.get(9)?,
+                upload_code: row.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Counts of decisions by mode and code (for reconciliation in tests and the status page).
+    pub fn accepted_count(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT count(*) FROM accepted", [], |row| row.get(0))?)
+    }
+}
+
+fn set_state(connection: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
+    connection.execute(
+        "INSERT INTO sync_state (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![name, value],
+    )?;
+    Ok(())
+}
+
+/// A synced ticket's snapshot for the shared decision function, with this device's own
+/// not-yet-synced acceptances applied.
+pub fn snapshot_for_decision(
+    ticket: &SyncedTicket,
+    function_code: &FunctionCode,
+    unsynced_uses: i64,
+) -> stile_shared::TicketSnapshot {
+    stile_shared::TicketSnapshot {
+        status: ticket.status,
+        current_jti: ticket.current_jti.clone(),
+        entitlements: ticket
+            .entitlements
+            .iter()
+            .map(|e: &EntitlementView| stile_shared::EntitlementSnapshot {
+                function_code: e.function_code.clone(),
+                total_uses: e.total_uses,
+                remaining_uses: if &e.function_code == function_code {
+                    (i64::from(e.remaining_uses) - unsynced_uses).max(0) as i32
+                } else {
+                    e.remaining_uses
+                },
+            })
+            .collect(),
+    }
+}
+
+// Silence "unused" for re-exported domain types kept in the public signature docs.
+#[allow(dead_code)]
+fn _types(_: Jti, _: Channel, _: TicketStatus) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(scan_id: &str, mode: Mode, code: &str, upload: Option<&str>) -> DecisionRecord {
+        DecisionRecord {
+            scan_id: scan_id.into(),
+            jti: Some("AQEBAQEBAQEBAQEBAQEBAQ".into()),
+            ticket_code: Some("TK-1".into()),
+            function_code: "ENTRY".into(),
+            code: code.into(),
+            mode,
+            decided_at: format!("2026-11-24T10:00:0{}Z", scan_id.len() % 10),
+            latency_ms: 1.0,
+            qr_token: Some("token".into()),
+            operator_id: Some(1),
+            upload_state: upload.map(str::to_owned),
+            upload_code: None,
+        }
+    }
+
+    #[test]
+    fn an_offline_acceptance_is_durable_blocks_and_queues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state/agent.db");
+        {
+            let mut store = Store::open(&path).expect("open");
+            store
+                .record(&record("s1", Mode::Offline, "SUCCESS", Some("pending")))
+                .expect("record");
+            store
+                .record(&record("s2", Mode::Local, "INVALID_QR", None))
+                .expect("record");
+        }
+        // Reopened: still there.
+        let mut store = Store::open(&path).expect("reopen");
+        assert!(store
+            .is_accepted("AQEBAQEBAQEBAQEBAQEBAQ", "ENTRY")
+            .expect("query"));
+        assert!(!store
+            .is_accepted("AQEBAQEBAQEBAQEBAQEBAQ", "MEAL")
+            .expect("query"));
+        let pending = store.pending_uploads(10).expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(store.unsynced_uses("TK-1", "ENTRY").expect("uses"), 1);
+        store
+            .mark_uploaded("s1", "conflict", "ALREADY_REDEEMED", "2026-11-24T10:01:00Z")
+            .expect("mark");
+        assert!(store.pending_uploads(10).expect("pending").is_empty());
+        assert_eq!(store.queue_state().expect("queue").conflicts, 1);
+        assert_eq!(
+            store.conflicts(5).expect("conflicts")[0]
+                .upload_code
+                .as_deref(),
+            Some("ALREADY_REDEEMED")
+        );
+        assert_eq!(store.recent(5).expect("recent").len(), 2);
+    }
+
+    #[test]
+    fn the_feed_moves_the_cursor_with_the_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("open");
+        let ticket = SyncedTicket {
+            ticket_code: "TK-1".into(),
+            status: TicketStatus::Activated,
+            channel: Channel::Ota,
+            current_jti: Some(Jti::from_bytes([1; 16])),
+            entitlements: vec![EntitlementView {
+                function_code: FunctionCode::parse("ENTRY").expect("code"),
+                name: "入园".into(),
+                total_uses: 2,
+                remaining_uses: 2,
+            }],
+            redeemed_functions: vec![],
+        };
+        store
+            .apply_feed(&[ticket.clone()], "c1", "2026-11-24T10:00:00Z", true)
+            .expect("apply");
+        assert_eq!(store.ticket("TK-1").expect("ticket"), Some(ticket.clone()));
+        assert_eq!(
+            store.get_state("ticket_cursor").expect("cursor").as_deref(),
+            Some("c1")
+        );
+        let snapshot =
+            snapshot_for_decision(&ticket, &FunctionCode::parse("ENTRY").expect("code"), 1);
+        assert_eq!(snapshot.entitlements[0].remaining_uses, 1);
+    }
+}

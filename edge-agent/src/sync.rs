@@ -1,0 +1,220 @@
+//! Keeping the gate in step with the central: the key set, the ticket feed and the upload
+//! of offline acceptances. Each is one step (`*_once`) that tests drive directly; [`run`] is
+//! the thin loop around them that adds timing, backoff with jitter, and shutdown.
+
+use crate::central::CallError;
+use crate::engine::Gate;
+use crate::store::StoreError;
+use chrono::{SecondsFormat, Utc};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stile_shared::api::{OfflineDecision, UploadOutcome};
+use stile_shared::FunctionCode;
+use tokio::sync::watch;
+
+/// Why a sync step failed, and whether it is worth retrying soon.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Central(#[from] CallError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SyncError {
+    /// Transient failures (the uplink) back off and retry; others are logged loudly.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Central(error) => error.is_uplink_failure(),
+            SyncError::Store(_) => false,
+        }
+    }
+}
+
+/// Fetches the key set.
+pub async fn keys_once(gate: &Arc<Gate>) -> Result<usize, SyncError> {
+    let result = gate.central.keys().await;
+    let (jwks, sample) = match result {
+        Ok(answer) => answer,
+        Err(error) => {
+            gate.link_failed(&error);
+            return Err(error.into());
+        }
+    };
+    gate.link_ok(Some(sample));
+    let count = jwks.keys.len();
+    gate.install_keys(jwks).await?;
+    Ok(count)
+}
+
+/// Pulls the ticket feed until caught up; returns how many tickets changed.
+pub async fn tickets_once(gate: &Arc<Gate>, page_size: u32) -> Result<usize, SyncError> {
+    let mut changed = 0;
+    loop {
+        let cursor = gate
+            .with_store(|store| store.get_state("ticket_cursor"))
+            .await?;
+        let (page, sample) = match gate.central.ticket_feed(cursor.as_deref(), page_size).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                gate.link_failed(&error);
+                return Err(error.into());
+            }
+        };
+        gate.link_ok(Some(sample));
+        changed += page.tickets.len();
+        let complete = page.complete;
+        let synced_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        gate.with_store(move |store| {
+            store.apply_feed(&page.tickets, &page.next_cursor, &synced_at, page.complete)
+        })
+        .await?;
+        if complete {
+            return Ok(changed);
+        }
+    }
+}
+
+/// What one upload step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadReport {
+    pub applied: usize,
+    pub conflicts: usize,
+    pub invalid: usize,
+}
+
+/// Uploads one batch of queued offline acceptances.
+pub async fn upload_once(gate: &Arc<Gate>) -> Result<UploadReport, SyncError> {
+    let batch = gate.config.upload_batch;
+    let pending = gate
+        .with_store(move |store| store.pending_uploads(batch))
+        .await?;
+    if pending.is_empty() {
+        return Ok(UploadReport::default());
+    }
+    let mut decisions = Vec::with_capacity(pending.len());
+    for item in &pending {
+        let Ok(function_code) = FunctionCode::parse(&item.function_code) else {
+            continue;
+        };
+        decisions.push(OfflineDecision {
+            scan_id: item.scan_id.clone(),
+            qr_token: item.qr_token.clone(),
+            function_code,
+            decided_at: item.decided_at.clone(),
+            operator_id: item.operator_id,
+        });
+    }
+    let answer = match gate.central.upload(decisions).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            gate.link_failed(&error);
+            return Err(error.into());
+        }
+    };
+    gate.link_ok(None);
+    let mut report = UploadReport::default();
+    let uploaded_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    for result in &answer.results {
+        let state = match result.outcome {
+            UploadOutcome::Applied => {
+                report.applied += 1;
+                "applied"
+            }
+            UploadOutcome::Conflict => {
+                report.conflicts += 1;
+                tracing::warn!(
+                    device = %gate.config.device_id,
+                    scan_id = %result.scan_id,
+                    decision = result.code.as_str(),
+                    "offline acceptance conflicts with the central: kept for reconciliation"
+                );
+                "conflict"
+            }
+            UploadOutcome::Invalid => {
+                report.invalid += 1;
+                tracing::error!(scan_id = %result.scan_id, message = %result.message, "upload refused as invalid");
+                "invalid"
+            }
+        };
+        let (scan_id, code, at) = (
+            result.scan_id.clone(),
+            result.code.as_str().to_owned(),
+            uploaded_at.clone(),
+        );
+        gate.with_store(move |store| store.mark_uploaded(&scan_id, state, &code, &at))
+            .await?;
+    }
+    Ok(report)
+}
+
+/// The sync loop: keys every `key_refresh`, tickets and uploads every `sync_interval`; on
+/// failure, exponential backoff with jitter (capped at a minute).
+pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    let mut last_keys: Option<Instant> = None;
+    loop {
+        let result = async {
+            if let Err(error) = gate.ensure_session().await {
+                tracing::warn!(error = %error, "operator login failed");
+            }
+            if last_keys.is_none_or(|at| at.elapsed() >= gate.config.key_refresh) {
+                keys_once(&gate).await?;
+                last_keys = Some(Instant::now());
+            }
+            tickets_once(&gate, 1000).await?;
+            loop {
+                let report = upload_once(&gate).await?;
+                if report.applied + report.conflicts + report.invalid < gate.config.upload_batch {
+                    break;
+                }
+            }
+            Ok::<(), SyncError>(())
+        }
+        .await;
+        let pause = match result {
+            Ok(()) => {
+                failures = 0;
+                gate.config.sync_interval
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                if error.is_transient() {
+                    tracing::info!(error = %error, failures, "sync failed; backing off");
+                } else {
+                    tracing::error!(error = %error, failures, "sync failed");
+                }
+                backoff(gate.config.sync_interval, failures)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// base × 2^(failures-1), capped at 60 s, with ±50 % jitter.
+fn backoff(base: Duration, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(6);
+    let raw = base
+        .saturating_mul(1 << exponent)
+        .min(Duration::from_secs(60));
+    let jitter = rand::thread_rng().gen_range(0.5..1.5);
+    raw.mul_f64(jitter).max(Duration::from_millis(200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(1);
+        assert!(backoff(base, 1) <= Duration::from_millis(1500));
+        assert!(backoff(base, 4) >= Duration::from_secs(4));
+        assert!(backoff(base, 30) <= Duration::from_secs(90));
+    }
+}

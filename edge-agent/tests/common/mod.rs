@@ -1,0 +1,261 @@
+//! Test harness of the gate agent: a real central server on a fresh database of the
+//! throwaway PostgreSQL, a TCP proxy between agent and central that tests cut and restore,
+//! and agents run in-process or as real processes of the `edge-agent` binary.
+#![allow(dead_code)] // each test binary uses its own subset
+
+pub mod proxy;
+
+use central_server::{db, seed, AppState};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use stile_testkit::Cluster;
+use tokio::sync::oneshot;
+
+pub const FIXTURES: &str = r#"{
+  "channels": [{"name": "miniapp", "kind": "MINIAPP", "api_key": "ch-miniapp-secret"},
+               {"name": "ota", "kind": "OTA", "api_key": "ch-ota-secret"}],
+  "merchants": [{"code": "M001", "name": "示例乐园",
+     "locations": [{"venue_code": "GATE-EAST", "name": "东门"}, {"venue_code": "GATE-WEST", "name": "西门"}],
+     "operators": [{"username": "op-east", "password": "correct horse"}],
+     "devices": [{"device_id": "dev-east-1", "venue_code": "GATE-EAST", "secret": "dev-secret-1"},
+                 {"device_id": "dev-west-1", "venue_code": "GATE-WEST", "secret": "dev-secret-2"}]}],
+  "orders": [{"order_id": "ORD-1", "merchant": "M001", "passengers": [{"name": "张三", "tickets": [
+     {"ticket_code": "TK-MINI", "channel": "MINIAPP", "status": "ACTIVATED",
+      "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1}, {"function_code": "MEAL", "name": "午餐", "total_uses": 2}]},
+     {"ticket_code": "TK-MULTI", "channel": "OTA", "status": "ACTIVATED",
+      "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 100}]}]}]}]
+}"#;
+
+/// `count` more one-use OTA tickets `TK-Bn` for bulk tests.
+pub fn bulk_fixture(count: usize) -> String {
+    let tickets: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({"ticket_code": format!("TK-B{i}"), "channel": "OTA", "status": "ACTIVATED",
+            "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1}]})
+        })
+        .collect();
+    json!({"orders": [{"order_id": "ORD-BULK", "merchant": "M001", "passengers": [{"name": "团体", "tickets": tickets}]}]}).to_string()
+}
+
+/// A central server running in this process.
+pub struct Central {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub state: AppState,
+    pub pool: sqlx::PgPool,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Central {
+    pub async fn start(extra_seed: &[String]) -> Central {
+        let url = Cluster::shared()
+            .fresh_database(&db::MIGRATOR)
+            .await
+            .expect("database");
+        let pool = db::connect(&url, 4).await.expect("connect");
+        for text in std::iter::once(FIXTURES.to_owned()).chain(extra_seed.iter().cloned()) {
+            let file = seed::parse(&text).expect("fixture parses");
+            seed::apply(&pool, &file).await.expect("fixture loads");
+        }
+        let settings = central_server::config::Settings::for_database(&url).expect("settings");
+        let state = central_server::build_state(settings).await.expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = state.clone();
+        tokio::spawn(async move {
+            let _ = central_server::serve_state(serving, listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Central {
+            base: format!("http://{addr}"),
+            addr,
+            state,
+            pool,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+        }
+    }
+
+    pub async fn issue_qr(&self, ticket: &str, channel_key: &str) -> String {
+        let issued: Value = self
+            .client
+            .post(format!("{}/tickets/{ticket}/qr", self.base))
+            .bearer_auth(channel_key)
+            .send()
+            .await
+            .expect("issue")
+            .json()
+            .await
+            .expect("json");
+        issued["qr_token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count");
+        n
+    }
+
+    pub async fn remaining(&self, ticket: &str, function: &str) -> i32 {
+        let (n,): (i32,) = sqlx::query_as(
+            "SELECT e.remaining_uses FROM entitlements e JOIN tickets t ON t.id = e.ticket_id WHERE t.ticket_code = $1 AND e.function_code = $2",
+        ).bind(ticket).bind(function).fetch_one(&self.pool).await.expect("remaining");
+        n
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The TOML of an agent that talks to `central_url`.
+pub fn agent_config(
+    device: &str,
+    secret: &str,
+    venue: &str,
+    central_url: &str,
+    state_dir: &Path,
+    listen_port: u16,
+    extra: &str,
+) -> String {
+    format!(
+        r#"device_id = "{device}"
+device_secret = "{secret}"
+central_url = "{central_url}"
+venue_code = "{venue}"
+state_dir = "{state}"
+listen = "127.0.0.1:{listen_port}"
+online_deadline_ms = 700
+sync_interval_secs = 1
+key_refresh_secs = 60
+debounce_secs = 0
+shutdown_grace_secs = 3
+{extra}
+[operator]
+username = "op-east"
+password = "correct horse"
+"#,
+        state = state_dir.display()
+    )
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// An agent process of the real binary.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub config_path: PathBuf,
+}
+
+impl AgentProcess {
+    pub async fn start(config_path: &Path, port: u16) -> AgentProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args(["run", "--config", config_path.to_str().expect("utf-8 path")])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn edge-agent");
+        let agent = AgentProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            config_path: config_path.to_owned(),
+        };
+        wait_for(&format!("{}/healthz", agent.base), Duration::from_secs(30)).await;
+        agent
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn wait_for(url: &str, limit: Duration) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(url).send().await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{url} did not answer within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the agent's status until `ready` holds (bounded).
+pub async fn wait_status(
+    base: &str,
+    limit: Duration,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(format!("{base}/api/status")).send().await {
+            if let Ok(status) = response.json::<Value>().await {
+                if ready(&status) {
+                    return status;
+                }
+                assert!(
+                    started.elapsed() < limit,
+                    "agent never reached: {what}; last status {status}"
+                );
+            }
+        }
+        assert!(started.elapsed() < limit, "agent never reached: {what}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// Synced at least once, keys loaded, an operator logged in.
+pub fn is_synced(status: &Value) -> bool {
+    !status["last_sync_at"].is_null()
+        && status["keys"]["kids"]
+            .as_array()
+            .is_some_and(|k| !k.is_empty())
+        && !status["operator"].is_null()
+}
+
+pub async fn scan(base: &str, code: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}/api/scan"))
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .expect("scan")
+        .json()
+        .await
+        .expect("decision")
+}
