@@ -521,3 +521,111 @@ async fn the_csv_matches_the_json() {
     assert_eq!(csv.lines().count(), 7);
     server.stop().await;
 }
+
+/// A local webhook receiver: records every request; hangs when told to.
+async fn webhook_receiver(
+    hang: bool,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let recorder = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let recorder = recorder.clone();
+                async move {
+                    recorder
+                        .lock()
+                        .expect("lock")
+                        .push((headers, body.to_vec()));
+                    if hang {
+                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    }
+                    "ok"
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redemption_reaches_the_merchants_webhook_signed_and_a_hanging_webhook_slows_nothing() {
+    let server = TestServer::start_with(|s| s.outbox_poll_ms = 50).await;
+    let (url, seen) = webhook_receiver(false).await;
+    sqlx::query(
+        "UPDATE merchants SET webhook_url = $1, webhook_secret = 'hook-secret' WHERE code = 'M001'",
+    )
+    .bind(&url)
+    .execute(&server.pool)
+    .await
+    .expect("webhook");
+    let operator = server.login("op-east").await;
+    let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
+    assert_eq!(
+        server.scan(&operator, &qr.qr_token, "ENTRY").await.0,
+        StatusCode::OK
+    );
+    let started = std::time::Instant::now();
+    while seen.lock().expect("lock").is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "no webhook arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (headers, body) = seen.lock().expect("lock")[0].clone();
+    let signature = headers["x-stile-signature"].to_str().expect("ascii");
+    assert_eq!(
+        signature,
+        central_server::outbox::signature(b"hook-secret", &body)
+    );
+    let payload: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(payload["event"], "redemption.succeeded");
+    assert_eq!(payload["ticket_code"], "TK-1001-1");
+    assert_eq!(payload["function_code"], "ENTRY");
+    assert_eq!(payload["source"], "venue");
+    let (status,): (String,) = sqlx::query_as("SELECT status FROM notifications")
+        .fetch_one(&server.pool)
+        .await
+        .expect("notification");
+    assert!(status == "delivered" || status == "pending", "{status}");
+
+    // A webhook that hangs: scans still answer at once and the notification waits.
+    let (hanging, _) = webhook_receiver(true).await;
+    sqlx::query("UPDATE merchants SET webhook_url = $1 WHERE code = 'M001'")
+        .bind(&hanging)
+        .execute(&server.pool)
+        .await
+        .expect("webhook");
+    let qr = server.issue_qr("TK-1001-2", OTA_KEY).await;
+    for _ in 0..3 {
+        let (status, body) = server.scan(&operator, &qr.qr_token, "SHOW").await;
+        assert!(
+            status == StatusCode::OK || body["code"] == "ALREADY_REDEEMED",
+            "{body}"
+        );
+    }
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("stile_outbox_pending"), "{metrics}");
+    server.stop().await;
+}
