@@ -1,9 +1,12 @@
 //! `stile-demo`: the whole system on this machine, in one command.
 //!
 //! Starts a private PostgreSQL unless `DATABASE_URL` is set, migrates and seeds it with
-//! `examples/seed.json` through the real `central-server` CLI, starts `central-server serve`,
-//! then plays a few real scans at the gate over HTTP and prints each decision with its
-//! zh-CN message. Without `--smoke` it then keeps the server running until Ctrl-C.
+//! `examples/seed.json` (and a second gate with a few more tickets) through the real
+//! `central-server` CLI, starts `central-server serve`, plays a few real scans over HTTP,
+//! then starts two gate agents (`edge-agent run`) fed by the directory source: the demo
+//! renders real QR images of freshly issued tokens into each gate's spool directory and
+//! prints each decision as the gate takes it, then prints the status page URLs. Without
+//! `--smoke` it keeps everything running until Ctrl-C.
 //!
 //! Run: `scripts/demo` (builds, then runs this binary).
 
@@ -15,6 +18,22 @@ use stile_testkit::ClusterOptions;
 use stile_tools::{central_server_binary, ServerProcess};
 
 const SEED: &str = include_str!("../../../examples/seed.json");
+
+/// A second gate and more tickets for the agents' part of the demo.
+const DEMO_EXTRA: &str = r#"{
+  "merchants": [{"code": "M001", "name": "示例乐园", "timezone": "Asia/Shanghai",
+    "locations": [{"venue_code": "GATE-EAST", "name": "东门"}, {"venue_code": "GATE-WEST", "name": "西门"}],
+    "operators": [{"username": "op-east", "password": "correct horse", "display_name": "王芳"}],
+    "devices": [{"device_id": "dev-east-1", "venue_code": "GATE-EAST", "secret": "dev-secret-1"},
+                {"device_id": "dev-west-1", "venue_code": "GATE-WEST", "secret": "dev-secret-2"}]}],
+  "orders": [{"order_id": "ORD-2001", "merchant": "M001", "passengers": [
+    {"name": "李雷", "tickets": [{"ticket_code": "TK-2001-1", "channel": "OTA", "status": "ACTIVATED",
+      "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1}]}]},
+    {"name": "韩梅梅", "tickets": [{"ticket_code": "TK-2001-2", "channel": "MINIAPP", "status": "ACTIVATED",
+      "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1}]}]},
+    {"name": "王小明", "tickets": [{"ticket_code": "TK-2001-3", "channel": "OTA", "status": "PRE_GENERATED",
+      "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1}]}]}]}]
+}"#;
 
 #[derive(Parser)]
 #[command(name = "stile-demo", about = "Run Stile locally and show real scans")]
@@ -34,13 +53,17 @@ async fn main() -> anyhow::Result<()> {
         None => println!("▶ using DATABASE_URL"),
     }
 
-    let seed_file =
-        std::env::temp_dir().join(format!("stile-demo-seed-{}.json", std::process::id()));
+    let work = std::env::temp_dir().join(format!("stile-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work).context("creating the demo directory")?;
+    let seed_file = work.join("seed.json");
     std::fs::write(&seed_file, SEED).context("writing the demo seed file")?;
+    let extra_file = work.join("demo-gates.json");
+    std::fs::write(&extra_file, DEMO_EXTRA).context("writing the demo seed file")?;
     let binary = central_server_binary()?;
     for step in [
         vec!["migrate".to_owned()],
         vec!["seed".to_owned(), seed_file.display().to_string()],
+        vec!["seed".to_owned(), extra_file.display().to_string()],
     ] {
         let output = Command::new(&binary)
             .args(&step)
@@ -61,7 +84,6 @@ async fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stdout).trim()
         );
     }
-    let _ = std::fs::remove_file(&seed_file);
 
     let server = ServerProcess::start(&database_url, &[("RUST_LOG", "warn")]).await?;
     println!("▶ central-server serving on {}", server.base_url);
@@ -156,13 +178,23 @@ async fn main() -> anyhow::Result<()> {
     scan(second, "MEAL", "新二维码再次核销午餐").await?;
     scan("not-a-token".into(), "ENTRY", "伪造的二维码").await?;
 
+    let gates = run_gates(&server, &work).await?;
+
     println!(
         "\n▶ API:     {}  (OpenAPI: {}/openapi.json, metrics: {}/metrics)",
         server.base_url, server.base_url, server.base_url
     );
+    for gate in &gates {
+        println!(
+            "▶ gate {}: status page {}/  gate display {}/gate  metrics {}/metrics",
+            gate.device, gate.base, gate.base, gate.base
+        );
+    }
     println!("▶ database: {database_url}");
     if args.smoke {
         println!("▶ smoke run finished");
+        drop(gates);
+        let _ = std::fs::remove_dir_all(&work);
         return Ok(());
     }
     println!("▶ serving until Ctrl-C");
@@ -170,7 +202,187 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     println!("\n▶ stopping");
+    drop(gates);
     drop(server);
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// A running gate agent of the demo.
+struct DemoGate {
+    device: &'static str,
+    base: String,
+    spool: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for DemoGate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent_binary() -> anyhow::Result<std::path::PathBuf> {
+    let server = central_server_binary()?;
+    let agent = server.with_file_name("edge-agent");
+    if !agent.exists() {
+        bail!(
+            "{} not found: build it first (cargo build -p edge-agent)",
+            agent.display()
+        );
+    }
+    Ok(agent)
+}
+
+/// Starts two gates fed by spool directories and plays QR images through them.
+async fn run_gates(
+    server: &ServerProcess,
+    work: &std::path::Path,
+) -> anyhow::Result<Vec<DemoGate>> {
+    let client = reqwest::Client::new();
+    let mut gates = Vec::new();
+    for (device, secret, venue) in [
+        ("dev-east-1", "dev-secret-1", "GATE-EAST"),
+        ("dev-west-1", "dev-secret-2", "GATE-WEST"),
+    ] {
+        let dir = work.join(device);
+        let spool = dir.join("spool");
+        std::fs::create_dir_all(&spool)?;
+        let port = stile_tools::free_port()?;
+        let config = format!(
+            "device_id = \"{device}\"\ndevice_secret = \"{secret}\"\ncentral_url = \"{}\"\nvenue_code = \"{venue}\"\n\
+             state_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nsync_interval_secs = 1\ndebounce_secs = 0\n\
+             [source]\nkind = \"directory\"\npath = \"{}\"\nmode = \"watch\"\n[operator]\nusername = \"op-east\"\npassword = \"correct horse\"\n",
+            server.base_url,
+            dir.join("state").display(),
+            spool.display()
+        );
+        let config_path = dir.join("agent.toml");
+        std::fs::write(&config_path, config)?;
+        let child = Command::new(agent_binary()?)
+            .args(["run", "--config", &config_path.display().to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting edge-agent")?;
+        gates.push(DemoGate {
+            device,
+            base: format!("http://127.0.0.1:{port}"),
+            spool,
+            child,
+        });
+    }
+    for gate in &gates {
+        wait_ready(&client, &gate.base).await?;
+        println!("▶ gate {} running, synced with the central", gate.device);
+    }
+    println!();
+    let issue = |ticket: &'static str, key: &'static str| {
+        let (client, url) = (client.clone(), server.url(&format!("/tickets/{ticket}/qr")));
+        async move {
+            let issued: Value = client
+                .post(url)
+                .bearer_auth(key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(
+                issued["qr_token"]
+                    .as_str()
+                    .context("no qr_token")?
+                    .to_owned(),
+            )
+        }
+    };
+    let first = issue("TK-2001-1", "ch-ota-secret").await?;
+    let second = issue("TK-2001-2", "ch-miniapp-secret").await?;
+    let pre = issue("TK-2001-3", "ch-ota-secret").await?;
+    let plays: Vec<(usize, &str, String)> = vec![
+        (0, "东门扫码 TK-2001-1", first.clone()),
+        (1, "西门扫同一张码", first),
+        (1, "西门扫码 TK-2001-2", second),
+        (0, "东门扫未激活的票", pre),
+    ];
+    for (number, (gate_index, label, token)) in plays.into_iter().enumerate() {
+        let gate = &gates[gate_index];
+        let before = decisions_seen(&client, &gate.base).await?;
+        let frame = stile_testkit::corpus::render(
+            &token,
+            &stile_testkit::corpus::FrameSpec::clean(640, 480, 4),
+            number as u64,
+        )
+        .context("rendering a QR image")?;
+        let name = format!("scan-{number:03}.png");
+        let temporary = gate.spool.join(format!(".{name}.tmp"));
+        stile_testkit::corpus::save_png(&frame, &temporary)?;
+        std::fs::rename(&temporary, gate.spool.join(&name))?;
+        let decision = wait_decision(&client, &gate.base, before).await?;
+        let green = decision["code"] == "SUCCESS";
+        println!(
+            "  {} {:<8} {label:<20} → {:<18} {}  ({}, {:.1} ms)",
+            if green { "🟢" } else { "🔴" },
+            gate.device,
+            decision["code"].as_str().unwrap_or("?"),
+            decision["message"].as_str().unwrap_or("?"),
+            decision["mode"].as_str().unwrap_or("?"),
+            decision["latency_ms"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(gates)
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(response) = client.get(format!("{base}/api/status")).send().await {
+            if let Ok(status) = response.json::<Value>().await {
+                if !status["last_sync_at"].is_null() && !status["operator"].is_null() {
+                    return Ok(());
+                }
+            }
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            bail!("the gate at {base} did not sync within 60 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn decisions_seen(client: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
+    let status: Value = client
+        .get(format!("{base}/api/status"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(status["camera"]["frames_decoded"].as_u64().unwrap_or(0) as usize)
+}
+
+/// Waits until the gate has decoded one more frame and shows its decision.
+async fn wait_decision(
+    client: &reqwest::Client,
+    base: &str,
+    before: usize,
+) -> anyhow::Result<Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let status: Value = client
+            .get(format!("{base}/api/status"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if status["camera"]["frames_decoded"].as_u64().unwrap_or(0) as usize > before {
+            if let Some(last) = status["last_decisions"].get(0) {
+                return Ok(last.clone());
+            }
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            bail!("the gate at {base} decided nothing within 30 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
