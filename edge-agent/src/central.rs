@@ -155,14 +155,9 @@ impl Central {
                 username: username.to_owned(),
                 password: password.to_owned(),
             });
-        let (response, _) = self.send(request, Duration::from_secs(10)).await?;
-        if response.status() != StatusCode::OK {
-            return Err(Self::error_of(response).await);
-        }
-        response
-            .json()
+        self.fetch(request, Duration::from_secs(10))
             .await
-            .map_err(|error| CallError::Unreadable(error.to_string()))
+            .map(|(answer, _)| answer)
     }
 
     /// `POST /venue/scan`. Every decision (200, 400, 403 WRONG_MERCHANT, 409) is an answer.
@@ -201,20 +196,29 @@ impl Central {
             .map(|(answer, _)| Some(answer))
     }
 
+    /// Sends a request whose only good answer is 200 with a JSON body of type `T`.
+    async fn fetch<T: serde::de::DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+        deadline: Duration,
+    ) -> Result<(T, LinkSample), CallError> {
+        let (response, sample) = self.send(builder, deadline).await?;
+        if response.status() != StatusCode::OK {
+            return Err(Self::error_of(response).await);
+        }
+        let body = response
+            .json()
+            .await
+            .map_err(|error| CallError::Unreadable(error.to_string()))?;
+        Ok((body, sample))
+    }
+
     pub async fn keys(&self) -> Result<(JwkSet, LinkSample), CallError> {
         let builder = self
             .client
             .get(self.url("/device/keys"))
             .bearer_auth(&self.device_credential);
-        let (response, sample) = self.send(builder, Duration::from_secs(10)).await?;
-        if response.status() != StatusCode::OK {
-            return Err(Self::error_of(response).await);
-        }
-        let keys = response
-            .json()
-            .await
-            .map_err(|error| CallError::Unreadable(error.to_string()))?;
-        Ok((keys, sample))
+        self.fetch(builder, Duration::from_secs(10)).await
     }
 
     pub async fn ticket_feed(
@@ -231,15 +235,7 @@ impl Central {
             .get(self.url("/device/tickets"))
             .query(&query)
             .bearer_auth(&self.device_credential);
-        let (response, sample) = self.send(builder, Duration::from_secs(30)).await?;
-        if response.status() != StatusCode::OK {
-            return Err(Self::error_of(response).await);
-        }
-        let page = response
-            .json()
-            .await
-            .map_err(|error| CallError::Unreadable(error.to_string()))?;
-        Ok((page, sample))
+        self.fetch(builder, Duration::from_secs(30)).await
     }
 
     pub async fn upload(
@@ -251,14 +247,9 @@ impl Central {
             .post(self.url("/device/decisions"))
             .bearer_auth(&self.device_credential)
             .json(&DecisionUpload { decisions });
-        let (response, _) = self.send(builder, Duration::from_secs(30)).await?;
-        if response.status() != StatusCode::OK {
-            return Err(Self::error_of(response).await);
-        }
-        response
-            .json()
+        self.fetch(builder, Duration::from_secs(30))
             .await
-            .map_err(|error| CallError::Unreadable(error.to_string()))
+            .map(|(answer, _)| answer)
     }
 }
 
