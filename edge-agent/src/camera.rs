@@ -7,19 +7,19 @@
 //! and says so instead of crashing.
 
 use crate::frames::{Capture, FrameError, FrameSource, LumaFrame, SourceInfo};
-use nokhwa::utils::{
-    ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType,
-};
-use nokhwa::Camera;
+use nokhwa::backends::capture::V4LCaptureDevice;
+use nokhwa::camera_traits::CaptureBackendTrait;
+use nokhwa::utils::{CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType};
 use std::path::PathBuf;
 
 /// Consecutive unusable frames (corrupt MJPEG, short buffers) after which the source reports
 /// an error instead of silently trying forever.
 const MAX_BAD_FRAMES_IN_A_ROW: u32 = 30;
 
-/// A V4L2 camera.
+/// A V4L2 camera. nokhwa's V4L2 device is used directly rather than through its `Camera`
+/// wrapper, which is not `Send` (it boxes a backend trait object) and whose `Drop` unwraps.
 pub struct CameraSource {
-    camera: Camera,
+    camera: V4LCaptureDevice<'static>,
     format: FrameFormat,
     info: SourceInfo,
     bad_frames: u32,
@@ -74,12 +74,8 @@ impl CameraSource {
             RequestedFormatType::Closest(CameraFormat::new_from(width, height, fourcc, fps)),
             &wanted,
         );
-        let mut camera = Camera::with_backend(
-            CameraIndex::Index(device_index),
-            requested,
-            ApiBackend::Video4Linux,
-        )
-        .map_err(|error| no_camera("cannot be opened", error))?;
+        let mut camera = V4LCaptureDevice::new(&CameraIndex::Index(device_index), requested)
+            .map_err(|error| no_camera("cannot be opened", error))?;
         camera
             .open_stream()
             .map_err(|error| no_camera("cannot start streaming", error))?;
@@ -194,7 +190,10 @@ mod tests {
     fn mjpeg_decodes_to_grey() {
         let mut jpeg = Vec::new();
         image::GrayImage::from_pixel(16, 8, image::Luma([90]))
-            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
             .expect("encode");
         let frame = to_luma(FrameFormat::MJPEG, 16, 8, &jpeg).expect("mjpeg");
         assert_eq!((frame.width, frame.height), (16, 8));

@@ -61,8 +61,7 @@ fn classify(error: reqwest::Error) -> CallError {
     if error.is_timeout() {
         CallError::Timeout
     } else if error.is_connect() {
-        CallError::Unreachable(error.to_string())
-    } else if error.is_request() && error.to_string().contains("connect") {
+        // Nothing was sent: the connection was never made.
         CallError::Unreachable(error.to_string())
     } else {
         CallError::Unreadable(error.to_string())

@@ -179,7 +179,14 @@ fn start_capture(
         while !stop.load(Ordering::SeqCst) {
             match source.next_capture() {
                 Ok(Some(Capture::Frame(frame))) => {
-                    gate.capture.frames_seen.fetch_add(1, Ordering::Relaxed);
+                    if gate.capture.frames_seen.fetch_add(1, Ordering::Relaxed) == 0 {
+                        // The source's resolution is known for sure once a frame is in hand.
+                        if let Ok(mut info) = gate.source.lock() {
+                            if let Some(info) = info.as_mut() {
+                                info.resolution = Some((frame.width, frame.height));
+                            }
+                        }
+                    }
                     match frames_tx.try_send(frame) {
                         Ok(()) => {}
                         // The decoder is busy: drop this frame, latency first.

@@ -174,6 +174,9 @@ pub struct Gate {
     pub source_error: Mutex<Option<String>>,
     /// The decoder cascade of the capture pipeline, for its counters.
     pub decoder: std::sync::OnceLock<Arc<crate::decode::Cascade>>,
+    /// Set when the operator logged out at the gate: the configured operator is then not
+    /// logged back in by the sync loop until someone logs in again.
+    logged_out: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Gate {
@@ -236,6 +239,7 @@ impl Gate {
             source: Mutex::new(None),
             source_error: Mutex::new(None),
             decoder: std::sync::OnceLock::new(),
+            logged_out: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -271,6 +275,18 @@ impl Gate {
         if let Ok(mut guard) = self.session.write() {
             *guard = session;
         }
+    }
+
+    /// The operator logged out at the gate (stays out until someone logs in).
+    pub fn log_out(&self) {
+        self.logged_out.store(true, Ordering::SeqCst);
+        self.set_session(None);
+    }
+
+    /// An operator logged in at the gate.
+    pub fn log_in(&self, session: OperatorSession) {
+        self.logged_out.store(false, Ordering::SeqCst);
+        self.set_session(Some(session));
     }
 
     pub fn function_code(&self) -> FunctionCode {
@@ -348,7 +364,7 @@ impl Gate {
 
     /// Logs the configured operator in when nobody is.
     pub async fn ensure_session(&self) -> Result<(), CallError> {
-        if self.session().is_some() {
+        if self.session().is_some() || self.logged_out.load(Ordering::SeqCst) {
             return Ok(());
         }
         let Some(login) = &self.config.operator else {

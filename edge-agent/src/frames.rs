@@ -581,37 +581,59 @@ mod tests {
         ));
     }
 
+    /// The next capture of a source that never ends, or a panic after a few seconds (a
+    /// watch test must fail, not hang).
+    fn next_within(source: DirectorySource) -> (DirectorySource, LumaFrame) {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut source = source;
+            let capture = source.next_capture().expect("capture");
+            let _ = sender.send((source, capture));
+        });
+        let (source, capture) = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the watch source yielded nothing within 10 s");
+        (source, frame_of(capture))
+    }
+
+    fn png_bytes(shade: u8) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image::GrayImage::from_pixel(2, 2, image::Luma([shade]))
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .expect("encode png");
+        bytes
+    }
+
     #[test]
     fn watch_yields_each_renamed_in_file_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_png(&dir.path().join("001.png"), 2, 2, 1);
-        let mut source =
-            DirectorySource::watch(dir.path(), Duration::from_millis(5)).expect("watch");
-        assert_eq!(
-            frame_of(source.next_capture().expect("existing")).luma[0],
-            1
-        );
+        let source = DirectorySource::watch(dir.path(), Duration::from_millis(5)).expect("watch");
+        let (source, first) = next_within(source);
+        assert_eq!(first.luma[0], 1);
 
-        // A writer in another thread: a half-written hidden file first, renamed when done.
-        let spool = dir.path().to_path_buf();
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30));
-            std::fs::write(spool.join(".002.png.tmp"), b"half a pn").expect("write tmp");
-            std::thread::sleep(Duration::from_millis(30));
-            write_png(&spool.join(".002.png.tmp"), 2, 2, 2);
-            std::fs::rename(spool.join(".002.png.tmp"), spool.join("002.png")).expect("rename");
-        });
-        let second = frame_of(source.next_capture().expect("renamed in"));
+        // A writer still writing: only a hidden temporary file, half a PNG so far.
+        let temporary = dir.path().join(".002.png.tmp");
+        let complete = png_bytes(2);
+        std::fs::write(&temporary, &complete[..complete.len() / 2]).expect("write tmp");
+        let finished = dir.path().join("002.png");
+        let writer = {
+            let (temporary, finished) = (temporary.clone(), finished.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                std::fs::write(&temporary, &complete).expect("finish tmp");
+                std::fs::rename(&temporary, &finished).expect("rename");
+            })
+        };
+        let (source, second) = next_within(source);
         assert_eq!(second.luma[0], 2);
-        assert_eq!(
-            source.current_file(),
-            Some(dir.path().join("002.png").as_path())
-        );
+        assert_eq!(source.current_file(), Some(finished.as_path()));
         writer.join().expect("writer");
 
-        // Nothing new: the source keeps polling. A third file shows it was not yielded twice.
-        write_png(&dir.path().join("003.png"), 2, 2, 3);
-        assert_eq!(frame_of(source.next_capture().expect("third")).luma[0], 3);
+        // 002.png is not yielded again: the next frame is the next new file.
+        std::fs::write(dir.path().join("003.png"), png_bytes(3)).expect("write");
+        let (_, third) = next_within(source);
+        assert_eq!(third.luma[0], 3);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! [`status`] (the technician's status page, the gate display, metrics), [`daemon`] (wiring
 //! and lifecycle).
 
+#[cfg(feature = "camera")]
+pub mod camera;
 pub mod central;
 pub mod config;
 pub mod daemon;

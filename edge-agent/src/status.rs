@@ -233,23 +233,31 @@ struct LoginForm {
 async fn gate_login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) -> Response {
     match gate.central.login(&form.username, &form.password).await {
         Ok(answer) => {
-            gate.set_session(Some(OperatorSession {
+            gate.log_in(OperatorSession {
                 token: answer.token,
                 operator_id: answer.operator.id,
                 username: answer.operator.username,
                 merchant_code: answer.operator.merchant_code,
-            }));
+            });
             Redirect::to("/gate").into_response()
         }
         Err(error) => {
             tracing::info!(error = %error, "gate login failed");
-            Redirect::to("/gate?error=login").into_response()
+            // Wrong credentials and a throttled username are the operator's to fix; anything
+            // else is the network's.
+            let reason = match &error {
+                crate::central::CallError::Unauthorized => "login",
+                crate::central::CallError::Refused { status: 429, .. } => "throttled",
+                error if error.is_uplink_failure() => "uplink",
+                _ => "login",
+            };
+            Redirect::to(&format!("/gate?error={reason}")).into_response()
         }
     }
 }
 
 async fn gate_logout(State(gate): State<Arc<Gate>>) -> Redirect {
-    gate.set_session(None);
+    gate.log_out();
     Redirect::to("/gate")
 }
 
@@ -303,12 +311,16 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
     let camera = match (&report.camera.source, &report.camera.problem) {
         (_, Some(problem)) => format!("<span class=bad>{}</span>", escape(problem)),
         (Some(source), None) => format!(
-            "<span class=ok>{}</span> {} {}",
+            "<span class=ok>{}</span> {} {} {}",
             escape(source.kind),
             escape(&source.device),
             source
                 .resolution
                 .map(|(w, h)| format!("{w}×{h}"))
+                .unwrap_or_default(),
+            source
+                .fps
+                .map(|fps| format!("{fps} fps"))
                 .unwrap_or_default()
         ),
         (None, None) => "<span class=warn>none configured</span>".to_owned(),
@@ -318,14 +330,14 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
             .iter()
             .map(|d| {
                 format!(
-                    "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:.1} ms</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} ms</td><td>{}</td></tr>",
                     escape(&d.decided_at),
                     if d.code == "SUCCESS" { "ok" } else { "bad" },
                     escape(&d.code),
                     escape(&d.message),
                     or_dash(d.ticket.as_ref()),
                     escape(&d.function_code),
-                    d.mode,
+                    d.mode.as_str(),
                     d.latency_ms,
                     or_dash(d.upload.as_ref()),
                 )
@@ -337,7 +349,7 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
 <title>Stile gate {device} status</title><style>{STYLE}</style></head><body>\
 <h1>Stile gate <b id=device>{device}</b> at <b id=venue>{venue}</b> — edge-agent {version}, up {uptime} s</h1>\
 <div class=grid>\
-<div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div></div>\
+<div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div>{decoders}</div>\
 <div class=card><h2>Uplink</h2><div id=uplink>{uplink}</div><div>round trip {rtt}</div><div>last ok {last_ok}</div><div>last error {last_error}</div></div>\
 <div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
 <div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched {keys_age} s ago</div><div>clock offset <b id=clock-offset>{offset}</b> s</div><div>SQLite {sqlite} KiB</div></div>\
@@ -353,6 +365,17 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         dropped = report.camera.frames_dropped,
         decoded = report.camera.frames_decoded,
         rate = report.camera.decode_rate * 100.0,
+        decoders = report
+            .decoders
+            .iter()
+            .map(|d| format!(
+                "<div class=decoder>{}: {} of {} frames, {:.1} ms average</div>",
+                escape(d.name),
+                d.hits,
+                d.attempts,
+                if d.attempts == 0 { 0.0 } else { d.total_micros as f64 / d.attempts as f64 / 1000.0 }
+            ))
+            .collect::<String>(),
         uplink = flag(report.uplink.online, "online", "offline"),
         rtt = or_dash(report.uplink.rtt_ms.map(|ms| format!("{ms:.1} ms"))),
         last_ok = or_dash(report.uplink.last_ok_at.as_ref()),
@@ -421,7 +444,15 @@ async fn gate_page(
     let error = match query.error.as_deref() {
         Some("login") => "<p class=bad id=error>用户名或密码错误</p>",
         Some("function") => "<p class=bad id=error>无效的权益代码</p>",
+        Some("uplink") => "<p class=bad id=error>网络异常，无法登录，请稍后重试</p>",
+        Some("throttled") => "<p class=bad id=error>尝试次数过多，请稍后再试</p>",
         _ => "",
+    };
+    // While the login form is shown the page must not reload under the operator's fingers.
+    let refresh = if gate.session().is_some() {
+        "<meta http-equiv=refresh content=1>"
+    } else {
+        ""
     };
     let operator = match gate.session() {
         Some(session) => format!(
@@ -431,9 +462,9 @@ async fn gate_page(
         None => "<form method=post action=/gate/login id=login>用户名 <input name=username> 密码 <input name=password type=password> <button>登录</button></form>".to_owned(),
     };
     Html(format!(
-        "<!doctype html><html lang=zh-CN><head><meta charset=utf-8><meta http-equiv=refresh content=1>\
+        "<!doctype html><html lang=zh-CN><head><meta charset=utf-8>{refresh}\
 <title>Stile 闸机</title><style>{STYLE}#light{{background:{color};color:#fff;border-radius:12px;padding:40px;text-align:center}}\
-#message{{font-size:56px;font-weight:700}}#detail{{font-size:18px;opacity:.9}}</style></head><body>\
+#message{{font-size:56px;font-weight:700}}#detail{{font-size:18px;opacity:.9}}#entitlements{{list-style:none;padding:0;font-size:20px}}</style></head><body>\
 <div id=light><div id=message>{headline}</div><div id=detail>{detail}</div><ul id=entitlements>{entitlements}</ul></div>\
 {error}<div class=card>{operator}\
 <form method=post action=/gate/function>核销权益 <input name=function_code value=\"{function}\" size=10> <button>切换</button></form></div>\

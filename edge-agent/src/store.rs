@@ -8,8 +8,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use stile_shared::api::{EntitlementView, SyncedTicket};
-use stile_shared::token::{Jti, JwkSet};
-use stile_shared::{Channel, FunctionCode, TicketStatus};
+use stile_shared::token::JwkSet;
+use stile_shared::FunctionCode;
 
 /// What went wrong with the local store.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Mode::Online => "online",
             Mode::Offline => "offline",
@@ -432,13 +432,11 @@ pub fn snapshot_for_decision(
     }
 }
 
-// Silence "unused" for re-exported domain types kept in the public signature docs.
-#[allow(dead_code)]
-fn _types(_: Jti, _: Channel, _: TicketStatus) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stile_shared::token::Jti;
+    use stile_shared::{Channel, TicketStatus};
 
     fn record(scan_id: &str, mode: Mode, code: &str, upload: Option<&str>) -> DecisionRecord {
         DecisionRecord {
@@ -513,7 +511,12 @@ mod tests {
             redeemed_functions: vec![],
         };
         store
-            .apply_feed(&[ticket.clone()], "c1", "2026-11-24T10:00:00Z", true)
+            .apply_feed(
+                std::slice::from_ref(&ticket),
+                "c1",
+                "2026-11-24T10:00:00Z",
+                true,
+            )
             .expect("apply");
         assert_eq!(store.ticket("TK-1").expect("ticket"), Some(ticket.clone()));
         assert_eq!(

@@ -12,6 +12,8 @@
 //! - [`Cluster::fresh_database`] gives each test its own database, cloned from a template
 //!   migrated once per process, so tests never see each other's rows.
 
+pub mod corpus;
+
 use anyhow::{anyhow, bail, Context};
 use sqlx::migrate::Migrator;
 use sqlx::Connection;
