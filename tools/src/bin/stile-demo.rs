@@ -351,21 +351,28 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     }
 }
 
-async fn decisions_seen(client: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
+/// The newest decision's scan id at a gate (decisions are taken one at a time).
+async fn decisions_seen(client: &reqwest::Client, base: &str) -> anyhow::Result<Option<String>> {
     let status: Value = client
         .get(format!("{base}/api/status"))
         .send()
         .await?
         .json()
         .await?;
-    Ok(status["camera"]["frames_decoded"].as_u64().unwrap_or(0) as usize)
+    Ok(newest(&status))
 }
 
-/// Waits until the gate has decoded one more frame and shows its decision.
+fn newest(status: &Value) -> Option<String> {
+    status["last_decisions"]
+        .get(0)
+        .map(|d| format!("{}{}", d["decided_at"], d["code"]))
+}
+
+/// Waits until the gate shows a decision newer than `before`.
 async fn wait_decision(
     client: &reqwest::Client,
     base: &str,
-    before: usize,
+    before: Option<String>,
 ) -> anyhow::Result<Value> {
     let started = std::time::Instant::now();
     loop {
@@ -375,10 +382,8 @@ async fn wait_decision(
             .await?
             .json()
             .await?;
-        if status["camera"]["frames_decoded"].as_u64().unwrap_or(0) as usize > before {
-            if let Some(last) = status["last_decisions"].get(0) {
-                return Ok(last.clone());
-            }
+        if newest(&status).is_some() && newest(&status) != before {
+            return Ok(status["last_decisions"][0].clone());
         }
         if started.elapsed() > std::time::Duration::from_secs(30) {
             bail!("the gate at {base} decided nothing within 30 s");
