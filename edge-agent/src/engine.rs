@@ -401,7 +401,11 @@ impl Gate {
                 )
             }
         };
+        let mut decision = decision;
         if !decision.repeated {
+            // From the code to the decision committed (the stored record cannot include its
+            // own commit; the returned decision and the histogram do).
+            decision.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             self.metrics.latency.observe(decision.latency_ms / 1000.0);
             self.metrics
                 .decisions

@@ -163,7 +163,7 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
                 keys_once(&gate).await?;
                 last_keys = Some(Instant::now());
             }
-            tickets_once(&gate, 1000).await?;
+            tickets_once(&gate, 2000).await?;
             loop {
                 let report = upload_once(&gate).await?;
                 if report.applied + report.conflicts + report.invalid < gate.config.upload_batch {
