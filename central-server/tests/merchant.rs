@@ -522,15 +522,13 @@ async fn the_csv_matches_the_json() {
     server.stop().await;
 }
 
+/// Requests a webhook receiver saw: headers and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
 /// A local webhook receiver: records every request; hangs when told to.
-async fn webhook_receiver(
-    hang: bool,
-) -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>,
-) {
+async fn webhook_receiver(hang: bool) -> (String, Received) {
     use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let seen: Received = Arc::new(Mutex::new(Vec::new()));
     let recorder = seen.clone();
     let app = axum::Router::new().route(
         "/hook",
