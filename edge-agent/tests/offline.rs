@@ -297,3 +297,46 @@ async fn an_unknown_outcome_is_never_shown_red_and_both_sides_agree_afterwards()
     let status = wait_status(&gate.agent.base, LIMIT, "status", |_| true).await;
     assert_eq!(status["outbox"]["conflicts"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_offline_policy_refuses_what_the_gate_may_not_decide_alone() {
+    let central = Central::start(&[]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let miniapp = central.issue_qr("TK-MINI", MINIAPP).await;
+    let ota = central.issue_qr("TK-MULTI", OTA).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    let policy = "[offline]\nallow_miniapp = false\nallow_ota = true\n";
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            &proxy.url(),
+            &dir.path().join("state"),
+            port,
+            policy,
+        ),
+    )
+    .expect("config");
+    let agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    proxy.cut();
+    let refused = scan(&agent.base, &miniapp).await;
+    assert_eq!(
+        (code(&refused), refused["mode"].as_str()),
+        ("OFFLINE_UNVERIFIABLE", Some("offline")),
+        "{refused}"
+    );
+    assert_eq!(refused["message"], "网络异常，无法离线核验，请稍后重试");
+    let accepted = scan(&agent.base, &ota).await;
+    assert_eq!(code(&accepted), "SUCCESS", "{accepted}");
+    // Nothing refused is queued; the acceptance is.
+    let status = wait_status(&agent.base, LIMIT, "queue", |s| {
+        s["outbox"]["depth"].as_i64() == Some(1)
+    })
+    .await;
+    assert_eq!(status["uplink"]["online"], false);
+}
