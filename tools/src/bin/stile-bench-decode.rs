@@ -20,8 +20,9 @@
 //! with the cascade order it recommends, and why.
 //!
 //! Run: `cargo build --release -p stile-tools && target/release/stile-bench-decode`
-//! (`--seed N` for another corpus, `--iat N` to pin the token's issue time, `--smoke` for a
-//! small subset that runs in seconds even in a debug build).
+//! (`--seed N` for another corpus and token id, `--iat N` for another issue time, `--smoke`
+//! for a small subset that runs in seconds even in a debug build). The same seed and `iat`
+//! give the same token and the same frames.
 
 use anyhow::Context;
 use clap::Parser;
@@ -42,10 +43,13 @@ struct Args {
     /// Seed of the corpus (positions, degradations, noise, textures).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The token's issue time, Unix seconds (default: now, as the issuer would).
-    #[arg(long)]
-    iat: Option<i64>,
-    /// A small subset (two frames of each category) that runs in seconds in a debug build.
+    /// The token's issue time, Unix seconds. Fixed by default so that runs are comparable (the
+    /// token's text, hence its QR pattern, depends on it); any 10-digit time gives the same
+    /// length.
+    #[arg(long, default_value_t = 1_764_000_000)]
+    iat: i64,
+    /// A small subset (one frame of each category in each frame size) that runs in seconds
+    /// in a debug build.
     #[arg(long)]
     smoke: bool,
 }
@@ -111,6 +115,18 @@ fn percentile(times: &[(u32, Duration)], width: Option<u32>, q: f64) -> Duration
 
 fn ms(duration: Duration) -> String {
     format!("{:7.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// `ms` of a quantile, or a dash when no frame of that kind was measured.
+fn ms_of(times: &[(u32, Duration)], width: Option<u32>, q: f64) -> String {
+    let any = times
+        .iter()
+        .any(|(w, _)| width.is_none_or(|width| *w == width));
+    if any {
+        ms(percentile(times, width, q))
+    } else {
+        "-".to_owned()
+    }
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -232,7 +248,7 @@ fn run(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let iat = args.iat.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let iat = args.iat;
     let (token, keys) = issue_token(iat, args.seed)?;
     let version = qr_version(&token);
     println!(
@@ -242,11 +258,13 @@ fn main() -> anyhow::Result<()> {
 
     let mut plan = corpus::plan(&token, args.seed);
     if args.smoke {
-        let mut taken: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut taken = std::collections::BTreeSet::new();
         plan.retain(|planned| {
-            let count = taken.entry(planned.category).or_default();
-            *count += 1;
-            *count <= 2
+            let size = planned
+                .spec
+                .as_ref()
+                .map_or(planned.empty_size, |spec| (spec.width, spec.height));
+            taken.insert((planned.category, size))
         });
     }
     let started = Instant::now();
@@ -343,10 +361,10 @@ fn main() -> anyhow::Result<()> {
                 "{:<14} {:>9} {:>11} {:>11} {:>11} {:>11}",
                 o.label,
                 format!("{width}x{height}"),
-                ms(percentile(&o.code_times, Some(width), 0.5)),
-                ms(percentile(&o.code_times, Some(width), 0.99)),
-                ms(percentile(&o.empty_times, Some(width), 0.5)),
-                ms(percentile(&o.empty_times, Some(width), 0.99)),
+                ms_of(&o.code_times, Some(width), 0.5),
+                ms_of(&o.code_times, Some(width), 0.99),
+                ms_of(&o.empty_times, Some(width), 0.5),
+                ms_of(&o.empty_times, Some(width), 0.99),
             );
         }
     }
@@ -425,14 +443,14 @@ fn main() -> anyhow::Result<()> {
         }
     );
 
-    recommend(&outcomes[2..]);
+    recommend(&outcomes[1], &outcomes[2..]);
     Ok(())
 }
 
 /// The better of the two cascade orders: more codes read first (both orders try both
 /// decoders on a miss, so their rates differ only when one decoder misreads or the
 /// decoders disagree), then the lower p99 on frames with a code, then on empty frames.
-fn recommend(cascades: &[Outcome]) {
+fn recommend(alone: &Outcome, cascades: &[Outcome]) {
     let score = |o: &Outcome| {
         (
             o.clean.read + o.degraded.read,
@@ -465,15 +483,30 @@ fn recommend(cascades: &[Outcome]) {
     );
     println!(
         "  why: it reads {} codes against {} for {}; its first decoder ({first}) reads {first_hits} of them \
-         alone, so the second runs only on its misses; p99 per frame with a code {} against {}, \
-         per empty frame {} against {} (an empty frame always pays for both decoders).",
+         alone, so the second runs only on its misses; per frame with a code: median {} against {}, \
+         p99 {} against {}; per empty frame: p99 {} against {} (an empty frame always pays for \
+         both decoders).",
         read(best),
         read(other),
         other.label,
+        ms(percentile(&best.code_times, None, 0.5)).trim(),
+        ms(percentile(&other.code_times, None, 0.5)).trim(),
         ms(percentile(&best.code_times, None, 0.99)).trim(),
         ms(percentile(&other.code_times, None, 0.99)).trim(),
         ms(percentile(&best.empty_times, None, 0.99)).trim(),
         ms(percentile(&other.empty_times, None, 0.99)).trim(),
+    );
+    println!(
+        "  against {} alone: {:+} codes ({} against {} of the degraded frames), for a p99 per \
+         frame with a code of {} against {} and per empty frame of {} against {}.",
+        alone.label,
+        read(best) as i64 - read(alone) as i64,
+        best.degraded.to_string().trim(),
+        alone.degraded.to_string().trim(),
+        ms(percentile(&best.code_times, None, 0.99)).trim(),
+        ms(percentile(&alone.code_times, None, 0.99)).trim(),
+        ms(percentile(&best.empty_times, None, 0.99)).trim(),
+        ms(percentile(&alone.empty_times, None, 0.99)).trim(),
     );
 }
 
