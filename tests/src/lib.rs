@@ -11,6 +11,8 @@
 //!   and deletes its directory. Nothing is left behind.
 //! - [`Cluster::fresh_database`] gives each test its own database, cloned from a template
 //!   migrated once per process, so tests never see each other's rows.
+//! - [`corpus`] renders reproducible camera-like frames of QR codes (clean and degraded) for
+//!   the agent's tests, the demo and the decoding benchmark.
 
 pub mod corpus;
 
