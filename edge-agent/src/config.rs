@@ -209,7 +209,7 @@ impl AgentConfig {
         })?;
         let decoders = file
             .decoders
-            .unwrap_or_else(|| vec![DecoderKind::Rxing, DecoderKind::Rqrr]);
+            .unwrap_or_else(|| vec![DecoderKind::Rxing, DecoderKind::RqrrHalf]);
         if decoders.is_empty() {
             return Err(invalid("decoders", "name at least one decoder"));
         }
@@ -306,7 +306,10 @@ mod tests {
         assert_eq!(config.function_code.as_str(), "MEAL");
         assert_eq!(config.online_deadline, Duration::from_millis(800));
         assert_eq!(config.source, SourceConfig::None);
-        assert_eq!(config.decoders, vec![DecoderKind::Rxing, DecoderKind::Rqrr]);
+        assert_eq!(
+            config.decoders,
+            vec![DecoderKind::Rxing, DecoderKind::RqrrHalf]
+        );
         assert!(
             !config.describe().contains("dev-secret-1"),
             "secrets are masked"

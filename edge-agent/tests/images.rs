@@ -59,7 +59,7 @@ async fn the_agent_decodes_clean_and_degraded_camera_frames_and_the_central_rede
             "perspective-skewed",
             FrameSpec {
                 perspective: 0.15,
-                ..FrameSpec::clean(1280, 720, 5)
+                ..FrameSpec::clean(640, 480, 5)
             },
         ),
         (

@@ -304,11 +304,15 @@ fn main() -> anyhow::Result<()> {
         ms(percentile(&verify_times, None, 0.99))
     );
 
-    let configurations: [(&str, Vec<DecoderKind>); 4] = [
+    let configurations: [(&str, Vec<DecoderKind>); 5] = [
         ("rqrr", vec![DecoderKind::Rqrr]),
         ("rxing", vec![DecoderKind::Rxing]),
         ("rqrr -> rxing", vec![DecoderKind::Rqrr, DecoderKind::Rxing]),
         ("rxing -> rqrr", vec![DecoderKind::Rxing, DecoderKind::Rqrr]),
+        (
+            "rxing -> rqrr-half",
+            vec![DecoderKind::Rxing, DecoderKind::RqrrHalf],
+        ),
     ];
     let mut outcomes = Vec::new();
     for (label, order) in configurations {
@@ -443,16 +447,17 @@ fn main() -> anyhow::Result<()> {
         }
     );
 
-    recommend(&outcomes[1], &outcomes[2..]);
+    recommend(&outcomes[1], &outcomes[2..], &meeting_all);
     Ok(())
 }
 
-/// The better of the two cascade orders: more codes read first (both orders try both
-/// decoders on a miss, so their rates differ only when one decoder misreads or the
+/// The best cascade: one that meets every target first, then more codes read (both orders
+/// try both decoders on a miss, so their rates differ only when one decoder misreads or the
 /// decoders disagree), then the lower p99 on frames with a code, then on empty frames.
-fn recommend(alone: &Outcome, cascades: &[Outcome]) {
+fn recommend(alone: &Outcome, cascades: &[Outcome], meeting_all: &[impl AsRef<str>]) {
     let score = |o: &Outcome| {
         (
+            meeting_all.iter().any(|label| label.as_ref() == o.label),
             o.clean.read + o.degraded.read,
             std::cmp::Reverse(percentile(&o.code_times, None, 0.99)),
             std::cmp::Reverse(percentile(&o.empty_times, None, 0.99)),
