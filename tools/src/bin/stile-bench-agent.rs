@@ -840,7 +840,7 @@ impl ScanPhase {
             println!("  (of which re-shown by the debounce: {})", self.repeated);
         }
         println!(
-            "  agent latency_ms (before the SQLite write)  p50 {:.3}  p99 {:.3}  max {:.3} ms",
+            "  agent latency_ms (code to committed)      p50 {:.3}  p99 {:.3}  max {:.3} ms",
             percentile(&self.agent_ms, 50.0),
             percentile(&self.agent_ms, 99.0),
             percentile(&self.agent_ms, 100.0)
@@ -1068,7 +1068,7 @@ impl FeedBreakdown {
 struct Committed {
     /// Wall time of `Gate::decide_code`: code in, decision committed in SQLite.
     wall_ms: Vec<f64>,
-    /// The decision's own `latency_ms` (taken before the write).
+    /// The decision's own `latency_ms` (code to committed decision).
     reported_ms: Vec<f64>,
     /// Wall time minus `latency_ms`: recording the decision (the store task, its commit).
     write_ms: Vec<f64>,
@@ -1117,7 +1117,7 @@ impl Committed {
             percentile(&self.wall_ms, 100.0)
         );
         println!(
-            "  its latency_ms (before the write)                   p50 {:.3}  p99 {:.3}  max {:.3} ms",
+            "  its latency_ms (code to committed)                  p50 {:.3}  p99 {:.3}  max {:.3} ms",
             percentile(&self.reported_ms, 50.0),
             percentile(&self.reported_ms, 99.0),
             percentile(&self.reported_ms, 100.0)
@@ -1416,7 +1416,7 @@ fn print_summary(
             percentile(&offline.agent_ms, 50.0),
             percentile(&offline.agent_ms, 100.0)
         ),
-        "(excludes the SQLite commit)".into(),
+        "(code to committed, as reported)".into(),
     );
     row(
         "offline, SUCCESS in mode offline",
