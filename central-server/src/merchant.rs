@@ -104,19 +104,21 @@ pub async fn scan(
             return Err(AppError::WrongMerchant);
         }
         let ticket_code = verified.claims.tid.clone();
-        let command = ScanCommand {
-            token_sha256: ScanCommand::token_digest(&request.code),
-            subject: ScanSubject::Token(Ok(verified)),
-            function_code: function_code.clone(),
-            scan_id: None,
-            now,
-            decided_at: None,
-        };
-        let outcome = scan::redeem(&state.pool, policy, &context, &command, || {
-            state.metrics.record_transaction_retry()
-        })
-        .await?;
-        outcomes.push(ticket_outcome(state, operator, &ticket_code, outcome.response, lang).await?);
+        let subject = ScanSubject::Token(Ok(verified));
+        let digest = ScanCommand::token_digest(&request.code);
+        outcomes.push(
+            redeem_one(
+                state,
+                operator,
+                &context,
+                subject,
+                digest,
+                &function_code,
+                &ticket_code,
+                lang,
+            )
+            .await?,
+        );
     } else {
         let order: Option<(i64, i64)> =
             sqlx::query_as("SELECT id, merchant_id FROM orders WHERE order_code = $1")
@@ -136,22 +138,23 @@ pub async fn scan(
                 .await?;
         for (ticket_code,) in tickets {
             qr::ensure_current(&state.pool, &state.keys, policy, &ticket_code, now).await?;
-            let command = ScanCommand {
-                token_sha256: ScanCommand::token_digest(&ticket_code),
-                subject: ScanSubject::Ticket {
-                    ticket_code: ticket_code.clone(),
-                },
-                function_code: function_code.clone(),
-                scan_id: None,
-                now,
-                decided_at: None,
+            let subject = ScanSubject::Ticket {
+                ticket_code: ticket_code.clone(),
             };
-            let outcome = scan::redeem(&state.pool, policy, &context, &command, || {
-                state.metrics.record_transaction_retry()
-            })
-            .await?;
-            outcomes
-                .push(ticket_outcome(state, operator, &ticket_code, outcome.response, lang).await?);
+            let digest = ScanCommand::token_digest(&ticket_code);
+            outcomes.push(
+                redeem_one(
+                    state,
+                    operator,
+                    &context,
+                    subject,
+                    digest,
+                    &function_code,
+                    &ticket_code,
+                    lang,
+                )
+                .await?,
+            );
         }
     }
     let redeemed = outcomes
@@ -199,6 +202,37 @@ pub async fn scan(
         "merchant scan"
     );
     Ok(answer)
+}
+
+/// Redeems one subject through the redemption core and shapes its ticket's outcome.
+#[allow(clippy::too_many_arguments)]
+async fn redeem_one(
+    state: &AppState,
+    operator: &AuthenticatedOperator,
+    context: &ScanContext,
+    subject: ScanSubject,
+    token_sha256: [u8; 32],
+    function_code: &FunctionCode,
+    ticket_code: &str,
+    lang: Lang,
+) -> Result<MerchantTicketOutcome, AppError> {
+    let command = ScanCommand {
+        token_sha256,
+        subject,
+        function_code: function_code.clone(),
+        scan_id: None,
+        now: Utc::now(),
+        decided_at: None,
+    };
+    let outcome = scan::redeem(
+        &state.pool,
+        state.settings.token_policy(),
+        context,
+        &command,
+        || state.metrics.record_transaction_retry(),
+    )
+    .await?;
+    ticket_outcome(state, operator, ticket_code, outcome.response, lang).await
 }
 
 fn reject(

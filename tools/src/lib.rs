@@ -7,24 +7,91 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `central-server` binary next to the running tool (same cargo profile), or
-/// `STILE_CENTRAL_SERVER_BIN`.
-pub fn central_server_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("STILE_CENTRAL_SERVER_BIN") {
+/// A binary of this workspace next to the running tool (same cargo profile), or the path in
+/// the environment variable `override_var`.
+pub fn sibling_binary(name: &str, override_var: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var(override_var) {
         return Ok(PathBuf::from(path));
     }
     let me = std::env::current_exe().context("locating this executable")?;
     let sibling = me
         .parent()
-        .map(|dir| dir.join("central-server"))
+        .map(|dir| dir.join(name))
         .context("this executable has no directory")?;
     if !sibling.exists() {
         bail!(
-            "{} not found: build it first (cargo build -p central-server, same profile as this tool)",
+            "{} not found: build it first (cargo build -p {name}, same profile as this tool)",
             sibling.display()
         );
     }
     Ok(sibling)
+}
+
+/// The `central-server` binary next to the running tool, or `STILE_CENTRAL_SERVER_BIN`.
+pub fn central_server_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("central-server", "STILE_CENTRAL_SERVER_BIN")
+}
+
+/// Signs one OTA QR per ticket `B1`..`B{tickets}` of `merchant_code` with the server's active
+/// key and makes each the ticket's current QR (in batches). Returns the tokens, index `i` for
+/// ticket `B{i+1}`.
+pub async fn sign_bench_tokens(
+    pool: &sqlx::PgPool,
+    merchant_code: &str,
+    tickets: usize,
+) -> anyhow::Result<Vec<String>> {
+    use stile_shared::token::{Jti, QrClaims, QrSigner};
+    const BATCH: usize = 10_000;
+    let started = Instant::now();
+    let (kid, private_key): (String, Vec<u8>) =
+        sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE state = 'active'")
+            .fetch_one(pool)
+            .await
+            .context("reading the active signing key")?;
+    let private_key: [u8; 32] = private_key
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("signing key {kid} is not 32 bytes"))?;
+    let signer = QrSigner::new(&kid, private_key);
+    let iat = chrono::Utc::now().timestamp();
+    let mut tokens = Vec::with_capacity(tickets);
+    let mut codes = Vec::with_capacity(BATCH);
+    let mut jtis = Vec::with_capacity(BATCH);
+    for number in 1..=tickets {
+        let jti = Jti::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+        let claims = QrClaims {
+            jti: jti.clone(),
+            tid: format!("B{number}"),
+            mid: merchant_code.to_owned(),
+            ch: stile_shared::Channel::Ota,
+            iat,
+            exp: None,
+        };
+        tokens.push(
+            signer
+                .issue(&claims)
+                .with_context(|| format!("signing the QR of ticket B{number}"))?,
+        );
+        codes.push(claims.tid);
+        jtis.push(jti.as_str().to_owned());
+        if codes.len() == BATCH || number == tickets {
+            sqlx::query(
+                "UPDATE tickets t SET current_jti = u.jti \
+                 FROM unnest($1::text[], $2::text[]) AS u(code, jti) WHERE t.ticket_code = u.code",
+            )
+            .bind(&codes)
+            .bind(&jtis)
+            .execute(pool)
+            .await
+            .context("storing current_jti")?;
+            codes.clear();
+            jtis.clear();
+        }
+    }
+    println!(
+        "signed {tickets} QR tokens and stored their jti in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(tokens)
 }
 
 /// A free TCP port on loopback.

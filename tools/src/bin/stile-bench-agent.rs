@@ -50,8 +50,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stile_shared::token::{Jti, QrClaims, QrSigner};
-use stile_shared::Channel;
 use stile_testkit::ClusterOptions;
 use stile_tools::ServerProcess;
 
@@ -133,8 +131,6 @@ const FUNCTION: &str = "ENTRY";
 const USES_PER_TICKET: i32 = 3;
 /// Tickets per seeded order.
 const TICKETS_PER_ORDER: i64 = 100;
-/// Rows per bulk `current_jti` update.
-const JTI_BATCH: usize = 10_000;
 /// The agent's feed page (`sync::run` asks for 1000).
 const FEED_PAGE: u32 = 1000;
 const STATUS_POLL: Duration = Duration::from_millis(100);
@@ -147,7 +143,7 @@ const TARGET_RSS_MB: f64 = 40.0;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let plan = Plan::from_args(&args)?;
-    let agent_binary = edge_agent_binary()?;
+    let agent_binary = stile_tools::sibling_binary("edge-agent", "STILE_EDGE_AGENT_BIN")?;
     let work = match &args.work_dir {
         Some(dir) => tempfile::Builder::new()
             .prefix("stile-bench-agent-")
@@ -187,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("creating the signing key")?;
     seed(&pool, plan.tickets).await?;
-    let tokens = sign_tokens(&pool, plan.tickets).await?;
+    let tokens = stile_tools::sign_bench_tokens(&pool, MERCHANT_CODE, plan.tickets).await?;
     sqlx::query("ANALYZE")
         .execute(&pool)
         .await
@@ -294,26 +290,6 @@ async fn main() -> anyhow::Result<()> {
     drop(local);
     drop(cluster);
     Ok(())
-}
-
-/// The `edge-agent` binary next to the running tool (same cargo profile), or
-/// `STILE_EDGE_AGENT_BIN`.
-fn edge_agent_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("STILE_EDGE_AGENT_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let me = std::env::current_exe().context("locating this executable")?;
-    let sibling = me
-        .parent()
-        .map(|dir| dir.join("edge-agent"))
-        .context("this executable has no directory")?;
-    if !sibling.exists() {
-        bail!(
-            "{} not found: build it first (cargo build -p edge-agent, same profile as this tool)",
-            sibling.display()
-        );
-    }
-    Ok(sibling)
 }
 
 /// The agent's settings: scans only through `/api/scan`, syncing every second, the operator
@@ -423,61 +399,6 @@ async fn seed(pool: &PgPool, tickets: usize) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Signs one OTA QR per ticket with the server's active key and makes it the ticket's
-/// current QR. Returns the tokens, index `i` for ticket `B{i+1}`.
-async fn sign_tokens(pool: &PgPool, tickets: usize) -> anyhow::Result<Vec<String>> {
-    let started = Instant::now();
-    let (kid, private_key): (String, Vec<u8>) =
-        sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE state = 'active'")
-            .fetch_one(pool)
-            .await
-            .context("reading the active signing key")?;
-    let private_key: [u8; 32] = private_key
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("signing key {kid} is not 32 bytes"))?;
-    let signer = QrSigner::new(&kid, private_key);
-    let iat = chrono::Utc::now().timestamp();
-    let mut tokens = Vec::with_capacity(tickets);
-    let mut codes = Vec::with_capacity(JTI_BATCH);
-    let mut jtis = Vec::with_capacity(JTI_BATCH);
-    for number in 1..=tickets {
-        let jti = Jti::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-        let claims = QrClaims {
-            jti: jti.clone(),
-            tid: format!("B{number}"),
-            mid: MERCHANT_CODE.to_owned(),
-            ch: Channel::Ota,
-            iat,
-            exp: None,
-        };
-        tokens.push(
-            signer
-                .issue(&claims)
-                .with_context(|| format!("signing the QR of ticket B{number}"))?,
-        );
-        codes.push(claims.tid);
-        jtis.push(jti.as_str().to_owned());
-        if codes.len() == JTI_BATCH || number == tickets {
-            sqlx::query(
-                "UPDATE tickets t SET current_jti = u.jti \
-                 FROM unnest($1::text[], $2::text[]) AS u(code, jti) WHERE t.ticket_code = u.code",
-            )
-            .bind(&codes)
-            .bind(&jtis)
-            .execute(pool)
-            .await
-            .context("storing current_jti")?;
-            codes.clear();
-            jtis.clear();
-        }
-    }
-    println!(
-        "signed {tickets} QR tokens and stored their jti in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(tokens)
 }
 
 /// Resident memory of a process, KiB, from `/proc/<pid>/status`.

@@ -33,8 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stile_shared::api::{LoginRequest, LoginResponse, ScanRequest};
-use stile_shared::token::{Jti, QrClaims, QrSigner};
-use stile_shared::{Channel, FunctionCode};
+use stile_shared::FunctionCode;
 use stile_testkit::ClusterOptions;
 use stile_tools::ServerProcess;
 
@@ -70,8 +69,6 @@ const PASSWORD: &str = "bench-password";
 const FUNCTION: &str = "ENTRY";
 /// Tickets per seeded order.
 const TICKETS_PER_ORDER: usize = 100;
-/// Rows per bulk `current_jti` update.
-const JTI_BATCH: usize = 10_000;
 /// Tickets of the pgbench baseline, each with a practically endless entitlement.
 const PGBENCH_TICKETS: i64 = 10_000;
 const PGBENCH_USES: i32 = 1_000_000;
@@ -116,7 +113,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .context("creating the signing key")?;
 
     let fixture = seed(&pool, args.tickets).await?;
-    let tokens = sign_tokens(&pool, args.tickets).await?;
+    let tokens = stile_tools::sign_bench_tokens(&pool, MERCHANT_CODE, args.tickets).await?;
     sqlx::query("ANALYZE")
         .execute(&pool)
         .await
@@ -280,61 +277,6 @@ async fn seed(pool: &PgPool, tickets: usize) -> anyhow::Result<Fixture> {
         device_pk,
         location_id,
     })
-}
-
-/// Signs one OTA QR per bench ticket with the server's active key and makes it the ticket's
-/// current QR. Returns the tokens, index `i` for ticket `B{i+1}`.
-async fn sign_tokens(pool: &PgPool, tickets: usize) -> anyhow::Result<Vec<String>> {
-    let started = Instant::now();
-    let (kid, private_key): (String, Vec<u8>) =
-        sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE state = 'active'")
-            .fetch_one(pool)
-            .await
-            .context("reading the active signing key")?;
-    let private_key: [u8; 32] = private_key
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("signing key {kid} is not 32 bytes"))?;
-    let signer = QrSigner::new(&kid, private_key);
-    let iat = chrono::Utc::now().timestamp();
-    let mut tokens = Vec::with_capacity(tickets);
-    let mut codes = Vec::with_capacity(JTI_BATCH);
-    let mut jtis = Vec::with_capacity(JTI_BATCH);
-    for number in 1..=tickets {
-        let jti = Jti::from_bytes(*uuid::Uuid::new_v4().as_bytes());
-        let claims = QrClaims {
-            jti: jti.clone(),
-            tid: format!("B{number}"),
-            mid: MERCHANT_CODE.to_owned(),
-            ch: Channel::Ota,
-            iat,
-            exp: None,
-        };
-        tokens.push(
-            signer
-                .issue(&claims)
-                .with_context(|| format!("signing the QR of ticket B{number}"))?,
-        );
-        codes.push(claims.tid);
-        jtis.push(jti.as_str().to_owned());
-        if codes.len() == JTI_BATCH || number == tickets {
-            sqlx::query(
-                "UPDATE tickets t SET current_jti = u.jti \
-                 FROM unnest($1::text[], $2::text[]) AS u(code, jti) WHERE t.ticket_code = u.code",
-            )
-            .bind(&codes)
-            .bind(&jtis)
-            .execute(pool)
-            .await
-            .context("storing current_jti")?;
-            codes.clear();
-            jtis.clear();
-        }
-    }
-    println!(
-        "signed {tickets} QR tokens and stored their jti in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(tokens)
 }
 
 /// A logged-in gate: what every scanning task shares.

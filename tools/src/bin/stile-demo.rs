@@ -224,18 +224,6 @@ impl Drop for DemoGate {
     }
 }
 
-fn agent_binary() -> anyhow::Result<std::path::PathBuf> {
-    let server = central_server_binary()?;
-    let agent = server.with_file_name("edge-agent");
-    if !agent.exists() {
-        bail!(
-            "{} not found: build it first (cargo build -p edge-agent)",
-            agent.display()
-        );
-    }
-    Ok(agent)
-}
-
 /// Starts two gates fed by spool directories and plays QR images through them.
 async fn run_gates(
     server: &ServerProcess,
@@ -261,12 +249,15 @@ async fn run_gates(
         );
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config)?;
-        let child = Command::new(agent_binary()?)
-            .args(["run", "--config", &config_path.display().to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting edge-agent")?;
+        let child = Command::new(stile_tools::sibling_binary(
+            "edge-agent",
+            "STILE_EDGE_AGENT_BIN",
+        )?)
+        .args(["run", "--config", &config_path.display().to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting edge-agent")?;
         gates.push(DemoGate {
             device,
             base: format!("http://127.0.0.1:{port}"),
