@@ -100,6 +100,20 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Peak (`VmHWM`) and current (`VmRSS`) resident memory of a process, in KiB, from
+/// `/proc/<pid>/status`.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|value| value.parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
 /// A `central-server serve` child process; killed when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -157,15 +171,7 @@ impl ServerProcess {
 
     /// Peak and current resident memory of the process, in KiB (from /proc).
     pub fn memory_kib(&self) -> Option<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|line| line.starts_with(name))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|value| value.parse::<u64>().ok())
-        };
-        Some((field("VmHWM:")?, field("VmRSS:")?))
+        memory_kib(self.pid())
     }
 }
 
@@ -194,4 +200,141 @@ pub async fn database(
         .execute(&mut admin)
         .await?;
     Ok((cluster.url_of(name), Some(cluster)))
+}
+
+/// The merchant the load benchmarks seed: one gate, one device, one operator.
+pub mod bench {
+    use anyhow::{bail, Context};
+    use std::time::Instant;
+
+    pub const MERCHANT_CODE: &str = "MB";
+    pub const VENUE_CODE: &str = "GATE-1";
+    pub const DEVICE_ID: &str = "bench-dev";
+    pub const DEVICE_SECRET: &str = "bench-secret-1";
+    pub const OPERATOR: &str = "bench-op";
+    pub const PASSWORD: &str = "bench-password";
+    pub const FUNCTION: &str = "ENTRY";
+    /// Tickets per order in the seed.
+    pub const TICKETS_PER_ORDER: i64 = 100;
+
+    /// Ids of what [`seed`] created.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Fixture {
+        pub merchant_id: i64,
+        pub operator_id: i64,
+        pub device_pk: i64,
+        pub location_id: i64,
+    }
+
+    /// A run of activated OTA tickets `{prefix}1`, `{prefix}2`, … with one ENTRY entitlement
+    /// of `uses` uses, one order per [`TICKETS_PER_ORDER`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct TicketRun {
+        pub prefix: &'static str,
+        pub count: i64,
+        pub uses: i32,
+    }
+
+    /// Seeds the bench merchant and the ticket runs with SQL (the JSON seed loader is far too
+    /// slow for 100,000 tickets), in one transaction. Refuses a database that already holds
+    /// the bench merchant.
+    pub async fn seed(pool: &sqlx::PgPool, runs: &[TicketRun]) -> anyhow::Result<Fixture> {
+        let started = Instant::now();
+        let password_hash = central_server::auth::hash_password(PASSWORD)?;
+        let mut tx = pool.begin().await?;
+        let existing: Option<(i64,)> = sqlx::query_as("SELECT id FROM merchants WHERE code = $1")
+            .bind(MERCHANT_CODE)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if existing.is_some() {
+            bail!("the database already holds bench data: point DATABASE_URL at an empty database");
+        }
+        let (merchant_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO merchants (code, name) VALUES ($1, 'Bench park') RETURNING id",
+        )
+        .bind(MERCHANT_CODE)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (location_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO locations (merchant_id, venue_code, name) VALUES ($1, $2, 'Gate 1') RETURNING id",
+        )
+        .bind(merchant_id)
+        .bind(VENUE_CODE)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (device_pk,): (i64,) = sqlx::query_as(
+            "INSERT INTO devices (device_id, merchant_id, location_id, secret_hash) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(DEVICE_ID)
+        .bind(merchant_id)
+        .bind(location_id)
+        .bind(central_server::auth::sha256_hex(DEVICE_SECRET))
+        .fetch_one(&mut *tx)
+        .await?;
+        let (operator_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO operators (merchant_id, username, password_hash, display_name) \
+             VALUES ($1, $2, $3, 'Bench operator') RETURNING id",
+        )
+        .bind(merchant_id)
+        .bind(OPERATOR)
+        .bind(&password_hash)
+        .fetch_one(&mut *tx)
+        .await?;
+        for run in runs {
+            let prefix = run.prefix;
+            sqlx::query(
+                "INSERT INTO orders (order_code, merchant_id) \
+                 SELECT 'ORD-' || $1 || g, $2 FROM generate_series(1, ($3 + $4 - 1) / $4) AS g",
+            )
+            .bind(prefix)
+            .bind(merchant_id)
+            .bind(run.count)
+            .bind(TICKETS_PER_ORDER)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("seeding the orders of the {prefix} tickets"))?;
+            sqlx::query(
+                "INSERT INTO tickets (ticket_code, order_id, merchant_id, passenger_name, channel, status) \
+                 SELECT $1 || g, o.id, $2, 'Guest ' || g, 'OTA', 'ACTIVATED' \
+                 FROM generate_series(1, $3) AS g \
+                 JOIN orders o ON o.order_code = 'ORD-' || $1 || ((g - 1) / $4 + 1)",
+            )
+            .bind(prefix)
+            .bind(merchant_id)
+            .bind(run.count)
+            .bind(TICKETS_PER_ORDER)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("seeding the {prefix} tickets"))?;
+            sqlx::query(
+                "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses) \
+                 SELECT id, merchant_id, $3, 'Entry', $4, $4 FROM tickets \
+                 WHERE merchant_id = $1 AND ticket_code LIKE $2 || '%'",
+            )
+            .bind(merchant_id)
+            .bind(prefix)
+            .bind(FUNCTION)
+            .bind(run.uses)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("seeding the entitlements of the {prefix} tickets"))?;
+        }
+        tx.commit().await.context("committing the seed")?;
+        let counts: Vec<String> = runs
+            .iter()
+            .map(|run| format!("{} {}…", run.count, run.prefix))
+            .collect();
+        println!(
+            "seeded tickets {} in {:.1} s",
+            counts.join(" + "),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Fixture {
+            merchant_id,
+            operator_id,
+            device_pk,
+            location_id,
+        })
+    }
 }

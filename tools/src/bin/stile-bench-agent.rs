@@ -44,13 +44,15 @@ use clap::Parser;
 use edge_agent::config::AgentConfig;
 use edge_agent::engine::Gate;
 use serde::Deserialize;
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stile_testkit::ClusterOptions;
+use stile_tools::bench::{
+    self, DEVICE_ID, DEVICE_SECRET, FUNCTION, MERCHANT_CODE, OPERATOR, PASSWORD, VENUE_CODE,
+};
 use stile_tools::ServerProcess;
 
 #[derive(Parser)]
@@ -121,16 +123,7 @@ impl Plan {
     }
 }
 
-const MERCHANT_CODE: &str = "MB";
-const VENUE_CODE: &str = "GATE-1";
-const DEVICE_ID: &str = "bench-dev";
-const DEVICE_SECRET: &str = "bench-secret-1";
-const OPERATOR: &str = "bench-op";
-const PASSWORD: &str = "bench-password";
-const FUNCTION: &str = "ENTRY";
 const USES_PER_TICKET: i32 = 3;
-/// Tickets per seeded order.
-const TICKETS_PER_ORDER: i64 = 100;
 /// The agent's feed page (`sync::run` asks for 1000).
 const FEED_PAGE: u32 = 1000;
 const STATUS_POLL: Duration = Duration::from_millis(100);
@@ -182,7 +175,15 @@ async fn main() -> anyhow::Result<()> {
     central_server::keys::ensure_active_key(&pool)
         .await
         .context("creating the signing key")?;
-    seed(&pool, plan.tickets).await?;
+    bench::seed(
+        &pool,
+        &[bench::TicketRun {
+            prefix: "B",
+            count: i64::try_from(plan.tickets).context("--tickets is too large")?,
+            uses: USES_PER_TICKET,
+        }],
+    )
+    .await?;
     let tokens = stile_tools::sign_bench_tokens(&pool, MERCHANT_CODE, plan.tickets).await?;
     sqlx::query("ANALYZE")
         .execute(&pool)
@@ -317,90 +318,6 @@ password = "{PASSWORD}"
     )
 }
 
-/// One merchant with a gate, the device `bench-dev` and an operator; `tickets` activated
-/// OTA tickets `B1`, `B2`, … (one order per hundred) with [`USES_PER_TICKET`] ENTRY uses.
-async fn seed(pool: &PgPool, tickets: usize) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let tickets = i64::try_from(tickets).context("--tickets is too large")?;
-    let password_hash = central_server::auth::hash_password(PASSWORD)?;
-    let mut tx = pool.begin().await?;
-    let existing: Option<(i64,)> = sqlx::query_as("SELECT id FROM merchants WHERE code = $1")
-        .bind(MERCHANT_CODE)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if existing.is_some() {
-        bail!("the database already holds bench data: point DATABASE_URL at an empty database");
-    }
-    let (merchant_id,): (i64,) =
-        sqlx::query_as("INSERT INTO merchants (code, name) VALUES ($1, 'Bench park') RETURNING id")
-            .bind(MERCHANT_CODE)
-            .fetch_one(&mut *tx)
-            .await?;
-    let (location_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO locations (merchant_id, venue_code, name) VALUES ($1, $2, 'Gate 1') RETURNING id",
-    )
-    .bind(merchant_id)
-    .bind(VENUE_CODE)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO devices (device_id, merchant_id, location_id, secret_hash) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(DEVICE_ID)
-    .bind(merchant_id)
-    .bind(location_id)
-    .bind(central_server::auth::sha256_hex(DEVICE_SECRET))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO operators (merchant_id, username, password_hash, display_name) \
-         VALUES ($1, $2, $3, 'Bench operator')",
-    )
-    .bind(merchant_id)
-    .bind(OPERATOR)
-    .bind(&password_hash)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO orders (order_code, merchant_id) \
-         SELECT 'ORD-B' || g, $1 FROM generate_series(1, ($2 + $3 - 1) / $3) AS g",
-    )
-    .bind(merchant_id)
-    .bind(tickets)
-    .bind(TICKETS_PER_ORDER)
-    .execute(&mut *tx)
-    .await
-    .context("seeding the orders")?;
-    sqlx::query(
-        "INSERT INTO tickets (ticket_code, order_id, merchant_id, passenger_name, channel, status) \
-         SELECT 'B' || g, o.id, $1, 'Guest ' || g, 'OTA', 'ACTIVATED' \
-         FROM generate_series(1, $2) AS g \
-         JOIN orders o ON o.order_code = 'ORD-B' || ((g - 1) / $3 + 1)",
-    )
-    .bind(merchant_id)
-    .bind(tickets)
-    .bind(TICKETS_PER_ORDER)
-    .execute(&mut *tx)
-    .await
-    .context("seeding the tickets")?;
-    sqlx::query(
-        "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses) \
-         SELECT id, merchant_id, $2, 'Entry', $3, $3 FROM tickets WHERE merchant_id = $1",
-    )
-    .bind(merchant_id)
-    .bind(FUNCTION)
-    .bind(USES_PER_TICKET)
-    .execute(&mut *tx)
-    .await
-    .context("seeding the entitlements")?;
-    tx.commit().await.context("committing the seed")?;
-    println!(
-        "seeded {tickets} tickets in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
 /// Resident memory of a process, KiB, from `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
@@ -409,18 +326,8 @@ struct Memory {
 }
 
 fn memory_of(pid: u32) -> Option<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse::<u64>().ok())
-    };
-    Some(Memory {
-        rss_kib: field("VmRSS:")?,
-        hwm_kib: field("VmHWM:")?,
-    })
+    let (hwm_kib, rss_kib) = stile_tools::memory_kib(pid)?;
+    Some(Memory { rss_kib, hwm_kib })
 }
 
 fn mb(kib: u64) -> f64 {

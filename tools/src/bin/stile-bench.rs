@@ -25,7 +25,6 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +34,9 @@ use std::time::{Duration, Instant};
 use stile_shared::api::{LoginRequest, LoginResponse, ScanRequest};
 use stile_shared::FunctionCode;
 use stile_testkit::ClusterOptions;
+use stile_tools::bench::{
+    self, DEVICE_ID, FUNCTION, MERCHANT_CODE, OPERATOR, PASSWORD, VENUE_CODE,
+};
 use stile_tools::ServerProcess;
 
 #[derive(Parser)]
@@ -60,15 +62,6 @@ struct Args {
     pgbench_duration: Option<u64>,
 }
 
-const MERCHANT_CODE: &str = "MB";
-const VENUE_CODE: &str = "GATE-1";
-const DEVICE_ID: &str = "bench-dev";
-const DEVICE_SECRET: &str = "bench-secret-1";
-const OPERATOR: &str = "bench-op";
-const PASSWORD: &str = "bench-password";
-const FUNCTION: &str = "ENTRY";
-/// Tickets per seeded order.
-const TICKETS_PER_ORDER: usize = 100;
 /// Tickets of the pgbench baseline, each with a practically endless entitlement.
 const PGBENCH_TICKETS: i64 = 10_000;
 const PGBENCH_USES: i32 = 1_000_000;
@@ -112,7 +105,22 @@ async fn main() -> anyhow::Result<ExitCode> {
         .await
         .context("creating the signing key")?;
 
-    let fixture = seed(&pool, args.tickets).await?;
+    let fixture = bench::seed(
+        &pool,
+        &[
+            bench::TicketRun {
+                prefix: "B",
+                count: i64::try_from(args.tickets).context("--tickets is too large")?,
+                uses: 1,
+            },
+            bench::TicketRun {
+                prefix: "P",
+                count: PGBENCH_TICKETS,
+                uses: PGBENCH_USES,
+            },
+        ],
+    )
+    .await?;
     let tokens = stile_tools::sign_bench_tokens(&pool, MERCHANT_CODE, args.tickets).await?;
     sqlx::query("ANALYZE")
         .execute(&pool)
@@ -171,112 +179,6 @@ async fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ids of the seeded rows the pgbench script needs.
-struct Fixture {
-    merchant_id: i64,
-    operator_id: i64,
-    device_pk: i64,
-    location_id: i64,
-}
-
-/// One merchant with a gate, a device and an operator; `tickets` single-use OTA tickets
-/// `B1`, `B2`, … (one order per hundred) and the pgbench tickets `P1`, `P2`, ….
-async fn seed(pool: &PgPool, tickets: usize) -> anyhow::Result<Fixture> {
-    let started = Instant::now();
-    let tickets = i64::try_from(tickets).context("--tickets is too large")?;
-    let password_hash = central_server::auth::hash_password(PASSWORD)?;
-    let mut tx = pool.begin().await?;
-    let existing: Option<(i64,)> = sqlx::query_as("SELECT id FROM merchants WHERE code = $1")
-        .bind(MERCHANT_CODE)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if existing.is_some() {
-        bail!("the database already holds bench data: point DATABASE_URL at an empty database");
-    }
-    let (merchant_id,): (i64,) =
-        sqlx::query_as("INSERT INTO merchants (code, name) VALUES ($1, 'Bench park') RETURNING id")
-            .bind(MERCHANT_CODE)
-            .fetch_one(&mut *tx)
-            .await?;
-    let (location_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO locations (merchant_id, venue_code, name) VALUES ($1, $2, 'Gate 1') RETURNING id",
-    )
-    .bind(merchant_id)
-    .bind(VENUE_CODE)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (device_pk,): (i64,) = sqlx::query_as(
-        "INSERT INTO devices (device_id, merchant_id, location_id, secret_hash) \
-         VALUES ($1, $2, $3, $4) RETURNING id",
-    )
-    .bind(DEVICE_ID)
-    .bind(merchant_id)
-    .bind(location_id)
-    .bind(central_server::auth::sha256_hex(DEVICE_SECRET))
-    .fetch_one(&mut *tx)
-    .await?;
-    let (operator_id,): (i64,) = sqlx::query_as(
-        "INSERT INTO operators (merchant_id, username, password_hash, display_name) \
-         VALUES ($1, $2, $3, 'Bench operator') RETURNING id",
-    )
-    .bind(merchant_id)
-    .bind(OPERATOR)
-    .bind(&password_hash)
-    .fetch_one(&mut *tx)
-    .await?;
-
-    for (prefix, count, uses) in [("B", tickets, 1), ("P", PGBENCH_TICKETS, PGBENCH_USES)] {
-        let per_order = TICKETS_PER_ORDER as i64;
-        sqlx::query(
-            "INSERT INTO orders (order_code, merchant_id) \
-             SELECT 'ORD-' || $1 || g, $2 FROM generate_series(1, ($3 + $4 - 1) / $4) AS g",
-        )
-        .bind(prefix)
-        .bind(merchant_id)
-        .bind(count)
-        .bind(per_order)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("seeding the orders of the {prefix} tickets"))?;
-        sqlx::query(
-            "INSERT INTO tickets (ticket_code, order_id, merchant_id, passenger_name, channel, status) \
-             SELECT $1 || g, o.id, $2, 'Guest ' || g, 'OTA', 'ACTIVATED' \
-             FROM generate_series(1, $3) AS g \
-             JOIN orders o ON o.order_code = 'ORD-' || $1 || ((g - 1) / $4 + 1)",
-        )
-        .bind(prefix)
-        .bind(merchant_id)
-        .bind(count)
-        .bind(per_order)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("seeding the {prefix} tickets"))?;
-        sqlx::query(
-            "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses) \
-             SELECT id, merchant_id, $3, 'Entry', $4, $4 FROM tickets \
-             WHERE merchant_id = $1 AND ticket_code LIKE $2 || '%'",
-        )
-        .bind(merchant_id)
-        .bind(prefix)
-        .bind(FUNCTION)
-        .bind(uses)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("seeding the entitlements of the {prefix} tickets"))?;
-    }
-    tx.commit().await.context("committing the seed")?;
-    println!(
-        "seeded {tickets} tickets (+ {PGBENCH_TICKETS} for pgbench) in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(Fixture {
-        merchant_id,
-        operator_id,
-        device_pk,
-        location_id,
-    })
 }
 
 /// A logged-in gate: what every scanning task shares.
@@ -633,7 +535,7 @@ struct PgbenchResult {
 /// Runs [`PGBENCH_SCRIPT`] against the bench database with `clients` clients.
 async fn run_pgbench(
     url: &str,
-    fixture: &Fixture,
+    fixture: &bench::Fixture,
     clients: usize,
     secs: u64,
 ) -> anyhow::Result<PgbenchResult> {
