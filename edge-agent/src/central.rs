@@ -132,18 +132,8 @@ impl Central {
 
     async fn error_of(response: reqwest::Response) -> CallError {
         let status = response.status();
-        if status == StatusCode::UNAUTHORIZED {
-            return CallError::Unauthorized;
-        }
-        let body: Option<ErrorBody> = response.json().await.ok();
-        CallError::Refused {
-            status: status.as_u16(),
-            code: body
-                .as_ref()
-                .map(|b| b.code.as_str().to_owned())
-                .unwrap_or_default(),
-            message: body.map(|b| b.message).unwrap_or_default(),
-        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        refusal(status, &bytes)
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse, CallError> {
@@ -267,13 +257,22 @@ async fn decision_answer(
             return Ok((answer, sample));
         }
     }
-    let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
-    Err(CallError::Refused {
+    Err(refusal(status, &bytes))
+}
+
+/// An answer that is not what the caller wanted: the session expired, or a refusal with the
+/// server's error body when it sent one.
+fn refusal(status: StatusCode, body: &[u8]) -> CallError {
+    if status == StatusCode::UNAUTHORIZED {
+        return CallError::Unauthorized;
+    }
+    let body: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    CallError::Refused {
         status: status.as_u16(),
         code: body
             .as_ref()
             .map(|b| b.code.as_str().to_owned())
             .unwrap_or_default(),
         message: body.map(|b| b.message).unwrap_or_default(),
-    })
+    }
 }
