@@ -44,7 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/qr/decrypt", post(qr_decrypt))
         .route("/tickets/{ticket_code}/qr", post(issue_qr))
         .route("/merchant/tickets/scan", post(merchant_scan))
-        .route("/merchant/orders/{order_id}", get(merchant_order))
+        .route("/merchant/orders/{orderId}", get(merchant_order))
         .route("/merchant/redemptions", get(merchant_redemptions))
         .route("/merchant/redemptions.csv", get(merchant_redemptions_csv))
         .route("/venue/scan/{scan_id}", get(venue_scan_by_id))
@@ -516,8 +516,8 @@ pub async fn merchant_scan(
 }
 
 /// An order's entitlements, grouped by passenger.
-#[utoipa::path(get, path = "/merchant/orders/{order_id}", tag = "merchant",
-    params(("order_id" = String, Path, description = "The order's code")),
+#[utoipa::path(get, path = "/merchant/orders/{orderId}", tag = "merchant",
+    params(("orderId" = String, Path, description = "The order's code (the card's name for it)")),
     security(("operator_jwt" = [])),
     responses(
         (status = 200, description = "Entitlements by passenger with remaining uses and the last redemption of each", body = OrderView),

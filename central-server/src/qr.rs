@@ -6,7 +6,6 @@ use crate::auth::{AuthenticatedChannel, AuthenticatedOperator};
 use crate::error::AppError;
 use crate::keys::KeyStore;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
-use rand::RngCore;
 use sqlx::PgPool;
 use stile_shared::api::{
     ClaimsView, DecryptResponse, EntitlementView, IssuedQr, TicketView, TokenState,
@@ -81,11 +80,10 @@ async fn issue_for(
         .signer
         .as_ref()
         .ok_or_else(|| AppError::Internal("no active signing key".into()))?;
-    let mut jti_bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut jti_bytes);
     let iat = now.timestamp();
     let claims = QrClaims {
-        jti: Jti::from_bytes(jti_bytes),
+        // A random (version 4, RFC 4122 variant) UUID, as the contract says a jti is.
+        jti: Jti::from_bytes(*uuid::Uuid::new_v4().as_bytes()),
         tid: ticket_code.to_owned(),
         mid: merchant_code,
         ch: kind,

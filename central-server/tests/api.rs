@@ -406,6 +406,50 @@ async fn operations_endpoints_answer() {
             "{path} missing from the OpenAPI document"
         );
     }
+    // The merchant console's paths exactly as its card names them (generated clients and
+    // the card's Postman collection use these names), path parameters included.
+    let card = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/docs/seeds/merchant-redemption-console.md");
+    let mut console_paths = vec![
+        "/merchant/tickets/scan".to_owned(),
+        "/merchant/orders/{orderId}".to_owned(),
+        "/merchant/redemptions".to_owned(),
+    ];
+    if let Ok(text) = std::fs::read_to_string(&card) {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("oas_paths:"))
+            .expect("the card lists its oas_paths");
+        let listed: Vec<String> =
+            serde_json::from_str(line.trim_start_matches("oas_paths:").trim()).expect("a list");
+        assert_eq!(listed, console_paths, "the card's paths changed");
+        console_paths = listed;
+    }
+    for path in &console_paths {
+        let item = &doc["paths"][path.as_str()];
+        assert!(item.is_object(), "{path} missing from the OpenAPI document");
+        let template: Vec<String> = path
+            .split('/')
+            .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
+            .map(str::to_owned)
+            .collect();
+        let declared: Vec<String> = item
+            .as_object()
+            .into_iter()
+            .flat_map(|ops| ops.values())
+            .flat_map(|op| op["parameters"].as_array().cloned().unwrap_or_default())
+            .filter(|p| p["in"] == "path")
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(declared, template, "path parameters of {path}");
+    }
+    let merchant_paths: Vec<&String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .filter(|p| p.starts_with("/merchant/") && !p.ends_with(".csv"))
+        .collect();
+    assert_eq!(merchant_paths.len(), 3, "{merchant_paths:?}");
     for status in ["200", "400", "401", "403", "409", "413", "415", "422"] {
         assert!(
             doc["paths"]["/venue/scan"]["post"]["responses"][status].is_object(),

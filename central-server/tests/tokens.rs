@@ -316,6 +316,34 @@ async fn qr_issuance_checks_the_channel_and_the_ticket() {
     server.stop().await;
 }
 
+/// The contract's jti is a UUID: every issued one (both channels, in the response and in the
+/// signed claims alike) has the version-4 and RFC 4122 variant bits, and no two repeat.
+#[tokio::test]
+async fn issued_jtis_are_random_uuids() {
+    let server = TestServer::start().await;
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..20 {
+        for (ticket, key) in [("TK-1001-1", MINIAPP_KEY), ("TK-1001-2", OTA_KEY)] {
+            let issued = server.issue_qr(ticket, key).await;
+            let payload = issued.qr_token.split('.').nth(1).expect("payload");
+            let claims: Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("b64"))
+                    .expect("claims json");
+            assert_eq!(claims["jti"], issued.jti.as_str());
+            let uuid = uuid::Uuid::from_bytes(issued.jti.to_bytes());
+            assert_eq!(
+                uuid.get_version(),
+                Some(uuid::Version::Random),
+                "round {round}: {} is {uuid}",
+                issued.jti
+            );
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{uuid}");
+            assert!(seen.insert(uuid), "{uuid} issued twice");
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn tokens_fit_the_qr_size_budget_at_the_longest_codes() {
     // The seed loader caps codes (merchant 8, ticket 12) so the token stays within 287 chars.

@@ -29,7 +29,9 @@ pub const MAX_TICKET_CODE_LEN: usize = 12;
 /// The contract's size budget for a whole token.
 pub const MAX_ISSUED_TOKEN_LEN: usize = 287;
 
-/// A token id: 16 random bytes (a UUID), written as 22 characters of base64url.
+/// A token id: a UUID (the central issues random version-4 UUIDs), written as 22 characters
+/// of base64url of its 16 bytes. Parsing accepts any 16 bytes, so tokens issued before the
+/// central wrote UUID bits still verify.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "AQEBAQEBAQEBAQEBAQEBAQ"))]
 #[serde(transparent)]
@@ -56,6 +58,18 @@ impl Jti {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The 16 bytes the text stands for.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        // `parse` and `from_bytes` only ever hold the base64url of exactly 16 bytes.
+        if let Ok(decoded) = URL_SAFE_NO_PAD.decode(&self.0) {
+            if decoded.len() == 16 {
+                bytes.copy_from_slice(&decoded);
+            }
+        }
+        bytes
     }
 }
 
@@ -418,6 +432,15 @@ mod tests {
             iat,
             exp: TokenPolicy::default().expiry_for(ch, iat),
         }
+    }
+
+    #[test]
+    fn jti_bytes_round_trip_and_pre_uuid_jtis_still_parse() {
+        let bytes: [u8; 16] = *b"\x01\x23\x45\x67\x89\xab\x4d\xef\x80\x11\x22\x33\x44\x55\x66\x77";
+        assert_eq!(Jti::from_bytes(bytes).to_bytes(), bytes);
+        // issued before the central wrote UUID bits: variant "reserved", still a valid jti
+        let old = Jti::parse("9zwg_lpKM3z57FerUQZm-w").expect("any 16 bytes parse");
+        assert_eq!(old.to_bytes()[8] & 0xc0, 0xc0);
     }
 
     #[test]
