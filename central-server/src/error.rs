@@ -83,7 +83,8 @@ pub fn status_of(code: ApiCode) -> StatusCode {
         | ApiCode::QrSuperseded
         | ApiCode::TicketNotActive
         | ApiCode::TicketVoid
-        | ApiCode::OfflineUnverifiable => StatusCode::CONFLICT,
+        | ApiCode::OfflineUnverifiable
+        | ApiCode::StoreFailed => StatusCode::CONFLICT,
         ApiCode::InvalidQr | ApiCode::BadRequest => StatusCode::BAD_REQUEST,
         ApiCode::WrongMerchant | ApiCode::Forbidden => StatusCode::FORBIDDEN,
         ApiCode::Unauthorized | ApiCode::InvalidCredentials => StatusCode::UNAUTHORIZED,

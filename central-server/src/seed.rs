@@ -12,6 +12,7 @@ use crate::auth::{hash_password, sha256_hex, verify_password};
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{HashMap, HashSet};
+use stile_shared::domain::MIN_SECRET_LEN;
 use stile_shared::token::{MAX_MERCHANT_CODE_LEN, MAX_TICKET_CODE_LEN};
 use stile_shared::{Channel, FunctionCode, TicketStatus};
 
@@ -147,19 +148,8 @@ pub fn parse(text: &str) -> Result<SeedFile, SeedError> {
     Ok(file)
 }
 
-fn code_ok(code: &str) -> bool {
-    code.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn check_code(path: &str, code: &str, max: usize) -> Result<(), SeedError> {
-    if code.is_empty() || code.len() > max {
-        return Err(invalid(path, format!("must be 1 to {max} characters")));
-    }
-    if !code_ok(code) {
-        return Err(invalid(path, "may hold only letters, digits, '-' and '_'"));
-    }
-    Ok(())
+    stile_shared::domain::check_code(code, max).map_err(|error| invalid(path, error.to_string()))
 }
 
 fn check_text(path: &str, text: &str) -> Result<(), SeedError> {
@@ -183,10 +173,10 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
         let path = format!("channels[{i}]");
         check_text(&format!("{path}.name"), &channel.name)?;
         unique(&mut channel_names, &format!("{path}.name"), &channel.name)?;
-        if channel.api_key.len() < 8 {
+        if channel.api_key.len() < MIN_SECRET_LEN {
             return Err(invalid(
                 format!("{path}.api_key"),
-                "must be at least 8 characters",
+                format!("must be at least {MIN_SECRET_LEN} characters"),
             ));
         }
     }
@@ -244,10 +234,10 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
                 &format!("{dpath}.device_id"),
                 &device.device_id,
             )?;
-            if device.secret.len() < 8 {
+            if device.secret.len() < MIN_SECRET_LEN {
                 return Err(invalid(
                     format!("{dpath}.secret"),
-                    "must be at least 8 characters",
+                    format!("must be at least {MIN_SECRET_LEN} characters"),
                 ));
             }
         }

@@ -26,6 +26,9 @@ pub enum CallError {
     /// The operator's token was refused.
     #[error("operator session expired")]
     Unauthorized,
+    /// A login's username or password was wrong.
+    #[error("wrong username or password")]
+    BadCredentials,
     /// Another answer the caller did not expect, with the server's error body when it sent one.
     #[error("central answered {status}: {message}")]
     Refused {
@@ -42,7 +45,9 @@ impl CallError {
     /// Whether the request may have been applied by the server.
     pub fn outcome_unknown(&self) -> bool {
         match self {
-            CallError::Unreachable(_) | CallError::Unauthorized => false,
+            CallError::Unreachable(_) | CallError::Unauthorized | CallError::BadCredentials => {
+                false
+            }
             CallError::Refused { status, .. } => *status >= 500,
             CallError::Timeout | CallError::Unreadable(_) => true,
         }
@@ -144,9 +149,21 @@ impl Central {
                 username: username.to_owned(),
                 password: password.to_owned(),
             });
-        self.fetch(request, Duration::from_secs(10))
-            .await
-            .map(|(answer, _)| answer)
+        match self.fetch(request, Duration::from_secs(10)).await {
+            Ok((answer, _)) => Ok(answer),
+            Err(CallError::Unauthorized) => Err(CallError::BadCredentials),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `GET /healthz` with a short deadline: is the central answering at all?
+    pub async fn probe(&self, deadline: Duration) -> Result<LinkSample, CallError> {
+        let builder = self.client.get(self.url("/healthz"));
+        let (response, sample) = self.send(builder, deadline).await?;
+        if response.status() != StatusCode::OK {
+            return Err(Self::error_of(response).await);
+        }
+        Ok(sample)
     }
 
     /// `POST /venue/scan`. Every decision (200, 400, 403 WRONG_MERCHANT, 409) is an answer.

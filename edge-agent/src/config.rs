@@ -29,8 +29,8 @@ pub enum SourceConfig {
     /// Image files: `watch` a spool directory, or `replay` a directory once (or looped).
     Directory {
         path: PathBuf,
-        #[serde(default = "default_mode")]
-        mode: String,
+        #[serde(default)]
+        mode: DirectoryMode,
         #[serde(default)]
         fps: Option<f32>,
         #[serde(default)]
@@ -54,8 +54,29 @@ fn default_fps() -> u32 {
 fn default_format() -> String {
     "mjpeg".into()
 }
-fn default_mode() -> String {
-    "watch".into()
+
+/// How a directory source reads its files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DirectoryMode {
+    /// A spool: files appear (renamed in), each is read once.
+    #[default]
+    Watch,
+    /// The files there now, in name order, once or looped.
+    Replay,
+}
+
+impl<'de> Deserialize<'de> for DirectoryMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The message names the key: inside the tagged `[source]` table the TOML error
+        // would otherwise point only at the table.
+        match String::deserialize(deserializer)?.as_str() {
+            "watch" => Ok(DirectoryMode::Watch),
+            "replay" => Ok(DirectoryMode::Replay),
+            other => Err(serde::de::Error::custom(format!(
+                "source.mode {other:?} is neither \"watch\" nor \"replay\""
+            ))),
+        }
+    }
 }
 
 /// When the gate may decide alone while the central is unreachable.
@@ -106,6 +127,7 @@ struct FileConfig {
     key_refresh_secs: Option<u64>,
     upload_batch: Option<usize>,
     debounce_secs: Option<u64>,
+    decision_clear_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     miniapp_ttl_secs: Option<i64>,
     clock_skew_secs: Option<i64>,
@@ -131,6 +153,8 @@ pub struct AgentConfig {
     pub key_refresh: Duration,
     pub upload_batch: usize,
     pub debounce: Duration,
+    /// How long the gate display shows a decision before it clears.
+    pub decision_clear: Duration,
     pub shutdown_grace: Duration,
     pub token_policy: stile_shared::TokenPolicy,
     pub decoders: Vec<DecoderKind>,
@@ -154,6 +178,89 @@ fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         name,
         message: message.into(),
+    }
+}
+
+/// `value` when `min <= value <= max`, else a refusal naming the setting and the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    value: T,
+    min: T,
+    max: T,
+    name: &'static str,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            name,
+            format!("{value} is out of range: {min} to {max}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// An http(s) URL with a host; the path (if any) is kept without its trailing slash.
+fn parse_central_url(raw: &str) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(raw)
+        .map_err(|error| invalid("central_url", format!("{raw:?} is not a URL: {error}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(
+            "central_url",
+            "must start with http:// or https://",
+        ));
+    }
+    // (The URL parser reads "http:///x" as host "x": a host must follow "//" directly.)
+    let after_scheme = raw
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    if url.host_str().is_none_or(str::is_empty) || after_scheme.starts_with('/') {
+        return Err(invalid("central_url", format!("{raw:?} names no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("central_url", "must not carry a query or fragment"));
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+/// A directory source's path must be there (a spool must be a directory); a scan engine's
+/// device must exist unless it is `-` (stdin).
+fn check_source(source: &SourceConfig) -> Result<(), ConfigError> {
+    match source {
+        SourceConfig::Directory {
+            path, mode, fps, ..
+        } => {
+            let meta = std::fs::metadata(path)
+                .map_err(|error| invalid("source.path", format!("{}: {error}", path.display())))?;
+            if *mode == DirectoryMode::Watch && !meta.is_dir() {
+                return Err(invalid(
+                    "source.path",
+                    format!(
+                        "{} is not a directory (a watched spool must be)",
+                        path.display()
+                    ),
+                ));
+            }
+            if let Some(fps) = fps {
+                if !(*fps > 0.0 && *fps <= 120.0) {
+                    return Err(invalid(
+                        "source.fps",
+                        format!("{fps} is out of range: above 0 to 120"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        SourceConfig::Lines { path } if path.as_os_str() != "-" => std::fs::metadata(path)
+            .map(|_| ())
+            .map_err(|error| invalid("source.path", format!("{}: {error}", path.display()))),
+        SourceConfig::Camera {
+            width, height, fps, ..
+        } => {
+            in_range(*width, 160, 7680, "source.width")?;
+            in_range(*height, 120, 4320, "source.height")?;
+            in_range(*fps, 1, 120, "source.fps")?;
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -190,11 +297,27 @@ impl AgentConfig {
                 .filter(|v| !v.trim().is_empty())
                 .ok_or(ConfigError::Missing(name, env))
         };
-        let central_url = required(file.central_url, "central_url", "CENTRAL_URL")?;
-        if !(central_url.starts_with("http://") || central_url.starts_with("https://")) {
+        let central_url =
+            parse_central_url(&required(file.central_url, "central_url", "CENTRAL_URL")?)?;
+        let identifier = |value: String, name: &'static str| {
+            stile_shared::domain::check_code(&value, stile_shared::domain::MAX_IDENTIFIER_LEN)
+                .map_err(|error| invalid(name, format!("{value:?} {error}")))?;
+            Ok::<_, ConfigError>(value)
+        };
+        let device_id = identifier(
+            required(file.device_id, "device_id", "DEVICE_ID")?,
+            "device_id",
+        )?;
+        let venue_code = identifier(
+            required(file.venue_code, "venue_code", "VENUE_CODE")?,
+            "venue_code",
+        )?;
+        let device_secret = required(file.device_secret, "device_secret", "DEVICE_SECRET")?;
+        let min_secret = stile_shared::domain::MIN_SECRET_LEN;
+        if device_secret.chars().count() < min_secret {
             return Err(invalid(
-                "central_url",
-                "must start with http:// or https://",
+                "device_secret",
+                format!("must be at least {min_secret} characters"),
             ));
         }
         let function_raw = file.function_code.unwrap_or_else(|| "ENTRY".into());
@@ -213,49 +336,86 @@ impl AgentConfig {
         if decoders.is_empty() {
             return Err(invalid("decoders", "name at least one decoder"));
         }
-        let secs = |value: Option<u64>, default: u64, name: &'static str| {
-            let value = value.unwrap_or(default);
-            if value == 0 {
-                Err(invalid(name, "must be greater than 0"))
-            } else {
-                Ok(value)
-            }
-        };
+        let offline = file.offline.unwrap_or_default();
+        in_range(
+            offline.max_clock_offset_secs,
+            0,
+            3600,
+            "offline.max_clock_offset_secs",
+        )?;
+        in_range(
+            offline.max_state_age_secs,
+            1,
+            30 * 86_400,
+            "offline.max_state_age_secs",
+        )?;
+        let source = file.source.unwrap_or(SourceConfig::None);
+        check_source(&source)?;
         let config = AgentConfig {
-            device_id: required(file.device_id, "device_id", "DEVICE_ID")?,
-            device_secret: required(file.device_secret, "device_secret", "DEVICE_SECRET")?,
-            central_url: central_url.trim_end_matches('/').to_owned(),
-            venue_code: required(file.venue_code, "venue_code", "VENUE_CODE")?,
+            device_id,
+            device_secret,
+            central_url,
+            venue_code,
             function_code,
             state_dir: file
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/stile-agent")),
             listen,
-            online_deadline: Duration::from_millis(secs(
-                file.online_deadline_ms,
-                800,
+            // Within the gate's 1 s promise, whatever the uplink does.
+            online_deadline: Duration::from_millis(in_range(
+                file.online_deadline_ms.unwrap_or(800),
+                50,
+                900,
                 "online_deadline_ms",
             )?),
-            sync_interval: Duration::from_secs(secs(
-                file.sync_interval_secs,
-                5,
+            sync_interval: Duration::from_secs(in_range(
+                file.sync_interval_secs.unwrap_or(5),
+                1,
+                3600,
                 "sync_interval_secs",
             )?),
-            key_refresh: Duration::from_secs(secs(file.key_refresh_secs, 60, "key_refresh_secs")?),
-            upload_batch: file.upload_batch.unwrap_or(200).clamp(1, 500),
-            debounce: Duration::from_secs(file.debounce_secs.unwrap_or(3)),
-            shutdown_grace: Duration::from_secs(secs(
-                file.shutdown_grace_secs,
-                5,
+            key_refresh: Duration::from_secs(in_range(
+                file.key_refresh_secs.unwrap_or(60),
+                1,
+                86_400,
+                "key_refresh_secs",
+            )?),
+            upload_batch: in_range(file.upload_batch.unwrap_or(200), 1, 500, "upload_batch")?,
+            debounce: Duration::from_secs(in_range(
+                file.debounce_secs.unwrap_or(3),
+                1,
+                60,
+                "debounce_secs",
+            )?),
+            decision_clear: Duration::from_secs(in_range(
+                file.decision_clear_secs.unwrap_or(5),
+                1,
+                600,
+                "decision_clear_secs",
+            )?),
+            shutdown_grace: Duration::from_secs(in_range(
+                file.shutdown_grace_secs.unwrap_or(5),
+                1,
+                60,
                 "shutdown_grace_secs",
             )?),
             token_policy: stile_shared::TokenPolicy {
-                miniapp_ttl_secs: file.miniapp_ttl_secs.unwrap_or(1800),
-                clock_skew_secs: file.clock_skew_secs.unwrap_or(60),
+                miniapp_ttl_secs: in_range(
+                    file.miniapp_ttl_secs.unwrap_or(1800),
+                    1,
+                    86_400,
+                    "miniapp_ttl_secs",
+                )?,
+                clock_skew_secs: in_range(
+                    file.clock_skew_secs.unwrap_or(60),
+                    0,
+                    600,
+                    "clock_skew_secs",
+                )?,
             },
             decoders,
-            source: file.source.unwrap_or(SourceConfig::None),
-            offline: file.offline.unwrap_or_default(),
+            source,
+            offline,
             operator: file.operator,
         };
         Ok(config)
@@ -339,10 +499,59 @@ mod tests {
             (&format!("{MINIMAL}\ndecoders = [\"zxing\"]"), "config file"),
             (&format!("{MINIMAL}\nsurprise = 1"), "config file"),
             (&MINIMAL.replace("http://", "ftp://"), "central_url"),
+            // what a field technician typed (all accepted before)
+            (
+                &format!(
+                    "{MINIMAL}\n[source]\nkind = \"directory\"\npath = \"/tmp\"\nmode = \"wtach\""
+                ),
+                "wtach",
+            ),
+            (
+                &format!("{MINIMAL}\n[offline]\nmax_clock_offset_secs = -5"),
+                "offline.max_clock_offset_secs",
+            ),
+            (&format!("{MINIMAL}\ndebounce_secs = 0"), "debounce_secs"),
+            (&MINIMAL.replace("dev-secret-1", "x"), "device_secret"),
+            (
+                &MINIMAL.replace("http://127.0.0.1:8080/", "http://"),
+                "central_url",
+            ),
+            (
+                &MINIMAL.replace("http://127.0.0.1:8080/", "http:///x"),
+                "central_url",
+            ),
+            (
+                &MINIMAL.replace("\"GATE-EAST\"", "\"GATE EAST!\""),
+                "venue_code",
+            ),
+            (
+                &MINIMAL.replace("\"dev-east-1\"", "\"dev\\neast\""),
+                "device_id",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}\n[source]\nkind = \"directory\"\npath = \"/nonexistent/spool\""
+                ),
+                "source.path",
+            ),
+            (
+                &format!("{MINIMAL}\nonline_deadline_ms = 5000"),
+                "online_deadline_ms",
+            ),
+            (&format!("{MINIMAL}\nupload_batch = 0"), "upload_batch"),
+            (
+                &format!("{MINIMAL}\ndecision_clear_secs = 0"),
+                "decision_clear_secs",
+            ),
+            (
+                &format!("{MINIMAL}\nclock_skew_secs = -1"),
+                "clock_skew_secs",
+            ),
         ];
         for (text, name) in cases {
             let error = AgentConfig::parse(text, Vec::<(String, String)>::new()).expect_err(name);
             assert!(error.to_string().contains(name), "{text}: {error}");
+            assert!(!error.to_string().contains("dev-secret-1"), "{error}");
         }
     }
 }

@@ -42,7 +42,7 @@ fn open_source(config: &SourceConfig) -> Result<Option<Box<dyn FrameSource>>, St
             fps,
             looped,
         } => {
-            let source = if mode == "replay" {
+            let source = if *mode == crate::config::DirectoryMode::Replay {
                 DirectorySource::replay(path, *fps, *looped)
             } else {
                 DirectorySource::watch(path, Duration::from_millis(50))
@@ -125,11 +125,21 @@ pub async fn run(
             drop(codes_tx);
         }
     }
+    let probe = tokio::spawn(crate::uplink::probe_loop(gate.clone(), stopping_rx.clone()));
     let deciding = {
         let gate = gate.clone();
+        let mut stopping = stopping_rx.clone();
         tokio::spawn(async move {
-            while let Some(code) = codes_rx.recv().await {
-                gate.decide_code(&code).await;
+            loop {
+                // Stop between decisions: a decision that started is finished (the select
+                // only waits for the next code), and an idle gate stops at once.
+                let code = tokio::select! {
+                    code = codes_rx.recv() => code,
+                    _ = stopping.changed() => None,
+                };
+                let Some(code) = code else { return };
+                gate.decide_code(&code, crate::engine::Origin::Capture)
+                    .await;
             }
         })
     };
@@ -147,7 +157,9 @@ pub async fn run(
         tracing::warn!("shutdown grace period over with a decision still in flight");
     }
     let _ = tokio::time::timeout(grace, sync).await;
-    let _ = tokio::time::timeout(grace, server).await;
+    let _ = tokio::time::timeout(grace, probe).await;
+    // Open keep-alive connections (a status page in a browser) must not hold the stop.
+    let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
     watchdog.abort();
     Ok(())
 }

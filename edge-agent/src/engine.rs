@@ -1,56 +1,52 @@
 //! The gate's decision: what happens between a decoded code and the green or red light.
 //!
-//! 1. Debounce by meaning: the same (jti, function_code) seen again within a few seconds
-//!    re-shows the last decision (a code held in front of the camera).
-//! 2. Verify the token locally (keys from the central, pinned EdDSA), then the checks that
-//!    need no ticket (expiry, merchant): invalid or expired codes are decided here, with no
-//!    round trip.
-//! 3. A (jti, function_code) this device already accepted is blocked locally, online or not.
-//! 4. Online: `POST /venue/scan` with a fresh scan_id and a short deadline.
-//! 5. No answer: when the request may have been applied, ask the central for that scan_id;
-//!    failing that — and whenever the central is unreachable — decide offline with the same
-//!    shared decision function over the synced state, under the same scan_id, so the later
-//!    upload reconciles with whatever the central recorded. An offline acceptance is in
-//!    SQLite (synchronous) before the gate shows green; the offline policy can refuse
-//!    (`OFFLINE_UNVERIFIABLE`).
+//! [`Gate::decide_code`] runs the stages, each of which answers or hands on, then records
+//! and shows the outcome in one place:
+//! 1. Verify the token locally (keys from the central, pinned EdDSA). A token the gate has no
+//!    key for (no keys synced yet, or an unknown kid) is `OFFLINE_UNVERIFIABLE`, not invalid.
+//! 2. Debounce by meaning (capture frames only): the same (jti, function_code) seen again
+//!    within `debounce_secs` re-shows the last decision (a code held in front of the camera).
+//! 3. The operator session, then the checks that need no ticket (expiry, merchant).
+//! 4. A (jti, function_code) this device already accepted is blocked locally, online or not.
+//! 5. Online, only while the uplink is online or draining ([`crate::uplink`]): `POST
+//!    /venue/scan` with a fresh scan_id and a short deadline; when the request may have been
+//!    applied, a lookup by scan_id with what is left of [`DECISION_BUDGET`].
+//! 6. Offline: the same shared decision function over the synced state, under the same
+//!    scan_id, so the later upload reconciles with whatever the central recorded; the
+//!    offline policy can refuse (`OFFLINE_UNVERIFIABLE`).
+//!
+//! Recording: a decision the central made is shown as the central made it even when the
+//! store cannot record it (that is an alarm); a decision the gate made alone is shown only
+//! once it is in SQLite, and as `STORE_FAILED` when it could not be recorded.
 
 use crate::central::{CallError, Central, LinkSample};
 use crate::config::AgentConfig;
+pub use crate::metrics::{AgentMetrics, CaptureCounters};
+pub use crate::session::OperatorSession;
+use crate::session::{Display, Showing};
 use crate::store::{snapshot_for_decision, DecisionRecord, Mode, Store, StoreError};
+pub use crate::uplink::{LinkState, Uplink};
 use chrono::{SecondsFormat, Utc};
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use stile_shared::api::{ScanRequest, TicketView};
 use stile_shared::decision::{check_token, decide, Decision, DecisionInput};
 use stile_shared::token::{verify, JwkSet, QrClaims};
-use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, KeySet, Lang};
+use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, KeySet, Lang, TokenError};
 
-/// The operator logged in at this gate.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct OperatorSession {
-    #[serde(skip)]
-    pub token: String,
-    pub operator_id: i64,
-    pub username: String,
-    pub merchant_code: String,
-}
+/// The whole time a scan may take, the online attempt and the scan lookup included: the gate
+/// shows a decision within 1 s whatever the uplink does.
+pub const DECISION_BUDGET: Duration = Duration::from_millis(900);
 
-/// The uplink as the gate last saw it.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Uplink {
-    pub online: bool,
-    pub rtt_ms: Option<f64>,
-    pub last_ok_at: Option<String>,
-    pub last_error: Option<String>,
-    pub clock_offset_secs: Option<f64>,
+/// Where a code came from: frames of the capture pipeline are debounced (a code held in
+/// front of the camera is decided once); an explicit request (`POST /api/scan`) is decided
+/// every time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Capture,
+    Request,
 }
 
 /// A decision as the gate shows it.
@@ -62,6 +58,9 @@ pub struct GateDecision {
     pub mode: Mode,
     /// Masked (`TK-1***-1`): never a full ticket code on a screen or in a log.
     pub ticket: Option<String>,
+    /// The token's id, when it verified (never shown on the gate display).
+    #[serde(skip)]
+    pub jti: Option<String>,
     pub entitlements: Vec<stile_shared::api::EntitlementView>,
     pub function_code: String,
     pub decided_at: String,
@@ -76,86 +75,6 @@ impl GateDecision {
     }
 }
 
-/// Frame and decode counters, written by the capture threads.
-#[derive(Debug, Default)]
-pub struct CaptureCounters {
-    pub frames_seen: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub frames_decoded: AtomicU64,
-}
-
-/// The agent's Prometheus metrics.
-pub struct AgentMetrics {
-    registry: Registry,
-    latency: Histogram,
-    decisions: Family<Vec<(String, String)>, Counter>,
-    outbox_depth: Gauge,
-    oldest_unsynced_secs: Gauge,
-    clock_offset_ms: Gauge,
-    frames_seen: Gauge,
-    frames_decoded: Gauge,
-}
-
-impl std::fmt::Debug for AgentMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AgentMetrics")
-    }
-}
-
-impl AgentMetrics {
-    fn new() -> AgentMetrics {
-        let mut registry = Registry::with_prefix("stile_agent");
-        let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        registry.register(
-            "scan_to_decision_seconds",
-            "From a decoded code to the decision shown",
-            latency.clone(),
-        );
-        let decisions = Family::<Vec<(String, String)>, Counter>::default();
-        registry.register("decisions", "Decisions by code and mode", decisions.clone());
-        let outbox_depth = Gauge::default();
-        registry.register(
-            "outbox_depth",
-            "Offline acceptances waiting for upload",
-            outbox_depth.clone(),
-        );
-        let oldest_unsynced_secs = Gauge::default();
-        registry.register(
-            "oldest_unsynced_seconds",
-            "Age of the oldest offline acceptance not uploaded yet",
-            oldest_unsynced_secs.clone(),
-        );
-        let clock_offset_ms = Gauge::default();
-        registry.register(
-            "clock_offset_milliseconds",
-            "Central clock minus this device's clock",
-            clock_offset_ms.clone(),
-        );
-        let frames_seen = Gauge::default();
-        registry.register(
-            "frames_seen",
-            "Frames read from the source",
-            frames_seen.clone(),
-        );
-        let frames_decoded = Gauge::default();
-        registry.register(
-            "frames_decoded",
-            "Frames in which a code was decoded",
-            frames_decoded.clone(),
-        );
-        AgentMetrics {
-            registry,
-            latency,
-            decisions,
-            outbox_depth,
-            oldest_unsynced_secs,
-            clock_offset_ms,
-            frames_seen,
-            frames_decoded,
-        }
-    }
-}
-
 /// Everything the gate knows and does.
 pub struct Gate {
     pub config: AgentConfig,
@@ -166,7 +85,10 @@ pub struct Gate {
     function_code: RwLock<FunctionCode>,
     uplink: Mutex<Uplink>,
     debounce: Mutex<HashMap<(String, String), (Instant, GateDecision)>>,
-    last_decision: Mutex<Option<GateDecision>>,
+    display: Mutex<Display>,
+    /// The last failure to write the store, while it lasts (an alarm: status page,
+    /// `/readyz`, journal, `/metrics`).
+    store_alarm: Mutex<Option<String>>,
     pub capture: CaptureCounters,
     pub metrics: AgentMetrics,
     pub started_at: Instant,
@@ -174,6 +96,8 @@ pub struct Gate {
     pub source_error: Mutex<Option<String>>,
     /// The decoder cascade of the capture pipeline, for its counters.
     pub decoder: std::sync::OnceLock<Arc<crate::decode::Cascade>>,
+    /// Wakes the sync loop at once (the uplink came back, a token named an unknown kid).
+    pub sync_now: tokio::sync::Notify,
     /// Set when the operator logged out at the gate: the configured operator is then not
     /// logged back in by the sync loop until someone logs in again.
     logged_out: std::sync::atomic::AtomicBool,
@@ -213,6 +137,56 @@ pub fn mask_ticket_code(code: &str) -> String {
     format!("{start}***{end}")
 }
 
+/// What a stage of the pipeline decided, before it is recorded and shown.
+#[derive(Debug)]
+struct Outcome {
+    code: ApiCode,
+    mode: Mode,
+    /// The ticket code (masked only when shown).
+    ticket: Option<String>,
+    entitlements: Vec<stile_shared::api::EntitlementView>,
+    claims: Option<QrClaims>,
+    /// The token, kept for upload (offline acceptances only).
+    upload_token: Option<String>,
+    operator_id: Option<i64>,
+}
+
+impl Outcome {
+    fn local(code: ApiCode) -> Outcome {
+        Outcome {
+            code,
+            mode: Mode::Local,
+            ticket: None,
+            entitlements: Vec::new(),
+            claims: None,
+            upload_token: None,
+            operator_id: None,
+        }
+    }
+
+    fn about(mut self, claims: &QrClaims, operator_id: Option<i64>) -> Outcome {
+        self.claims = Some(claims.clone());
+        self.operator_id = operator_id;
+        self
+    }
+
+    fn showing_ticket(mut self, claims: &QrClaims) -> Outcome {
+        self.ticket = Some(claims.tid.clone());
+        self
+    }
+
+    fn in_mode(mut self, mode: Mode) -> Outcome {
+        self.mode = mode;
+        self
+    }
+}
+
+/// The first stages' answer: a decision to record, or the debounce's re-shown one.
+enum Staged {
+    Decided(Outcome),
+    Repeat(GateDecision),
+}
+
 impl Gate {
     pub fn open(config: AgentConfig) -> Result<Gate, GateError> {
         let store = Store::open(&config.database_path())?;
@@ -232,13 +206,15 @@ impl Gate {
             session: RwLock::new(None),
             uplink: Mutex::new(Uplink::default()),
             debounce: Mutex::new(HashMap::new()),
-            last_decision: Mutex::new(None),
+            display: Mutex::new(Display::default()),
+            store_alarm: Mutex::new(None),
             capture: CaptureCounters::default(),
             metrics: AgentMetrics::new(),
             started_at: Instant::now(),
             source: Mutex::new(None),
             source_error: Mutex::new(None),
             decoder: std::sync::OnceLock::new(),
+            sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -277,10 +253,14 @@ impl Gate {
         }
     }
 
-    /// The operator logged out at the gate (stays out until someone logs in).
+    /// The operator logged out at the gate (stays out until someone logs in); the last
+    /// decision is no longer shown.
     pub fn log_out(&self) {
         self.logged_out.store(true, Ordering::SeqCst);
         self.set_session(None);
+        if let Ok(mut display) = self.display.lock() {
+            display.clear();
+        }
     }
 
     /// An operator logged in at the gate.
@@ -306,8 +286,48 @@ impl Gate {
         self.uplink.lock().map(|u| u.clone()).unwrap_or_default()
     }
 
+    /// The last decision recorded or shown (also after it cleared from the display).
     pub fn last_decision(&self) -> Option<GateDecision> {
-        self.last_decision.lock().ok().and_then(|d| d.clone())
+        self.display
+            .lock()
+            .ok()
+            .and_then(|display| display.last().cloned())
+    }
+
+    /// What the gate display shows now.
+    pub fn showing(&self) -> Showing {
+        let logged_in = self.session().is_some();
+        self.display
+            .lock()
+            .map(|display| display.showing(logged_in, self.config.decision_clear))
+            .unwrap_or(Showing::Waiting)
+    }
+
+    /// The store's last write failure, while no write has succeeded since.
+    pub fn store_alarm(&self) -> Option<String> {
+        self.store_alarm.lock().ok().and_then(|alarm| alarm.clone())
+    }
+
+    fn store_result<T>(&self, result: &Result<T, StoreError>) {
+        let Ok(mut alarm) = self.store_alarm.lock() else {
+            return;
+        };
+        match result {
+            Ok(_) => {
+                if alarm.take().is_some() {
+                    tracing::info!(device = %self.config.device_id, "store writes work again");
+                }
+            }
+            Err(error) => {
+                self.metrics.store_failures.inc();
+                tracing::error!(
+                    error = %error,
+                    device = %self.config.device_id,
+                    "ALARM: the store cannot record decisions"
+                );
+                *alarm = Some(error.to_string());
+            }
+        }
     }
 
     pub fn jwks(&self) -> JwkSet {
@@ -336,30 +356,49 @@ impl Gate {
         Ok(())
     }
 
-    /// Notes a successful exchange with the central.
-    pub fn link_ok(&self, sample: Option<LinkSample>) {
+    fn update_uplink(&self, change: impl FnOnce(&mut Uplink)) {
         if let Ok(mut uplink) = self.uplink.lock() {
-            uplink.online = true;
-            uplink.last_ok_at = Some(now_rfc3339());
-            uplink.last_error = None;
-            if let Some(sample) = sample {
-                uplink.rtt_ms = Some(sample.rtt.as_secs_f64() * 1000.0);
-                if let Some(offset) = sample.clock_offset_secs {
-                    uplink.clock_offset_secs = Some(offset);
-                    self.metrics.clock_offset_ms.set((offset * 1000.0) as i64);
-                }
+            let before = uplink.state;
+            change(&mut uplink);
+            if let Some(offset) = uplink.clock_offset_secs {
+                self.metrics.clock_offset_ms.set((offset * 1000.0) as i64);
+            }
+            if before != uplink.state {
+                tracing::info!(
+                    device = %self.config.device_id,
+                    from = before.as_str(),
+                    to = uplink.state.as_str(),
+                    reason = uplink.last_error.as_deref().unwrap_or("-"),
+                    "uplink state changed"
+                );
+            }
+            for state in [
+                LinkState::Online,
+                LinkState::Suspect,
+                LinkState::Offline,
+                LinkState::Draining,
+            ] {
+                self.metrics
+                    .uplink_state
+                    .get_or_create(&vec![("state".to_owned(), state.as_str().to_owned())])
+                    .set(i64::from(state == uplink.state));
             }
         }
     }
 
+    /// Notes a successful exchange with the central.
+    pub fn link_ok(&self, sample: Option<LinkSample>) {
+        self.update_uplink(|uplink| uplink.ok(sample));
+    }
+
     /// Notes a failed exchange.
     pub fn link_failed(&self, error: &CallError) {
-        if let Ok(mut uplink) = self.uplink.lock() {
-            if error.is_uplink_failure() {
-                uplink.online = false;
-            }
-            uplink.last_error = Some(error.to_string());
-        }
+        self.update_uplink(|uplink| uplink.failed(error));
+    }
+
+    /// The upload queue started or finished draining.
+    pub fn set_draining(&self, draining: bool) {
+        self.update_uplink(|uplink| uplink.set_draining(draining));
     }
 
     /// Logs the configured operator in when nobody is.
@@ -381,75 +420,112 @@ impl Gate {
         Ok(())
     }
 
-    /// Decides one decoded code, end to end.
-    pub async fn decide_code(self: &Arc<Self>, text: &str) -> GateDecision {
+    /// Decides one decoded code, end to end: the stages decide, then the one place below
+    /// records and shows the result.
+    pub async fn decide_code(self: &Arc<Self>, text: &str, origin: Origin) -> GateDecision {
         let started = Instant::now();
+        if let Ok(mut display) = self.display.lock() {
+            display.checking();
+        }
         let function_code = self.function_code();
-        let decision = match self.decide_inner(text, &function_code, started).await {
-            Ok(decision) => decision,
+        let scan_id = uuid::Uuid::new_v4().to_string();
+        let staged = self
+            .decide_stages(text, &function_code, &scan_id, origin, started)
+            .await;
+        let decision = match staged {
+            Ok(Staged::Repeat(decision)) => decision,
+            Ok(Staged::Decided(outcome)) => {
+                self.record_and_show(outcome, scan_id, &function_code, text, started)
+                    .await
+            }
             Err(error) => {
-                // The store failed: nothing durable, so nothing green.
-                tracing::error!(error = %error, device = %self.config.device_id, "decision not recorded");
+                // A store read failed: nothing can be decided offline, nothing is green.
+                self.store_result::<()>(&Err(error));
                 self.shown(
-                    uuid::Uuid::new_v4().to_string(),
-                    ApiCode::OfflineUnverifiable,
-                    Mode::Local,
-                    None,
-                    Vec::new(),
+                    scan_id,
+                    &Outcome::local(ApiCode::StoreFailed),
                     &function_code,
                     started,
                 )
             }
         };
-        let mut decision = decision;
-        if !decision.repeated {
-            // From the code to the decision committed (the stored record cannot include its
-            // own commit; the returned decision and the histogram do).
-            decision.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-            self.metrics.latency.observe(decision.latency_ms / 1000.0);
-            self.metrics
-                .decisions
-                .get_or_create(&vec![
-                    ("code".to_owned(), decision.code.as_str().to_owned()),
-                    (
-                        "mode".to_owned(),
-                        format!("{:?}", decision.mode).to_lowercase(),
-                    ),
-                ])
-                .inc();
-            tracing::info!(
-                decision = decision.code.as_str(),
-                mode = ?decision.mode,
-                latency_ms = decision.latency_ms,
-                device = %self.config.device_id,
-                ticket = decision.ticket.as_deref().unwrap_or("-"),
-                "scan decided"
-            );
+        if origin == Origin::Capture && !decision.repeated {
+            if let Some(jti) = &decision.jti {
+                if let Ok(mut debounce) = self.debounce.lock() {
+                    debounce.retain(|_, (at, _)| at.elapsed() < self.config.debounce);
+                    debounce.insert(
+                        (jti.clone(), function_code.to_string()),
+                        (Instant::now(), decision.clone()),
+                    );
+                }
+            }
         }
-        if let Ok(mut last) = self.last_decision.lock() {
-            *last = Some(decision.clone());
+        if let Ok(mut display) = self.display.lock() {
+            display.decided(decision.clone());
         }
         decision
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records the outcome, then shows it. A decision the central made is shown as the
+    /// central made it, whether or not the store took it (the failure is an alarm); one this
+    /// gate made alone is shown only once it is durable, so nothing is green offline unless
+    /// it was recorded first.
+    async fn record_and_show(
+        self: &Arc<Self>,
+        outcome: Outcome,
+        scan_id: String,
+        function_code: &FunctionCode,
+        text: &str,
+        started: Instant,
+    ) -> GateDecision {
+        let mut decision = self.shown(scan_id, &outcome, function_code, started);
+        let recorded = self.record(&decision, &outcome).await;
+        self.store_result(&recorded);
+        if recorded.is_err() && decision.mode != Mode::Online {
+            let refused = Outcome {
+                code: ApiCode::StoreFailed,
+                ..outcome
+            };
+            decision = self.shown(decision.scan_id.clone(), &refused, function_code, started);
+        }
+        // From the code to the decision committed (the stored record cannot include its own
+        // commit; the returned decision and the histogram do).
+        decision.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.latency.observe(decision.latency_ms / 1000.0);
+        self.metrics
+            .decisions
+            .get_or_create(&vec![
+                ("code".to_owned(), decision.code.as_str().to_owned()),
+                ("mode".to_owned(), decision.mode.as_str().to_owned()),
+            ])
+            .inc();
+        tracing::info!(
+            decision = decision.code.as_str(),
+            mode = decision.mode.as_str(),
+            latency_ms = decision.latency_ms,
+            device = %self.config.device_id,
+            ticket = decision.ticket.as_deref().unwrap_or("-"),
+            chars = text.len(),
+            "scan decided"
+        );
+        decision
+    }
+
     fn shown(
         &self,
         scan_id: String,
-        code: ApiCode,
-        mode: Mode,
-        ticket: Option<&str>,
-        entitlements: Vec<stile_shared::api::EntitlementView>,
+        outcome: &Outcome,
         function_code: &FunctionCode,
         started: Instant,
     ) -> GateDecision {
         GateDecision {
             scan_id,
-            code,
-            message: code.message(Lang::ZhCn).to_owned(),
-            mode,
-            ticket: ticket.map(mask_ticket_code),
-            entitlements,
+            code: outcome.code,
+            message: outcome.code.message(Lang::ZhCn).to_owned(),
+            mode: outcome.mode,
+            ticket: outcome.ticket.as_deref().map(mask_ticket_code),
+            jti: outcome.claims.as_ref().map(|c| c.jti.to_string()),
+            entitlements: outcome.entitlements.clone(),
             function_code: function_code.to_string(),
             decided_at: now_rfc3339(),
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -460,11 +536,10 @@ impl Gate {
     async fn record(
         self: &Arc<Self>,
         decision: &GateDecision,
-        claims: Option<&QrClaims>,
-        qr_token: Option<&str>,
-        operator_id: Option<i64>,
+        outcome: &Outcome,
     ) -> Result<(), StoreError> {
         let upload = decision.mode == Mode::Offline && decision.code == ApiCode::Success;
+        let claims = outcome.claims.as_ref();
         let record = DecisionRecord {
             scan_id: decision.scan_id.clone(),
             jti: claims.map(|c| c.jti.to_string()),
@@ -474,147 +549,124 @@ impl Gate {
             mode: decision.mode,
             decided_at: decision.decided_at.clone(),
             latency_ms: decision.latency_ms,
-            qr_token: upload.then(|| qr_token.unwrap_or_default().to_owned()),
-            operator_id,
+            qr_token: upload.then(|| outcome.upload_token.clone().unwrap_or_default()),
+            operator_id: outcome.operator_id,
             upload_state: upload.then(|| "pending".to_owned()),
             upload_code: None,
         };
         self.with_store(move |store| store.record(&record)).await
     }
 
-    async fn decide_inner(
+    /// Verify → debounce → session → token checks → local block → online → lookup →
+    /// offline. Each stage either answers or hands on.
+    async fn decide_stages(
         self: &Arc<Self>,
         text: &str,
         function_code: &FunctionCode,
+        scan_id: &str,
+        origin: Origin,
         started: Instant,
-    ) -> Result<GateDecision, StoreError> {
-        let scan_id = uuid::Uuid::new_v4().to_string();
+    ) -> Result<Staged, StoreError> {
         let keys = self.keys.read().map(|k| k.0.clone()).unwrap_or_default();
-        let verified = match verify(text.trim(), &keys) {
-            Ok(verified) => verified,
-            Err(_) => {
-                let decision = self.shown(
-                    scan_id,
-                    ApiCode::InvalidQr,
-                    Mode::Local,
-                    None,
-                    Vec::new(),
-                    function_code,
-                    started,
-                );
-                self.record(&decision, None, None, None).await?;
-                return Ok(decision);
+        let token = text.trim();
+        // (With no keys at all, every well-formed token names an unknown kid.)
+        let claims = match verify(token, &keys) {
+            Ok(verified) => verified.claims,
+            Err(error) => {
+                // Without the key that signed it the gate cannot tell a good code from a bad
+                // one: it says so instead of calling it invalid, and fetches the keys.
+                if matches!(error, TokenError::UnknownKid) {
+                    self.sync_now.notify_one();
+                    return Ok(Staged::Decided(Outcome::local(
+                        ApiCode::OfflineUnverifiable,
+                    )));
+                }
+                return Ok(Staged::Decided(Outcome::local(ApiCode::InvalidQr)));
             }
         };
-        let claims = verified.claims;
-        let debounce_key = (claims.jti.to_string(), function_code.to_string());
-        if let Some(previous) = self.debounced(&debounce_key) {
-            return Ok(previous);
+        if origin == Origin::Capture {
+            let key = (claims.jti.to_string(), function_code.to_string());
+            if let Some(previous) = self.debounced(&key) {
+                return Ok(Staged::Repeat(previous));
+            }
         }
-        let decision = self
-            .decide_verified(text.trim(), &claims, function_code, scan_id, started)
-            .await?;
-        if let Ok(mut debounce) = self.debounce.lock() {
-            debounce.retain(|_, (at, _)| at.elapsed() < self.config.debounce);
-            debounce.insert(debounce_key, (Instant::now(), decision.clone()));
-        }
-        Ok(decision)
-    }
-
-    fn debounced(&self, key: &(String, String)) -> Option<GateDecision> {
-        let debounce = self.debounce.lock().ok()?;
-        let (at, decision) = debounce.get(key)?;
-        (at.elapsed() < self.config.debounce).then(|| GateDecision {
-            repeated: true,
-            ..decision.clone()
-        })
-    }
-
-    async fn decide_verified(
-        self: &Arc<Self>,
-        token: &str,
-        claims: &QrClaims,
-        function_code: &FunctionCode,
-        scan_id: String,
-        started: Instant,
-    ) -> Result<GateDecision, StoreError> {
         let Some(session) = self.session() else {
-            let decision = self.shown(
-                scan_id,
-                ApiCode::Unauthorized,
-                Mode::Local,
-                Some(&claims.tid),
-                Vec::new(),
-                function_code,
-                started,
-            );
-            self.record(&decision, Some(claims), None, None).await?;
-            return Ok(decision);
+            return Ok(Staged::Decided(
+                Outcome::local(ApiCode::Unauthorized)
+                    .about(&claims, None)
+                    .showing_ticket(&claims),
+            ));
         };
+        let operator = Some(session.operator_id);
         let now = self.trusted_now();
         if let Err(code) = check_token(
-            claims,
+            &claims,
             &session.merchant_code,
             now,
             self.config.token_policy,
         ) {
-            let decision = self.shown(
-                scan_id,
-                code.into(),
-                Mode::Local,
-                None,
-                Vec::new(),
-                function_code,
-                started,
-            );
-            self.record(&decision, Some(claims), None, Some(session.operator_id))
-                .await?;
-            return Ok(decision);
+            return Ok(Staged::Decided(
+                Outcome::local(code.into()).about(&claims, operator),
+            ));
         }
         let (jti, function) = (claims.jti.to_string(), function_code.to_string());
         if self
             .with_store(move |store| store.is_accepted(&jti, &function))
             .await?
         {
-            let decision = self.shown(
-                scan_id,
-                ApiCode::AlreadyRedeemed,
-                Mode::Local,
-                Some(&claims.tid),
-                Vec::new(),
-                function_code,
-                started,
-            );
-            self.record(&decision, Some(claims), None, Some(session.operator_id))
-                .await?;
-            return Ok(decision);
+            return Ok(Staged::Decided(
+                Outcome::local(ApiCode::AlreadyRedeemed)
+                    .about(&claims, operator)
+                    .showing_ticket(&claims),
+            ));
         }
+        if self.uplink().state.try_online() {
+            if let Some(outcome) = self
+                .decide_online(token, &claims, function_code, &session, scan_id, started)
+                .await
+            {
+                return Ok(Staged::Decided(outcome));
+            }
+        }
+        self.decide_offline(token, &claims, function_code, &session)
+            .await
+            .map(Staged::Decided)
+    }
 
+    /// The central decides, within the deadline; `None` when the uplink failed (decide
+    /// offline). When the request may have been applied, the scan is looked up by its
+    /// scan_id with what is left of the decision budget.
+    async fn decide_online(
+        self: &Arc<Self>,
+        token: &str,
+        claims: &QrClaims,
+        function_code: &FunctionCode,
+        session: &OperatorSession,
+        scan_id: &str,
+        started: Instant,
+    ) -> Option<Outcome> {
         let request = ScanRequest {
             qr_token: token.to_owned(),
             function_code: function_code.clone(),
             venue_code: self.config.venue_code.clone(),
             device_id: self.config.device_id.clone(),
-            scan_id: Some(scan_id.clone()),
+            scan_id: Some(scan_id.to_owned()),
         };
-        let online = self
+        let operator = Some(session.operator_id);
+        let answer = match self
             .central
             .scan(&session.token, &request, self.config.online_deadline)
-            .await;
-        let online = match online {
+            .await
+        {
             Ok((answer, sample)) => {
                 self.link_ok(Some(sample));
                 Ok(answer)
             }
             Err(error) => {
                 self.link_failed(&error);
-                if error.outcome_unknown() {
-                    // The scan may have been applied: ask for it by its scan_id.
-                    match self
-                        .central
-                        .scan_by_id(&session.token, &scan_id, self.config.online_deadline)
-                        .await
-                    {
+                let left = DECISION_BUDGET.saturating_sub(started.elapsed());
+                if error.outcome_unknown() && left >= Duration::from_millis(50) {
+                    match self.central.scan_by_id(&session.token, scan_id, left).await {
                         Ok(Some(answer)) => {
                             self.link_ok(None);
                             Ok(answer)
@@ -626,62 +678,32 @@ impl Gate {
                 }
             }
         };
-        match online {
+        let online = |code: ApiCode| {
+            Outcome::local(code)
+                .in_mode(Mode::Online)
+                .about(claims, operator)
+                .showing_ticket(claims)
+        };
+        match answer {
             Ok(answer) => {
-                let code: ApiCode = answer.code.into();
-                let entitlements = answer
+                let mut outcome = online(answer.code.into());
+                outcome.entitlements = answer
                     .ticket
                     .map(|t: TicketView| t.entitlements)
                     .unwrap_or_default();
-                let decision = self.shown(
-                    scan_id,
-                    code,
-                    Mode::Online,
-                    Some(&claims.tid),
-                    entitlements,
-                    function_code,
-                    started,
-                );
-                self.record(&decision, Some(claims), None, Some(session.operator_id))
-                    .await?;
-                Ok(decision)
+                Some(outcome)
             }
             Err(CallError::Unauthorized) => {
                 self.set_session(None);
-                let decision = self.shown(
-                    scan_id,
-                    ApiCode::Unauthorized,
-                    Mode::Online,
-                    Some(&claims.tid),
-                    Vec::new(),
-                    function_code,
-                    started,
-                );
-                self.record(&decision, Some(claims), None, Some(session.operator_id))
-                    .await?;
-                Ok(decision)
+                Some(online(ApiCode::Unauthorized))
             }
             Err(error) if !error.is_uplink_failure() => {
                 // The central refused the request itself (e.g. this device is not bound to
                 // the venue): a configuration problem, shown as such.
                 tracing::warn!(error = %error, device = %self.config.device_id, "central refused the scan request");
-                let decision = self.shown(
-                    scan_id,
-                    ApiCode::Forbidden,
-                    Mode::Online,
-                    Some(&claims.tid),
-                    Vec::new(),
-                    function_code,
-                    started,
-                );
-                self.record(&decision, Some(claims), None, Some(session.operator_id))
-                    .await?;
-                Ok(decision)
+                Some(online(ApiCode::Forbidden))
             }
-            Err(_) => {
-                self.decide_offline(token, claims, function_code, &session, scan_id, started)
-                    .await
-            }
+            Err(_) => None,
         }
     }
 
@@ -697,9 +719,7 @@ impl Gate {
         claims: &QrClaims,
         function_code: &FunctionCode,
         session: &OperatorSession,
-        scan_id: String,
-        started: Instant,
-    ) -> Result<GateDecision, StoreError> {
+    ) -> Result<Outcome, StoreError> {
         let (ticket_code, function) = (claims.tid.clone(), function_code.to_string());
         let (ticket, unsynced, last_sync) = self
             .with_store(move |store| {
@@ -710,6 +730,13 @@ impl Gate {
                 ))
             })
             .await?;
+        let operator = Some(session.operator_id);
+        let offline = |code: ApiCode| {
+            Outcome::local(code)
+                .in_mode(Mode::Offline)
+                .about(claims, operator)
+                .showing_ticket(claims)
+        };
         let policy = &self.config.offline;
         let state_age = last_sync
             .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
@@ -725,18 +752,7 @@ impl Gate {
         let fresh =
             state_age.is_some_and(|age| age >= 0 && age as u64 <= policy.max_state_age_secs);
         let Some(ticket) = ticket.filter(|_| fresh && clock_trusted && channel_allowed) else {
-            let decision = self.shown(
-                scan_id,
-                ApiCode::OfflineUnverifiable,
-                Mode::Offline,
-                Some(&claims.tid),
-                Vec::new(),
-                function_code,
-                started,
-            );
-            self.record(&decision, Some(claims), None, Some(session.operator_id))
-                .await?;
-            return Ok(decision);
+            return Ok(offline(ApiCode::OfflineUnverifiable));
         };
         let snapshot = snapshot_for_decision(&ticket, function_code, unsynced);
         let redeemed = if ticket.current_jti.as_ref() == Some(&claims.jti) {
@@ -757,34 +773,29 @@ impl Gate {
             Decision::Redeem { .. } => DecisionCode::Success.into(),
             Decision::Reject(code) => code.into(),
         };
-        let mut entitlements = ticket.entitlements.clone();
+        let mut outcome = offline(code);
+        outcome.entitlements = ticket.entitlements.clone();
         if code == ApiCode::Success {
-            for entitlement in entitlements
+            for entitlement in outcome
+                .entitlements
                 .iter_mut()
                 .filter(|e| &e.function_code == function_code)
             {
                 entitlement.remaining_uses =
                     (i64::from(entitlement.remaining_uses) - unsynced - 1).max(0) as i32;
             }
+            outcome.upload_token = Some(token.to_owned());
         }
-        let decision = self.shown(
-            scan_id,
-            code,
-            Mode::Offline,
-            Some(&claims.tid),
-            entitlements,
-            function_code,
-            started,
-        );
-        // Durable before the gate shows it: recorded (and queued) first, returned after.
-        self.record(
-            &decision,
-            Some(claims),
-            Some(token),
-            Some(session.operator_id),
-        )
-        .await?;
-        Ok(decision)
+        Ok(outcome)
+    }
+
+    fn debounced(&self, key: &(String, String)) -> Option<GateDecision> {
+        let debounce = self.debounce.lock().ok()?;
+        let (at, decision) = debounce.get(key)?;
+        (at.elapsed() < self.config.debounce).then(|| GateDecision {
+            repeated: true,
+            ..decision.clone()
+        })
     }
 
     /// Refreshes the gauges and renders the metrics.
@@ -803,9 +814,7 @@ impl Gate {
         self.metrics
             .frames_decoded
             .set(self.capture.frames_decoded.load(Ordering::Relaxed) as i64);
-        let mut text = String::new();
-        let _ = encode(&mut text, &self.metrics.registry);
-        text
+        self.metrics.encode()
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Layout: [`config`] (settings), [`frames`] (frame sources), [`decode`] (QR decoders),
 //! [`store`] (the SQLite store), [`central`] (the central server's API), [`engine`] (the
-//! decision: local checks, online, offline), [`sync`] (keys, ticket feed, uploads),
+//! decision: local checks, online, offline), [`session`] (the operator and what the gate
+//! display shows), [`uplink`] (link states and the probe), [`metrics`], [`sync`] (keys,
+//! ticket feed, uploads),
 //! [`status`] (the technician's status page, the gate display, metrics), [`daemon`] (wiring
 //! and lifecycle).
 
@@ -16,6 +18,9 @@ pub mod daemon;
 pub mod decode;
 pub mod engine;
 pub mod frames;
+pub mod metrics;
+pub mod session;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod uplink;

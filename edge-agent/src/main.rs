@@ -126,8 +126,8 @@ fn status(url: &str) -> anyhow::Result<()> {
     );
     println!("function      {}", get("/function_code"));
     println!(
-        "uplink        online={} rtt_ms={} clock_offset_s={}",
-        get("/uplink/online"),
+        "uplink        {} rtt_ms={} clock_offset_s={}",
+        get("/uplink/state"),
         get("/uplink/rtt_ms"),
         get("/uplink/clock_offset_secs")
     );

@@ -27,7 +27,11 @@ pub struct StatusReport {
     pub camera: CameraReport,
     pub decoders: Vec<crate::decode::DecoderStats>,
     pub last_decisions: Vec<DecisionLine>,
-    pub uplink: crate::engine::Uplink,
+    pub uplink: crate::uplink::Uplink,
+    /// The store's last write failure, while it lasts.
+    pub store_alarm: Option<String>,
+    /// What the gate display shows now.
+    pub showing: crate::session::Showing,
     pub last_sync_at: Option<String>,
     pub last_sync_age_secs: Option<i64>,
     pub synced_tickets: i64,
@@ -140,6 +144,8 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
         decoders: gate.decoder_stats(),
         last_decisions: recent.iter().map(DecisionLine::from).collect(),
         uplink: gate.uplink(),
+        store_alarm: gate.store_alarm(),
+        showing: gate.showing(),
         last_sync_age_secs: age_secs(last_sync.as_deref()),
         last_sync_at: last_sync,
         synced_tickets: tickets,
@@ -193,7 +199,10 @@ struct ScanBody {
 
 /// Decides a code given over HTTP (a scan engine on another process, tests, the demo).
 async fn api_scan(State(gate): State<Arc<Gate>>, Json(body): Json<ScanBody>) -> Json<GateDecision> {
-    Json(gate.decide_code(&body.code).await)
+    Json(
+        gate.decide_code(&body.code, crate::engine::Origin::Request)
+            .await,
+    )
 }
 
 async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
@@ -212,13 +221,14 @@ async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
 }
 
 async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
-    let store_ok = gate.with_store(|store| store.queue_state()).await.is_ok();
+    let alarm = gate.store_alarm();
+    let store_ok = gate.with_store(|store| store.queue_state()).await.is_ok() && alarm.is_none();
     if store_ok && gate.has_keys() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "not ready", "store": store_ok, "keys": gate.has_keys()})),
+            Json(serde_json::json!({"status": "not ready", "store": store_ok, "store_error": alarm, "keys": gate.has_keys()})),
         )
             .into_response()
     }
@@ -246,7 +256,7 @@ async fn gate_login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) 
             // Wrong credentials and a throttled username are the operator's to fix; anything
             // else is the network's.
             let reason = match &error {
-                crate::central::CallError::Unauthorized => "login",
+                crate::central::CallError::BadCredentials => "login",
                 crate::central::CallError::Refused { status: 429, .. } => "throttled",
                 error if error.is_uplink_failure() => "uplink",
                 _ => "login",
@@ -276,6 +286,15 @@ async fn gate_function(State(gate): State<Arc<Gate>>, Form(form): Form<FunctionF
     }
 }
 
+/// A latency as staff read it: sub-millisecond decisions are not "0.0 ms".
+fn latency(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
 /// Escapes text for HTML.
 pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -295,6 +314,13 @@ const STYLE: &str = "body{font-family:system-ui,'Noto Sans CJK SC',sans-serif;ma
 table{border-collapse:collapse;width:100%;background:#fff}td,th{border-bottom:1px solid #e3e6ea;padding:.35em .6em;text-align:left;font-size:14px}\
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:12px}.card{background:#fff;border-radius:8px;padding:12px;box-shadow:0 1px 2px #0002}\
 .ok{color:#137333;font-weight:600}.bad{color:#c5221f;font-weight:600}.warn{color:#b06000;font-weight:600}h1{font-size:20px}h2{font-size:15px;margin:.2em 0 .5em}";
+
+/// An offline acceptance the central did not take: never shown like a plain success.
+fn is_conflict(line: &DecisionLine) -> bool {
+    line.upload
+        .as_deref()
+        .is_some_and(|upload| upload.starts_with("conflict"))
+}
 
 async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
     let report = match report(&gate).await {
@@ -330,15 +356,19 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
             .iter()
             .map(|d| {
                 format!(
-                    "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} ms</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     escape(&d.decided_at),
-                    if d.code == "SUCCESS" { "ok" } else { "bad" },
-                    escape(&d.code),
+                    if is_conflict(d) { "warn" } else if d.code == "SUCCESS" { "ok" } else { "bad" },
+                    if is_conflict(d) {
+                        format!("CONFLICT (offline {})", escape(&d.code))
+                    } else {
+                        escape(&d.code)
+                    },
                     escape(&d.message),
                     or_dash(d.ticket.as_ref()),
                     escape(&d.function_code),
                     d.mode.as_str(),
-                    d.latency_ms,
+                    latency(d.latency_ms),
                     or_dash(d.upload.as_ref()),
                 )
             })
@@ -348,6 +378,7 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         "<!doctype html><html lang=zh-CN><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
 <title>Stile gate {device} status</title><style>{STYLE}</style></head><body>\
 <h1>Stile gate <b id=device>{device}</b> at <b id=venue>{venue}</b> — edge-agent {version}, up {uptime} s</h1>\
+<div class=card id=store>store {store}</div>\
 <div class=grid>\
 <div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div>{decoders}</div>\
 <div class=card><h2>Uplink</h2><div id=uplink>{uplink}</div><div>round trip {rtt}</div><div>last ok {last_ok}</div><div>last error {last_error}</div></div>\
@@ -359,6 +390,10 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
 </body></html>",
         device = escape(&report.device_id),
         venue = escape(&report.venue_code),
+        store = match &report.store_alarm {
+            None => flag(true, "writes ok", ""),
+            Some(error) => flag(false, "", &format!("ALARM: decisions cannot be recorded: {}", escape(error))),
+        },
         version = report.version,
         uptime = report.uptime_secs,
         frames = report.camera.frames_seen,
@@ -376,7 +411,15 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
                 if d.attempts == 0 { 0.0 } else { d.total_micros as f64 / d.attempts as f64 / 1000.0 }
             ))
             .collect::<String>(),
-        uplink = flag(report.uplink.online, "online", "offline"),
+        uplink = match report.uplink.state {
+            crate::uplink::LinkState::Online => "<span class=ok>online</span>".to_owned(),
+            crate::uplink::LinkState::Draining => "<span class=warn>draining (uploading offline acceptances)</span>".to_owned(),
+            state => format!(
+                "<span class=bad>{}</span> since {}",
+                state.as_str(),
+                or_dash(report.uplink.down_since.as_ref())
+            ),
+        },
         rtt = or_dash(report.uplink.rtt_ms.map(|ms| format!("{ms:.1} ms"))),
         last_ok = or_dash(report.uplink.last_ok_at.as_ref()),
         last_error = or_dash(report.uplink.last_error.as_ref()),
@@ -406,9 +449,11 @@ async fn gate_page(
     State(gate): State<Arc<Gate>>,
     axum::extract::Query(query): axum::extract::Query<GateQuery>,
 ) -> Html<String> {
-    let last = gate.last_decision();
-    let (color, headline, detail) = match &last {
-        Some(decision) => (
+    use crate::session::Showing;
+    let showing = gate.showing();
+    let (state, color, headline, detail, entitlements) = match &showing {
+        Showing::Decided { decision } => (
+            if decision.is_green() { "green" } else { "red" },
             if decision.is_green() {
                 "#1e8e3e"
             } else {
@@ -421,13 +466,8 @@ async fn gate_page(
                 or_dash(decision.ticket.as_ref()),
                 escape(&decision.decided_at)
             ),
-        ),
-        None => ("#5f6368", "等待扫码".to_owned(), String::new()),
-    };
-    let entitlements: String = last
-        .as_ref()
-        .map(|d| {
-            d.entitlements
+            decision
+                .entitlements
                 .iter()
                 .map(|e| {
                     format!(
@@ -438,9 +478,30 @@ async fn gate_page(
                         e.total_uses
                     )
                 })
-                .collect()
-        })
-        .unwrap_or_default();
+                .collect::<String>(),
+        ),
+        Showing::Checking => (
+            "checking",
+            "#1a73e8",
+            "正在核验…".to_owned(),
+            String::new(),
+            String::new(),
+        ),
+        Showing::LoggedOut => (
+            "logged-out",
+            "#5f6368",
+            "未登录，暂停核销".to_owned(),
+            "请操作员登录后开始扫码".to_owned(),
+            String::new(),
+        ),
+        Showing::Waiting => (
+            "waiting",
+            "#5f6368",
+            "请扫码".to_owned(),
+            String::new(),
+            String::new(),
+        ),
+    };
     let error = match query.error.as_deref() {
         Some("login") => "<p class=bad id=error>用户名或密码错误</p>",
         Some("function") => "<p class=bad id=error>无效的权益代码</p>",
@@ -448,12 +509,21 @@ async fn gate_page(
         Some("throttled") => "<p class=bad id=error>尝试次数过多，请稍后再试</p>",
         _ => "",
     };
+    let uplink = gate.uplink().state;
+    let badge = match uplink {
+        crate::uplink::LinkState::Online | crate::uplink::LinkState::Draining => {
+            "<span id=badge class=online>在线 online</span>"
+        }
+        _ => "<span id=badge class=offline>离线 offline</span>",
+    };
     // While the login form is shown the page must not reload under the operator's fingers.
-    let refresh = if gate.session().is_some() {
+    let logged_in = gate.session().is_some();
+    let refresh = if logged_in {
         "<meta http-equiv=refresh content=1>"
     } else {
         ""
     };
+    // Login and the function switch live below the decision screen, never on it.
     let operator = match gate.session() {
         Some(session) => format!(
             "<form method=post action=/gate/logout>操作员 <b id=operator>{}</b> <button>退出登录</button></form>",
@@ -463,11 +533,15 @@ async fn gate_page(
     };
     Html(format!(
         "<!doctype html><html lang=zh-CN><head><meta charset=utf-8>{refresh}\
-<title>Stile 闸机</title><style>{STYLE}#light{{background:{color};color:#fff;border-radius:12px;padding:40px;text-align:center}}\
-#message{{font-size:56px;font-weight:700}}#detail{{font-size:18px;opacity:.9}}#entitlements{{list-style:none;padding:0;font-size:20px}}</style></head><body>\
-<div id=light><div id=message>{headline}</div><div id=detail>{detail}</div><ul id=entitlements>{entitlements}</ul></div>\
-{error}<div class=card>{operator}\
-<form method=post action=/gate/function>核销权益 <input name=function_code value=\"{function}\" size=10> <button>切换</button></form></div>\
+<title>Stile 闸机</title><style>{STYLE}body{{margin:0}}\
+#light{{background:{color};color:#fff;min-height:100vh;box-sizing:border-box;padding:48px 24px;text-align:center;display:flex;flex-direction:column;justify-content:center;position:relative}}\
+#message{{font-size:72px;font-weight:700;line-height:1.2}}#detail{{font-size:24px;opacity:.9;margin-top:16px}}\
+#entitlements{{list-style:none;padding:0;font-size:36px;margin-top:24px}}\
+#badge{{position:absolute;top:16px;right:16px;font-size:24px;font-weight:700;padding:6px 14px;border-radius:8px;background:#fff}}\
+#badge.online{{color:#137333}}#badge.offline{{color:#c5221f}}#controls{{margin:12px}}</style></head><body>\
+<div id=light data-state={state}>{badge}<div id=message>{headline}</div><div id=detail>{detail}</div><ul id=entitlements>{entitlements}</ul></div>\
+<div id=controls>{error}<div class=card>{operator}\
+<form method=post action=/gate/function>核销权益 <input name=function_code value=\"{function}\" size=10> <button>切换</button></form></div></div>\
 </body></html>",
         function = escape(gate.function_code().as_str()),
     ))

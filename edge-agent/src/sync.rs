@@ -91,8 +91,10 @@ pub async fn upload_once(gate: &Arc<Gate>) -> Result<UploadReport, SyncError> {
         .with_store(move |store| store.pending_uploads(batch))
         .await?;
     if pending.is_empty() {
+        gate.set_draining(false);
         return Ok(UploadReport::default());
     }
+    gate.set_draining(true);
     let mut decisions = Vec::with_capacity(pending.len());
     for item in &pending {
         let Ok(function_code) = FunctionCode::parse(&item.function_code) else {
@@ -157,7 +159,7 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
     loop {
         let result = async {
             if let Err(error) = gate.ensure_session().await {
-                tracing::warn!(error = %error, "operator login failed");
+                tracing::warn!(error = %error, "configured operator could not log in");
             }
             if last_keys.is_none_or(|at| at.elapsed() >= gate.config.key_refresh) {
                 keys_once(&gate).await?;
@@ -190,6 +192,9 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
+            // The probe heard the central again, or a token named a key not synced yet:
+            // sync (and drain the queue) now, not after the backoff.
+            () = gate.sync_now.notified() => { failures = 0; }
             _ = stopping.changed() => return,
         }
     }

@@ -21,6 +21,75 @@ fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// What a field technician typed, each accepted before: `check-config` exits 64 and names
+/// the key (the base file is valid, so the named key is the only problem).
+#[test]
+fn check_config_refuses_each_bad_setting_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).expect("spool");
+    let base = std::fs::read_to_string(config(dir.path(), "")).expect("read");
+    let cases = [
+        (
+            format!(
+                "[source]\nkind = \"directory\"\npath = \"{}\"\nmode = \"wtach\"\n",
+                spool.display()
+            ),
+            "mode",
+        ),
+        (
+            "[offline]\nmax_clock_offset_secs = -5\n".to_owned(),
+            "max_clock_offset_secs",
+        ),
+        ("debounce_secs = 0\n".to_owned(), "debounce_secs"),
+        (
+            "[source]\nkind = \"directory\"\npath = \"/nonexistent/spool\"\n".to_owned(),
+            "source.path",
+        ),
+    ];
+    let replaced = [
+        (base.replace("very-secret-value", "x"), "device_secret"),
+        (base.replace("http://127.0.0.1:9", "http://"), "central_url"),
+        (base.replace("\"GATE\"", "\"GATE EAST!\""), "venue_code"),
+    ];
+    let all = cases
+        .into_iter()
+        .map(|(extra, key)| (format!("{base}{extra}"), key))
+        .chain(replaced);
+    for (text, key) in all {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &text).expect("write");
+        let output = Command::new(BINARY)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
+    // the spool that exists is fine
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{base}[source]\nkind = \"directory\"\npath = \"{}\"\n",
+            spool.display()
+        ),
+    )
+    .expect("write");
+    let output = Command::new(BINARY)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn check_config_prints_masked_settings_or_names_the_problem() {
     let dir = tempfile::tempdir().expect("tempdir");

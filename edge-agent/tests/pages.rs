@@ -45,7 +45,8 @@ async fn start_gate(proxy: &Proxy, operator: bool) -> Gate {
     std::fs::create_dir(&spool).expect("spool dir");
     let port = free_port();
     let source = format!(
-        "[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
+        // The decision stays on the display long enough for Chromium to see it.
+        "decision_clear_secs = 120\n[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
         spool.display()
     );
     let mut text = agent_config(
@@ -519,8 +520,12 @@ async fn the_operator_logs_in_and_out_and_switches_the_function_on_the_gate_page
         "login form: {form}"
     );
     assert!(!dom.contains(r#"id="operator""#), "nobody logged in");
-    assert_eq!(text_of(&dom, "message"), "等待扫码");
+    assert_eq!(
+        text_of(&dom, "message"),
+        "未登录，暂停核销",
+        "a logged-out gate says so"
+    );
     assert!(dom.contains(r#"<input name="function_code" value="MEAL""#));
     let picture = screenshot(&format!("{base}/gate"), "agent-gate-login.png").await;
-    assert_light(&picture, GREY, "grey (nothing scanned yet)");
+    assert_light(&picture, GREY, "grey (logged out)");
 }

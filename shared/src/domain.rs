@@ -50,6 +50,38 @@ impl<'de> Deserialize<'de> for FunctionCode {
     }
 }
 
+/// The rule every code and identifier of the domain follows (merchant, venue, ticket and
+/// order codes, device ids, usernames): 1 to `max` characters of ASCII letters, digits,
+/// `-` and `_`. The seed loader, the server's request parsing and the gate's settings all
+/// apply this one rule.
+pub fn check_code(raw: &str, max: usize) -> Result<(), InvalidCode> {
+    if raw.is_empty() || raw.len() > max {
+        return Err(InvalidCode::Length { max });
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(InvalidCode::Characters);
+    }
+    Ok(())
+}
+
+/// The longest venue code, device id, username or order code.
+pub const MAX_IDENTIFIER_LEN: usize = 64;
+
+/// The shortest machine secret (device secret, channel key) accepted anywhere.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// Why a code was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCode {
+    #[error("must be 1 to {max} characters")]
+    Length { max: usize },
+    #[error("may hold only letters, digits, '-' and '_'")]
+    Characters,
+}
+
 /// A ticket's life: `PRE_GENERATED` → `ACTIVATED` → `USED`; `VOID` is terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -130,6 +162,24 @@ mod tests {
         ];
         for (raw, ok) in cases {
             assert_eq!(FunctionCode::parse(raw).is_ok(), ok, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn codes() {
+        let cases = [
+            ("GATE-E", Ok(())),
+            ("dev_e_1", Ok(())),
+            ("GATE E!", Err(InvalidCode::Characters)),
+            ("GATE\u{0}", Err(InvalidCode::Characters)),
+            ("a\nb", Err(InvalidCode::Characters)),
+            ("东门", Err(InvalidCode::Characters)),
+            ("", Err(InvalidCode::Length { max: 8 })),
+            ("ABCDEFGHI", Err(InvalidCode::Length { max: 8 })),
+            ("ABCDEFGH", Ok(())),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(check_code(raw, 8), expected, "{raw:?}");
         }
     }
 

@@ -141,7 +141,7 @@ listen = "127.0.0.1:{listen_port}"
 online_deadline_ms = 700
 sync_interval_secs = 1
 key_refresh_secs = 60
-debounce_secs = 0
+debounce_secs = 1
 shutdown_grace_secs = 3
 {extra}
 [operator]
@@ -258,4 +258,114 @@ pub async fn scan(base: &str, code: &str) -> Value {
         .json()
         .await
         .expect("decision")
+}
+
+/// The `central-server` binary of this workspace (beside this test's own target directory),
+/// built first when a narrower `cargo test` did not build it.
+pub fn central_server_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("test executable");
+    let profile_dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let binary = profile_dir.join("central-server");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "central-server"])
+            .status()
+            .expect("cargo build -p central-server");
+        assert!(status.success(), "building central-server failed");
+    }
+    binary
+}
+
+/// A central server as a real process (so a test can SIGSTOP it), on a fresh seeded
+/// database of the throwaway PostgreSQL.
+pub struct CentralProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub pool: sqlx::PgPool,
+    pub client: reqwest::Client,
+}
+
+impl CentralProcess {
+    pub async fn start(extra_seed: &[String]) -> CentralProcess {
+        let url = Cluster::shared()
+            .fresh_database(&db::MIGRATOR)
+            .await
+            .expect("database");
+        let pool = db::connect(&url, 2).await.expect("connect");
+        for text in std::iter::once(FIXTURES.to_owned()).chain(extra_seed.iter().cloned()) {
+            let file = seed::parse(&text).expect("fixture parses");
+            seed::apply(&pool, &file).await.expect("fixture loads");
+        }
+        let port = free_port();
+        let child = std::process::Command::new(central_server_binary())
+            .args(["--database-url", &url, "serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn central-server");
+        let base = format!("http://127.0.0.1:{port}");
+        let central = CentralProcess {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+            base,
+            pool,
+            client: reqwest::Client::new(),
+        };
+        wait_for(
+            &format!("{}/healthz", central.base),
+            Duration::from_secs(30),
+        )
+        .await;
+        central
+    }
+
+    /// Sends a signal to the process (`STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    pub async fn issue_qr(&self, ticket: &str, channel_key: &str) -> String {
+        let issued: Value = self
+            .client
+            .post(format!("{}/tickets/{ticket}/qr", self.base))
+            .bearer_auth(channel_key)
+            .send()
+            .await
+            .expect("issue")
+            .json()
+            .await
+            .expect("json");
+        issued["qr_token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count");
+        n
+    }
+}
+
+impl Drop for CentralProcess {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die cleanly of SIGKILL's reaping.
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

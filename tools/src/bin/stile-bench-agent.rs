@@ -907,7 +907,9 @@ impl Committed {
     /// Decides `token` on `gate`, timing it up to the commit.
     async fn add(&mut self, gate: &Arc<Gate>, token: &str) -> anyhow::Result<()> {
         let started = Instant::now();
-        let decision = gate.decide_code(token).await;
+        let decision = gate
+            .decide_code(token, edge_agent::engine::Origin::Request)
+            .await;
         let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.wall_ms.push(wall_ms);
         self.reported_ms.push(decision.latency_ms);

@@ -241,7 +241,7 @@ async fn run_gates(
         let port = stile_tools::free_port()?;
         let config = format!(
             "device_id = \"{device}\"\ndevice_secret = \"{secret}\"\ncentral_url = \"{}\"\nvenue_code = \"{venue}\"\n\
-             state_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nsync_interval_secs = 1\ndebounce_secs = 0\n\
+             state_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nsync_interval_secs = 1\ndebounce_secs = 1\n\
              [source]\nkind = \"directory\"\npath = \"{}\"\nmode = \"watch\"\n[operator]\nusername = \"op-east\"\npassword = \"correct horse\"\n",
             server.base_url,
             dir.join("state").display(),

@@ -1,0 +1,288 @@
+//! The gate in the field: the messier faults a venue has every week, each injected by the
+//! test itself into real processes: a central frozen by SIGSTOP, a store another process
+//! holds locked, a gate that never got its keys, a decision left on the display, a
+//! logged-out gate.
+
+mod common;
+
+use common::proxy::Proxy;
+use common::{
+    agent_config, bulk_fixture, free_port, is_synced, scan, wait_status, AgentProcess, Central,
+    CentralProcess,
+};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const OTA: &str = "ch-ota-secret";
+const LIMIT: Duration = Duration::from_secs(45);
+
+/// Waits for a ticket sync that finished more than a second after now (so it started after
+/// the QR issued just before: the snapshot knows the new current jti).
+async fn wait_for_fresh_sync(base: &str) {
+    let after = (chrono::Utc::now() + chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    wait_status(base, LIMIT, "a sync after the issuance", |s| {
+        s["last_sync_at"]
+            .as_str()
+            .is_some_and(|at| at > after.as_str())
+    })
+    .await;
+}
+
+fn code(decision: &Value) -> &str {
+    decision["code"].as_str().unwrap_or("?")
+}
+
+/// Writes an agent config for `central_url` into a fresh directory and starts the agent.
+async fn start_agent(central_url: &str, extra: &str) -> (AgentProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            central_url,
+            &dir.path().join("state"),
+            port,
+            extra,
+        ),
+    )
+    .expect("config");
+    (AgentProcess::start(&config, port).await, dir)
+}
+
+/// A central frozen by SIGSTOP: the first scan learns the link is bad (and still gets a
+/// decision, offline), every later one is decided offline at once while the gate probes in
+/// the background; after SIGCONT the gate goes back online by itself and drains its queue,
+/// and each offline acceptance is redeemed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_central_costs_one_timeout_then_the_gate_decides_offline_and_recovers() {
+    let central = CentralProcess::start(&[bulk_fixture(8)]).await;
+    let (agent, _dir) = start_agent(&central.base, "").await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        tokens.push(central.issue_qr(&format!("TK-B{i}"), OTA).await);
+    }
+    // the feed must know the new current jtis before the link hangs
+    wait_for_fresh_sync(&agent.base).await;
+    let first = scan(&agent.base, &tokens[0]).await;
+    assert_eq!(
+        (code(&first), first["mode"].as_str()),
+        ("SUCCESS", Some("online"))
+    );
+
+    central.signal("STOP");
+    let mut walls = Vec::new();
+    for (i, token) in tokens[1..].iter().enumerate() {
+        let started = Instant::now();
+        let decision = scan(&agent.base, token).await;
+        walls.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(
+            (code(&decision), decision["mode"].as_str()),
+            ("SUCCESS", Some("offline")),
+            "scan {i} while the central hangs: {decision}"
+        );
+        if i == 0 {
+            let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+            assert_eq!(
+                status["uplink"]["state"], "suspect",
+                "a timeout makes the link suspect: {status}"
+            );
+        }
+    }
+    println!("wall times while the central hangs (ms): {walls:.1?}");
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert!(
+        matches!(
+            status["uplink"]["state"].as_str(),
+            Some("suspect" | "offline")
+        ),
+        "{status}"
+    );
+    assert_eq!(status["outbox"]["depth"], 5, "{status}");
+
+    central.signal("CONT");
+    let back = Instant::now();
+    let status = wait_status(&agent.base, LIMIT, "back online and drained", |s| {
+        s["uplink"]["state"] == "online" && s["outbox"]["depth"].as_i64() == Some(0)
+    })
+    .await;
+    println!(
+        "online and drained {:.1} s after SIGCONT",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM redemption_events e JOIN tickets t ON t.id = e.ticket_id WHERE t.ticket_code LIKE 'TK-B%'")
+            .await,
+        6
+    );
+    let again = scan(&agent.base, &tokens[5]).await;
+    assert_eq!(code(&again), "ALREADY_REDEEMED", "{again}");
+}
+
+/// The store refuses writes (another process holds SQLite's write lock): a decision the
+/// central committed is still shown as the central made it, and the failure is an alarm on
+/// the status page, in `/readyz` and `/metrics`; offline, nothing unrecorded is green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_cannot_write_is_an_alarm_and_never_costs_a_visitor_the_central_accepted() {
+    let central = Central::start(&[bulk_fixture(3)]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let (agent, dir) = start_agent(&proxy.url(), "").await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let online_token = central.issue_qr("TK-B0", OTA).await;
+    let offline_token = central.issue_qr("TK-B1", OTA).await;
+    wait_for_fresh_sync(&agent.base).await;
+
+    let db = dir.path().join("state").join("agent.db");
+    let locker = rusqlite::Connection::open(&db).expect("open the agent's store");
+    locker
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+
+    let decision = scan(&agent.base, &online_token).await;
+    assert_eq!(
+        (code(&decision), decision["mode"].as_str()),
+        ("SUCCESS", Some("online")),
+        "the central redeemed it: {decision}"
+    );
+    assert_eq!(central.remaining("TK-B0", "ENTRY").await, 0);
+    let status = wait_status(&agent.base, LIMIT, "alarm", |s| !s["store_alarm"].is_null()).await;
+    assert!(status["store_alarm"].as_str().is_some(), "{status}");
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/readyz", agent.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.expect("json");
+    assert!(body["store_error"].is_string(), "{body}");
+    let page = client
+        .get(format!("{}/", agent.base))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("ALARM"), "the status page shows the alarm");
+    let metrics = client
+        .get(format!("{}/metrics", agent.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("stile_agent_store_write_failures_total 1"),
+        "{metrics}"
+    );
+
+    proxy.cut();
+    let offline = scan(&agent.base, &offline_token).await;
+    assert_eq!(
+        (code(&offline), offline["mode"].as_str()),
+        ("STORE_FAILED", Some("offline")),
+        "nothing green that is not recorded: {offline}"
+    );
+    assert_eq!(
+        offline["message"],
+        "设备存储故障，无法离线核验，请联系技术人员"
+    );
+
+    locker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(locker);
+    let retried = scan(&agent.base, &offline_token).await;
+    assert_eq!(
+        (code(&retried), retried["mode"].as_str()),
+        ("SUCCESS", Some("offline")),
+        "{retried}"
+    );
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert!(
+        status["store_alarm"].is_null(),
+        "a good write clears it: {status}"
+    );
+}
+
+/// A gate that never reached the central has no keys: a valid code is "cannot verify
+/// offline", not "invalid", and a garbage code is still invalid once keys are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gate_without_keys_says_it_cannot_verify_rather_than_invalid() {
+    let central = Central::start(&[]).await;
+    let proxy = Proxy::start(central.addr).await;
+    proxy.cut();
+    let token = central.issue_qr("TK-MULTI", OTA).await;
+    let (agent, _dir) = start_agent(&proxy.url(), "").await;
+    let decision = scan(&agent.base, &token).await;
+    assert_eq!(code(&decision), "OFFLINE_UNVERIFIABLE", "{decision}");
+    // what is not a token at all is invalid with or without keys
+    let garbage = scan(&agent.base, "not a token").await;
+    assert_eq!(code(&garbage), "INVALID_QR", "{garbage}");
+    proxy.restore();
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let decision = scan(&agent.base, &token).await;
+    assert_eq!(code(&decision), "SUCCESS", "{decision}");
+}
+
+/// The display clears a decision after `decision_clear_secs` and says plainly when nobody is
+/// logged in, also right after a decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_display_clears_after_its_timeout_and_a_logged_out_gate_says_so() {
+    let central = Central::start(&[]).await;
+    let (agent, _dir) = start_agent(&central.base, "decision_clear_secs = 1\n").await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let token = central.issue_qr("TK-MULTI", OTA).await;
+    let decision = scan(&agent.base, &token).await;
+    assert_eq!(code(&decision), "SUCCESS", "{decision}");
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert_eq!(status["showing"]["state"], "decided", "{status}");
+    let cleared = Instant::now();
+    wait_status(&agent.base, LIMIT, "cleared", |s| {
+        s["showing"]["state"] == "waiting"
+    })
+    .await;
+    println!("cleared after {:.1} s", cleared.elapsed().as_secs_f64());
+    let page = reqwest::get(format!("{}/gate", agent.base))
+        .await
+        .expect("gate page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        page.contains("data-state=waiting") && !page.contains("核销成功"),
+        "{page}"
+    );
+
+    let decision = scan(&agent.base, &token).await;
+    assert_eq!(code(&decision), "ALREADY_REDEEMED", "{decision}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let out = client
+        .post(format!("{}/gate/logout", agent.base))
+        .send()
+        .await
+        .expect("logout");
+    assert!(out.status().is_redirection());
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert_eq!(status["showing"]["state"], "logged_out", "{status}");
+    let page = reqwest::get(format!("{}/gate", agent.base))
+        .await
+        .expect("gate page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        page.contains("未登录") && !page.contains("该权益已核销"),
+        "{page}"
+    );
+}
