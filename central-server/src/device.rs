@@ -141,10 +141,13 @@ pub async fn ticket_feed(
             .fetch_one(&mut *tx)
             .await?;
     let horizon = parse_xid(&horizon)?;
-    let rows: Vec<(i64, String, String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT id, ticket_code, status, channel, current_jti, sync_xid::text FROM tickets \
-         WHERE merchant_id = $1 AND (sync_xid, id) > ($2::text::xid8, $3) AND sync_xid < $4::text::xid8 \
-         ORDER BY sync_xid, id LIMIT $5",
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i64, String, String, String, Option<String>, String, Option<i64>)> = sqlx::query_as(
+        "SELECT t.id, t.ticket_code, t.status, t.channel, t.current_jti, t.sync_xid::text, \
+                floor(extract(epoch FROM q.issued_at))::bigint \
+         FROM tickets t LEFT JOIN qr_issuances q ON q.jti = t.current_jti \
+         WHERE t.merchant_id = $1 AND (t.sync_xid, t.id) > ($2::text::xid8, $3) AND t.sync_xid < $4::text::xid8 \
+         ORDER BY t.sync_xid, t.id LIMIT $5",
     )
     .bind(device.merchant_id)
     .bind(after.xid.to_string())
@@ -184,7 +187,7 @@ pub async fn ticket_feed(
     .await?;
     tx.commit().await?;
     let mut tickets = Vec::with_capacity(rows.len());
-    for (id, ticket_code, status, channel, current_jti, _) in rows {
+    for (id, ticket_code, status, channel, current_jti, _, current_issued_at) in rows {
         let bad = |what: &str| AppError::Internal(format!("ticket {id}: malformed {what}"));
         tickets.push(SyncedTicket {
             ticket_code,
@@ -194,6 +197,7 @@ pub async fn ticket_feed(
                 .map(|jti| Jti::parse(&jti))
                 .transpose()
                 .map_err(|_| bad("jti"))?,
+            current_issued_at,
             entitlements: entitlements
                 .iter()
                 .filter(|e| e.0 == id)

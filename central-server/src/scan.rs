@@ -469,6 +469,9 @@ async fn lock_ticket(
         snapshot: TicketSnapshot {
             status,
             current_jti: current_jti.and_then(|jti| Jti::parse(&jti).ok()),
+            // Under the row lock the central knows every QR of the ticket.
+            current_issued_at: None,
+            knowledge: stile_shared::QrKnowledge::Complete,
             entitlements,
         },
         entitlement_ids,

@@ -416,6 +416,8 @@ pub fn snapshot_for_decision(
     stile_shared::TicketSnapshot {
         status: ticket.status,
         current_jti: ticket.current_jti.clone(),
+        current_issued_at: ticket.current_issued_at,
+        knowledge: stile_shared::QrKnowledge::AsSynced,
         entitlements: ticket
             .entitlements
             .iter()
@@ -502,6 +504,7 @@ mod tests {
             status: TicketStatus::Activated,
             channel: Channel::Ota,
             current_jti: Some(Jti::from_bytes([1; 16])),
+            current_issued_at: Some(1_764_000_000),
             entitlements: vec![EntitlementView {
                 function_code: FunctionCode::parse("ENTRY").expect("code"),
                 name: "入园".into(),

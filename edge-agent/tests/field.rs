@@ -286,3 +286,44 @@ async fn the_display_clears_after_its_timeout_and_a_logged_out_gate_says_so() {
         "{page}"
     );
 }
+
+/// A QR issued after the gate's last sync (the customer refreshed just before the link
+/// dropped) is the ticket's newest: offline, the gate accepts it instead of calling it
+/// superseded, still refuses the QR its copy knows was replaced, and the central takes the
+/// upload without a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_qr_issued_after_the_last_sync_is_not_called_superseded_offline() {
+    let central = Central::start(&[bulk_fixture(2)]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let (agent, _dir) = start_agent(&proxy.url(), "").await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    // `iat` counts whole seconds: each issuance below is in a later second.
+    let second = Duration::from_millis(1100);
+    let replaced = central.issue_qr("TK-B0", OTA).await;
+    tokio::time::sleep(second).await;
+    let synced = central.issue_qr("TK-B0", OTA).await;
+    wait_for_fresh_sync(&agent.base).await;
+    proxy.cut();
+    tokio::time::sleep(second).await;
+    let newest = central.issue_qr("TK-B0", OTA).await;
+
+    let decision = scan(&agent.base, &newest).await;
+    assert_eq!(
+        (code(&decision), decision["mode"].as_str()),
+        ("SUCCESS", Some("offline")),
+        "the newest QR, unknown to the gate's copy: {decision}"
+    );
+    let decision = scan(&agent.base, &replaced).await;
+    assert_eq!(code(&decision), "QR_SUPERSEDED", "{decision}");
+    // The copy's current QR: the one use is gone (taken by the newest), never green.
+    let decision = scan(&agent.base, &synced).await;
+    assert_eq!(code(&decision), "EXHAUSTED", "{decision}");
+
+    proxy.restore();
+    let status = wait_status(&agent.base, LIMIT, "drained", |s| {
+        s["outbox"]["depth"].as_i64() == Some(0) && s["uplink"]["state"] == "online"
+    })
+    .await;
+    assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
+    assert_eq!(central.remaining("TK-B0", "ENTRY").await, 0);
+}

@@ -289,6 +289,10 @@ pub struct SyncedTicket {
     pub channel: Channel,
     /// The jti of the ticket's newest QR; older tokens are superseded.
     pub current_jti: Option<Jti>,
+    /// The `iat` (Unix seconds) of `current_jti`: a token issued later is newer than what
+    /// this copy knows, and a gate does not call it superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_issued_at: Option<i64>,
     pub entitlements: Vec<EntitlementView>,
     /// Function codes already redeemed under `current_jti`.
     pub redeemed_functions: Vec<FunctionCode>,

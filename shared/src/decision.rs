@@ -23,9 +23,42 @@ pub struct EntitlementSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketSnapshot {
     pub status: TicketStatus,
-    /// The jti of the ticket's newest QR; older tokens are superseded.
+    /// The jti of the ticket's newest QR as far as this snapshot knows.
     pub current_jti: Option<Jti>,
+    /// The `iat` of `current_jti`, when known.
+    pub current_issued_at: Option<i64>,
+    /// How far the snapshot knows about QR issuance: see [`is_superseded`].
+    pub knowledge: QrKnowledge,
     pub entitlements: Vec<EntitlementSnapshot>,
+}
+
+/// Whether a snapshot can know every QR issued for its ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QrKnowledge {
+    /// The central's locked row: `current_jti` is the newest QR, always.
+    Complete,
+    /// A synced copy (the gate's): QRs issued after the copy was taken are not in it.
+    AsSynced,
+}
+
+/// The supersession rule (一码失效), for the central and the gate alike. A token is
+/// superseded when it is not the ticket's current QR, and the snapshot can tell that it is
+/// older: on the central's row always; on a synced copy only when the token was issued no
+/// later than the copy's current QR (same second included). A validly signed token issued
+/// after that (the customer refreshed while the gate's copy lagged, or the uplink dropped)
+/// is newer than anything the copy knows, so the gate cannot call it superseded; the
+/// central re-decides the upload against its own row. A copy that knows no QR for the
+/// ticket takes any token as newer; a copy whose current QR has no known `iat` (synced
+/// before the feed carried it) treats every other token as superseded, as before.
+pub fn is_superseded(claims: &QrClaims, ticket: &TicketSnapshot) -> bool {
+    match (&ticket.current_jti, ticket.knowledge) {
+        (Some(current), _) if current == &claims.jti => false,
+        (_, QrKnowledge::Complete) => true,
+        (None, QrKnowledge::AsSynced) => false,
+        (Some(_), QrKnowledge::AsSynced) => ticket
+            .current_issued_at
+            .is_none_or(|current_iat| claims.iat <= current_iat),
+    }
 }
 
 /// Everything the decision depends on: plain data, time included.
@@ -102,7 +135,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         // EXHAUSTED, as US-002 C and E expect.
         TicketStatus::Activated | TicketStatus::Used => {}
     }
-    if ticket.current_jti.as_ref() != Some(&claims.jti) {
+    if is_superseded(claims, ticket) {
         return Decision::Reject(QrSuperseded);
     }
     let Some(entitlement_index) = ticket
@@ -148,6 +181,8 @@ mod tests {
         TicketSnapshot {
             status: TicketStatus::Activated,
             current_jti: Some(Jti::from_bytes([1; 16])),
+            current_issued_at: None,
+            knowledge: QrKnowledge::Complete,
             entitlements: vec![
                 EntitlementSnapshot {
                     function_code: fc("ENTRY"),
@@ -196,6 +231,87 @@ mod tests {
             now: NOW,
             policy: TokenPolicy::default(),
         })
+    }
+
+    #[test]
+    fn supersession_depends_on_what_the_snapshot_can_know() {
+        let token = claims(); // iat NOW - 10, jti [1; 16]
+        let other = Some(Jti::from_bytes([2; 16]));
+        let mine = Some(token.jti.clone());
+        let cases: [(&str, Option<Jti>, Option<i64>, QrKnowledge, bool); 9] = [
+            (
+                "central: the current qr",
+                mine.clone(),
+                None,
+                QrKnowledge::Complete,
+                false,
+            ),
+            (
+                "central: another qr is current",
+                other.clone(),
+                Some(NOW - 100),
+                QrKnowledge::Complete,
+                true,
+            ),
+            (
+                "central: no qr at all",
+                None,
+                None,
+                QrKnowledge::Complete,
+                true,
+            ),
+            (
+                "gate: the current qr",
+                mine,
+                Some(NOW - 10),
+                QrKnowledge::AsSynced,
+                false,
+            ),
+            (
+                "gate: older than the synced current",
+                other.clone(),
+                Some(NOW - 5),
+                QrKnowledge::AsSynced,
+                true,
+            ),
+            (
+                "gate: same second as the synced current",
+                other.clone(),
+                Some(NOW - 10),
+                QrKnowledge::AsSynced,
+                true,
+            ),
+            (
+                "gate: issued after the synced current",
+                other.clone(),
+                Some(NOW - 11),
+                QrKnowledge::AsSynced,
+                false,
+            ),
+            (
+                "gate: the copy knows no qr",
+                None,
+                None,
+                QrKnowledge::AsSynced,
+                false,
+            ),
+            (
+                "gate: current's iat unknown",
+                other,
+                None,
+                QrKnowledge::AsSynced,
+                true,
+            ),
+        ];
+        for (what, current_jti, current_issued_at, knowledge, superseded) in cases {
+            let snapshot = TicketSnapshot {
+                current_jti,
+                current_issued_at,
+                knowledge,
+                ..ticket()
+            };
+            assert_eq!(is_superseded(&token, &snapshot), superseded, "{what}");
+        }
     }
 
     #[test]
@@ -351,6 +467,8 @@ mod tests {
             let t = TicketSnapshot {
                 status,
                 current_jti: if current_is_token { Some(c.jti.clone()) } else { Some(Jti::from_bytes([9; 16])) },
+                current_issued_at: None,
+                knowledge: QrKnowledge::Complete,
                 entitlements: remaining.iter().enumerate().map(|(i, r)| EntitlementSnapshot {
                     function_code: fc(codes[i]), total_uses: 2, remaining_uses: *r,
                 }).collect(),
