@@ -128,6 +128,7 @@ struct FileConfig {
     upload_batch: Option<usize>,
     debounce_secs: Option<u64>,
     decision_clear_secs: Option<u64>,
+    watchdog_stall_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     miniapp_ttl_secs: Option<i64>,
     clock_skew_secs: Option<i64>,
@@ -155,6 +156,8 @@ pub struct AgentConfig {
     pub debounce: Duration,
     /// How long the gate display shows a decision before it clears.
     pub decision_clear: Duration,
+    /// A pipeline stage busy this long with one item stops the watchdog pings.
+    pub watchdog_stall: Duration,
     pub shutdown_grace: Duration,
     pub token_policy: stile_shared::TokenPolicy,
     pub decoders: Vec<DecoderKind>,
@@ -392,6 +395,12 @@ impl AgentConfig {
                 1,
                 600,
                 "decision_clear_secs",
+            )?),
+            watchdog_stall: Duration::from_secs(in_range(
+                file.watchdog_stall_secs.unwrap_or(20),
+                1,
+                300,
+                "watchdog_stall_secs",
             )?),
             shutdown_grace: Duration::from_secs(in_range(
                 file.shutdown_grace_secs.unwrap_or(5),

@@ -2,9 +2,11 @@
 //! loop, and the capture pipeline — a capture thread reading the frame source, a decode
 //! thread, and the decision task.
 //!
-//! Latency first: the capture thread hands a frame to the decoder only when the decoder is
-//! idle (a one-slot channel); frames that arrive while it is busy are dropped and counted,
-//! never queued. Decisions are taken one at a time, in order. Shutdown (SIGTERM) stops the
+//! Latency first: the capture thread hands a camera frame to the decoder only when the
+//! decoder is idle (a one-slot channel); camera frames that arrive while it is busy are
+//! dropped and counted, never queued. A spool file is one scan: it waits for the decoder, and
+//! is moved out of the spool once decided or skipped. Every frame is scaled down to the
+//! capture size before decoding, and its latency counts from the capture. Decisions are taken one at a time, in order. Shutdown (SIGTERM) stops the
 //! capture, lets the decision in flight (and any code already decoded) finish within the
 //! grace period, and tells systemd STOPPING; READY is sent once the store is open and the
 //! listener bound, and WATCHDOG pings follow while the decision task is alive.
@@ -12,12 +14,16 @@
 use crate::config::{AgentConfig, SourceConfig};
 use crate::decode::Cascade;
 use crate::engine::{Gate, GateError};
-use crate::frames::{Capture, DirectorySource, FrameSource, LineSource};
+use crate::frames::{
+    finish_spool_file, Capture, DirectorySource, FrameSource, LineSource, SpoolOutcome,
+    DEFAULT_MAX_FRAME,
+};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Why the daemon stopped abnormally.
@@ -99,7 +105,7 @@ pub async fn run(
     let sync = tokio::spawn(crate::sync::run(gate.clone(), stopping_rx.clone()));
 
     // The capture pipeline.
-    let (codes_tx, mut codes_rx) = mpsc::channel::<String>(16);
+    let (codes_tx, mut codes_rx) = mpsc::channel::<CodeJob>(16);
     let capture_stop = Arc::new(AtomicBool::new(false));
     match open_source(&gate.config.source) {
         Ok(Some(source)) => {
@@ -137,15 +143,26 @@ pub async fn run(
                     code = codes_rx.recv() => code,
                     _ = stopping.changed() => None,
                 };
-                let Some(code) = code else { return };
-                gate.decide_code(&code, crate::engine::Origin::Capture)
+                let Some(job) = code else { return };
+                gate.heartbeat.decision_started();
+                let decision = gate
+                    .decide_code(
+                        &job.text,
+                        crate::engine::Origin::Capture {
+                            captured_at: job.captured_at,
+                        },
+                    )
                     .await;
+                gate.heartbeat.decision_finished();
+                if let Some(file) = &job.file {
+                    finish_spool_file(file, SpoolOutcome::Decided(decision.code.as_str()));
+                }
             }
         })
     };
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let watchdog = tokio::spawn(watchdog(stopping_rx.clone()));
+    let watchdog = tokio::spawn(watchdog(gate.clone(), stopping_rx.clone()));
     tracing::info!(device = %gate.config.device_id, listen = %listen, "edge agent running");
 
     shutdown.await;
@@ -164,57 +181,110 @@ pub async fn run(
     Ok(())
 }
 
+/// A frame on its way to the decoders: when it was captured, and the spool file it came
+/// from (a spool file is one scan and is never dropped).
+struct FrameJob {
+    frame: crate::frames::LumaFrame,
+    file: Option<PathBuf>,
+    captured_at: Instant,
+}
+
+/// A decoded code on its way to the decision.
+struct CodeJob {
+    text: String,
+    file: Option<PathBuf>,
+    captured_at: Instant,
+}
+
+/// The size frames are scaled down to before decoding: the camera's configured capture
+/// size, or [`DEFAULT_MAX_FRAME`] for other sources.
+fn max_frame(source: &SourceConfig) -> (u32, u32) {
+    match source {
+        SourceConfig::Camera { width, height, .. } => (*width, *height),
+        _ => DEFAULT_MAX_FRAME,
+    }
+}
+
 fn start_capture(
     gate: Arc<Gate>,
     mut source: Box<dyn FrameSource>,
     cascade: Arc<Cascade>,
-    codes: mpsc::Sender<String>,
+    codes: mpsc::Sender<CodeJob>,
     stop: Arc<AtomicBool>,
 ) {
-    let (frames_tx, frames_rx) = sync_channel::<crate::frames::LumaFrame>(1);
+    let (frames_tx, frames_rx) = sync_channel::<FrameJob>(1);
     let decoder_codes = codes.clone();
     let decoder_gate = gate.clone();
+    let (max_width, max_height) = max_frame(&gate.config.source);
     std::thread::spawn(move || {
-        while let Ok(frame) = frames_rx.recv() {
-            if let Some(decoded) = cascade.decode(&frame) {
+        while let Ok(job) = frames_rx.recv() {
+            decoder_gate.heartbeat.decode_started();
+            let started = Instant::now();
+            let (width, height) = (job.frame.width, job.frame.height);
+            let frame = job.frame.fit_within(max_width, max_height);
+            if (frame.width, frame.height) != (width, height) {
                 decoder_gate
                     .capture
-                    .frames_decoded
+                    .frames_scaled
                     .fetch_add(1, Ordering::Relaxed);
-                if decoder_codes.blocking_send(decoded.text).is_err() {
-                    return;
+            }
+            let decoded = cascade.decode(&frame);
+            decoder_gate.heartbeat.decode_finished();
+            decoder_gate.capture.frame_micros.fetch_add(
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            decoder_gate
+                .capture
+                .frames_processed
+                .fetch_add(1, Ordering::Relaxed);
+            match decoded {
+                Some(decoded) => {
+                    decoder_gate
+                        .capture
+                        .frames_decoded
+                        .fetch_add(1, Ordering::Relaxed);
+                    let code = CodeJob {
+                        text: decoded.text,
+                        file: job.file,
+                        captured_at: job.captured_at,
+                    };
+                    if decoder_codes.blocking_send(code).is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    if let Some(file) = &job.file {
+                        finish_spool_file(
+                            file,
+                            SpoolOutcome::Skipped(&format!("no QR code found in {width}x{height}")),
+                        );
+                    }
                 }
             }
         }
     });
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
-            match source.next_capture() {
-                Ok(Some(Capture::Frame(frame))) => {
-                    if gate.capture.frames_seen.fetch_add(1, Ordering::Relaxed) == 0 {
-                        // The source's resolution is known for sure once a frame is in hand.
-                        if let Ok(mut info) = gate.source.lock() {
-                            if let Some(info) = info.as_mut() {
-                                info.resolution = Some((frame.width, frame.height));
-                            }
-                        }
-                    }
-                    match frames_tx.try_send(frame) {
-                        Ok(()) => {}
-                        // The decoder is busy: drop this frame, latency first.
-                        Err(TrySendError::Full(_)) => {
-                            gate.capture.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(TrySendError::Disconnected(_)) => return,
-                    }
-                }
+            let (frame, file) = match source.next_capture() {
+                Ok(Some(Capture::Frame(frame))) => (frame, None),
+                Ok(Some(Capture::SpoolFrame(frame, file))) => (frame, Some(file)),
                 Ok(Some(Capture::Code(text))) => {
-                    if codes.blocking_send(text).is_err() {
+                    let code = CodeJob {
+                        text,
+                        file: None,
+                        captured_at: Instant::now(),
+                    };
+                    if codes.blocking_send(code).is_err() {
                         return;
                     }
+                    continue;
                 }
                 Ok(None) => {
                     tracing::info!("frame source finished");
+                    if let Ok(mut ended) = gate.source_ended.lock() {
+                        *ended = true;
+                    }
                     return;
                 }
                 Err(error) => {
@@ -223,23 +293,71 @@ fn start_capture(
                         *problem = Some(error.to_string());
                     }
                     std::thread::sleep(Duration::from_millis(500));
+                    continue;
                 }
+            };
+            gate.heartbeat.frame_captured();
+            if gate.capture.frames_seen.fetch_add(1, Ordering::Relaxed) == 0 {
+                // The source's resolution is known for sure once a frame is in hand.
+                if let Ok(mut info) = gate.source.lock() {
+                    if let Some(info) = info.as_mut() {
+                        info.resolution = Some((frame.width, frame.height));
+                    }
+                }
+            }
+            let job = FrameJob {
+                frame,
+                captured_at: Instant::now(),
+                file,
+            };
+            if job.file.is_some() {
+                // One scan per file: wait for the decoder rather than drop it.
+                if frames_tx.send(job).is_err() {
+                    return;
+                }
+                continue;
+            }
+            match frames_tx.try_send(job) {
+                Ok(()) => {}
+                // The decoder is busy: drop this camera frame, latency first.
+                Err(TrySendError::Full(_)) => {
+                    gate.capture.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Disconnected(_)) => return,
             }
         }
     });
 }
 
-/// Pings systemd's watchdog at half its interval (only when the unit sets `WatchdogSec`).
-async fn watchdog(mut stopping: watch::Receiver<bool>) {
+/// Pings systemd's watchdog at half its interval (only when the unit sets `WatchdogSec`),
+/// and only while the pipeline makes progress: a stalled decoder, decision or camera stops
+/// the pings, so systemd restarts the gate.
+async fn watchdog(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
     let mut usec = 0u64;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return;
     }
+    let camera = matches!(gate.config.source, SourceConfig::Camera { .. });
     let mut interval = tokio::time::interval(Duration::from_micros(usec / 2));
+    let mut withheld = false;
     loop {
         tokio::select! {
             _ = interval.tick() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                match gate.heartbeat.stalled(gate.config.watchdog_stall, camera) {
+                    None => {
+                        if withheld {
+                            tracing::info!("pipeline moving again: watchdog pings resume");
+                            withheld = false;
+                        }
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    }
+                    Some((stage, stuck)) => {
+                        if !withheld {
+                            tracing::error!(stage, stuck_secs = stuck.as_secs(), "pipeline stalled: watchdog pings withheld");
+                            withheld = true;
+                        }
+                    }
+                }
             }
             _ = stopping.changed() => return,
         }

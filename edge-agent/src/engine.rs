@@ -21,7 +21,7 @@
 
 use crate::central::{CallError, Central, LinkSample};
 use crate::config::AgentConfig;
-pub use crate::metrics::{AgentMetrics, CaptureCounters};
+pub use crate::metrics::{AgentMetrics, CaptureCounters, Heartbeat};
 pub use crate::session::OperatorSession;
 use crate::session::{Display, Showing};
 use crate::store::{snapshot_for_decision, DecisionRecord, Mode, Store, StoreError};
@@ -45,7 +45,10 @@ pub const DECISION_BUDGET: Duration = Duration::from_millis(900);
 /// every time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    Capture,
+    /// From the capture pipeline; latency counts from the capture.
+    Capture {
+        captured_at: Instant,
+    },
     Request,
 }
 
@@ -90,10 +93,14 @@ pub struct Gate {
     /// `/readyz`, journal, `/metrics`).
     store_alarm: Mutex<Option<String>>,
     pub capture: CaptureCounters,
+    /// Progress of the pipeline's stages, for the watchdog.
+    pub heartbeat: Heartbeat,
     pub metrics: AgentMetrics,
     pub started_at: Instant,
     pub source: Mutex<Option<crate::frames::SourceInfo>>,
     pub source_error: Mutex<Option<String>>,
+    /// The frame source said it has nothing more (a scan engine's input closed).
+    pub source_ended: Mutex<bool>,
     /// The decoder cascade of the capture pipeline, for its counters.
     pub decoder: std::sync::OnceLock<Arc<crate::decode::Cascade>>,
     /// Wakes the sync loop at once (the uplink came back, a token named an unknown kid).
@@ -209,10 +216,12 @@ impl Gate {
             display: Mutex::new(Display::default()),
             store_alarm: Mutex::new(None),
             capture: CaptureCounters::default(),
+            heartbeat: Heartbeat::default(),
             metrics: AgentMetrics::new(),
             started_at: Instant::now(),
             source: Mutex::new(None),
             source_error: Mutex::new(None),
+            source_ended: Mutex::new(false),
             decoder: std::sync::OnceLock::new(),
             sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
@@ -423,7 +432,10 @@ impl Gate {
     /// Decides one decoded code, end to end: the stages decide, then the one place below
     /// records and shows the result.
     pub async fn decide_code(self: &Arc<Self>, text: &str, origin: Origin) -> GateDecision {
-        let started = Instant::now();
+        let started = match origin {
+            Origin::Capture { captured_at } => captured_at,
+            Origin::Request => Instant::now(),
+        };
         if let Ok(mut display) = self.display.lock() {
             display.checking();
         }
@@ -449,7 +461,7 @@ impl Gate {
                 )
             }
         };
-        if origin == Origin::Capture && !decision.repeated {
+        if matches!(origin, Origin::Capture { .. }) && !decision.repeated {
             if let Some(jti) = &decision.jti {
                 if let Ok(mut debounce) = self.debounce.lock() {
                     debounce.retain(|_, (at, _)| at.elapsed() < self.config.debounce);
@@ -584,7 +596,7 @@ impl Gate {
                 return Ok(Staged::Decided(Outcome::local(ApiCode::InvalidQr)));
             }
         };
-        if origin == Origin::Capture {
+        if matches!(origin, Origin::Capture { .. }) {
             let key = (claims.jti.to_string(), function_code.to_string());
             if let Some(previous) = self.debounced(&key) {
                 return Ok(Staged::Repeat(previous));

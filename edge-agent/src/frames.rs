@@ -13,7 +13,14 @@
 //!   engine types the code as keyboard or serial input).
 //!
 //! A file that is not a readable image is logged and skipped, never fatal: one bad file in a
-//! spool must not stop a gate.
+//! spool must not stop a gate. A spool file is one scan: it is never dropped while the
+//! decoder is busy (camera frames are), and once decided, or skipped with its reason logged,
+//! it is moved into the spool's `done/` or `skipped/` folder, so a restart reads nothing
+//! twice ([`finish_spool_file`]).
+//!
+//! Work per frame is bounded: an image file above [`MAX_IMAGE_PIXELS`] is refused from its
+//! header, before its pixels are decoded, and a frame larger than the capture size is scaled
+//! down ([`LumaFrame::fit_within`]) before the QR decoders see it.
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
@@ -50,8 +57,19 @@ impl LumaFrame {
     }
 
     /// Decodes a PNG or JPEG file's bytes into luma. Colour images are converted with the
-    /// usual luma weights; pictures larger than [`MAX_IMAGE_SIDE`] are refused.
+    /// usual luma weights; pictures larger than [`MAX_IMAGE_SIDE`] on a side or
+    /// [`MAX_IMAGE_PIXELS`] in all are refused from the header, before any pixel is decoded.
     pub fn from_image_bytes(bytes: &[u8]) -> Result<LumaFrame, String> {
+        let (width, height) = image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|error| error.to_string())?
+            .into_dimensions()
+            .map_err(|error| error.to_string())?;
+        if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+            return Err(format!(
+                "{width}x{height} is above the {MAX_IMAGE_PIXELS}-pixel limit (a 4K frame)"
+            ));
+        }
         let mut reader = image::ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|error| error.to_string())?;
@@ -69,10 +87,53 @@ impl LumaFrame {
             luma: grey.into_raw(),
         })
     }
+
+    /// The frame scaled down by a whole factor (each output pixel the mean of a square of
+    /// input pixels) so it fits `max_width` x `max_height`; the frame itself when it fits.
+    /// Linear in the input's pixels: what bounds the decoders' work on an oversized frame.
+    pub fn fit_within(self, max_width: u32, max_height: u32) -> LumaFrame {
+        if !self.is_well_formed()
+            || max_width == 0
+            || max_height == 0
+            || (self.width <= max_width && self.height <= max_height)
+        {
+            return self;
+        }
+        let factor = self
+            .width
+            .div_ceil(max_width)
+            .max(self.height.div_ceil(max_height)) as usize;
+        let (width, height) = (self.width as usize / factor, self.height as usize / factor);
+        let source_width = self.width as usize;
+        let mut luma = Vec::with_capacity(width * height);
+        let area = (factor * factor) as u32;
+        for y in 0..height {
+            for x in 0..width {
+                let mut sum = 0u32;
+                for row in 0..factor {
+                    let start = (y * factor + row) * source_width + x * factor;
+                    sum += self.luma[start..start + factor]
+                        .iter()
+                        .map(|&v| u32::from(v))
+                        .sum::<u32>();
+                }
+                luma.push((sum / area) as u8);
+            }
+        }
+        LumaFrame {
+            width: width as u32,
+            height: height as u32,
+            luma,
+        }
+    }
 }
 
-/// Largest width or height of an image file we decode: a gate camera is at most 4K.
+/// Largest width or height of an image file we decode.
 pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// Most pixels of an image file we decode: a 4K frame (a gate camera is at most 4K).
+pub const MAX_IMAGE_PIXELS: u64 = 3840 * 2160;
+/// The capture size frames are scaled down to when the source sets none.
+pub const DEFAULT_MAX_FRAME: (u32, u32) = (1920, 1080);
 /// Memory the image decoder may allocate for one file.
 const MAX_IMAGE_ALLOC: u64 = 256 * 1024 * 1024;
 /// Longest line a scan engine may send; longer input is cut (and then fails verification).
@@ -81,8 +142,11 @@ pub const MAX_LINE_LEN: usize = 4096;
 /// One thing a source saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Capture {
-    /// A picture for the QR decoders.
+    /// A picture for the QR decoders (a camera frame: dropped when the decoder is busy).
     Frame(LumaFrame),
+    /// A picture from a spool file: one scan, never dropped; the file is finished with
+    /// [`finish_spool_file`] once decided or skipped.
+    SpoolFrame(LumaFrame, PathBuf),
     /// Text a hardware scan engine already decoded.
     Code(String),
 }
@@ -265,7 +329,7 @@ impl DirectorySource {
     /// A spool directory: yields each image file that appears in `dir` (including those
     /// already there), once, in name order, looking again every `poll`. Never finishes.
     /// Names starting with `.` are ignored, so writers write `.name.tmp` and rename it into
-    /// place when complete.
+    /// place when complete. Finished files move into `done/` and `skipped/` below `dir`.
     pub fn watch(dir: &Path, poll: Duration) -> Result<Self, FrameError> {
         let meta = std::fs::metadata(dir).map_err(io_error(dir))?;
         if !meta.is_dir() {
@@ -273,6 +337,10 @@ impl DirectorySource {
                 "{} is not a directory to watch",
                 dir.display()
             )));
+        }
+        for folder in [SPOOL_DONE, SPOOL_SKIPPED] {
+            let path = dir.join(folder);
+            std::fs::create_dir_all(&path).map_err(io_error(&path))?;
         }
         Ok(DirectorySource {
             device: dir.display().to_string(),
@@ -296,6 +364,48 @@ impl DirectorySource {
         self.last_resolution = Some((frame.width, frame.height));
         self.current = Some(path);
         Ok(Some(Capture::Frame(frame)))
+    }
+}
+
+/// Where a spool's decided files go.
+pub const SPOOL_DONE: &str = "done";
+/// Where a spool's files that gave no decision go (unreadable, too large, no QR code).
+pub const SPOOL_SKIPPED: &str = "skipped";
+
+/// How a spool file ended.
+#[derive(Debug, Clone, Copy)]
+pub enum SpoolOutcome<'a> {
+    /// Decided, with this code.
+    Decided(&'a str),
+    /// Not decided, for this reason.
+    Skipped(&'a str),
+}
+
+/// Moves a finished spool file into `done/` or `skipped/` beside it (prefixed with the time,
+/// so a name used again never overwrites an earlier file), and logs how it ended: every
+/// file is decided once or skipped with its reason, and a restart re-reads none of them.
+pub fn finish_spool_file(path: &Path, outcome: SpoolOutcome<'_>) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let folder = match outcome {
+        SpoolOutcome::Decided(_) => SPOOL_DONE,
+        SpoolOutcome::Skipped(_) => SPOOL_SKIPPED,
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis())
+        .unwrap_or_default();
+    let mut target_name = OsString::from(format!("{stamp}-"));
+    target_name.push(name);
+    let target = dir.join(folder).join(target_name);
+    let file = path.display().to_string();
+    match outcome {
+        SpoolOutcome::Decided(code) => tracing::info!(file, code, "spool file decided"),
+        SpoolOutcome::Skipped(reason) => tracing::warn!(file, reason, "spool file skipped"),
+    }
+    if let Err(error) = std::fs::rename(path, &target) {
+        tracing::error!(file, error = %error, "cannot move the finished spool file out of the spool");
     }
 }
 
@@ -367,9 +477,16 @@ impl FrameSource for DirectorySource {
                     pending,
                 } => {
                     if let Some((_, path)) = pending.pop_front() {
-                        match read_or_skip(&path) {
-                            Some(frame) => return self.yielded(path, frame),
-                            None => continue,
+                        match read_image(&path) {
+                            Ok(frame) => {
+                                self.last_resolution = Some((frame.width, frame.height));
+                                self.current = Some(path.clone());
+                                return Ok(Some(Capture::SpoolFrame(frame, path)));
+                            }
+                            Err(error) => {
+                                finish_spool_file(&path, SpoolOutcome::Skipped(&error.to_string()));
+                                continue;
+                            }
                         }
                     }
                     let listed = list_images(dir)?;
@@ -502,7 +619,7 @@ mod tests {
 
     fn frame_of(capture: Option<Capture>) -> LumaFrame {
         match capture {
-            Some(Capture::Frame(frame)) => frame,
+            Some(Capture::Frame(frame) | Capture::SpoolFrame(frame, _)) => frame,
             other => panic!("expected a frame, got {other:?}"),
         }
     }
@@ -637,6 +754,71 @@ mod tests {
     }
 
     #[test]
+    fn finished_spool_files_move_out_and_a_new_watch_reads_none_of_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_png(&dir.path().join("001.png"), 2, 2, 1);
+        std::fs::write(dir.path().join("002.png"), b"not a png").expect("write");
+        write_png(&dir.path().join("003.png"), 2, 2, 3);
+        let source = DirectorySource::watch(dir.path(), Duration::from_millis(5)).expect("watch");
+        // 002 is unreadable: skipped (moved out) by the source itself, never yielded.
+        let (source, first) = next_within(source);
+        assert_eq!(first.luma[0], 1);
+        let (source, third) = next_within(source);
+        assert_eq!(third.luma[0], 3);
+        let first_path = dir.path().join("001.png");
+        finish_spool_file(&first_path, SpoolOutcome::Decided("SUCCESS"));
+        assert!(!first_path.exists());
+        let names = |folder: &str| -> Vec<String> {
+            std::fs::read_dir(dir.path().join(folder))
+                .expect("folder")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert!(names(SPOOL_DONE).iter().any(|n| n.ends_with("-001.png")));
+        assert!(names(SPOOL_SKIPPED).iter().any(|n| n.ends_with("-002.png")));
+        drop(source);
+        // After a restart only the file still in flight (003, not finished) is read again.
+        let source = DirectorySource::watch(dir.path(), Duration::from_millis(5)).expect("watch");
+        let (mut source, again) = next_within(source);
+        assert_eq!(again.luma[0], 3);
+        assert_eq!(
+            source.current_file(),
+            Some(dir.path().join("003.png").as_path())
+        );
+        let _ = &mut source;
+    }
+
+    #[test]
+    fn oversized_images_are_refused_from_the_header_and_large_frames_scaled() {
+        // 4000 x 2200 is above the 4K pixel budget: refused before the pixels are decoded.
+        let mut bytes = Vec::new();
+        image::GrayImage::new(4000, 2200)
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .expect("encode");
+        let error = LumaFrame::from_image_bytes(&bytes).expect_err("too large");
+        assert!(error.contains("4000x2200"), "{error}");
+
+        let frame = LumaFrame {
+            width: 8,
+            height: 4,
+            luma: (0..32).map(|i| (i % 8) as u8 * 10).collect(),
+        };
+        let cases = [
+            ((8, 4), (8, 4)),
+            ((4, 4), (4, 2)),
+            ((3, 3), (2, 1)),
+            ((100, 1), (2, 1)),
+        ];
+        for ((max_w, max_h), (w, h)) in cases {
+            let scaled = frame.clone().fit_within(max_w, max_h);
+            assert_eq!((scaled.width, scaled.height), (w, h), "fit {max_w}x{max_h}");
+            assert!(scaled.is_well_formed());
+        }
+        // each output pixel is the mean of its square: columns 0,1 -> (0 + 10) / 2
+        assert_eq!(frame.fit_within(4, 4).luma[0], 5);
+    }
+
+    #[test]
     fn line_source_yields_trimmed_non_empty_lines_then_ends() {
         let input = b"  first \r\n\n   \nsecond\nbad\xffbytes\nlast-without-newline".to_vec();
         let mut source = LineSource::new(Box::new(Cursor::new(input)), "test".into());
@@ -644,7 +826,7 @@ mod tests {
         while let Some(capture) = source.next_capture().expect("line") {
             match capture {
                 Capture::Code(code) => codes.push(code),
-                Capture::Frame(_) => panic!("a line source yields codes"),
+                Capture::Frame(_) | Capture::SpoolFrame(..) => panic!("a line source yields codes"),
             }
         }
         assert_eq!(

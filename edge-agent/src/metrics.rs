@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Frame and decode counters, written by the capture threads.
 #[derive(Debug, Default)]
@@ -16,6 +16,12 @@ pub struct CaptureCounters {
     pub frames_seen: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub frames_decoded: AtomicU64,
+    /// Frames the decoders looked at.
+    pub frames_processed: AtomicU64,
+    /// Frames scaled down to the capture size first.
+    pub frames_scaled: AtomicU64,
+    /// Time per processed frame, scaling and decoding together.
+    pub frame_micros: AtomicU64,
 }
 
 /// The agent's Prometheus metrics.
@@ -118,5 +124,115 @@ impl AgentMetrics {
         let mut text = String::new();
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// Progress of the capture pipeline's stages, for systemd's watchdog: the daemon pings only
+/// while no stage is stalled. A stage waiting for input is idle, not stalled; a stage busy
+/// with one item (a frame in the decoders, a decision) for longer than the stall limit is
+/// stalled, and so is a camera that has delivered no frame for that long.
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: std::time::Instant,
+    /// Milliseconds since `origin` (+1, so 0 means "never" or "idle").
+    last_frame: AtomicU64,
+    decode_busy_since: AtomicU64,
+    decision_busy_since: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            origin: std::time::Instant::now(),
+            last_frame: AtomicU64::new(0),
+            decode_busy_since: AtomicU64::new(0),
+            decision_busy_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    pub fn frame_captured(&self) {
+        self.last_frame.store(self.now(), Ordering::Relaxed);
+    }
+
+    pub fn decode_started(&self) {
+        self.decode_busy_since.store(self.now(), Ordering::Relaxed);
+    }
+
+    pub fn decode_finished(&self) {
+        self.decode_busy_since.store(0, Ordering::Relaxed);
+    }
+
+    pub fn decision_started(&self) {
+        self.decision_busy_since
+            .store(self.now(), Ordering::Relaxed);
+    }
+
+    pub fn decision_finished(&self) {
+        self.decision_busy_since.store(0, Ordering::Relaxed);
+    }
+
+    /// The first stalled stage and how long it has been stuck, if any. `camera`: the source
+    /// delivers frames continuously, so silence is a stall too.
+    pub fn stalled(
+        &self,
+        limit: std::time::Duration,
+        camera: bool,
+    ) -> Option<(&'static str, std::time::Duration)> {
+        let now = self.now();
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let busy = |since: u64| (since != 0).then(|| now.saturating_sub(since));
+        let stages = [
+            (
+                "decoding",
+                busy(self.decode_busy_since.load(Ordering::Relaxed)),
+            ),
+            (
+                "deciding",
+                busy(self.decision_busy_since.load(Ordering::Relaxed)),
+            ),
+            (
+                "capture",
+                camera.then(|| now.saturating_sub(self.last_frame.load(Ordering::Relaxed).max(1))),
+            ),
+        ];
+        stages.into_iter().find_map(|(stage, stuck)| {
+            stuck
+                .filter(|ms| *ms > limit_ms)
+                .map(|ms| (stage, std::time::Duration::from_millis(ms)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Heartbeat;
+    use std::time::Duration;
+
+    #[test]
+    fn idle_stages_are_healthy_and_a_busy_one_stalls_past_the_limit() {
+        let beat = Heartbeat::default();
+        assert_eq!(beat.stalled(Duration::ZERO, false), None, "idle");
+        beat.decision_started();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(beat.stalled(Duration::from_secs(60), false), None);
+        assert_eq!(
+            beat.stalled(Duration::from_millis(1), false).map(|s| s.0),
+            Some("deciding")
+        );
+        beat.decision_finished();
+        assert_eq!(beat.stalled(Duration::from_millis(1), false), None);
+        // a camera that never delivered a frame
+        assert_eq!(
+            beat.stalled(Duration::from_millis(1), true).map(|s| s.0),
+            Some("capture")
+        );
+        beat.frame_captured();
+        assert_eq!(beat.stalled(Duration::from_secs(60), true), None);
     }
 }

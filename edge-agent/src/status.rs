@@ -52,6 +52,12 @@ pub struct CameraReport {
     pub frames_decoded: u64,
     /// Share of processed frames in which a code was found.
     pub decode_rate: f64,
+    /// Frames scaled down to the capture size before decoding.
+    pub frames_scaled: u64,
+    /// Average time per processed frame, scaling and decoding together.
+    pub frame_ms_avg: f64,
+    /// The source has nothing more (a scan engine's input closed): no scans will come.
+    pub ended: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +120,8 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
     let dropped = gate.capture.frames_dropped.load(Ordering::Relaxed);
     let decoded = gate.capture.frames_decoded.load(Ordering::Relaxed);
     let processed = seen.saturating_sub(dropped);
+    let decoder_frames = gate.capture.frames_processed.load(Ordering::Relaxed);
+    let frame_micros = gate.capture.frame_micros.load(Ordering::Relaxed);
     let sqlite_bytes = ["", "-wal"]
         .iter()
         .filter_map(|suffix| {
@@ -140,6 +148,13 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
             } else {
                 decoded as f64 / processed as f64
             },
+            frames_scaled: gate.capture.frames_scaled.load(Ordering::Relaxed),
+            frame_ms_avg: if decoder_frames == 0 {
+                0.0
+            } else {
+                frame_micros as f64 / decoder_frames as f64 / 1000.0
+            },
+            ended: gate.source_ended.lock().map(|e| *e).unwrap_or(false),
         },
         decoders: gate.decoder_stats(),
         last_decisions: recent.iter().map(DecisionLine::from).collect(),
@@ -336,6 +351,11 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
     };
     let camera = match (&report.camera.source, &report.camera.problem) {
         (_, Some(problem)) => format!("<span class=bad>{}</span>", escape(problem)),
+        (Some(source), None) if report.camera.ended => format!(
+            "<span class=bad>{} {}: input ended, no scans can arrive</span>",
+            escape(source.kind),
+            escape(&source.device)
+        ),
         (Some(source), None) => format!(
             "<span class=ok>{}</span> {} {} {}",
             escape(source.kind),
@@ -380,7 +400,7 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
 <h1>Stile gate <b id=device>{device}</b> at <b id=venue>{venue}</b> — edge-agent {version}, up {uptime} s</h1>\
 <div class=card id=store>store {store}</div>\
 <div class=grid>\
-<div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div>{decoders}</div>\
+<div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div><div>per frame <b id=frame-ms>{frame_ms:.1} ms</b> (scaling included; {scaled} scaled down)</div>{decoders}</div>\
 <div class=card><h2>Uplink</h2><div id=uplink>{uplink}</div><div>round trip {rtt}</div><div>last ok {last_ok}</div><div>last error {last_error}</div></div>\
 <div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
 <div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched {keys_age} s ago</div><div>clock offset <b id=clock-offset>{offset}</b> s</div><div>SQLite {sqlite} KiB</div></div>\
@@ -400,6 +420,8 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         dropped = report.camera.frames_dropped,
         decoded = report.camera.frames_decoded,
         rate = report.camera.decode_rate * 100.0,
+        frame_ms = report.camera.frame_ms_avg,
+        scaled = report.camera.frames_scaled,
         decoders = report
             .decoders
             .iter()

@@ -327,3 +327,119 @@ async fn a_qr_issued_after_the_last_sync_is_not_called_superseded_offline() {
     assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
     assert_eq!(central.remaining("TK-B0", "ENTRY").await, 0);
 }
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Files dropped into a spool at once are each decided once (none dropped while the decoder
+/// is busy), or skipped with the reason (unreadable, too large for a 4K budget); an
+/// oversized frame is scaled down and decided; finished files leave the spool, so an agent
+/// restarted on the same spool reads none of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_spool_file_is_decided_once_or_skipped_and_a_restart_rereads_none() {
+    use stile_testkit::corpus::{render, save_png, FrameSpec};
+    let central = Central::start(&[bulk_fixture(7)]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).expect("spool");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    let source = format!(
+        "[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
+        spool.display()
+    );
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            &central.base,
+            &dir.path().join("state"),
+            port,
+            &source,
+        ),
+    )
+    .expect("config");
+    let mut agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+
+    // Everything is written aside first, then renamed in at once.
+    let staging = dir.path().join("staging");
+    std::fs::create_dir(&staging).expect("staging");
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let token = central.issue_qr(&format!("TK-B{i}"), OTA).await;
+        let frame = render(&token, &FrameSpec::clean(640, 480, 4), i).expect("render");
+        let name = format!("scan-{i}.png");
+        save_png(&frame, &staging.join(&name)).expect("png");
+        names.push(name);
+    }
+    // Larger than the 1920x1080 capture size: scaled down, then decoded.
+    let token = central.issue_qr("TK-B5", OTA).await;
+    let big = render(&token, &FrameSpec::clean(2600, 1500, 10), 5).expect("render");
+    save_png(&big, &staging.join("scan-big.png")).expect("png");
+    names.push("scan-big.png".into());
+    // Above the 4K pixel budget: refused from the header, before any pixel is decoded.
+    image::GrayImage::from_pixel(4000, 2200, image::Luma([255]))
+        .save(staging.join("huge.png"))
+        .expect("huge png");
+    std::fs::write(staging.join("broken.png"), b"\x89PNG but not really").expect("broken");
+    for name in names
+        .iter()
+        .map(String::as_str)
+        .chain(["huge.png", "broken.png"])
+    {
+        std::fs::rename(staging.join(name), spool.join(name)).expect("rename in");
+    }
+
+    let status = wait_status(&agent.base, LIMIT, "six decisions, spool empty", |s| {
+        s["last_decisions"].as_array().map(Vec::len) == Some(6) && files_in(&spool).is_empty()
+    })
+    .await;
+    for decision in status["last_decisions"].as_array().expect("decisions") {
+        assert_eq!(decision["code"], "SUCCESS", "{decision}");
+    }
+    assert_eq!(status["camera"]["frames_dropped"], 0, "{status}");
+    assert!(
+        status["camera"]["frames_scaled"].as_u64() >= Some(1),
+        "{status}"
+    );
+    let done = files_in(&spool.join("done"));
+    let skipped = files_in(&spool.join("skipped"));
+    assert_eq!(done.len(), 6, "{done:?}");
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped.iter().any(|n| n.ends_with("-huge.png"))
+            && skipped.iter().any(|n| n.ends_with("-broken.png"))
+    );
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM redemption_events")
+            .await,
+        6
+    );
+
+    agent.kill();
+    let agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    // Give a re-read every chance to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert_eq!(
+        status["camera"]["frames_seen"], 0,
+        "nothing read again: {status}"
+    );
+    assert_eq!(files_in(&spool.join("done")).len(), 6);
+}
