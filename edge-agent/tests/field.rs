@@ -443,3 +443,103 @@ async fn every_spool_file_is_decided_once_or_skipped_and_a_restart_rereads_none(
     );
     assert_eq!(files_in(&spool.join("done")).len(), 6);
 }
+
+/// systemd's watchdog hears from the agent only while its pipeline moves: a decision stuck
+/// on a store another process holds locked withholds the pings (so systemd would restart
+/// the gate), and they resume when it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_watchdog_is_pinged_only_while_the_pipeline_makes_progress() {
+    use stile_testkit::corpus::{render, save_png, FrameSpec};
+    let central = Central::start(&[bulk_fixture(1)]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).expect("spool");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let pings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let listener = {
+        let pings = pings.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut buffer = [0u8; 512];
+            while started.elapsed() < Duration::from_secs(90) {
+                if let Ok(n) = socket.recv(&mut buffer) {
+                    if String::from_utf8_lossy(&buffer[..n]).contains("WATCHDOG=1") {
+                        pings.lock().expect("pings").push(Instant::now());
+                    }
+                    if String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1") {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    let extra = format!(
+        "watchdog_stall_secs = 1\n[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
+        spool.display()
+    );
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            &central.base,
+            &dir.path().join("state"),
+            port,
+            &extra,
+        ),
+    )
+    .expect("config");
+    let mut agent = AgentProcess::start_under_watchdog(&config, port, &socket_path, 400_000).await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let count = || pings.lock().expect("pings").len();
+    let until = Instant::now() + LIMIT;
+    while count() < 3 {
+        assert!(
+            Instant::now() < until,
+            "no watchdog pings from an idle agent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Stall the decision stage: the store's write lock is held elsewhere, so recording the
+    // decision waits for SQLite's busy timeout (5 s), well past the 1 s stall limit.
+    let locker =
+        rusqlite::Connection::open(dir.path().join("state").join("agent.db")).expect("open store");
+    locker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let token = central.issue_qr("TK-B0", OTA).await;
+    let frame = render(&token, &FrameSpec::clean(640, 480, 4), 1).expect("render");
+    save_png(&frame, &dir.path().join("scan.png")).expect("png");
+    std::fs::rename(dir.path().join("scan.png"), spool.join("scan.png")).expect("rename in");
+    // (The status endpoint itself waits for the store meanwhile: watch the pings only.)
+    // The decision starts within a moment of the drop and is stuck for SQLite's 5 s; from
+    // 1 s into it no ping may come.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let before = count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = count() - before;
+    assert_eq!(
+        during, 0,
+        "pings went on while the decision stage was stuck"
+    );
+    let status = wait_status(&agent.base, LIMIT, "the stuck decision ends", |s| {
+        !s["store_alarm"].is_null()
+    })
+    .await;
+    assert!(status["store_alarm"].is_string());
+    drop(locker);
+    let resumed = count();
+    let until = Instant::now() + LIMIT;
+    while count() < resumed + 3 {
+        assert!(Instant::now() < until, "pings did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.kill();
+    drop(listener);
+}

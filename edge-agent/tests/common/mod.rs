@@ -168,8 +168,35 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub async fn start(config_path: &Path, port: u16) -> AgentProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"));
+        command.args(["run", "--config", config_path.to_str().expect("utf-8 path")]);
+        AgentProcess::spawn(command, config_path, port).await
+    }
+
+    /// Starts the agent as systemd would with `WatchdogSec=` and a notify socket: the shell
+    /// exports its own pid as `WATCHDOG_PID`, then becomes the agent (same pid).
+    pub async fn start_under_watchdog(
+        config_path: &Path,
+        port: u16,
+        notify_socket: &Path,
+        watchdog_usec: u64,
+    ) -> AgentProcess {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_edge-agent"))
             .args(["run", "--config", config_path.to_str().expect("utf-8 path")])
+            .env("NOTIFY_SOCKET", notify_socket)
+            .env("WATCHDOG_USEC", watchdog_usec.to_string());
+        AgentProcess::spawn(command, config_path, port).await
+    }
+
+    async fn spawn(
+        mut command: std::process::Command,
+        config_path: &Path,
+        port: u16,
+    ) -> AgentProcess {
+        let child = command
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
