@@ -129,6 +129,7 @@ struct FileConfig {
     debounce_secs: Option<u64>,
     decision_clear_secs: Option<u64>,
     watchdog_stall_secs: Option<u64>,
+    api_token: Option<String>,
     shutdown_grace_secs: Option<u64>,
     miniapp_ttl_secs: Option<i64>,
     clock_skew_secs: Option<i64>,
@@ -158,6 +159,8 @@ pub struct AgentConfig {
     pub decision_clear: Duration,
     /// A pipeline stage busy this long with one item stops the watchdog pings.
     pub watchdog_stall: Duration,
+    /// The Bearer token of `POST /api/scan`; without one that endpoint is closed.
+    pub api_token: Option<String>,
     pub shutdown_grace: Duration,
     pub token_policy: stile_shared::TokenPolicy,
     pub decoders: Vec<DecoderKind>,
@@ -287,6 +290,7 @@ impl AgentConfig {
                 "STILE_AGENT_FUNCTION_CODE" => file.function_code = Some(value),
                 "STILE_AGENT_STATE_DIR" => file.state_dir = Some(value.into()),
                 "STILE_AGENT_LISTEN" => file.listen = Some(value),
+                "STILE_AGENT_API_TOKEN" => file.api_token = Some(value),
                 "STILE_AGENT_OPERATOR_PASSWORD" => {
                     if let Some(operator) = file.operator.as_mut() {
                         operator.password = value;
@@ -354,6 +358,15 @@ impl AgentConfig {
         )?;
         let source = file.source.unwrap_or(SourceConfig::None);
         check_source(&source)?;
+        let api_token = file.api_token.filter(|token| !token.is_empty());
+        if let Some(token) = &api_token {
+            if token.chars().count() < 16 || token.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "api_token",
+                    "must be at least 16 characters, without spaces",
+                ));
+            }
+        }
         let config = AgentConfig {
             device_id,
             device_secret,
@@ -402,6 +415,7 @@ impl AgentConfig {
                 300,
                 "watchdog_stall_secs",
             )?),
+            api_token,
             shutdown_grace: Duration::from_secs(in_range(
                 file.shutdown_grace_secs.unwrap_or(5),
                 1,
@@ -438,9 +452,10 @@ impl AgentConfig {
     /// The settings as `check-config` prints them, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "device_id = {}\ndevice_secret = (set, {} characters)\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\n",
+            "device_id = {}\ndevice_secret = (set, {} characters)\napi_token = {}\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\n",
             self.device_id,
             self.device_secret.len(),
+            if self.api_token.is_some() { "(set)" } else { "(unset: POST /api/scan is closed)" },
             self.central_url,
             self.venue_code,
             self.function_code,

@@ -103,6 +103,8 @@ pub struct Gate {
     pub source_ended: Mutex<bool>,
     /// The decoder cascade of the capture pipeline, for its counters.
     pub decoder: std::sync::OnceLock<Arc<crate::decode::Cascade>>,
+    /// Browsers logged in on the gate page (who may log out or switch the function).
+    pub browser_sessions: crate::access::BrowserSessions,
     /// Wakes the sync loop at once (the uplink came back, a token named an unknown kid).
     pub sync_now: tokio::sync::Notify,
     /// Set when the operator logged out at the gate: the configured operator is then not
@@ -223,6 +225,7 @@ impl Gate {
             source_error: Mutex::new(None),
             source_ended: Mutex::new(false),
             decoder: std::sync::OnceLock::new(),
+            browser_sessions: crate::access::BrowserSessions::default(),
             sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
         })

@@ -10,6 +10,7 @@
 //! [`status`] (the technician's status page, the gate display, metrics), [`daemon`] (wiring
 //! and lifecycle).
 
+pub mod access;
 #[cfg(feature = "camera")]
 pub mod camera;
 pub mod central;

@@ -3,6 +3,7 @@
 //! `/readyz`). Pages are plain server-rendered HTML that refresh themselves: they work on any
 //! browser a technician has, with no script.
 
+use crate::access;
 use crate::engine::{age_secs, mask_ticket_code, Gate, GateDecision, OperatorSession};
 use crate::store::{DecisionRecord, QueueState};
 use axum::extract::{Form, State};
@@ -212,12 +213,33 @@ struct ScanBody {
     code: String,
 }
 
-/// Decides a code given over HTTP (a scan engine on another process, tests, the demo).
-async fn api_scan(State(gate): State<Arc<Gate>>, Json(body): Json<ScanBody>) -> Json<GateDecision> {
-    Json(
-        gate.decide_code(&body.code, crate::engine::Origin::Request)
-            .await,
-    )
+/// Decides a code given over HTTP (a scan engine on another process, tests), with the
+/// local API token.
+async fn api_scan(
+    State(gate): State<Arc<Gate>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<ScanBody>,
+) -> Response {
+    let allowed = gate
+        .config
+        .api_token
+        .as_deref()
+        .is_some_and(|token| access::bearer_is(&headers, token));
+    if !allowed {
+        tracing::warn!(device = %gate.config.device_id, "local scan request refused: no or wrong api_token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({
+                "code": "UNAUTHORIZED",
+                "message": "POST /api/scan needs Authorization: Bearer <api_token from the settings>",
+            })),
+        )
+            .into_response();
+    }
+    let decision: GateDecision = gate
+        .decide_code(&body.code, crate::engine::Origin::Request)
+        .await;
+    Json(decision).into_response()
 }
 
 async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
@@ -253,9 +275,23 @@ async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
 struct LoginForm {
     username: String,
     password: String,
+    #[serde(default)]
+    csrf: String,
 }
 
-async fn gate_login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) -> Response {
+/// A redirect to the gate page that says why a form was refused.
+fn refused(reason: &str) -> Response {
+    Redirect::to(&format!("/gate?error={reason}")).into_response()
+}
+
+async fn gate_login(
+    State(gate): State<Arc<Gate>>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !access::csrf_ok(&headers, &form.csrf) {
+        return refused("csrf");
+    }
     match gate.central.login(&form.username, &form.password).await {
         Ok(answer) => {
             gate.log_in(OperatorSession {
@@ -264,7 +300,15 @@ async fn gate_login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) 
                 username: answer.operator.username,
                 merchant_code: answer.operator.merchant_code,
             });
-            Redirect::to("/gate").into_response()
+            let session = gate.browser_sessions.open();
+            (
+                [(
+                    header::SET_COOKIE,
+                    access::set_cookie(access::SESSION_COOKIE, &session),
+                )],
+                Redirect::to("/gate"),
+            )
+                .into_response()
         }
         Err(error) => {
             tracing::info!(error = %error, "gate login failed");
@@ -281,23 +325,51 @@ async fn gate_login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) 
     }
 }
 
-async fn gate_logout(State(gate): State<Arc<Gate>>) -> Redirect {
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Whether a state-changing gate form comes from a browser logged in on this page.
+fn page_session_ok(gate: &Gate, headers: &axum::http::HeaderMap, csrf: &str) -> bool {
+    access::csrf_ok(headers, csrf) && gate.browser_sessions.is_valid(headers)
+}
+
+async fn gate_logout(
+    State(gate): State<Arc<Gate>>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !page_session_ok(&gate, &headers, &form.csrf) {
+        return refused("auth");
+    }
     gate.log_out();
-    Redirect::to("/gate")
+    gate.browser_sessions.close_all();
+    Redirect::to("/gate").into_response()
 }
 
 #[derive(Debug, Deserialize)]
 struct FunctionForm {
     function_code: String,
+    #[serde(default)]
+    csrf: String,
 }
 
-async fn gate_function(State(gate): State<Arc<Gate>>, Form(form): Form<FunctionForm>) -> Redirect {
+async fn gate_function(
+    State(gate): State<Arc<Gate>>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<FunctionForm>,
+) -> Response {
+    if !page_session_ok(&gate, &headers, &form.csrf) {
+        return refused("auth");
+    }
     match FunctionCode::parse(form.function_code.trim()) {
         Ok(code) => {
             gate.set_function_code(code);
-            Redirect::to("/gate")
+            Redirect::to("/gate").into_response()
         }
-        Err(_) => Redirect::to("/gate?error=function"),
+        Err(_) => refused("function"),
     }
 }
 
@@ -469,9 +541,16 @@ struct GateQuery {
 
 async fn gate_page(
     State(gate): State<Arc<Gate>>,
+    headers: axum::http::HeaderMap,
     axum::extract::Query(query): axum::extract::Query<GateQuery>,
-) -> Html<String> {
+) -> Response {
     use crate::session::Showing;
+    let csrf = access::cookie(&headers, access::CSRF_COOKIE)
+        .filter(|value| value.len() >= 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .unwrap_or_else(access::random_token);
+    let csrf_field = format!("<input type=hidden name=csrf value={csrf}>");
+    let page_session = gate.browser_sessions.is_valid(&headers);
     let showing = gate.showing();
     let (state, color, headline, detail, entitlements) = match &showing {
         Showing::Decided { decision } => (
@@ -529,6 +608,8 @@ async fn gate_page(
         Some("function") => "<p class=bad id=error>无效的权益代码</p>",
         Some("uplink") => "<p class=bad id=error>网络异常，无法登录，请稍后重试</p>",
         Some("throttled") => "<p class=bad id=error>尝试次数过多，请稍后再试</p>",
+        Some("csrf") => "<p class=bad id=error>页面已过期，请重试</p>",
+        Some("auth") => "<p class=bad id=error>请先在本页登录</p>",
         _ => "",
     };
     let uplink = gate.uplink().state;
@@ -545,15 +626,27 @@ async fn gate_page(
     } else {
         ""
     };
-    // Login and the function switch live below the decision screen, never on it.
+    // Login and the function switch live below the decision screen, never on it. Changing
+    // anything needs a login on this page (an auto-logged-in gate shows its operator and
+    // offers the login to change settings).
+    let login_form = format!(
+        "<form method=post action=/gate/login id=login>{csrf_field}用户名 <input name=username> 密码 <input name=password type=password> <button>登录</button></form>"
+    );
     let operator = match gate.session() {
-        Some(session) => format!(
-            "<form method=post action=/gate/logout>操作员 <b id=operator>{}</b> <button>退出登录</button></form>",
-            escape(&session.username)
+        Some(session) if page_session => format!(
+            "<form method=post action=/gate/logout>{csrf_field}操作员 <b id=operator>{}</b> <button>退出登录</button></form>\
+<form method=post action=/gate/function>{csrf_field}核销权益 <input name=function_code value=\"{}\" size=10> <button>切换</button></form>",
+            escape(&session.username),
+            escape(gate.function_code().as_str()),
         ),
-        None => "<form method=post action=/gate/login id=login>用户名 <input name=username> 密码 <input name=password type=password> <button>登录</button></form>".to_owned(),
+        Some(session) => format!(
+            "<div>操作员 <b id=operator>{}</b> · 核销权益 <b id=function>{}</b></div><div>登录以更改设置：</div>{login_form}",
+            escape(&session.username),
+            escape(gate.function_code().as_str()),
+        ),
+        None => login_form,
     };
-    Html(format!(
+    let page = format!(
         "<!doctype html><html lang=zh-CN><head><meta charset=utf-8>{refresh}\
 <title>Stile 闸机</title><style>{STYLE}body{{margin:0}}\
 #light{{background:{color};color:#fff;min-height:100vh;box-sizing:border-box;padding:48px 24px;text-align:center;display:flex;flex-direction:column;justify-content:center;position:relative}}\
@@ -562,11 +655,17 @@ async fn gate_page(
 #badge{{position:absolute;top:16px;right:16px;font-size:24px;font-weight:700;padding:6px 14px;border-radius:8px;background:#fff}}\
 #badge.online{{color:#137333}}#badge.offline{{color:#c5221f}}#controls{{margin:12px}}</style></head><body>\
 <div id=light data-state={state}>{badge}<div id=message>{headline}</div><div id=detail>{detail}</div><ul id=entitlements>{entitlements}</ul></div>\
-<div id=controls>{error}<div class=card>{operator}\
-<form method=post action=/gate/function>核销权益 <input name=function_code value=\"{function}\" size=10> <button>切换</button></form></div></div>\
-</body></html>",
-        function = escape(gate.function_code().as_str()),
-    ))
+<div id=controls>{error}<div class=card>{operator}</div></div>\
+</body></html>"
+    );
+    (
+        [(
+            header::SET_COOKIE,
+            access::set_cookie(access::CSRF_COOKIE, &csrf),
+        )],
+        Html(page),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ mod common;
 
 use common::proxy::Proxy;
 use common::{
-    agent_config, bulk_fixture, free_port, is_synced, scan, wait_status, AgentProcess, Central,
-    CentralProcess,
+    agent_config, bulk_fixture, free_port, is_synced, scan, wait_status, AgentProcess, Browser,
+    Central, CentralProcess, API_TOKEN,
 };
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -263,16 +263,18 @@ async fn the_display_clears_after_its_timeout_and_a_logged_out_gate_says_so() {
 
     let decision = scan(&agent.base, &token).await;
     assert_eq!(code(&decision), "ALREADY_REDEEMED", "{decision}");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let out = client
-        .post(format!("{}/gate/logout", agent.base))
-        .send()
-        .await
-        .expect("logout");
-    assert!(out.status().is_redirection());
+    let mut browser = Browser::default();
+    let login = format!("{}/gate/login", agent.base);
+    let (_, page) = browser
+        .post_form(
+            &login,
+            &[("username", "op-east"), ("password", "correct horse")],
+        )
+        .await;
+    assert!(page.contains("退出登录"), "{page}");
+    browser
+        .post_form(&format!("{}/gate/logout", agent.base), &[])
+        .await;
     let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
     assert_eq!(status["showing"]["state"], "logged_out", "{status}");
     let page = reqwest::get(format!("{}/gate", agent.base))
@@ -542,4 +544,115 @@ async fn the_watchdog_is_pinged_only_while_the_pipeline_makes_progress() {
     }
     agent.kill();
     drop(listener);
+}
+
+/// Anyone who reaches the gate's listener can read it, but changes nothing without a
+/// credential: `/api/scan` needs the API token, the gate page's forms need the page's CSRF
+/// value, and logout and the function switch need a login on that page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_local_api_and_the_gate_forms_refuse_requests_without_a_credential() {
+    let central = Central::start(&[]).await;
+    let (agent, _dir) = start_agent(&central.base, "").await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let token = central.issue_qr("TK-MULTI", OTA).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let scan_url = format!("{}/api/scan", agent.base);
+    for credential in [None, Some("wrong-token-wrong-token"), Some("")] {
+        let mut request = client
+            .post(&scan_url)
+            .json(&serde_json::json!({"code": token}));
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
+        let response = request.send().await.expect("scan");
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::UNAUTHORIZED,
+            "{credential:?}"
+        );
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["code"], "UNAUTHORIZED");
+    }
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert_eq!(
+        status["last_decisions"].as_array().map(Vec::len),
+        Some(0),
+        "nothing decided"
+    );
+    assert_eq!(central.remaining("TK-MULTI", "ENTRY").await, 100);
+
+    // A form posted from elsewhere: no CSRF cookie, no page session.
+    for (path, form) in [
+        ("/gate/logout", vec![]),
+        ("/gate/function", vec![("function_code", "MEAL")]),
+        (
+            "/gate/login",
+            vec![("username", "op-east"), ("password", "correct horse")],
+        ),
+    ] {
+        let response = client
+            .post(format!("{}{path}", agent.base))
+            .form(&form)
+            .send()
+            .await
+            .expect("post");
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            location.contains("error="),
+            "{path} was not refused: {location}"
+        );
+    }
+    // The page's own CSRF value, but no login on the page: still no change.
+    let mut browser = Browser::default();
+    browser.get(&format!("{}/gate", agent.base)).await;
+    let (landed, _) = browser
+        .post_form(
+            &format!("{}/gate/function", agent.base),
+            &[("function_code", "MEAL")],
+        )
+        .await;
+    assert!(landed.ends_with("error=auth"), "{landed}");
+    let (landed, _) = browser
+        .post_form(&format!("{}/gate/logout", agent.base), &[])
+        .await;
+    assert!(landed.ends_with("error=auth"), "{landed}");
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert_eq!(status["function_code"], "ENTRY");
+    assert_eq!(status["operator"]["username"], "op-east", "still logged in");
+
+    // With the token and a page login, both work.
+    let decision: Value = client
+        .post(&scan_url)
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({"code": token}))
+        .send()
+        .await
+        .expect("scan")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(code(&decision), "SUCCESS", "{decision}");
+    browser
+        .post_form(
+            &format!("{}/gate/login", agent.base),
+            &[("username", "op-east"), ("password", "correct horse")],
+        )
+        .await;
+    let (landed, _) = browser
+        .post_form(
+            &format!("{}/gate/function", agent.base),
+            &[("function_code", "MEAL")],
+        )
+        .await;
+    assert!(!landed.contains("error"), "{landed}");
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert_eq!(status["function_code"], "MEAL");
 }

@@ -13,7 +13,9 @@
 mod common;
 
 use common::proxy::Proxy;
-use common::{agent_config, free_port, is_synced, scan, wait_status, AgentProcess, Central};
+use common::{
+    agent_config, free_port, is_synced, scan, wait_status, AgentProcess, Browser, Central,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -428,29 +430,21 @@ async fn chromium_shows_the_status_page_and_the_gate_with_real_values() {
     );
     assert!(dom.contains("#light{background:#d93025"), "red light");
     assert_eq!(text_of(&dom, "operator"), "op-east");
+    // Logged in by the configuration: the operator and the function are shown; changing
+    // them needs a login on this page (nobody walking up can switch or log out).
+    assert_eq!(text_of(&dom, "function"), "ENTRY");
     assert!(
-        dom.contains(r#"<form method="post" action="/gate/function">"#)
-            && dom.contains(r#"<input name="function_code" value="ENTRY""#),
-        "function form with the active code:\n{dom}"
+        !dom.contains(r#"action="/gate/function""#) && !dom.contains(r#"action="/gate/logout""#),
+        "no change without a page login:\n{dom}"
     );
-    assert!(!dom.contains(r#"id="login""#), "nobody has to log in");
+    assert!(
+        dom.contains(r#"id="login""#),
+        "the login to change settings"
+    );
     assert_no_full_ticket_code(&dom, "/gate");
     assert!(!dom.contains(&multi), "no token");
     let picture = screenshot(&format!("{base}/gate"), "agent-gate.png").await;
     assert_light(&picture, RED, "red");
-}
-
-/// Posts a form the way a browser does (the redirect followed) and returns the final URL
-/// and page.
-async fn post_form(client: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (String, String) {
-    let response = client.post(url).form(form).send().await.expect("post form");
-    assert!(
-        response.status().is_success(),
-        "{url}: {}",
-        response.status()
-    );
-    let landed = response.url().to_string();
-    (landed, response.text().await.expect("page"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -460,21 +454,22 @@ async fn the_operator_logs_in_and_out_and_switches_the_function_on_the_gate_page
     // No operator in the configuration: the sync loop would log it back in after a logout.
     let gate = start_gate(&proxy, false).await;
     let base = gate.agent.base.clone();
-    let client = reqwest::Client::new();
+    let mut client = Browser::default();
     let login = format!("{base}/gate/login");
     let logout = format!("{base}/gate/logout");
     let right = [("username", "op-east"), ("password", "correct horse")];
     let wrong = [("username", "op-east"), ("password", "wrong horse")];
     let operator_shown = "操作员 <b id=operator>op-east</b>";
-    let login_form = "<form method=post action=/gate/login id=login>";
+    let login_form =
+        "<form method=post action=/gate/login id=login><input type=hidden name=csrf value=";
 
-    let (landed, page) = post_form(&client, &login, &right).await;
+    let (landed, page) = client.post_form(&login, &right).await;
     assert_eq!(landed, format!("{base}/gate"));
     assert!(page.contains(operator_shown), "{page}");
     let status = wait_status(&base, LIMIT, "status", |_| true).await;
     assert_eq!(status["operator"]["username"], "op-east");
 
-    let (landed, page) = post_form(&client, &logout, &[]).await;
+    let (landed, page) = client.post_form(&logout, &[]).await;
     assert_eq!(landed, format!("{base}/gate"));
     assert!(
         page.contains(login_form) && !page.contains("id=operator"),
@@ -483,7 +478,7 @@ async fn the_operator_logs_in_and_out_and_switches_the_function_on_the_gate_page
     let status = wait_status(&base, LIMIT, "status", |_| true).await;
     assert!(status["operator"].is_null(), "{status}");
 
-    let (landed, page) = post_form(&client, &login, &wrong).await;
+    let (landed, page) = client.post_form(&login, &wrong).await;
     assert_eq!(landed, format!("{base}/gate?error=login"));
     assert!(
         page.contains("<p class=bad id=error>用户名或密码错误</p>") && page.contains(login_form),
@@ -491,16 +486,20 @@ async fn the_operator_logs_in_and_out_and_switches_the_function_on_the_gate_page
     );
     assert!(!page.contains("wrong horse"), "the password is not echoed");
 
-    let (_, page) = post_form(&client, &login, &right).await;
+    let (_, page) = client.post_form(&login, &right).await;
     assert!(page.contains(operator_shown), "{page}");
 
     let function = format!("{base}/gate/function");
-    let (landed, page) = post_form(&client, &function, &[("function_code", "MEAL")]).await;
+    let (landed, page) = client
+        .post_form(&function, &[("function_code", "MEAL")])
+        .await;
     assert_eq!(landed, format!("{base}/gate"));
     assert!(page.contains("name=function_code value=\"MEAL\""), "{page}");
     let status = wait_status(&base, LIMIT, "status", |_| true).await;
     assert_eq!(status["function_code"], "MEAL");
-    let (landed, page) = post_form(&client, &function, &[("function_code", "meal!")]).await;
+    let (landed, page) = client
+        .post_form(&function, &[("function_code", "meal!")])
+        .await;
     assert_eq!(landed, format!("{base}/gate?error=function"));
     assert!(page.contains("无效的权益代码"), "{page}");
     let status = wait_status(&base, LIMIT, "status", |_| true).await;
@@ -510,7 +509,7 @@ async fn the_operator_logs_in_and_out_and_switches_the_function_on_the_gate_page
     );
 
     // Logged out again: Chromium renders the login form.
-    post_form(&client, &logout, &[]).await;
+    client.post_form(&logout, &[]).await;
     let dom = dump_dom(&format!("{base}/gate")).await;
     let form = inner_html(&dom, "login");
     assert!(
@@ -525,7 +524,10 @@ async fn the_operator_logs_in_and_out_and_switches_the_function_on_the_gate_page
         "未登录，暂停核销",
         "a logged-out gate says so"
     );
-    assert!(dom.contains(r#"<input name="function_code" value="MEAL""#));
+    assert!(
+        !dom.contains("function_code"),
+        "nothing to switch while logged out"
+    );
     let picture = screenshot(&format!("{base}/gate"), "agent-gate-login.png").await;
     assert_light(&picture, GREY, "grey (logged out)");
 }

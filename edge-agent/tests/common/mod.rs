@@ -143,6 +143,7 @@ sync_interval_secs = 1
 key_refresh_secs = 60
 debounce_secs = 1
 shutdown_grace_secs = 3
+api_token = "{API_TOKEN}"
 {extra}
 [operator]
 username = "op-east"
@@ -275,9 +276,13 @@ pub fn is_synced(status: &Value) -> bool {
         && !status["operator"].is_null()
 }
 
+/// The agents' local API token in these tests.
+pub const API_TOKEN: &str = "test-local-api-token";
+
 pub async fn scan(base: &str, code: &str) -> Value {
     reqwest::Client::new()
         .post(format!("{base}/api/scan"))
+        .bearer_auth(API_TOKEN)
         .json(&json!({"code": code}))
         .send()
         .await
@@ -395,4 +400,113 @@ impl Drop for CentralProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A browser on the gate page: keeps its cookies, sends the page's CSRF value with every
+/// form, and follows redirects itself (so the cookies they set are kept).
+pub struct Browser {
+    client: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Browser {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            cookies: Default::default(),
+        }
+    }
+}
+
+impl Browser {
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, response: &reqwest::Response) {
+        for value in response.headers().get_all(reqwest::header::SET_COOKIE) {
+            if let Some((pair, _)) = value.to_str().unwrap_or_default().split_once(';') {
+                if let Some((name, value)) = pair.split_once('=') {
+                    self.cookies
+                        .insert(name.trim().to_owned(), value.to_owned());
+                }
+            }
+        }
+    }
+
+    /// GET, following redirects; returns the final URL and the page.
+    pub async fn get(&mut self, url: &str) -> (String, String) {
+        let mut url = url.to_owned();
+        for _ in 0..5 {
+            let response = self
+                .client
+                .get(&url)
+                .header(reqwest::header::COOKIE, self.cookie_header())
+                .send()
+                .await
+                .expect("get");
+            self.keep_cookies(&response);
+            if let Some(next) = redirect_target(&response) {
+                url = next;
+                continue;
+            }
+            assert!(
+                response.status().is_success(),
+                "{url}: {}",
+                response.status()
+            );
+            return (url, response.text().await.expect("page"));
+        }
+        panic!("too many redirects from {url}");
+    }
+
+    /// Posts a form as the page would (its CSRF value included unless `csrf` is given),
+    /// then follows the redirect; returns the final URL and page.
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> (String, String) {
+        if !self.cookies.contains_key("stile_csrf") {
+            let origin = url.split("/gate").next().unwrap_or(url).to_owned();
+            self.get(&format!("{origin}/gate")).await;
+        }
+        let mut fields: Vec<(String, String)> = form
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if !fields.iter().any(|(k, _)| k == "csrf") {
+            let csrf = self.cookies.get("stile_csrf").cloned().unwrap_or_default();
+            fields.push(("csrf".into(), csrf));
+        }
+        let response = self
+            .client
+            .post(url)
+            .header(reqwest::header::COOKIE, self.cookie_header())
+            .form(&fields)
+            .send()
+            .await
+            .expect("post form");
+        self.keep_cookies(&response);
+        let next = redirect_target(&response)
+            .unwrap_or_else(|| panic!("{url} answered {} without a redirect", response.status()));
+        self.get(&next).await
+    }
+}
+
+fn redirect_target(response: &reqwest::Response) -> Option<String> {
+    if !response.status().is_redirection() {
+        return None;
+    }
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    let mut url = response.url().clone();
+    url.set_query(None);
+    url.join(location).ok().map(|u| u.to_string())
 }

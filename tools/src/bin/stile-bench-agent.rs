@@ -296,6 +296,9 @@ async fn main() -> anyhow::Result<()> {
 /// The agent's settings: scans only through `/api/scan`, syncing every second, the operator
 /// logged in at start; everything else at its default (online deadline 800 ms, debounce 3 s,
 /// offline policy: state up to an hour old, OTA and MINIAPP allowed).
+/// The agent's local API token (`POST /api/scan`).
+const API_TOKEN: &str = "bench-local-api-token";
+
 fn agent_toml(central_url: &str, state_dir: &Path, port: u16) -> String {
     format!(
         r#"device_id = "{DEVICE_ID}"
@@ -306,6 +309,7 @@ function_code = "{FUNCTION}"
 state_dir = "{state}"
 listen = "127.0.0.1:{port}"
 sync_interval_secs = 1
+api_token = "{API_TOKEN}"
 
 [source]
 kind = "none"
@@ -500,6 +504,7 @@ impl AgentProcess {
         let response = self
             .client
             .post(format!("{}/api/scan", self.base_url))
+            .bearer_auth(API_TOKEN)
             .json(&serde_json::json!({ "code": code }))
             .send()
             .await
