@@ -8,7 +8,7 @@
 
 use crate::error::AppError;
 use crate::AppState;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -32,16 +32,8 @@ pub fn hash_password(password: &str) -> Result<String, AppError> {
         .map_err(|error| AppError::Internal(format!("argon2: {error}")))
 }
 
-/// Whether `password` matches the stored hash. A malformed stored hash never matches.
-pub fn verify_password(stored_hash: &str, password: &str) -> bool {
-    PasswordHash::new(stored_hash)
-        .map(|hash| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
+/// Whether `password` matches the stored hash (the shared check a gate runs offline too).
+pub use stile_shared::credentials::verify_password;
 
 /// Hex SHA-256 of a machine credential.
 pub fn sha256_hex(secret: &str) -> String {

@@ -21,7 +21,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use stile_shared::api::{
-    EntitlementView, OfflineDecision, SyncedTicket, TicketFeedPage, UploadOutcome, UploadResult,
+    EntitlementView, OfflineDecision, OfflineOperator, OfflineOperators, SyncedTicket,
+    TicketFeedPage, UploadOutcome, UploadResult,
 };
 use stile_shared::token::Jti;
 use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, TicketStatus};
@@ -442,6 +443,30 @@ pub async fn scan_by_id(
         .ok_or(AppError::NotFound)?;
     serde_json::from_value(response)
         .map_err(|error| AppError::Internal(format!("stored scan answer: {error}")))
+}
+
+/// The device's merchant's operators with their password verifiers, for offline login.
+pub async fn offline_operators(
+    state: &AppState,
+    device: &AuthenticatedDevice,
+) -> Result<OfflineOperators, AppError> {
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, username, password_hash FROM operators WHERE merchant_id = $1 ORDER BY id",
+    )
+    .bind(device.merchant_id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(OfflineOperators {
+        operators: rows
+            .into_iter()
+            .map(|(id, username, verifier)| OfflineOperator {
+                id,
+                username,
+                merchant_code: device.merchant_code.clone(),
+                verifier,
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use std::time::Instant;
 use stile_shared::api::{
     DecisionUpload, DecryptRequest, DecryptResponse, ErrorBody, IssuedQr, LoginRequest,
-    LoginResponse, MerchantScanRequest, MerchantScanResponse, OperatorInfo, OrderView,
-    RedemptionPage, ScanRequest, ScanResponse, TicketFeedPage, UploadResponse,
+    LoginResponse, MerchantScanRequest, MerchantScanResponse, OfflineOperators, OperatorInfo,
+    OrderView, RedemptionPage, ScanRequest, ScanResponse, TicketFeedPage, UploadResponse,
 };
 use stile_shared::token::JwkSet;
 use stile_shared::ApiCode;
@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/venue/scan/{scan_id}", get(venue_scan_by_id))
         .route("/device/keys", get(device_keys))
         .route("/device/tickets", get(device_tickets))
+        .route("/device/operators", get(device_operators))
         .route(
             "/device/decisions",
             post(device_decisions).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
@@ -642,6 +643,21 @@ pub async fn device_keys(
     _device: crate::device::AuthenticatedDevice,
 ) -> Response {
     published_keys(State(state)).await
+}
+
+/// The operators a gate may log in while the central is unreachable.
+#[utoipa::path(get, path = "/device/operators", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "Every operator of the device's merchant with the verifier (argon2id PHC string) of their password. A gate replaces its copy with each answer, so a removed operator or a changed password stops working offline at the next sync", body = OfflineOperators),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_operators(
+    State(state): State<AppState>,
+    device: crate::device::AuthenticatedDevice,
+) -> Result<Response, AppError> {
+    let operators = crate::device::offline_operators(&state, &device).await?;
+    Ok(no_store(Json(operators).into_response()))
 }
 
 /// The device's change feed of ticket state.

@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         crate::http::venue_scan_by_id,
         crate::http::device_keys,
         crate::http::device_tickets,
+        crate::http::device_operators,
         crate::http::device_decisions,
     ),
     components(schemas(

@@ -227,6 +227,17 @@ impl Central {
         self.fetch(builder, Duration::from_secs(10)).await
     }
 
+    /// `GET /device/operators`: the verifiers for offline login.
+    pub async fn operators(
+        &self,
+    ) -> Result<(stile_shared::api::OfflineOperators, LinkSample), CallError> {
+        let builder = self
+            .client
+            .get(self.url("/device/operators"))
+            .bearer_auth(&self.device_credential);
+        self.fetch(builder, Duration::from_secs(10)).await
+    }
+
     pub async fn ticket_feed(
         &self,
         cursor: Option<&str>,

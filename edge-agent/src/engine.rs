@@ -23,7 +23,7 @@ use crate::central::{CallError, Central, LinkSample};
 use crate::config::AgentConfig;
 pub use crate::metrics::{AgentMetrics, CaptureCounters, Heartbeat};
 pub use crate::session::OperatorSession;
-use crate::session::{Display, Showing};
+use crate::session::{Display, OfflineLoginError, OfflineLogins, Showing};
 use crate::store::{snapshot_for_decision, DecisionRecord, Mode, Store, StoreError};
 pub use crate::uplink::{LinkState, Uplink};
 use chrono::{SecondsFormat, Utc};
@@ -103,6 +103,13 @@ pub struct Gate {
     pub source_ended: Mutex<bool>,
     /// The decoder cascade of the capture pipeline, for its counters.
     pub decoder: std::sync::OnceLock<Arc<crate::decode::Cascade>>,
+    /// Offline logins' failure counts.
+    offline_logins: OfflineLogins,
+    /// The credentials of an offline login, in memory only, to exchange the session for a
+    /// token once the central answers.
+    upgrade_login: Mutex<Option<(String, String)>>,
+    /// The clock offset last written to the store, and when.
+    clock_saved: Mutex<Option<(Instant, f64)>>,
     /// Browsers logged in on the gate page (who may log out or switch the function).
     pub browser_sessions: crate::access::BrowserSessions,
     /// Wakes the sync loop at once (the uplink came back, a token named an unknown kid).
@@ -144,6 +151,24 @@ pub fn mask_ticket_code(code: &str) -> String {
     let start: String = chars[..keep_start].iter().collect();
     let end: String = chars[chars.len() - keep_end..].iter().collect();
     format!("{start}***{end}")
+}
+
+/// The store's key of the operator session.
+const SESSION_STATE: &str = "operator_session";
+/// The store's key of the last measured clock offset from the central (seconds).
+const CLOCK_STATE: &str = "clock_offset_secs";
+/// The store's key of the operators this device may log in offline.
+const OPERATORS_STATE: &str = "offline_operators";
+
+/// Why a login failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginFailure {
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("too many failed logins for this username; try again later")]
+    Throttled,
+    #[error("login unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a stage of the pipeline decided, before it is recorded and shown.
@@ -200,6 +225,18 @@ impl Gate {
     pub fn open(config: AgentConfig) -> Result<Gate, GateError> {
         let store = Store::open(&config.database_path())?;
         let jwks = store.keys()?.unwrap_or_default();
+        // A gate rebooted during an outage keeps its operator (until the session expires).
+        let restored = store
+            .get_state(SESSION_STATE)?
+            .and_then(|text| OperatorSession::from_stored(&text))
+            .filter(|session| !session.is_expired(Utc::now().timestamp()));
+        let uplink = Uplink {
+            clock_offset_secs: store
+                .get_state(CLOCK_STATE)?
+                .and_then(|text| text.parse::<f64>().ok())
+                .filter(|offset| offset.is_finite()),
+            ..Uplink::default()
+        };
         let keys = KeySet::from_jwks(&jwks).unwrap_or_default();
         let central = Central::new(
             &config.central_url,
@@ -212,8 +249,8 @@ impl Gate {
             central,
             store: Mutex::new(store),
             keys: RwLock::new((keys, jwks)),
-            session: RwLock::new(None),
-            uplink: Mutex::new(Uplink::default()),
+            session: RwLock::new(restored),
+            uplink: Mutex::new(uplink),
             debounce: Mutex::new(HashMap::new()),
             display: Mutex::new(Display::default()),
             store_alarm: Mutex::new(None),
@@ -225,6 +262,9 @@ impl Gate {
             source_error: Mutex::new(None),
             source_ended: Mutex::new(false),
             decoder: std::sync::OnceLock::new(),
+            offline_logins: OfflineLogins::default(),
+            upgrade_login: Mutex::new(None),
+            clock_saved: Mutex::new(None),
             browser_sessions: crate::access::BrowserSessions::default(),
             sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
@@ -255,14 +295,133 @@ impl Gate {
             .unwrap_or_default()
     }
 
+    /// The operator session, while it has not expired.
     pub fn session(&self) -> Option<OperatorSession> {
-        self.session.read().ok().and_then(|s| s.clone())
+        let session = self.session.read().ok().and_then(|s| s.clone())?;
+        if session.is_expired(Utc::now().timestamp()) {
+            tracing::info!(device = %self.config.device_id, operator = %session.username, "operator session expired");
+            self.set_session(None);
+            return None;
+        }
+        Some(session)
     }
 
+    /// Sets (or ends) the session, and keeps it in the store so it survives a reboot.
     pub fn set_session(&self, session: Option<OperatorSession>) {
+        let stored = {
+            let mut store = self
+                .store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &session {
+                Some(session) => store.set_state(SESSION_STATE, &session.to_stored()),
+                None => store.delete_state(SESSION_STATE),
+            }
+        };
+        self.store_result(&stored);
+        if session.is_none() {
+            if let Ok(mut upgrade) = self.upgrade_login.lock() {
+                *upgrade = None;
+            }
+        }
         if let Ok(mut guard) = self.session.write() {
             *guard = session;
         }
+    }
+
+    /// Logs an operator in: at the central when it answers, else against the verifier the
+    /// central provisioned (an offline session, exchanged for a token once the central
+    /// answers again).
+    pub async fn log_in_with(
+        self: &Arc<Self>,
+        username: &str,
+        password: &str,
+    ) -> Result<OperatorSession, LoginFailure> {
+        if self.offline_logins.throttled(username) {
+            return Err(LoginFailure::Throttled);
+        }
+        match self.central.login(username, password).await {
+            Ok(answer) => {
+                self.link_ok(None);
+                Ok(OperatorSession {
+                    token: Some(answer.token),
+                    operator_id: answer.operator.id,
+                    username: answer.operator.username,
+                    merchant_code: answer.operator.merchant_code,
+                    expires_at: Utc::now().timestamp() + answer.expires_in,
+                })
+            }
+            Err(CallError::BadCredentials) => {
+                self.offline_logins.failed(username);
+                Err(LoginFailure::BadCredentials)
+            }
+            Err(CallError::Refused { status: 429, .. }) => Err(LoginFailure::Throttled),
+            Err(error) if error.is_uplink_failure() => {
+                self.link_failed(&error);
+                let operators = self.offline_operators().await;
+                if operators.is_empty() {
+                    return Err(LoginFailure::Unavailable(
+                        "the central is unreachable and no operators are provisioned for offline login yet".into(),
+                    ));
+                }
+                let (name, secret) = (username.to_owned(), password.to_owned());
+                let gate = self.clone();
+                let checked = tokio::task::spawn_blocking(move || {
+                    gate.offline_logins
+                        .log_in(&operators, &name, &secret, Utc::now().timestamp())
+                })
+                .await
+                .map_err(|error| LoginFailure::Unavailable(error.to_string()))?;
+                match checked {
+                    Ok(session) => {
+                        tracing::info!(device = %self.config.device_id, operator = %session.username, "operator logged in offline");
+                        if let Ok(mut upgrade) = self.upgrade_login.lock() {
+                            *upgrade = Some((username.to_owned(), password.to_owned()));
+                        }
+                        Ok(session)
+                    }
+                    Err(OfflineLoginError::BadCredentials) => Err(LoginFailure::BadCredentials),
+                    Err(OfflineLoginError::Throttled) => Err(LoginFailure::Throttled),
+                }
+            }
+            Err(error) => Err(LoginFailure::Unavailable(error.to_string())),
+        }
+    }
+
+    /// The operators this device may log in offline (from the last sync).
+    async fn offline_operators(self: &Arc<Self>) -> Vec<stile_shared::api::OfflineOperator> {
+        self.with_store(|store| store.get_state(OPERATORS_STATE))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|text| {
+                serde_json::from_str::<stile_shared::api::OfflineOperators>(&text).ok()
+            })
+            .map(|list| list.operators)
+            .unwrap_or_default()
+    }
+
+    /// Keeps the verifiers the central provisioned; a session of an operator no longer
+    /// among them ends (revoked).
+    pub async fn install_operators(
+        self: &Arc<Self>,
+        operators: &stile_shared::api::OfflineOperators,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(operators)
+            .map_err(|error| StoreError::Malformed(error.to_string()))?;
+        self.with_store(move |store| store.set_state(OPERATORS_STATE, &text))
+            .await?;
+        if let Some(session) = self.session() {
+            let known = operators
+                .operators
+                .iter()
+                .any(|o| o.id == session.operator_id && o.username == session.username);
+            if !known {
+                tracing::warn!(device = %self.config.device_id, operator = %session.username, "operator no longer provisioned: session ended");
+                self.set_session(None);
+            }
+        }
+        Ok(())
     }
 
     /// The operator logged out at the gate (stays out until someone logs in); the last
@@ -401,6 +560,29 @@ impl Gate {
     /// Notes a successful exchange with the central.
     pub fn link_ok(&self, sample: Option<LinkSample>) {
         self.update_uplink(|uplink| uplink.ok(sample));
+        if let Some(offset) = sample.and_then(|sample| sample.clock_offset_secs) {
+            self.keep_clock_offset(offset);
+        }
+    }
+
+    /// Keeps the central's clock offset in the store (when it moved, or once a minute), so
+    /// a gate rebooted during an outage still knows how far its clock is from the central's.
+    fn keep_clock_offset(&self, offset: f64) {
+        let Ok(mut saved) = self.clock_saved.lock() else {
+            return;
+        };
+        if saved.is_some_and(|(at, value): (Instant, f64)| {
+            at.elapsed() < Duration::from_secs(60) && (value - offset).abs() < 0.5
+        }) {
+            return;
+        }
+        let written = self
+            .store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set_state(CLOCK_STATE, &offset.to_string());
+        self.store_result(&written);
+        *saved = Some((Instant::now(), offset));
     }
 
     /// Notes a failed exchange.
@@ -413,23 +595,52 @@ impl Gate {
         self.update_uplink(|uplink| uplink.set_draining(draining));
     }
 
-    /// Logs the configured operator in when nobody is.
-    pub async fn ensure_session(&self) -> Result<(), CallError> {
-        if self.session().is_some() || self.logged_out.load(Ordering::SeqCst) {
+    /// Logs the configured operator in when nobody is (offline too), and exchanges an
+    /// offline session for a token once the central answers.
+    pub async fn ensure_session(self: &Arc<Self>) -> Result<(), LoginFailure> {
+        if self.logged_out.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let Some(login) = &self.config.operator else {
-            return Ok(());
-        };
-        let answer = self.central.login(&login.username, &login.password).await?;
-        self.set_session(Some(OperatorSession {
-            token: answer.token,
-            operator_id: answer.operator.id,
-            username: answer.operator.username,
-            merchant_code: answer.operator.merchant_code,
-        }));
-        tracing::info!(device = %self.config.device_id, "operator session started");
-        Ok(())
+        let configured = self
+            .config
+            .operator
+            .as_ref()
+            .map(|login| (login.username.clone(), login.password.clone()));
+        match self.session() {
+            Some(session) if session.is_offline() => {
+                let remembered = self.upgrade_login.lock().ok().and_then(|u| u.clone());
+                let Some((username, password)) = remembered
+                    .or(configured)
+                    .filter(|(username, _)| *username == session.username)
+                else {
+                    return Ok(());
+                };
+                if !self.uplink().state.try_online() {
+                    return Ok(());
+                }
+                if let Ok(answer) = self.central.login(&username, &password).await {
+                    self.set_session(Some(OperatorSession {
+                        token: Some(answer.token),
+                        operator_id: answer.operator.id,
+                        username: answer.operator.username,
+                        merchant_code: answer.operator.merchant_code,
+                        expires_at: Utc::now().timestamp() + answer.expires_in,
+                    }));
+                    tracing::info!(device = %self.config.device_id, "offline session exchanged for a token");
+                }
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => {
+                let Some((username, password)) = configured else {
+                    return Ok(());
+                };
+                let session = self.log_in_with(&username, &password).await?;
+                tracing::info!(device = %self.config.device_id, offline = session.is_offline(), "operator session started");
+                self.set_session(Some(session));
+                Ok(())
+            }
+        }
     }
 
     /// Decides one decoded code, end to end: the stages decide, then the one place below
@@ -635,7 +846,7 @@ impl Gate {
                     .showing_ticket(&claims),
             ));
         }
-        if self.uplink().state.try_online() {
+        if self.uplink().state.try_online() && !session.is_offline() {
             if let Some(outcome) = self
                 .decide_online(token, &claims, function_code, &session, scan_id, started)
                 .await
@@ -668,9 +879,10 @@ impl Gate {
             scan_id: Some(scan_id.to_owned()),
         };
         let operator = Some(session.operator_id);
+        let token = session.token.as_deref()?;
         let answer = match self
             .central
-            .scan(&session.token, &request, self.config.online_deadline)
+            .scan(token, &request, self.config.online_deadline)
             .await
         {
             Ok((answer, sample)) => {
@@ -681,7 +893,7 @@ impl Gate {
                 self.link_failed(&error);
                 let left = DECISION_BUDGET.saturating_sub(started.elapsed());
                 if error.outcome_unknown() && left >= Duration::from_millis(50) {
-                    match self.central.scan_by_id(&session.token, scan_id, left).await {
+                    match self.central.scan_by_id(token, scan_id, left).await {
                         Ok(Some(answer)) => {
                             self.link_ok(None);
                             Ok(answer)

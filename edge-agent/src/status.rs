@@ -5,6 +5,7 @@
 
 use crate::access;
 use crate::engine::{age_secs, mask_ticket_code, Gate, GateDecision, OperatorSession};
+
 use crate::store::{DecisionRecord, QueueState};
 use axum::extract::{Form, State};
 use axum::http::{header, StatusCode};
@@ -25,6 +26,9 @@ pub struct StatusReport {
     pub venue_code: String,
     pub function_code: String,
     pub operator: Option<OperatorSession>,
+    /// `online` (the session has a token) or `offline` (logged in against the provisioned
+    /// verifier; scans are decided offline until it is exchanged for a token).
+    pub operator_session: Option<&'static str>,
     pub camera: CameraReport,
     pub decoders: Vec<crate::decode::DecoderStats>,
     pub last_decisions: Vec<DecisionLine>,
@@ -137,6 +141,9 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
         device_id: gate.config.device_id.clone(),
         venue_code: gate.config.venue_code.clone(),
         function_code: gate.function_code().to_string(),
+        operator_session: gate
+            .session()
+            .map(|s| if s.is_offline() { "offline" } else { "online" }),
         operator: gate.session(),
         camera: CameraReport {
             source: gate.source.lock().ok().and_then(|s| s.clone()),
@@ -292,14 +299,9 @@ async fn gate_login(
     if !access::csrf_ok(&headers, &form.csrf) {
         return refused("csrf");
     }
-    match gate.central.login(&form.username, &form.password).await {
-        Ok(answer) => {
-            gate.log_in(OperatorSession {
-                token: answer.token,
-                operator_id: answer.operator.id,
-                username: answer.operator.username,
-                merchant_code: answer.operator.merchant_code,
-            });
+    match gate.log_in_with(&form.username, &form.password).await {
+        Ok(session) => {
+            gate.log_in(session);
             let session = gate.browser_sessions.open();
             (
                 [(
@@ -312,15 +314,12 @@ async fn gate_login(
         }
         Err(error) => {
             tracing::info!(error = %error, "gate login failed");
-            // Wrong credentials and a throttled username are the operator's to fix; anything
-            // else is the network's.
-            let reason = match &error {
-                crate::central::CallError::BadCredentials => "login",
-                crate::central::CallError::Refused { status: 429, .. } => "throttled",
-                error if error.is_uplink_failure() => "uplink",
-                _ => "login",
+            let reason = match error {
+                crate::engine::LoginFailure::BadCredentials => "login",
+                crate::engine::LoginFailure::Throttled => "throttled",
+                crate::engine::LoginFailure::Unavailable(_) => "uplink",
             };
-            Redirect::to(&format!("/gate?error={reason}")).into_response()
+            refused(reason)
         }
     }
 }

@@ -288,6 +288,12 @@ impl Store {
         set_state(&self.connection, name, value)
     }
 
+    pub fn delete_state(&mut self, name: &str) -> Result<(), StoreError> {
+        self.connection
+            .execute("DELETE FROM sync_state WHERE name = ?1", params![name])?;
+        Ok(())
+    }
+
     /// The key set last fetched from the central.
     pub fn keys(&self) -> Result<Option<JwkSet>, StoreError> {
         self.get_state("jwks")?

@@ -48,6 +48,22 @@ pub async fn keys_once(gate: &Arc<Gate>) -> Result<usize, SyncError> {
     Ok(count)
 }
 
+/// Fetches the operators this device may log in offline (replacing the last list, so a
+/// removed operator or a changed password stops working offline).
+pub async fn operators_once(gate: &Arc<Gate>) -> Result<usize, SyncError> {
+    let (operators, sample) = match gate.central.operators().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            gate.link_failed(&error);
+            return Err(error.into());
+        }
+    };
+    gate.link_ok(Some(sample));
+    let count = operators.operators.len();
+    gate.install_operators(&operators).await?;
+    Ok(count)
+}
+
 /// Pulls the ticket feed until caught up; returns how many tickets changed.
 pub async fn tickets_once(gate: &Arc<Gate>, page_size: u32) -> Result<usize, SyncError> {
     let mut changed = 0;
@@ -165,6 +181,7 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
                 keys_once(&gate).await?;
                 last_keys = Some(Instant::now());
             }
+            operators_once(&gate).await?;
             tickets_once(&gate, 2000).await?;
             loop {
                 let report = upload_once(&gate).await?;

@@ -656,3 +656,170 @@ async fn the_local_api_and_the_gate_forms_refuse_requests_without_a_credential()
     let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
     assert_eq!(status["function_code"], "MEAL");
 }
+
+/// Forgets the agent's persisted operator session, as a gate whose session expired.
+fn forget_session(dir: &std::path::Path) {
+    let store = rusqlite::Connection::open(dir.join("state").join("agent.db")).expect("store");
+    store
+        .execute("DELETE FROM sync_state WHERE name = 'operator_session'", [])
+        .expect("delete");
+}
+
+/// A power cycle during an outage: the gate comes back with its operator (the session is
+/// kept in the store) and keeps deciding offline; with no session left, the configured
+/// operator logs in offline against the verifier the central provisioned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gate_rebooted_during_an_outage_comes_back_deciding() {
+    let central = Central::start(&[bulk_fixture(3)]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            &proxy.url(),
+            &dir.path().join("state"),
+            port,
+            "",
+        ),
+    )
+    .expect("config");
+    let mut agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let tokens = [
+        central.issue_qr("TK-B0", OTA).await,
+        central.issue_qr("TK-B1", OTA).await,
+    ];
+    wait_for_fresh_sync(&agent.base).await;
+
+    agent.kill();
+    proxy.cut();
+    let mut agent = AgentProcess::start(&config, port).await;
+    let status = wait_status(&agent.base, LIMIT, "operator restored", |s| {
+        !s["operator"].is_null()
+    })
+    .await;
+    assert_eq!(status["operator"]["username"], "op-east");
+    assert_eq!(
+        status["operator_session"], "online",
+        "the restored token: {status}"
+    );
+    let decision = scan(&agent.base, &tokens[0]).await;
+    assert_eq!(
+        (code(&decision), decision["mode"].as_str()),
+        ("SUCCESS", Some("offline")),
+        "{decision}"
+    );
+
+    agent.kill();
+    forget_session(dir.path());
+    let agent = AgentProcess::start(&config, port).await;
+    let status = wait_status(
+        &agent.base,
+        LIMIT,
+        "configured operator logged in offline",
+        |s| !s["operator"].is_null(),
+    )
+    .await;
+    assert_eq!(status["operator_session"], "offline", "{status}");
+    let decision = scan(&agent.base, &tokens[1]).await;
+    assert_eq!(
+        (code(&decision), decision["mode"].as_str()),
+        ("SUCCESS", Some("offline")),
+        "{decision}"
+    );
+    proxy.restore();
+    wait_status(&agent.base, LIMIT, "token obtained, queue drained", |s| {
+        s["operator_session"] == "online" && s["outbox"]["depth"].as_i64() == Some(0)
+    })
+    .await;
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM redemption_events")
+            .await,
+        2
+    );
+}
+
+/// On the gate page, an operator logs in while the central is unreachable, against the
+/// provisioned verifier: a wrong password is refused, ten of them throttle the username,
+/// and the session is exchanged for a token once the central is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_logs_in_on_the_page_during_an_outage() {
+    let central = Central::start(&[bulk_fixture(2)]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    let text = agent_config(
+        "dev-east-1",
+        "dev-secret-1",
+        "GATE-EAST",
+        &proxy.url(),
+        &dir.path().join("state"),
+        port,
+        "",
+    );
+    let (without_operator, _) = text.split_once("[operator]").expect("operator section");
+    std::fs::write(&config, without_operator).expect("config");
+    let agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", |s| {
+        !s["last_sync_at"].is_null() && s["operator"].is_null()
+    })
+    .await;
+    let token = central.issue_qr("TK-B0", OTA).await;
+    wait_for_fresh_sync(&agent.base).await;
+    proxy.cut();
+
+    let login = format!("{}/gate/login", agent.base);
+    let mut browser = Browser::default();
+    let (landed, _) = browser
+        .post_form(
+            &login,
+            &[("username", "op-east"), ("password", "wrong horse")],
+        )
+        .await;
+    assert!(landed.ends_with("error=login"), "{landed}");
+    let (landed, page) = browser
+        .post_form(
+            &login,
+            &[("username", "op-east"), ("password", "correct horse")],
+        )
+        .await;
+    assert!(!landed.contains("error"), "{landed}");
+    assert!(page.contains("退出登录"), "{page}");
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert_eq!(status["operator_session"], "offline", "{status}");
+    let decision = scan(&agent.base, &token).await;
+    assert_eq!(
+        (code(&decision), decision["mode"].as_str()),
+        ("SUCCESS", Some("offline")),
+        "{decision}"
+    );
+    // Ten failures for another username: the eleventh attempt is throttled, right or not.
+    let mut other = Browser::default();
+    for _ in 0..10 {
+        let (landed, _) = other
+            .post_form(&login, &[("username", "op-west"), ("password", "guess")])
+            .await;
+        assert!(landed.ends_with("error=login"), "{landed}");
+    }
+    let (landed, _) = other
+        .post_form(&login, &[("username", "op-west"), ("password", "guess")])
+        .await;
+    assert!(landed.ends_with("error=throttled"), "{landed}");
+
+    proxy.restore();
+    wait_status(
+        &agent.base,
+        LIMIT,
+        "offline session exchanged for a token",
+        |s| s["operator_session"] == "online" && s["outbox"]["depth"].as_i64() == Some(0),
+    )
+    .await;
+    assert_eq!(central.remaining("TK-B0", "ENTRY").await, 0);
+}

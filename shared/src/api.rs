@@ -358,3 +358,23 @@ pub struct UploadResult {
 pub struct UploadResponse {
     pub results: Vec<UploadResult>,
 }
+
+/// An operator of the device's merchant, as a gate keeps it to log the operator in while
+/// the central is unreachable (`GET /device/operators`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OfflineOperator {
+    pub id: i64,
+    pub username: String,
+    pub merchant_code: String,
+    /// The argon2id PHC string of the operator's password (a verifier, never the password).
+    pub verifier: String,
+}
+
+/// Every operator a device may log in offline; operators missing from the list (removed,
+/// or of another merchant) cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OfflineOperators {
+    pub operators: Vec<OfflineOperator>,
+}

@@ -238,7 +238,8 @@ mod tests {
         let token = claims(); // iat NOW - 10, jti [1; 16]
         let other = Some(Jti::from_bytes([2; 16]));
         let mine = Some(token.jti.clone());
-        let cases: [(&str, Option<Jti>, Option<i64>, QrKnowledge, bool); 9] = [
+        type Case = (&'static str, Option<Jti>, Option<i64>, QrKnowledge, bool);
+        let cases: [Case; 9] = [
             (
                 "central: the current qr",
                 mine.clone(),

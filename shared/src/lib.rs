@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod codes;
+pub mod credentials;
 pub mod decision;
 pub mod domain;
 pub mod token;
