@@ -107,29 +107,12 @@ pub async fn run(
     // The capture pipeline.
     let (codes_tx, mut codes_rx) = mpsc::channel::<CodeJob>(16);
     let capture_stop = Arc::new(AtomicBool::new(false));
-    match open_source(&gate.config.source) {
-        Ok(Some(source)) => {
-            if let Ok(mut info) = gate.source.lock() {
-                *info = Some(source.info());
-            }
-            let cascade = Arc::new(Cascade::new(&gate.config.decoders));
-            let _ = gate.decoder.set(cascade.clone());
-            start_capture(
-                gate.clone(),
-                source,
-                cascade,
-                codes_tx,
-                capture_stop.clone(),
-            );
-        }
-        Ok(None) => drop(codes_tx),
-        Err(problem) => {
-            tracing::error!(problem = %problem, device = %gate.config.device_id, "no frame source; the gate takes scans through /api/scan only");
-            if let Ok(mut error) = gate.source_error.lock() {
-                *error = Some(problem);
-            }
-            drop(codes_tx);
-        }
+    if matches!(gate.config.source, SourceConfig::None) {
+        drop(codes_tx);
+    } else {
+        // Opened on the capture thread: opening a FIFO without a writer (or a slow camera)
+        // blocks, and must not hold up READY, the status page or the API.
+        start_capture(gate.clone(), codes_tx, capture_stop.clone());
     }
     let probe = tokio::spawn(crate::uplink::probe_loop(gate.clone(), stopping_rx.clone()));
     let deciding = {
@@ -205,7 +188,36 @@ fn max_frame(source: &SourceConfig) -> (u32, u32) {
     }
 }
 
-fn start_capture(
+fn start_capture(gate: Arc<Gate>, codes: mpsc::Sender<CodeJob>, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        if let Ok(mut problem) = gate.source_error.lock() {
+            *problem = Some("opening the frame source (waiting for the device)".into());
+        }
+        match open_source(&gate.config.source) {
+            Ok(Some(source)) => {
+                if let Ok(mut problem) = gate.source_error.lock() {
+                    *problem = None;
+                }
+                if let Ok(mut info) = gate.source.lock() {
+                    *info = Some(source.info());
+                }
+                let cascade = Arc::new(Cascade::new(&gate.config.decoders));
+                let _ = gate.decoder.set(cascade.clone());
+                run_capture(gate, source, cascade, codes, stop);
+            }
+            Ok(None) => {}
+            Err(problem) => {
+                tracing::error!(problem = %problem, device = %gate.config.device_id, "no frame source; the gate takes scans through /api/scan only");
+                if let Ok(mut error) = gate.source_error.lock() {
+                    *error = Some(problem);
+                }
+            }
+        }
+    });
+}
+
+/// The capture loop (this thread) and the decode thread, over an open source.
+fn run_capture(
     gate: Arc<Gate>,
     mut source: Box<dyn FrameSource>,
     cascade: Arc<Cascade>,
@@ -264,7 +276,7 @@ fn start_capture(
             }
         }
     });
-    std::thread::spawn(move || {
+    {
         while !stop.load(Ordering::SeqCst) {
             let (frame, file) = match source.next_capture() {
                 Ok(Some(Capture::Frame(frame))) => (frame, None),
@@ -326,7 +338,7 @@ fn start_capture(
                 Err(TrySendError::Disconnected(_)) => return,
             }
         }
-    });
+    }
 }
 
 /// Pings systemd's watchdog at half its interval (only when the unit sets `WatchdogSec`),

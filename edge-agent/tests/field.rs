@@ -823,3 +823,107 @@ async fn an_operator_logs_in_on_the_page_during_an_outage() {
     .await;
     assert_eq!(central.remaining("TK-B0", "ENTRY").await, 0);
 }
+
+/// A scan engine on a FIFO: with no writer yet, the agent still reports READY to systemd
+/// and serves its pages; once a writer comes its lines are decided; when the writer closes,
+/// the status page says no scans can arrive; an idle agent stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_engine_fifo_without_a_writer_does_not_hold_up_start() {
+    let central = Central::start(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("scanner");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    let extra = format!(
+        "[source]\nkind = \"lines\"\npath = \"{}\"\n",
+        fifo.display()
+    );
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            &central.base,
+            &dir.path().join("state"),
+            port,
+            &extra,
+        ),
+    )
+    .expect("config");
+    let mut agent =
+        AgentProcess::start_under_watchdog(&config, port, &socket_path, 10_000_000).await;
+    let mut buffer = [0u8; 512];
+    let ready = loop {
+        let n = socket.recv(&mut buffer).expect("READY within 20 s");
+        if String::from_utf8_lossy(&buffer[..n]).contains("READY=1") {
+            break true;
+        }
+    };
+    assert!(ready);
+    let status = wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    assert!(
+        status["camera"]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("opening")),
+        "{status}"
+    );
+
+    let token = central.issue_qr("TK-MULTI", OTA).await;
+    {
+        use std::io::Write;
+        let mut writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("open the FIFO for writing");
+        writeln!(writer, "{token}").expect("write a code");
+        let status = wait_status(&agent.base, LIMIT, "the line decided", |s| {
+            s["last_decisions"].as_array().map(Vec::len) == Some(1)
+        })
+        .await;
+        assert_eq!(status["last_decisions"][0]["code"], "SUCCESS", "{status}");
+        assert!(status["camera"]["problem"].is_null(), "{status}");
+    }
+    let status = wait_status(&agent.base, LIMIT, "input ended", |s| {
+        s["camera"]["ended"] == true
+    })
+    .await;
+    assert_eq!(status["camera"]["ended"], true);
+    let page = reqwest::get(format!("{}/", agent.base))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("input ended"), "the status page says so");
+
+    let stopping = Instant::now();
+    let pid = agent.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let exit = loop {
+        if let Some(exit) = agent.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(stopping.elapsed() < LIMIT, "the agent did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "idle agent stopped {:.2} s after SIGTERM",
+        stopping.elapsed().as_secs_f64()
+    );
+    assert!(exit.success(), "{exit:?}");
+}
