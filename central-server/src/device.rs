@@ -19,10 +19,10 @@ use axum::http::header;
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use stile_shared::api::{
-    EntitlementView, OfflineDecision, OfflineOperator, OfflineOperators, SyncedTicket,
-    TicketFeedPage, UploadOutcome, UploadResult,
+    DeviceHistory, EntitlementView, OfflineDecision, OfflineOperator, OfflineOperators,
+    SyncedTicket, TicketFeedPage, UploadOutcome, UploadResult,
 };
 use stile_shared::token::Jti;
 use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, TicketStatus};
@@ -219,6 +219,10 @@ pub async fn ticket_feed(
                 .collect::<Result<_, _>>()?,
         });
     }
+    if complete {
+        // The device holds the whole state now: from here on it has a past to lose.
+        note_synced(state, device).await?;
+    }
     Ok(TicketFeedPage {
         tickets,
         next_cursor: next.encode(),
@@ -253,6 +257,12 @@ pub async fn upload(
         return Err(AppError::BadRequest(format!(
             "decisions: at most {MAX_UPLOAD} per upload"
         )));
+    }
+    if !decisions.is_empty() {
+        sqlx::query("UPDATE devices SET last_upload_at = now() WHERE id = $1")
+            .bind(device.device_pk)
+            .execute(&state.pool)
+            .await?;
     }
     let mut results = Vec::with_capacity(decisions.len());
     for decision in decisions {
@@ -467,6 +477,34 @@ pub async fn offline_operators(
             })
             .collect(),
     })
+}
+
+/// What the central knows of the device's past; a first full sync is recorded here too.
+pub async fn history(
+    state: &AppState,
+    device: &AuthenticatedDevice,
+) -> Result<DeviceHistory, AppError> {
+    let (first_synced_at, last_upload_at): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT first_synced_at, last_upload_at FROM devices WHERE id = $1")
+            .bind(device.device_pk)
+            .fetch_one(&state.pool)
+            .await?;
+    let at = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true));
+    Ok(DeviceHistory {
+        first_synced_at: at(first_synced_at),
+        last_upload_at: at(last_upload_at),
+    })
+}
+
+/// Notes the device's first full sync (a no-op after the first).
+pub async fn note_synced(state: &AppState, device: &AuthenticatedDevice) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE devices SET first_synced_at = now() WHERE id = $1 AND first_synced_at IS NULL",
+    )
+    .bind(device.device_pk)
+    .execute(&state.pool)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,9 +21,10 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 use std::time::Instant;
 use stile_shared::api::{
-    DecisionUpload, DecryptRequest, DecryptResponse, ErrorBody, IssuedQr, LoginRequest,
-    LoginResponse, MerchantScanRequest, MerchantScanResponse, OfflineOperators, OperatorInfo,
-    OrderView, RedemptionPage, ScanRequest, ScanResponse, TicketFeedPage, UploadResponse,
+    DecisionUpload, DecryptRequest, DecryptResponse, DeviceHistory, ErrorBody, IssuedQr,
+    LoginRequest, LoginResponse, MerchantScanRequest, MerchantScanResponse, OfflineOperators,
+    OperatorInfo, OrderView, RedemptionPage, ScanRequest, ScanResponse, TicketFeedPage,
+    UploadResponse,
 };
 use stile_shared::token::JwkSet;
 use stile_shared::ApiCode;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/device/keys", get(device_keys))
         .route("/device/tickets", get(device_tickets))
         .route("/device/operators", get(device_operators))
+        .route("/device/history", get(device_history))
         .route(
             "/device/decisions",
             post(device_decisions).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
@@ -643,6 +645,21 @@ pub async fn device_keys(
     _device: crate::device::AuthenticatedDevice,
 ) -> Response {
     published_keys(State(state)).await
+}
+
+/// What the central knows of the device's past.
+#[utoipa::path(get, path = "/device/history", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "When the device first completed a full ticket sync and last uploaded offline decisions; a gate that starts with an empty store while these are set has lost local state", body = DeviceHistory),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_history(
+    State(state): State<AppState>,
+    device: crate::device::AuthenticatedDevice,
+) -> Result<Response, AppError> {
+    let history = crate::device::history(&state, &device).await?;
+    Ok(no_store(Json(history).into_response()))
 }
 
 /// The operators a gate may log in while the central is unreachable.

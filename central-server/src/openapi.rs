@@ -30,6 +30,7 @@ use utoipa::{Modify, OpenApi};
         crate::http::device_keys,
         crate::http::device_tickets,
         crate::http::device_operators,
+        crate::http::device_history,
         crate::http::device_decisions,
     ),
     components(schemas(

@@ -227,6 +227,17 @@ impl Central {
         self.fetch(builder, Duration::from_secs(10)).await
     }
 
+    /// `GET /device/history`: what the central knows of this device's past.
+    pub async fn history(
+        &self,
+    ) -> Result<(stile_shared::api::DeviceHistory, LinkSample), CallError> {
+        let builder = self
+            .client
+            .get(self.url("/device/history"))
+            .bearer_auth(&self.device_credential);
+        self.fetch(builder, Duration::from_secs(10)).await
+    }
+
     /// `GET /device/operators`: the verifiers for offline login.
     pub async fn operators(
         &self,

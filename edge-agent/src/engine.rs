@@ -108,6 +108,8 @@ pub struct Gate {
     /// The credentials of an offline login, in memory only, to exchange the session for a
     /// token once the central answers.
     upgrade_login: Mutex<Option<(String, String)>>,
+    /// A loss of the store, detected at start (see [`StoreLoss`]).
+    store_loss: Mutex<Option<StoreLoss>>,
     /// The clock offset last written to the store, and when.
     clock_saved: Mutex<Option<(Instant, f64)>>,
     /// Browsers logged in on the gate page (who may log out or switch the function).
@@ -155,6 +157,21 @@ pub fn mask_ticket_code(code: &str) -> String {
 
 /// The store's key of the operator session.
 const SESSION_STATE: &str = "operator_session";
+/// The store's key of a detected loss of the store.
+const STORE_LOSS_STATE: &str = "store_loss";
+
+/// A store found empty on a device the central knows ran before: offline acceptances not
+/// uploaded yet are gone. Reported until the agent restarts after the resync; offline
+/// decisions are refused until the resync.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreLoss {
+    pub detected_at: String,
+    pub first_synced_at: Option<String>,
+    pub last_upload_at: Option<String>,
+    /// When a full ticket sync completed after the loss; offline decisions are allowed again.
+    pub resynced_at: Option<String>,
+}
+
 /// The store's key of the last measured clock offset from the central (seconds).
 const CLOCK_STATE: &str = "clock_offset_secs";
 /// The store's key of the operators this device may log in offline.
@@ -230,6 +247,9 @@ impl Gate {
             .get_state(SESSION_STATE)?
             .and_then(|text| OperatorSession::from_stored(&text))
             .filter(|session| !session.is_expired(Utc::now().timestamp()));
+        let loss = store
+            .get_state(STORE_LOSS_STATE)?
+            .and_then(|text| serde_json::from_str::<StoreLoss>(&text).ok());
         let uplink = Uplink {
             clock_offset_secs: store
                 .get_state(CLOCK_STATE)?
@@ -265,6 +285,7 @@ impl Gate {
             offline_logins: OfflineLogins::default(),
             upgrade_login: Mutex::new(None),
             clock_saved: Mutex::new(None),
+            store_loss: Mutex::new(loss),
             browser_sessions: crate::access::BrowserSessions::default(),
             sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
@@ -472,6 +493,75 @@ impl Gate {
             .lock()
             .map(|display| display.showing(logged_in, self.config.decision_clear))
             .unwrap_or(Showing::Waiting)
+    }
+
+    /// A loss of the store detected at start, if any.
+    pub fn store_loss(&self) -> Option<StoreLoss> {
+        self.store_loss.lock().ok().and_then(|loss| loss.clone())
+    }
+
+    /// Whether offline decisions are refused because the store was lost and the gate has
+    /// not resynced since.
+    pub fn awaiting_resync(&self) -> bool {
+        self.store_loss()
+            .is_some_and(|loss| loss.resynced_at.is_none())
+    }
+
+    /// The central's word on a new store: when the device synced or uploaded before, the
+    /// store it had is lost. Reported loudly and kept in the store.
+    pub async fn check_history(
+        self: &Arc<Self>,
+        history: &stile_shared::api::DeviceHistory,
+    ) -> Result<(), StoreError> {
+        let ran_before = history.first_synced_at.is_some() || history.last_upload_at.is_some();
+        let loss = ran_before.then(|| StoreLoss {
+            detected_at: now_rfc3339(),
+            first_synced_at: history.first_synced_at.clone(),
+            last_upload_at: history.last_upload_at.clone(),
+            resynced_at: None,
+        });
+        if let Some(loss) = &loss {
+            tracing::error!(
+                device = %self.config.device_id,
+                path = %self.config.database_path().display(),
+                first_synced_at = loss.first_synced_at.as_deref().unwrap_or("-"),
+                last_upload_at = loss.last_upload_at.as_deref().unwrap_or("-"),
+                "ALARM: the store is new but this device ran before: offline acceptances not \
+                 uploaded are lost; deciding offline is refused until a full resync"
+            );
+        }
+        let text = loss
+            .as_ref()
+            .map(|loss| serde_json::to_string(loss).unwrap_or_default());
+        self.with_store(move |store| {
+            if let Some(text) = text {
+                store.set_state(STORE_LOSS_STATE, &text)?;
+            }
+            store.delete_state(crate::store::HISTORY_CHECK_STATE)
+        })
+        .await?;
+        if let Ok(mut guard) = self.store_loss.lock() {
+            if loss.is_some() {
+                *guard = loss;
+            }
+        }
+        Ok(())
+    }
+
+    /// A full ticket sync completed: after a loss, offline decisions may resume.
+    pub async fn note_full_sync(self: &Arc<Self>) -> Result<(), StoreError> {
+        let Some(mut loss) = self.store_loss().filter(|loss| loss.resynced_at.is_none()) else {
+            return Ok(());
+        };
+        loss.resynced_at = Some(now_rfc3339());
+        let text = serde_json::to_string(&loss).unwrap_or_default();
+        self.with_store(move |store| store.set_state(STORE_LOSS_STATE, &text))
+            .await?;
+        tracing::warn!(device = %self.config.device_id, "resynced after the store loss: offline decisions allowed again");
+        if let Ok(mut guard) = self.store_loss.lock() {
+            *guard = Some(loss);
+        }
+        Ok(())
     }
 
     /// The store's last write failure, while no write has succeeded since.
@@ -978,7 +1068,9 @@ impl Gate {
         };
         let fresh =
             state_age.is_some_and(|age| age >= 0 && age as u64 <= policy.max_state_age_secs);
-        let Some(ticket) = ticket.filter(|_| fresh && clock_trusted && channel_allowed) else {
+        let resynced = !self.awaiting_resync();
+        let Some(ticket) = ticket.filter(|_| fresh && clock_trusted && channel_allowed && resynced)
+        else {
             return Ok(offline(ApiCode::OfflineUnverifiable));
         };
         let snapshot = snapshot_for_decision(&ticket, function_code, unsynced);

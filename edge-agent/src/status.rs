@@ -35,6 +35,8 @@ pub struct StatusReport {
     pub uplink: crate::uplink::Uplink,
     /// The store's last write failure, while it lasts.
     pub store_alarm: Option<String>,
+    /// A store found empty on a device that ran before (until the agent restarts).
+    pub store_loss: Option<crate::engine::StoreLoss>,
     /// What the gate display shows now.
     pub showing: crate::session::Showing,
     pub last_sync_at: Option<String>,
@@ -168,6 +170,7 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
         last_decisions: recent.iter().map(DecisionLine::from).collect(),
         uplink: gate.uplink(),
         store_alarm: gate.store_alarm(),
+        store_loss: gate.store_loss(),
         showing: gate.showing(),
         last_sync_age_secs: age_secs(last_sync.as_deref()),
         last_sync_at: last_sync,
@@ -265,7 +268,10 @@ async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
 }
 
 async fn readyz(State(gate): State<Arc<Gate>>) -> Response {
-    let alarm = gate.store_alarm();
+    let alarm = gate.store_alarm().or_else(|| {
+        gate.awaiting_resync()
+            .then(|| "store lost: awaiting a full resync".to_owned())
+    });
     let store_ok = gate.with_store(|store| store.queue_state()).await.is_ok() && alarm.is_none();
     if store_ok && gate.has_keys() {
         Json(serde_json::json!({"status": "ready"})).into_response()
@@ -481,9 +487,19 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
 </body></html>",
         device = escape(&report.device_id),
         venue = escape(&report.venue_code),
-        store = match &report.store_alarm {
-            None => flag(true, "writes ok", ""),
-            Some(error) => flag(false, "", &format!("ALARM: decisions cannot be recorded: {}", escape(error))),
+        store = match (&report.store_alarm, &report.store_loss) {
+            (Some(error), _) => flag(false, "", &format!("ALARM: decisions cannot be recorded: {}", escape(error))),
+            (None, Some(loss)) => flag(false, "", &format!(
+                "ALARM: STORE LOST — the store was found empty at {} although this device synced first at {} and last uploaded at {}: offline acceptances not uploaded before are gone. {}",
+                escape(&loss.detected_at),
+                or_dash(loss.first_synced_at.as_ref()),
+                or_dash(loss.last_upload_at.as_ref()),
+                match &loss.resynced_at {
+                    Some(at) => format!("Resynced at {}; offline decisions allowed again.", escape(at)),
+                    None => "Offline decisions are refused until a full resync.".to_owned(),
+                }
+            )),
+            (None, None) => flag(true, "writes ok", ""),
         },
         version = report.version,
         uptime = report.uptime_secs,

@@ -23,7 +23,16 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "the store {path} cannot be read ({reason}). Stop the agent, move the file aside (keep \
+         it: it may hold offline acceptances not uploaded yet) and start again: the agent \
+         starts a new store, resyncs from the central and reports the loss on its status page"
+    )]
+    Unreadable { path: String, reason: String },
 }
+
+/// Present while a new store waits for the central's word on the device's past.
+pub const HISTORY_CHECK_STATE: &str = "history_check";
 
 /// How a decision was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -115,12 +124,21 @@ impl Store {
                 source,
             })?;
         }
-        let connection = Connection::open(path)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
+        let unreadable = |error: rusqlite::Error| StoreError::Unreadable {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        };
+        let connection = Connection::open(path).map_err(unreadable)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(unreadable)?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let version: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(unreadable)?;
+        let created = version == 0;
         if version < SCHEMA_VERSION {
             connection.execute_batch(
                 "BEGIN;
@@ -159,7 +177,18 @@ impl Store {
                  COMMIT;",
             )?;
         }
-        Ok(Store { connection })
+        let mut store = Store { connection };
+        if created {
+            // A new store: whether this device had one before is for the central to say.
+            store.set_state(HISTORY_CHECK_STATE, "pending")?;
+        }
+        Ok(store)
+    }
+
+    /// Whether this store is new and the central has not yet said whether the device ran
+    /// before.
+    pub fn history_check_pending(&self) -> Result<bool, StoreError> {
+        Ok(self.get_state(HISTORY_CHECK_STATE)?.is_some())
     }
 
     /// Whether this device already accepted this (jti, function_code).

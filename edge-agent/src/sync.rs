@@ -48,6 +48,26 @@ pub async fn keys_once(gate: &Arc<Gate>) -> Result<usize, SyncError> {
     Ok(count)
 }
 
+/// For a new store: asks the central whether this device ran before (a lost store).
+pub async fn history_once(gate: &Arc<Gate>) -> Result<(), SyncError> {
+    if !gate
+        .with_store(|store| store.history_check_pending())
+        .await?
+    {
+        return Ok(());
+    }
+    let (history, sample) = match gate.central.history().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            gate.link_failed(&error);
+            return Err(error.into());
+        }
+    };
+    gate.link_ok(Some(sample));
+    gate.check_history(&history).await?;
+    Ok(())
+}
+
 /// Fetches the operators this device may log in offline (replacing the last list, so a
 /// removed operator or a changed password stops working offline).
 pub async fn operators_once(gate: &Arc<Gate>) -> Result<usize, SyncError> {
@@ -87,6 +107,7 @@ pub async fn tickets_once(gate: &Arc<Gate>, page_size: u32) -> Result<usize, Syn
         })
         .await?;
         if complete {
+            gate.note_full_sync().await?;
             return Ok(changed);
         }
     }
@@ -181,6 +202,7 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
                 keys_once(&gate).await?;
                 last_keys = Some(Instant::now());
             }
+            history_once(&gate).await?;
             operators_once(&gate).await?;
             tickets_once(&gate, 2000).await?;
             loop {

@@ -927,3 +927,96 @@ async fn a_scan_engine_fifo_without_a_writer_does_not_hold_up_start() {
     );
     assert!(exit.success(), "{exit:?}");
 }
+
+/// A deleted store on a device the central knows ran before is reported, not silently
+/// started fresh: the status page says STORE LOST, `/readyz` is not ready until the resync,
+/// and what the central recorded still blocks a second entry. A corrupt store stops the
+/// agent with a message naming the file and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_store_is_reported_and_a_corrupt_one_names_the_file() {
+    let central = Central::start(&[bulk_fixture(2)]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            &proxy.url(),
+            &dir.path().join("state"),
+            port,
+            "",
+        ),
+    )
+    .expect("config");
+    let mut agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert!(
+        status["store_loss"].is_null(),
+        "a first start is no loss: {status}"
+    );
+    let token = central.issue_qr("TK-B0", OTA).await;
+    wait_for_fresh_sync(&agent.base).await;
+    proxy.cut();
+    let decision = scan(&agent.base, &token).await;
+    assert_eq!(code(&decision), "SUCCESS", "{decision}");
+    proxy.restore();
+    wait_status(&agent.base, LIMIT, "uploaded", |s| {
+        s["outbox"]["depth"].as_i64() == Some(0) && s["uplink"]["state"] == "online"
+    })
+    .await;
+    agent.kill();
+
+    let state = dir.path().join("state");
+    for file in ["agent.db", "agent.db-wal", "agent.db-shm"] {
+        let _ = std::fs::remove_file(state.join(file));
+    }
+    let agent = AgentProcess::start(&config, port).await;
+    let status = wait_status(&agent.base, LIMIT, "loss reported and resynced", |s| {
+        !s["store_loss"]["resynced_at"].is_null()
+    })
+    .await;
+    assert!(
+        status["store_loss"]["first_synced_at"].is_string(),
+        "{status}"
+    );
+    assert!(
+        status["store_loss"]["last_upload_at"].is_string(),
+        "{status}"
+    );
+    let page = reqwest::get(format!("{}/", agent.base))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("STORE LOST"), "the status page says so");
+    // The acceptance the lost store held was uploaded: the central still blocks it.
+    let again = scan(&agent.base, &token).await;
+    assert_eq!(code(&again), "ALREADY_REDEEMED", "{again}");
+    drop(agent);
+
+    std::fs::write(
+        state.join("agent.db"),
+        b"this is not a sqlite database at all, sorry",
+    )
+    .expect("corrupt");
+    for file in ["agent.db-wal", "agent.db-shm"] {
+        let _ = std::fs::remove_file(state.join(file));
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["run", "--config", config.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&state.join("agent.db").display().to_string())
+            && stderr.contains("move the file aside"),
+        "{stderr}"
+    );
+}

@@ -378,3 +378,14 @@ pub struct OfflineOperator {
 pub struct OfflineOperators {
     pub operators: Vec<OfflineOperator>,
 }
+
+/// What the central knows of a device's past (`GET /device/history`): a gate that starts
+/// with an empty store while the central says it has synced before has lost local state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeviceHistory {
+    /// When the device first completed a full ticket sync (RFC 3339); null if never.
+    pub first_synced_at: Option<String>,
+    /// When the device last uploaded offline decisions (RFC 3339); null if never.
+    pub last_upload_at: Option<String>,
+}
