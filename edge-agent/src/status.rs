@@ -17,9 +17,189 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use stile_shared::{ApiCode, FunctionCode, Lang};
 
+/// How a reading looks to a technician.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grade {
+    Ok,
+    Warn,
+    Bad,
+}
+
+impl Grade {
+    fn class(self) -> &'static str {
+        match self {
+            Grade::Ok => "ok",
+            Grade::Warn => "warn",
+            Grade::Bad => "bad",
+        }
+    }
+
+    /// `Ok` up to `warn`, `Warn` up to `bad`, `Bad` beyond; `Bad` when unknown.
+    fn of(value: Option<f64>, warn: f64, bad: f64) -> Grade {
+        match value {
+            Some(v) if v <= warn => Grade::Ok,
+            Some(v) if v <= bad => Grade::Warn,
+            _ => Grade::Bad,
+        }
+    }
+}
+
+/// The one line at the top of the status page: is this gate fine, and can it decide
+/// offline right now; if not, why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub grade: Grade,
+    pub offline_ready: bool,
+    /// Why the gate could not decide a scan alone right now (empty when it can).
+    pub offline_blockers: Vec<String>,
+    pub text: String,
+}
+
+/// Thresholds of the status page's readings, from the offline policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grades {
+    pub clock: Grade,
+    pub sync_age: Grade,
+    pub key_age: Grade,
+    pub disk: Grade,
+}
+
+/// Free space below which the disk is a warning, and a problem.
+const DISK_WARN_BYTES: f64 = 1024.0 * 1024.0 * 1024.0;
+const DISK_BAD_BYTES: f64 = 100.0 * 1024.0 * 1024.0;
+/// Key set age that is a warning (a day), and a problem (a week).
+const KEY_WARN_SECS: f64 = 86_400.0;
+const KEY_BAD_SECS: f64 = 7.0 * 86_400.0;
+
+/// Free bytes for unprivileged writers on the file system of `dir`.
+fn disk_free_bytes(dir: &std::path::Path) -> Option<u64> {
+    rustix::fs::statvfs(dir)
+        .ok()
+        .map(|stat| stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The verdict and grades of a report (a pure function of the report and the policy).
+fn judge(report: &StatusReport, policy: &crate::config::OfflinePolicy) -> (Verdict, Grades) {
+    let max_offset = policy.max_clock_offset_secs as f64;
+    let max_age = policy.max_state_age_secs as f64;
+    let grades = Grades {
+        clock: Grade::of(
+            report.uplink.clock_offset_secs.map(f64::abs),
+            max_offset / 2.0,
+            max_offset,
+        ),
+        sync_age: Grade::of(
+            report.last_sync_age_secs.map(|a| a as f64),
+            max_age / 2.0,
+            max_age,
+        ),
+        key_age: Grade::of(
+            report.keys.age_secs.map(|a| a as f64),
+            KEY_WARN_SECS,
+            KEY_BAD_SECS,
+        ),
+        // more free space is better: grade the shortfall
+        disk: match report.disk_free_bytes.map(|b| b as f64) {
+            Some(free) if free >= DISK_WARN_BYTES => Grade::Ok,
+            Some(free) if free >= DISK_BAD_BYTES => Grade::Warn,
+            _ => Grade::Bad,
+        },
+    };
+    let mut blockers = Vec::new();
+    if report.keys.kids.is_empty() {
+        blockers.push("no verification keys yet".to_owned());
+    }
+    if report.operator.is_none() {
+        blockers.push("no operator logged in".to_owned());
+    }
+    match report.last_sync_age_secs {
+        None => blockers.push("no ticket sync yet".to_owned()),
+        Some(age) if age as f64 > max_age => {
+            blockers.push(format!("ticket state {age} s old (policy: {max_age} s)"))
+        }
+        _ => {}
+    }
+    match report.uplink.clock_offset_secs {
+        None => blockers.push("clock offset from the central unknown".to_owned()),
+        Some(offset) if offset.abs() > max_offset => blockers.push(format!(
+            "clock {offset:+.0} s off the central (policy: ±{max_offset} s)"
+        )),
+        _ => {}
+    }
+    if let Some(error) = &report.store_alarm {
+        blockers.push(format!("store cannot record: {error}"));
+    }
+    if report
+        .store_loss
+        .as_ref()
+        .is_some_and(|loss| loss.resynced_at.is_none())
+    {
+        blockers.push("store lost: awaiting a full resync".to_owned());
+    }
+    let online = report.uplink.state.try_online();
+    let offline_ready = blockers.is_empty();
+    let mut problems = Vec::new();
+    if !online {
+        problems.push(format!("uplink {}", report.uplink.state.as_str()));
+    }
+    if report.store_alarm.is_some() || report.store_loss.is_some() {
+        problems.push("store alarm".to_owned());
+    }
+    if report.camera.problem.is_some() || report.camera.ended {
+        problems.push("frame source problem".to_owned());
+    }
+    if grades.disk == Grade::Bad {
+        problems.push("disk nearly full".to_owned());
+    }
+    let grade = if (!online && !offline_ready) || report.store_alarm.is_some() {
+        Grade::Bad
+    } else if !problems.is_empty() || !offline_ready {
+        Grade::Warn
+    } else {
+        Grade::Ok
+    };
+    let text = match (online, offline_ready) {
+        (true, true) if problems.is_empty() => {
+            "OK: online, and able to decide offline if the uplink drops".to_owned()
+        }
+        (true, true) => format!(
+            "Online, able to decide offline; check: {}",
+            problems.join(", ")
+        ),
+        (true, false) => format!(
+            "Online; could NOT decide offline if the uplink drops: {}",
+            blockers.join("; ")
+        ),
+        (false, true) => format!(
+            "Deciding OFFLINE ({}): scans are decided on this gate alone",
+            problems.join(", ")
+        ),
+        (false, false) => format!(
+            "CANNOT DECIDE: uplink {} and offline decisions blocked: {}",
+            report.uplink.state.as_str(),
+            blockers.join("; ")
+        ),
+    };
+    (
+        Verdict {
+            grade,
+            offline_ready,
+            offline_blockers: blockers,
+            text,
+        },
+        grades,
+    )
+}
+
 /// Everything the status page shows, as `/api/status` answers it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
+    /// The one-line verdict (filled in last, from the rest of the report).
+    pub verdict: Option<Verdict>,
+    pub grades: Option<Grades>,
+    /// Free bytes on the state directory's file system.
+    pub disk_free_bytes: Option<u64>,
     pub version: &'static str,
     pub uptime_secs: u64,
     pub device_id: String,
@@ -137,7 +317,10 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
             std::fs::metadata(path).ok().map(|m| m.len())
         })
         .sum();
-    Ok(StatusReport {
+    let mut report = StatusReport {
+        verdict: None,
+        grades: None,
+        disk_free_bytes: disk_free_bytes(&gate.config.state_dir),
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: gate.started_at.elapsed().as_secs(),
         device_id: gate.config.device_id.clone(),
@@ -184,7 +367,11 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
             fetched_at: keys_at,
         },
         sqlite_bytes,
-    })
+    };
+    let (verdict, grades) = judge(&report, &gate.config.offline);
+    report.verdict = Some(verdict);
+    report.grades = Some(grades);
+    Ok(report)
 }
 
 /// The listener's routes.
@@ -419,6 +606,12 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         Ok(report) => report,
         Err(error) => return internal(error),
     };
+    let grades = report.grades.clone().unwrap_or(Grades {
+        clock: Grade::Bad,
+        sync_age: Grade::Bad,
+        key_age: Grade::Bad,
+        disk: Grade::Bad,
+    });
     let flag = |good: bool, yes: &str, no: &str| {
         if good {
             format!("<span class=ok>{yes}</span>")
@@ -475,18 +668,26 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         "<!doctype html><html lang=zh-CN><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
 <title>Stile gate {device} status</title><style>{STYLE}</style></head><body>\
 <h1>Stile gate <b id=device>{device}</b> at <b id=venue>{venue}</b> — edge-agent {version}, up {uptime} s</h1>\
+<div class=card id=verdict><span class={verdict_class}>{verdict}</span></div>\
 <div class=card id=store>store {store}</div>\
 <div class=grid>\
 <div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div><div>per frame <b id=frame-ms>{frame_ms:.1} ms</b> (scaling included; {scaled} scaled down)</div>{decoders}</div>\
 <div class=card><h2>Uplink</h2><div id=uplink>{uplink}</div><div>round trip {rtt}</div><div>last ok {last_ok}</div><div>last error {last_error}</div></div>\
-<div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
-<div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched {keys_age} s ago</div><div>clock offset <b id=clock-offset>{offset}</b> s</div><div>SQLite {sqlite} KiB</div></div>\
+<div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age class={sync_class}>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
+<div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched <b id=key-age class={key_class}>{keys_age}</b> s ago</div><div>clock offset <b id=clock-offset class={clock_class}>{offset}</b> s</div><div>SQLite {sqlite} KiB, disk free <b id=disk-free class={disk_class}>{disk}</b></div></div>\
 <div class=card><h2>Gate</h2><div>function <b id=function>{function}</b></div><div>operator {operator}</div></div>\
 </div><h2>Last decisions</h2><table id=decisions><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{recent}</table>\
 <h2>Conflicts</h2><table id=conflict-list><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{conflict_rows}</table>\
 </body></html>",
         device = escape(&report.device_id),
         venue = escape(&report.venue_code),
+        verdict_class = report.verdict.as_ref().map(|v| v.grade.class()).unwrap_or("warn"),
+        verdict = report.verdict.as_ref().map(|v| escape(&v.text)).unwrap_or_default(),
+        sync_class = grades.sync_age.class(),
+        key_class = grades.key_age.class(),
+        clock_class = grades.clock.class(),
+        disk_class = grades.disk.class(),
+        disk = or_dash(report.disk_free_bytes.map(|b| format!("{} MiB", b / (1024 * 1024)))),
         store = match (&report.store_alarm, &report.store_loss) {
             (Some(error), _) => flag(false, "", &format!("ALARM: decisions cannot be recorded: {}", escape(error))),
             (None, Some(loss)) => flag(false, "", &format!(
@@ -685,7 +886,140 @@ async fn gate_page(
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::*;
+    use crate::uplink::{LinkState, Uplink};
+
+    /// A healthy online gate: synced a minute ago, keys an hour old, clock 2 s off, an
+    /// operator, plenty of disk.
+    fn healthy() -> StatusReport {
+        StatusReport {
+            verdict: None,
+            grades: None,
+            disk_free_bytes: Some(50 << 30),
+            version: "test",
+            uptime_secs: 60,
+            device_id: "dev-1".into(),
+            venue_code: "GATE".into(),
+            function_code: "ENTRY".into(),
+            operator: Some(OperatorSession {
+                token: Some("t".into()),
+                operator_id: 1,
+                username: "op".into(),
+                merchant_code: "M001".into(),
+                expires_at: i64::MAX,
+            }),
+            operator_session: Some("online"),
+            camera: CameraReport {
+                source: None,
+                problem: None,
+                frames_seen: 0,
+                frames_dropped: 0,
+                frames_decoded: 0,
+                decode_rate: 0.0,
+                frames_scaled: 0,
+                frame_ms_avg: 0.0,
+                ended: false,
+            },
+            decoders: Vec::new(),
+            last_decisions: Vec::new(),
+            uplink: Uplink {
+                state: LinkState::Online,
+                online: true,
+                clock_offset_secs: Some(2.0),
+                ..Uplink::default()
+            },
+            store_alarm: None,
+            store_loss: None,
+            showing: crate::session::Showing::Waiting,
+            last_sync_at: None,
+            last_sync_age_secs: Some(60),
+            synced_tickets: 10,
+            outbox: QueueState::default(),
+            oldest_queued_age_secs: None,
+            conflicts: Vec::new(),
+            keys: KeysReport {
+                kids: vec!["k1".into()],
+                fetched_at: None,
+                age_secs: Some(3600),
+            },
+            sqlite_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_verdict_says_whether_the_gate_can_decide_offline_and_why_not() {
+        let policy = crate::config::OfflinePolicy::default(); // 3600 s state, 30 s clock
+        type Tweak = fn(&mut StatusReport);
+        let cases: [(&str, Tweak, Grade, bool, &str); 6] = [
+            ("healthy", |_| {}, Grade::Ok, true, "OK: online"),
+            (
+                "clock two hours off",
+                |r| r.uplink.clock_offset_secs = Some(-7200.0),
+                Grade::Warn,
+                false,
+                "clock -7200 s off",
+            ),
+            (
+                "offline with stale state",
+                |r| {
+                    r.uplink.state = LinkState::Suspect;
+                    r.last_sync_age_secs = Some(7200);
+                },
+                Grade::Bad,
+                false,
+                "CANNOT DECIDE",
+            ),
+            (
+                "offline but ready",
+                |r| r.uplink.state = LinkState::Offline,
+                Grade::Warn,
+                true,
+                "Deciding OFFLINE",
+            ),
+            (
+                "no keys",
+                |r| r.keys.kids.clear(),
+                Grade::Warn,
+                false,
+                "no verification keys",
+            ),
+            (
+                "store failing",
+                |r| r.store_alarm = Some("disk full".into()),
+                Grade::Bad,
+                false,
+                "store cannot record: disk full",
+            ),
+        ];
+        for (what, tweak, grade, ready, text) in cases {
+            let mut report = healthy();
+            tweak(&mut report);
+            let (verdict, _) = judge(&report, &policy);
+            assert_eq!(verdict.grade, grade, "{what}: {}", verdict.text);
+            assert_eq!(verdict.offline_ready, ready, "{what}");
+            assert!(verdict.text.contains(text), "{what}: {}", verdict.text);
+        }
+    }
+
+    #[test]
+    fn readings_are_graded_against_the_policy() {
+        let policy = crate::config::OfflinePolicy::default();
+        let mut report = healthy();
+        let (_, grades) = judge(&report, &policy);
+        assert_eq!(
+            (grades.clock, grades.sync_age, grades.key_age, grades.disk),
+            (Grade::Ok, Grade::Ok, Grade::Ok, Grade::Ok)
+        );
+        report.uplink.clock_offset_secs = Some(-7200.0);
+        report.last_sync_age_secs = Some(2000);
+        report.keys.age_secs = Some(10 * 86_400);
+        report.disk_free_bytes = Some(500 << 20);
+        let (_, grades) = judge(&report, &policy);
+        assert_eq!(
+            (grades.clock, grades.sync_age, grades.key_age, grades.disk),
+            (Grade::Bad, Grade::Warn, Grade::Bad, Grade::Warn)
+        );
+    }
 
     #[test]
     fn html_is_escaped() {

@@ -104,6 +104,8 @@ async fn a_hanging_central_costs_one_timeout_then_the_gate_decides_offline_and_r
         "{status}"
     );
     assert_eq!(status["outbox"]["depth"], 5, "{status}");
+    let verdict = status["verdict"]["text"].as_str().unwrap_or_default();
+    assert!(verdict.starts_with("Deciding OFFLINE"), "{verdict}");
 
     central.signal("CONT");
     let back = Instant::now();
