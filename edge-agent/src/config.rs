@@ -3,7 +3,7 @@
 //! the process environment. `edge-agent check-config` prints the resolved settings (secrets
 //! masked) or the first problem, naming the setting.
 
-use crate::decode::DecoderKind;
+use crate::capture::decode::DecoderKind;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -11,13 +11,13 @@
 //! grace period, and tells systemd STOPPING; READY is sent once the store is open and the
 //! listener bound, and WATCHDOG pings follow while the decision task is alive.
 
-use crate::config::{AgentConfig, SourceConfig};
-use crate::decode::Cascade;
-use crate::engine::{Gate, GateError};
-use crate::frames::{
+use crate::capture::decode::Cascade;
+use crate::capture::frames::{
     finish_spool_file, Capture, DirectorySource, FrameSource, LineSource, SpoolOutcome,
     DEFAULT_MAX_FRAME,
 };
+use crate::config::{AgentConfig, SourceConfig};
+use crate::decide::{Gate, GateError};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,7 +67,7 @@ fn open_source(config: &SourceConfig) -> Result<Option<Box<dyn FrameSource>>, St
             height,
             fps,
             format,
-        } => crate::camera::CameraSource::open(*device, *width, *height, *fps, format)
+        } => crate::capture::camera::CameraSource::open(*device, *width, *height, *fps, format)
             .map(|s| Some(Box::new(s) as Box<dyn FrameSource>))
             .map_err(|error| error.to_string()),
         #[cfg(not(feature = "camera"))]
@@ -94,7 +94,7 @@ pub async fn run(
     let (stopping_tx, stopping_rx) = watch::channel(false);
 
     let mut server_stop = stopping_rx.clone();
-    let app = crate::status::router(gate.clone());
+    let app = crate::pages::status::router(gate.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -102,7 +102,7 @@ pub async fn run(
             })
             .await
     });
-    let sync = tokio::spawn(crate::sync::run(gate.clone(), stopping_rx.clone()));
+    let sync = tokio::spawn(crate::uplink::sync::run(gate.clone(), stopping_rx.clone()));
 
     // The capture pipeline.
     let (codes_tx, mut codes_rx) = mpsc::channel::<CodeJob>(16);
@@ -114,7 +114,10 @@ pub async fn run(
         // blocks, and must not hold up READY, the status page or the API.
         start_capture(gate.clone(), codes_tx, capture_stop.clone());
     }
-    let probe = tokio::spawn(crate::uplink::probe_loop(gate.clone(), stopping_rx.clone()));
+    let probe = tokio::spawn(crate::uplink::sync::probe_loop(
+        gate.clone(),
+        stopping_rx.clone(),
+    ));
     let deciding = {
         let gate = gate.clone();
         let mut stopping = stopping_rx.clone();
@@ -131,7 +134,7 @@ pub async fn run(
                 let decision = gate
                     .decide_code(
                         &job.text,
-                        crate::engine::Origin::Capture {
+                        crate::decide::Origin::Capture {
                             captured_at: job.captured_at,
                         },
                     )
@@ -167,7 +170,7 @@ pub async fn run(
 /// A frame on its way to the decoders: when it was captured, and the spool file it came
 /// from (a spool file is one scan and is never dropped).
 struct FrameJob {
-    frame: crate::frames::LumaFrame,
+    frame: crate::capture::frames::LumaFrame,
     file: Option<PathBuf>,
     captured_at: Instant,
 }

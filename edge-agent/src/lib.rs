@@ -2,26 +2,17 @@
 //! lines) in; a green or red decision out in well under a second; every decision durable in
 //! SQLite; nothing redeemed twice; nothing lost while the uplink is down.
 //!
-//! Layout: [`config`] (settings), [`frames`] (frame sources), [`decode`] (QR decoders),
-//! [`store`] (the SQLite store), [`central`] (the central server's API), [`engine`] (the
-//! decision: local checks, online, offline), [`session`] (the operator and what the gate
-//! display shows), [`uplink`] (link states and the probe), [`metrics`], [`sync`] (keys,
-//! ticket feed, uploads),
-//! [`status`] (the technician's status page, the gate display, metrics), [`daemon`] (wiring
-//! and lifecycle).
+//! The folders follow the pipeline: [`capture`] (frame sources and QR decoders) →
+//! [`decide`] (the gate's state and the decision stages) → [`store`] (the SQLite store) and
+//! [`uplink`] (the central's API, the link state, sync); [`pages`] (status page, gate
+//! display, local API); [`config`] (settings), [`metrics`], [`daemon`] (wiring and
+//! lifecycle).
 
-pub mod access;
-#[cfg(feature = "camera")]
-pub mod camera;
-pub mod central;
+pub mod capture;
 pub mod config;
 pub mod daemon;
-pub mod decode;
-pub mod engine;
-pub mod frames;
+pub mod decide;
 pub mod metrics;
-pub mod session;
-pub mod status;
+pub mod pages;
 pub mod store;
-pub mod sync;
 pub mod uplink;

@@ -4,8 +4,8 @@
 //! its token and no empty frame may yield a code; degraded frames are reported, not
 //! asserted (their rate is the benchmark's business: `stile-bench-decode`).
 
-use edge_agent::decode::{Cascade, DecoderKind};
-use edge_agent::frames::{Capture, DirectorySource, FrameSource};
+use edge_agent::capture::decode::{Cascade, DecoderKind};
+use edge_agent::capture::frames::{Capture, DirectorySource, FrameSource};
 use std::collections::HashMap;
 use stile_shared::token::{verify, Jti, KeySet, QrClaims, QrSigner, TokenPolicy};
 use stile_shared::Channel;

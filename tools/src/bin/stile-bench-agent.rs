@@ -42,7 +42,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use edge_agent::config::AgentConfig;
-use edge_agent::engine::Gate;
+use edge_agent::decide::Gate;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -913,7 +913,7 @@ impl Committed {
     async fn add(&mut self, gate: &Arc<Gate>, token: &str) -> anyhow::Result<()> {
         let started = Instant::now();
         let decision = gate
-            .decide_code(token, edge_agent::engine::Origin::Request)
+            .decide_code(token, edge_agent::decide::Origin::Request)
             .await;
         let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.wall_ms.push(wall_ms);
@@ -984,7 +984,7 @@ impl LocalGate {
         let gate = &self.gate;
         let started = Instant::now();
         gate.ensure_session().await.context("operator login")?;
-        edge_agent::sync::keys_once(gate)
+        edge_agent::uplink::sync::keys_once(gate)
             .await
             .context("fetching the key set")?;
         let login_and_keys = started.elapsed();

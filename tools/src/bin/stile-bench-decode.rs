@@ -26,8 +26,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use edge_agent::decode::{Cascade, DecoderKind};
-use edge_agent::frames::LumaFrame;
+use edge_agent::capture::decode::{Cascade, DecoderKind};
+use edge_agent::capture::frames::LumaFrame;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use stile_shared::token::{verify, Jti, KeySet, QrClaims, QrSigner, TokenPolicy};

@@ -4,17 +4,14 @@
 //! central answered 5xx: the link may be hanging), `offline` (nothing reached the central),
 //! `draining` (back online with offline acceptances still being uploaded). While the link
 //! is suspect or offline, scans are decided offline at once, with no round trip, and
-//! [`probe_loop`] asks the central's `/healthz` in the background every
+//! [`super::sync::probe_loop`] asks the central's `/healthz` in the background every
 //! [`PROBE_INTERVAL`]; the first answer puts the link back online and wakes the sync loop
 //! so the queue drains at once instead of after its backoff.
 
-use crate::central::{CallError, LinkSample};
-use crate::engine::Gate;
+use super::central::{CallError, LinkSample};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// How often a suspect or offline link is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -118,39 +115,6 @@ impl Uplink {
             (LinkState::Online, true) => self.settle(LinkState::Draining),
             (LinkState::Draining, false) => self.settle(LinkState::Online),
             _ => {}
-        }
-    }
-}
-
-/// One probe: asks the central's `/healthz` when the link is not usable.
-pub async fn probe_once(gate: &Arc<Gate>) -> Option<bool> {
-    if gate.uplink().state.try_online() {
-        return None;
-    }
-    match gate.central.probe(PROBE_DEADLINE).await {
-        Ok(sample) => {
-            gate.link_ok(Some(sample));
-            tracing::info!(device = %gate.config.device_id, "uplink back: the central answers");
-            gate.sync_now.notify_one();
-            Some(true)
-        }
-        Err(error) => {
-            gate.link_failed(&error);
-            Some(false)
-        }
-    }
-}
-
-/// Probes a suspect or offline link until it answers, every [`PROBE_INTERVAL`].
-pub async fn probe_loop(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(PROBE_INTERVAL) => {}
-            _ = stopping.changed() => return,
-        }
-        tokio::select! {
-            _ = probe_once(&gate) => {}
-            _ = stopping.changed() => return,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! device, what the kernel said, the `video` group), so the daemon starts without a camera
 //! and says so instead of crashing.
 
-use crate::frames::{Capture, FrameError, FrameSource, LumaFrame, SourceInfo};
+use crate::capture::frames::{Capture, FrameError, FrameSource, LumaFrame, SourceInfo};
 use nokhwa::backends::capture::V4LCaptureDevice;
 use nokhwa::camera_traits::CaptureBackendTrait;
 use nokhwa::utils::{CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType};

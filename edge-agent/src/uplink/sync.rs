@@ -2,9 +2,9 @@
 //! of offline acceptances. Each is one step (`*_once`) that tests drive directly; [`run`] is
 //! the thin loop around them that adds timing, backoff with jitter, and shutdown.
 
-use crate::central::CallError;
-use crate::engine::Gate;
+use crate::decide::Gate;
 use crate::store::StoreError;
+use crate::uplink::central::CallError;
 use chrono::{SecondsFormat, Utc};
 use rand::Rng;
 use std::sync::Arc;
@@ -234,6 +234,39 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
             // The probe heard the central again, or a token named a key not synced yet:
             // sync (and drain the queue) now, not after the backoff.
             () = gate.sync_now.notified() => { failures = 0; }
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// One probe: asks the central's `/healthz` when the link is not usable.
+pub async fn probe_once(gate: &Arc<Gate>) -> Option<bool> {
+    if gate.uplink().state.try_online() {
+        return None;
+    }
+    match gate.central.probe(super::link::PROBE_DEADLINE).await {
+        Ok(sample) => {
+            gate.link_ok(Some(sample));
+            tracing::info!(device = %gate.config.device_id, "uplink back: the central answers");
+            gate.sync_now.notify_one();
+            Some(true)
+        }
+        Err(error) => {
+            gate.link_failed(&error);
+            Some(false)
+        }
+    }
+}
+
+/// Probes a suspect or offline link until it answers, every [`PROBE_INTERVAL`].
+pub async fn probe_loop(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(super::link::PROBE_INTERVAL) => {}
+            _ = stopping.changed() => return,
+        }
+        tokio::select! {
+            _ = probe_once(&gate) => {}
             _ = stopping.changed() => return,
         }
     }

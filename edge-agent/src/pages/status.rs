@@ -3,8 +3,8 @@
 //! `/readyz`). Pages are plain server-rendered HTML that refresh themselves: they work on any
 //! browser a technician has, with no script.
 
-use crate::access;
-use crate::engine::{age_secs, mask_ticket_code, Gate, GateDecision, OperatorSession};
+use crate::decide::{age_secs, mask_ticket_code, Gate, GateDecision, OperatorSession};
+use crate::pages::access;
 
 use crate::store::{DecisionRecord, QueueState};
 use axum::extract::{Form, State};
@@ -210,15 +210,15 @@ pub struct StatusReport {
     /// verifier; scans are decided offline until it is exchanged for a token).
     pub operator_session: Option<&'static str>,
     pub camera: CameraReport,
-    pub decoders: Vec<crate::decode::DecoderStats>,
+    pub decoders: Vec<crate::capture::decode::DecoderStats>,
     pub last_decisions: Vec<DecisionLine>,
-    pub uplink: crate::uplink::Uplink,
+    pub uplink: crate::uplink::link::Uplink,
     /// The store's last write failure, while it lasts.
     pub store_alarm: Option<String>,
     /// A store found empty on a device that ran before (until the agent restarts).
-    pub store_loss: Option<crate::engine::StoreLoss>,
+    pub store_loss: Option<crate::decide::StoreLoss>,
     /// What the gate display shows now.
-    pub showing: crate::session::Showing,
+    pub showing: crate::decide::session::Showing,
     pub last_sync_at: Option<String>,
     pub last_sync_age_secs: Option<i64>,
     pub synced_tickets: i64,
@@ -231,7 +231,7 @@ pub struct StatusReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CameraReport {
-    pub source: Option<crate::frames::SourceInfo>,
+    pub source: Option<crate::capture::frames::SourceInfo>,
     /// Why there is no frame source ("no camera"), if so.
     pub problem: Option<String>,
     pub frames_seen: u64,
@@ -434,7 +434,7 @@ async fn api_scan(
             .into_response();
     }
     let decision: GateDecision = gate
-        .decide_code(&body.code, crate::engine::Origin::Request)
+        .decide_code(&body.code, crate::decide::Origin::Request)
         .await;
     Json(decision).into_response()
 }
@@ -508,9 +508,9 @@ async fn gate_login(
         Err(error) => {
             tracing::info!(error = %error, "gate login failed");
             let reason = match error {
-                crate::engine::LoginFailure::BadCredentials => "login",
-                crate::engine::LoginFailure::Throttled => "throttled",
-                crate::engine::LoginFailure::Unavailable(_) => "uplink",
+                crate::decide::LoginFailure::BadCredentials => "login",
+                crate::decide::LoginFailure::Throttled => "throttled",
+                crate::decide::LoginFailure::Unavailable(_) => "uplink",
             };
             refused(reason)
         }
@@ -722,8 +722,8 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
             ))
             .collect::<String>(),
         uplink = match report.uplink.state {
-            crate::uplink::LinkState::Online => "<span class=ok>online</span>".to_owned(),
-            crate::uplink::LinkState::Draining => "<span class=warn>draining (uploading offline acceptances)</span>".to_owned(),
+            crate::uplink::link::LinkState::Online => "<span class=ok>online</span>".to_owned(),
+            crate::uplink::link::LinkState::Draining => "<span class=warn>draining (uploading offline acceptances)</span>".to_owned(),
             state => format!(
                 "<span class=bad>{}</span> since {}",
                 state.as_str(),
@@ -760,7 +760,7 @@ async fn gate_page(
     headers: axum::http::HeaderMap,
     axum::extract::Query(query): axum::extract::Query<GateQuery>,
 ) -> Response {
-    use crate::session::Showing;
+    use crate::decide::session::Showing;
     let csrf = access::cookie(&headers, access::CSRF_COOKIE)
         .filter(|value| value.len() >= 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_owned)
@@ -830,7 +830,7 @@ async fn gate_page(
     };
     let uplink = gate.uplink().state;
     let badge = match uplink {
-        crate::uplink::LinkState::Online | crate::uplink::LinkState::Draining => {
+        crate::uplink::link::LinkState::Online | crate::uplink::link::LinkState::Draining => {
             "<span id=badge class=online>在线 online</span>"
         }
         _ => "<span id=badge class=offline>离线 offline</span>",
@@ -887,7 +887,7 @@ async fn gate_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uplink::{LinkState, Uplink};
+    use crate::uplink::link::{LinkState, Uplink};
 
     /// A healthy online gate: synced a minute ago, keys an hour old, clock 2 s off, an
     /// operator, plenty of disk.
@@ -930,7 +930,7 @@ mod tests {
             },
             store_alarm: None,
             store_loss: None,
-            showing: crate::session::Showing::Waiting,
+            showing: crate::decide::session::Showing::Waiting,
             last_sync_at: None,
             last_sync_age_secs: Some(60),
             synced_tickets: 10,

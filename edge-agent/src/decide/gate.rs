@@ -1,124 +1,64 @@
-//! The gate's decision: what happens between a decoded code and the green or red light.
-//!
-//! [`Gate::decide_code`] runs the stages, each of which answers or hands on, then records
-//! and shows the outcome in one place:
-//! 1. Verify the token locally (keys from the central, pinned EdDSA). A token the gate has no
-//!    key for (no keys synced yet, or an unknown kid) is `OFFLINE_UNVERIFIABLE`, not invalid.
-//! 2. Debounce by meaning (capture frames only): the same (jti, function_code) seen again
-//!    within `debounce_secs` re-shows the last decision (a code held in front of the camera).
-//! 3. The operator session, then the checks that need no ticket (expiry, merchant).
-//! 4. A (jti, function_code) this device already accepted is blocked locally, online or not.
-//! 5. Online, only while the uplink is online or draining ([`crate::uplink`]): `POST
-//!    /venue/scan` with a fresh scan_id and a short deadline; when the request may have been
-//!    applied, a lookup by scan_id with what is left of [`DECISION_BUDGET`].
-//! 6. Offline: the same shared decision function over the synced state, under the same
-//!    scan_id, so the later upload reconciles with whatever the central recorded; the
-//!    offline policy can refuse (`OFFLINE_UNVERIFIABLE`).
-//!
-//! Recording: a decision the central made is shown as the central made it even when the
-//! store cannot record it (that is an alarm); a decision the gate made alone is shown only
-//! once it is in SQLite, and as `STORE_FAILED` when it could not be recorded.
+//! The gate's state and what changes it: the store, the keys, the operator session (kept
+//! across reboots, opened offline against provisioned verifiers), the uplink as calls see
+//! it, the store alarm and a detected store loss, and the metrics. The decision pipeline
+//! over this state is [`super::pipeline`].
 
-use crate::central::{CallError, Central, LinkSample};
+use super::decision::GateDecision;
+use super::session::{Display, OfflineLoginError, OfflineLogins, OperatorSession, Showing};
 use crate::config::AgentConfig;
-pub use crate::metrics::{AgentMetrics, CaptureCounters, Heartbeat};
-pub use crate::session::OperatorSession;
-use crate::session::{Display, OfflineLoginError, OfflineLogins, Showing};
-use crate::store::{snapshot_for_decision, DecisionRecord, Mode, Store, StoreError};
-pub use crate::uplink::{LinkState, Uplink};
+use crate::metrics::{AgentMetrics, CaptureCounters, Heartbeat};
+use crate::store::{Store, StoreError};
+use crate::uplink::central::{CallError, Central, LinkSample};
+use crate::uplink::link::{LinkState, Uplink};
 use chrono::{SecondsFormat, Utc};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use stile_shared::api::{ScanRequest, TicketView};
-use stile_shared::decision::{check_token, decide, Decision, DecisionInput};
-use stile_shared::token::{verify, JwkSet, QrClaims};
-use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, KeySet, Lang, TokenError};
-
-/// The whole time a scan may take, the online attempt and the scan lookup included: the gate
-/// shows a decision within 1 s whatever the uplink does.
-pub const DECISION_BUDGET: Duration = Duration::from_millis(900);
-
-/// Where a code came from: frames of the capture pipeline are debounced (a code held in
-/// front of the camera is decided once); an explicit request (`POST /api/scan`) is decided
-/// every time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// From the capture pipeline; latency counts from the capture.
-    Capture {
-        captured_at: Instant,
-    },
-    Request,
-}
-
-/// A decision as the gate shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GateDecision {
-    pub scan_id: String,
-    pub code: ApiCode,
-    pub message: String,
-    pub mode: Mode,
-    /// Masked (`TK-1***-1`): never a full ticket code on a screen or in a log.
-    pub ticket: Option<String>,
-    /// The token's id, when it verified (never shown on the gate display).
-    #[serde(skip)]
-    pub jti: Option<String>,
-    pub entitlements: Vec<stile_shared::api::EntitlementView>,
-    pub function_code: String,
-    pub decided_at: String,
-    pub latency_ms: f64,
-    /// Re-shown by the debounce, not decided again.
-    pub repeated: bool,
-}
-
-impl GateDecision {
-    pub fn is_green(&self) -> bool {
-        self.code == ApiCode::Success
-    }
-}
+use stile_shared::token::JwkSet;
+use stile_shared::{FunctionCode, KeySet};
 
 /// Everything the gate knows and does.
 pub struct Gate {
     pub config: AgentConfig,
     pub central: Central,
-    store: Mutex<Store>,
-    keys: RwLock<(KeySet, JwkSet)>,
-    session: RwLock<Option<OperatorSession>>,
-    function_code: RwLock<FunctionCode>,
-    uplink: Mutex<Uplink>,
-    debounce: Mutex<HashMap<(String, String), (Instant, GateDecision)>>,
-    display: Mutex<Display>,
+    pub(super) store: Mutex<Store>,
+    pub(super) keys: RwLock<(KeySet, JwkSet)>,
+    pub(super) session: RwLock<Option<OperatorSession>>,
+    pub(super) function_code: RwLock<FunctionCode>,
+    pub(super) uplink: Mutex<Uplink>,
+    pub(super) debounce: Mutex<HashMap<(String, String), (Instant, GateDecision)>>,
+    pub(super) display: Mutex<Display>,
     /// The last failure to write the store, while it lasts (an alarm: status page,
     /// `/readyz`, journal, `/metrics`).
-    store_alarm: Mutex<Option<String>>,
+    pub(super) store_alarm: Mutex<Option<String>>,
     pub capture: CaptureCounters,
     /// Progress of the pipeline's stages, for the watchdog.
     pub heartbeat: Heartbeat,
     pub metrics: AgentMetrics,
     pub started_at: Instant,
-    pub source: Mutex<Option<crate::frames::SourceInfo>>,
+    pub source: Mutex<Option<crate::capture::frames::SourceInfo>>,
     pub source_error: Mutex<Option<String>>,
     /// The frame source said it has nothing more (a scan engine's input closed).
     pub source_ended: Mutex<bool>,
     /// The decoder cascade of the capture pipeline, for its counters.
-    pub decoder: std::sync::OnceLock<Arc<crate::decode::Cascade>>,
+    pub decoder: std::sync::OnceLock<Arc<crate::capture::decode::Cascade>>,
     /// Offline logins' failure counts.
-    offline_logins: OfflineLogins,
+    pub(super) offline_logins: OfflineLogins,
     /// The credentials of an offline login, in memory only, to exchange the session for a
     /// token once the central answers.
-    upgrade_login: Mutex<Option<(String, String)>>,
+    pub(super) upgrade_login: Mutex<Option<(String, String)>>,
     /// A loss of the store, detected at start (see [`StoreLoss`]).
-    store_loss: Mutex<Option<StoreLoss>>,
+    pub(super) store_loss: Mutex<Option<StoreLoss>>,
     /// The clock offset last written to the store, and when.
-    clock_saved: Mutex<Option<(Instant, f64)>>,
+    pub(super) clock_saved: Mutex<Option<(Instant, f64)>>,
     /// Browsers logged in on the gate page (who may log out or switch the function).
-    pub browser_sessions: crate::access::BrowserSessions,
+    pub browser_sessions: crate::pages::access::BrowserSessions,
     /// Wakes the sync loop at once (the uplink came back, a token named an unknown kid).
     pub sync_now: tokio::sync::Notify,
     /// Set when the operator logged out at the gate: the configured operator is then not
     /// logged back in by the sync loop until someone logs in again.
-    logged_out: std::sync::atomic::AtomicBool,
+    pub(super) logged_out: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Gate {
@@ -138,21 +78,8 @@ pub enum GateError {
     Central(#[from] CallError),
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// `TK-1001-1` → `TK-1***-1`: enough for staff to match a ticket, not enough to copy one.
-pub fn mask_ticket_code(code: &str) -> String {
-    let chars: Vec<char> = code.chars().collect();
-    if chars.len() <= 4 {
-        return "*".repeat(chars.len());
-    }
-    let keep_start = 4.min(chars.len() / 2);
-    let keep_end = 2.min(chars.len() - keep_start);
-    let start: String = chars[..keep_start].iter().collect();
-    let end: String = chars[chars.len() - keep_end..].iter().collect();
-    format!("{start}***{end}")
 }
 
 /// The store's key of the operator session.
@@ -186,56 +113,6 @@ pub enum LoginFailure {
     Throttled,
     #[error("login unavailable: {0}")]
     Unavailable(String),
-}
-
-/// What a stage of the pipeline decided, before it is recorded and shown.
-#[derive(Debug)]
-struct Outcome {
-    code: ApiCode,
-    mode: Mode,
-    /// The ticket code (masked only when shown).
-    ticket: Option<String>,
-    entitlements: Vec<stile_shared::api::EntitlementView>,
-    claims: Option<QrClaims>,
-    /// The token, kept for upload (offline acceptances only).
-    upload_token: Option<String>,
-    operator_id: Option<i64>,
-}
-
-impl Outcome {
-    fn local(code: ApiCode) -> Outcome {
-        Outcome {
-            code,
-            mode: Mode::Local,
-            ticket: None,
-            entitlements: Vec::new(),
-            claims: None,
-            upload_token: None,
-            operator_id: None,
-        }
-    }
-
-    fn about(mut self, claims: &QrClaims, operator_id: Option<i64>) -> Outcome {
-        self.claims = Some(claims.clone());
-        self.operator_id = operator_id;
-        self
-    }
-
-    fn showing_ticket(mut self, claims: &QrClaims) -> Outcome {
-        self.ticket = Some(claims.tid.clone());
-        self
-    }
-
-    fn in_mode(mut self, mode: Mode) -> Outcome {
-        self.mode = mode;
-        self
-    }
-}
-
-/// The first stages' answer: a decision to record, or the debounce's re-shown one.
-enum Staged {
-    Decided(Outcome),
-    Repeat(GateDecision),
 }
 
 impl Gate {
@@ -286,7 +163,7 @@ impl Gate {
             upgrade_login: Mutex::new(None),
             clock_saved: Mutex::new(None),
             store_loss: Mutex::new(loss),
-            browser_sessions: crate::access::BrowserSessions::default(),
+            browser_sessions: crate::pages::access::BrowserSessions::default(),
             sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
         })
@@ -309,7 +186,7 @@ impl Gate {
         .map_err(|error| StoreError::Malformed(format!("store task: {error}")))?
     }
 
-    pub fn decoder_stats(&self) -> Vec<crate::decode::DecoderStats> {
+    pub fn decoder_stats(&self) -> Vec<crate::capture::decode::DecoderStats> {
         self.decoder
             .get()
             .map(|cascade| cascade.stats())
@@ -569,7 +446,7 @@ impl Gate {
         self.store_alarm.lock().ok().and_then(|alarm| alarm.clone())
     }
 
-    fn store_result<T>(&self, result: &Result<T, StoreError>) {
+    pub(super) fn store_result<T>(&self, result: &Result<T, StoreError>) {
         let Ok(mut alarm) = self.store_alarm.lock() else {
             return;
         };
@@ -733,390 +610,6 @@ impl Gate {
         }
     }
 
-    /// Decides one decoded code, end to end: the stages decide, then the one place below
-    /// records and shows the result.
-    pub async fn decide_code(self: &Arc<Self>, text: &str, origin: Origin) -> GateDecision {
-        let started = match origin {
-            Origin::Capture { captured_at } => captured_at,
-            Origin::Request => Instant::now(),
-        };
-        if let Ok(mut display) = self.display.lock() {
-            display.checking();
-        }
-        let function_code = self.function_code();
-        let scan_id = uuid::Uuid::new_v4().to_string();
-        let staged = self
-            .decide_stages(text, &function_code, &scan_id, origin, started)
-            .await;
-        let decision = match staged {
-            Ok(Staged::Repeat(decision)) => decision,
-            Ok(Staged::Decided(outcome)) => {
-                self.record_and_show(outcome, scan_id, &function_code, text, started)
-                    .await
-            }
-            Err(error) => {
-                // A store read failed: nothing can be decided offline, nothing is green.
-                self.store_result::<()>(&Err(error));
-                self.shown(
-                    scan_id,
-                    &Outcome::local(ApiCode::StoreFailed),
-                    &function_code,
-                    started,
-                )
-            }
-        };
-        if matches!(origin, Origin::Capture { .. }) && !decision.repeated {
-            if let Some(jti) = &decision.jti {
-                if let Ok(mut debounce) = self.debounce.lock() {
-                    debounce.retain(|_, (at, _)| at.elapsed() < self.config.debounce);
-                    debounce.insert(
-                        (jti.clone(), function_code.to_string()),
-                        (Instant::now(), decision.clone()),
-                    );
-                }
-            }
-        }
-        if let Ok(mut display) = self.display.lock() {
-            display.decided(decision.clone());
-        }
-        decision
-    }
-
-    /// Records the outcome, then shows it. A decision the central made is shown as the
-    /// central made it, whether or not the store took it (the failure is an alarm); one this
-    /// gate made alone is shown only once it is durable, so nothing is green offline unless
-    /// it was recorded first.
-    async fn record_and_show(
-        self: &Arc<Self>,
-        outcome: Outcome,
-        scan_id: String,
-        function_code: &FunctionCode,
-        text: &str,
-        started: Instant,
-    ) -> GateDecision {
-        let mut decision = self.shown(scan_id, &outcome, function_code, started);
-        let recorded = self.record(&decision, &outcome).await;
-        self.store_result(&recorded);
-        if recorded.is_err() && decision.mode != Mode::Online {
-            let refused = Outcome {
-                code: ApiCode::StoreFailed,
-                ..outcome
-            };
-            decision = self.shown(decision.scan_id.clone(), &refused, function_code, started);
-        }
-        // From the code to the decision committed (the stored record cannot include its own
-        // commit; the returned decision and the histogram do).
-        decision.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.metrics.latency.observe(decision.latency_ms / 1000.0);
-        self.metrics
-            .decisions
-            .get_or_create(&vec![
-                ("code".to_owned(), decision.code.as_str().to_owned()),
-                ("mode".to_owned(), decision.mode.as_str().to_owned()),
-            ])
-            .inc();
-        tracing::info!(
-            decision = decision.code.as_str(),
-            mode = decision.mode.as_str(),
-            latency_ms = decision.latency_ms,
-            device = %self.config.device_id,
-            ticket = decision.ticket.as_deref().unwrap_or("-"),
-            chars = text.len(),
-            "scan decided"
-        );
-        decision
-    }
-
-    fn shown(
-        &self,
-        scan_id: String,
-        outcome: &Outcome,
-        function_code: &FunctionCode,
-        started: Instant,
-    ) -> GateDecision {
-        GateDecision {
-            scan_id,
-            code: outcome.code,
-            message: outcome.code.message(Lang::ZhCn).to_owned(),
-            mode: outcome.mode,
-            ticket: outcome.ticket.as_deref().map(mask_ticket_code),
-            jti: outcome.claims.as_ref().map(|c| c.jti.to_string()),
-            entitlements: outcome.entitlements.clone(),
-            function_code: function_code.to_string(),
-            decided_at: now_rfc3339(),
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            repeated: false,
-        }
-    }
-
-    async fn record(
-        self: &Arc<Self>,
-        decision: &GateDecision,
-        outcome: &Outcome,
-    ) -> Result<(), StoreError> {
-        let upload = decision.mode == Mode::Offline && decision.code == ApiCode::Success;
-        let claims = outcome.claims.as_ref();
-        let record = DecisionRecord {
-            scan_id: decision.scan_id.clone(),
-            jti: claims.map(|c| c.jti.to_string()),
-            ticket_code: claims.map(|c| c.tid.clone()),
-            function_code: decision.function_code.clone(),
-            code: decision.code.as_str().to_owned(),
-            mode: decision.mode,
-            decided_at: decision.decided_at.clone(),
-            latency_ms: decision.latency_ms,
-            qr_token: upload.then(|| outcome.upload_token.clone().unwrap_or_default()),
-            operator_id: outcome.operator_id,
-            upload_state: upload.then(|| "pending".to_owned()),
-            upload_code: None,
-        };
-        self.with_store(move |store| store.record(&record)).await
-    }
-
-    /// Verify → debounce → session → token checks → local block → online → lookup →
-    /// offline. Each stage either answers or hands on.
-    async fn decide_stages(
-        self: &Arc<Self>,
-        text: &str,
-        function_code: &FunctionCode,
-        scan_id: &str,
-        origin: Origin,
-        started: Instant,
-    ) -> Result<Staged, StoreError> {
-        let keys = self.keys.read().map(|k| k.0.clone()).unwrap_or_default();
-        let token = text.trim();
-        // (With no keys at all, every well-formed token names an unknown kid.)
-        let claims = match verify(token, &keys) {
-            Ok(verified) => verified.claims,
-            Err(error) => {
-                // Without the key that signed it the gate cannot tell a good code from a bad
-                // one: it says so instead of calling it invalid, and fetches the keys.
-                if matches!(error, TokenError::UnknownKid) {
-                    self.sync_now.notify_one();
-                    return Ok(Staged::Decided(Outcome::local(
-                        ApiCode::OfflineUnverifiable,
-                    )));
-                }
-                return Ok(Staged::Decided(Outcome::local(ApiCode::InvalidQr)));
-            }
-        };
-        if matches!(origin, Origin::Capture { .. }) {
-            let key = (claims.jti.to_string(), function_code.to_string());
-            if let Some(previous) = self.debounced(&key) {
-                return Ok(Staged::Repeat(previous));
-            }
-        }
-        let Some(session) = self.session() else {
-            return Ok(Staged::Decided(
-                Outcome::local(ApiCode::Unauthorized)
-                    .about(&claims, None)
-                    .showing_ticket(&claims),
-            ));
-        };
-        let operator = Some(session.operator_id);
-        let now = self.trusted_now();
-        if let Err(code) = check_token(
-            &claims,
-            &session.merchant_code,
-            now,
-            self.config.token_policy,
-        ) {
-            return Ok(Staged::Decided(
-                Outcome::local(code.into()).about(&claims, operator),
-            ));
-        }
-        let (jti, function) = (claims.jti.to_string(), function_code.to_string());
-        if self
-            .with_store(move |store| store.is_accepted(&jti, &function))
-            .await?
-        {
-            return Ok(Staged::Decided(
-                Outcome::local(ApiCode::AlreadyRedeemed)
-                    .about(&claims, operator)
-                    .showing_ticket(&claims),
-            ));
-        }
-        if self.uplink().state.try_online() && !session.is_offline() {
-            if let Some(outcome) = self
-                .decide_online(token, &claims, function_code, &session, scan_id, started)
-                .await
-            {
-                return Ok(Staged::Decided(outcome));
-            }
-        }
-        self.decide_offline(token, &claims, function_code, &session)
-            .await
-            .map(Staged::Decided)
-    }
-
-    /// The central decides, within the deadline; `None` when the uplink failed (decide
-    /// offline). When the request may have been applied, the scan is looked up by its
-    /// scan_id with what is left of the decision budget.
-    async fn decide_online(
-        self: &Arc<Self>,
-        token: &str,
-        claims: &QrClaims,
-        function_code: &FunctionCode,
-        session: &OperatorSession,
-        scan_id: &str,
-        started: Instant,
-    ) -> Option<Outcome> {
-        let request = ScanRequest {
-            qr_token: token.to_owned(),
-            function_code: function_code.clone(),
-            venue_code: self.config.venue_code.clone(),
-            device_id: self.config.device_id.clone(),
-            scan_id: Some(scan_id.to_owned()),
-        };
-        let operator = Some(session.operator_id);
-        let token = session.token.as_deref()?;
-        let answer = match self
-            .central
-            .scan(token, &request, self.config.online_deadline)
-            .await
-        {
-            Ok((answer, sample)) => {
-                self.link_ok(Some(sample));
-                Ok(answer)
-            }
-            Err(error) => {
-                self.link_failed(&error);
-                let left = DECISION_BUDGET.saturating_sub(started.elapsed());
-                if error.outcome_unknown() && left >= Duration::from_millis(50) {
-                    match self.central.scan_by_id(token, scan_id, left).await {
-                        Ok(Some(answer)) => {
-                            self.link_ok(None);
-                            Ok(answer)
-                        }
-                        _ => Err(error),
-                    }
-                } else {
-                    Err(error)
-                }
-            }
-        };
-        let online = |code: ApiCode| {
-            Outcome::local(code)
-                .in_mode(Mode::Online)
-                .about(claims, operator)
-                .showing_ticket(claims)
-        };
-        match answer {
-            Ok(answer) => {
-                let mut outcome = online(answer.code.into());
-                outcome.entitlements = answer
-                    .ticket
-                    .map(|t: TicketView| t.entitlements)
-                    .unwrap_or_default();
-                Some(outcome)
-            }
-            Err(CallError::Unauthorized) => {
-                self.set_session(None);
-                Some(online(ApiCode::Unauthorized))
-            }
-            Err(error) if !error.is_uplink_failure() => {
-                // The central refused the request itself (e.g. this device is not bound to
-                // the venue): a configuration problem, shown as such.
-                tracing::warn!(error = %error, device = %self.config.device_id, "central refused the scan request");
-                Some(online(ApiCode::Forbidden))
-            }
-            Err(_) => None,
-        }
-    }
-
-    /// Now, on the central's clock when the offset is known.
-    fn trusted_now(&self) -> i64 {
-        let offset = self.uplink().clock_offset_secs.unwrap_or(0.0);
-        Utc::now().timestamp() + offset.round() as i64
-    }
-
-    async fn decide_offline(
-        self: &Arc<Self>,
-        token: &str,
-        claims: &QrClaims,
-        function_code: &FunctionCode,
-        session: &OperatorSession,
-    ) -> Result<Outcome, StoreError> {
-        let (ticket_code, function) = (claims.tid.clone(), function_code.to_string());
-        let (ticket, unsynced, last_sync) = self
-            .with_store(move |store| {
-                Ok((
-                    store.ticket(&ticket_code)?,
-                    store.unsynced_uses(&ticket_code, &function)?,
-                    store.get_state("last_ticket_sync_at")?,
-                ))
-            })
-            .await?;
-        let operator = Some(session.operator_id);
-        let offline = |code: ApiCode| {
-            Outcome::local(code)
-                .in_mode(Mode::Offline)
-                .about(claims, operator)
-                .showing_ticket(claims)
-        };
-        let policy = &self.config.offline;
-        let state_age = last_sync
-            .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
-            .map(|at| (Utc::now() - at.with_timezone(&Utc)).num_seconds());
-        let clock_trusted = self
-            .uplink()
-            .clock_offset_secs
-            .is_some_and(|offset| offset.abs() <= policy.max_clock_offset_secs as f64);
-        let channel_allowed = match claims.ch {
-            Channel::MiniApp => policy.allow_miniapp,
-            Channel::Ota => policy.allow_ota,
-        };
-        let fresh =
-            state_age.is_some_and(|age| age >= 0 && age as u64 <= policy.max_state_age_secs);
-        let resynced = !self.awaiting_resync();
-        let Some(ticket) = ticket.filter(|_| fresh && clock_trusted && channel_allowed && resynced)
-        else {
-            return Ok(offline(ApiCode::OfflineUnverifiable));
-        };
-        let snapshot = snapshot_for_decision(&ticket, function_code, unsynced);
-        let redeemed = if ticket.current_jti.as_ref() == Some(&claims.jti) {
-            ticket.redeemed_functions.clone()
-        } else {
-            Vec::new()
-        };
-        let verdict = decide(&DecisionInput {
-            claims,
-            operator_merchant: &session.merchant_code,
-            ticket: Some(&snapshot),
-            redeemed_with_this_jti: &redeemed,
-            function_code,
-            now: self.trusted_now(),
-            policy: self.config.token_policy,
-        });
-        let code: ApiCode = match verdict {
-            Decision::Redeem { .. } => DecisionCode::Success.into(),
-            Decision::Reject(code) => code.into(),
-        };
-        let mut outcome = offline(code);
-        outcome.entitlements = ticket.entitlements.clone();
-        if code == ApiCode::Success {
-            for entitlement in outcome
-                .entitlements
-                .iter_mut()
-                .filter(|e| &e.function_code == function_code)
-            {
-                entitlement.remaining_uses =
-                    (i64::from(entitlement.remaining_uses) - unsynced - 1).max(0) as i32;
-            }
-            outcome.upload_token = Some(token.to_owned());
-        }
-        Ok(outcome)
-    }
-
-    fn debounced(&self, key: &(String, String)) -> Option<GateDecision> {
-        let debounce = self.debounce.lock().ok()?;
-        let (at, decision) = debounce.get(key)?;
-        (at.elapsed() < self.config.debounce).then(|| GateDecision {
-            repeated: true,
-            ..decision.clone()
-        })
-    }
-
     /// Refreshes the gauges and renders the metrics.
     pub fn render_metrics(&self, queue: &crate::store::QueueState) -> String {
         self.metrics.outbox_depth.set(queue.depth);
@@ -1145,21 +638,3 @@ pub fn age_secs(at: Option<&str>) -> Option<i64> {
 
 /// The deadline the daemon gives an in-flight decision at shutdown.
 pub const DRAIN_STEP: Duration = Duration::from_millis(50);
-
-#[cfg(test)]
-mod tests {
-    use super::mask_ticket_code;
-
-    #[test]
-    fn ticket_codes_are_masked() {
-        let cases = [
-            ("TK-1001-1", "TK-1***-1"),
-            ("ABCDEFGHIJKL", "ABCD***KL"),
-            ("AB", "**"),
-            ("ABCDE", "AB***DE"),
-        ];
-        for (code, masked) in cases {
-            assert_eq!(mask_ticket_code(code), masked, "{code}");
-        }
-    }
-}

@@ -11,7 +11,7 @@
 //! Which order is best is measured, not guessed: `stile-bench-decode` (in `tools/`) runs
 //! both decoders and both orders on a generated corpus.
 
-use crate::frames::LumaFrame;
+use crate::capture::frames::LumaFrame;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! like the central's login); such a session has no token, so the gate decides offline
 //! until it is exchanged for one (the sync loop does that as soon as the central answers).
 
-use crate::engine::GateDecision;
+use super::decision::GateDecision;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

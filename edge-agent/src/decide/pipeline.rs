@@ -1,0 +1,406 @@
+//! Where the gate decides: [`Gate::decide_code`] runs the stages, each of which answers or
+//! hands on, then records and shows the outcome in one place (see the module doc of
+//! [`crate::decide`]).
+
+use super::decision::{mask_ticket_code, GateDecision, Origin, Outcome, Staged, DECISION_BUDGET};
+use super::gate::Gate;
+use super::session::OperatorSession;
+use crate::store::{snapshot_for_decision, DecisionRecord, Mode, StoreError};
+use crate::uplink::central::CallError;
+use chrono::{SecondsFormat, Utc};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stile_shared::api::{ScanRequest, TicketView};
+use stile_shared::decision::{check_token, decide, Decision, DecisionInput};
+use stile_shared::token::{verify, QrClaims};
+use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, TokenError};
+
+impl Gate {
+    /// Decides one decoded code, end to end: the stages decide, then the one place below
+    /// records and shows the result.
+    pub async fn decide_code(self: &Arc<Self>, text: &str, origin: Origin) -> GateDecision {
+        let started = match origin {
+            Origin::Capture { captured_at } => captured_at,
+            Origin::Request => Instant::now(),
+        };
+        if let Ok(mut display) = self.display.lock() {
+            display.checking();
+        }
+        let function_code = self.function_code();
+        let scan_id = uuid::Uuid::new_v4().to_string();
+        let staged = self
+            .decide_stages(text, &function_code, &scan_id, origin, started)
+            .await;
+        let decision = match staged {
+            Ok(Staged::Repeat(decision)) => decision,
+            Ok(Staged::Decided(outcome)) => {
+                self.record_and_show(outcome, scan_id, &function_code, text, started)
+                    .await
+            }
+            Err(error) => {
+                // A store read failed: nothing can be decided offline, nothing is green.
+                self.store_result::<()>(&Err(error));
+                self.shown(
+                    scan_id,
+                    &Outcome::local(ApiCode::StoreFailed),
+                    &function_code,
+                    started,
+                )
+            }
+        };
+        if matches!(origin, Origin::Capture { .. }) && !decision.repeated {
+            if let Some(jti) = &decision.jti {
+                if let Ok(mut debounce) = self.debounce.lock() {
+                    debounce.retain(|_, (at, _)| at.elapsed() < self.config.debounce);
+                    debounce.insert(
+                        (jti.clone(), function_code.to_string()),
+                        (Instant::now(), decision.clone()),
+                    );
+                }
+            }
+        }
+        if let Ok(mut display) = self.display.lock() {
+            display.decided(decision.clone());
+        }
+        decision
+    }
+
+    /// Records the outcome, then shows it. A decision the central made is shown as the
+    /// central made it, whether or not the store took it (the failure is an alarm); one this
+    /// gate made alone is shown only once it is durable, so nothing is green offline unless
+    /// it was recorded first.
+    async fn record_and_show(
+        self: &Arc<Self>,
+        outcome: Outcome,
+        scan_id: String,
+        function_code: &FunctionCode,
+        text: &str,
+        started: Instant,
+    ) -> GateDecision {
+        let mut decision = self.shown(scan_id, &outcome, function_code, started);
+        let recorded = self.record(&decision, &outcome).await;
+        self.store_result(&recorded);
+        if recorded.is_err() && decision.mode != Mode::Online {
+            let refused = Outcome {
+                code: ApiCode::StoreFailed,
+                ..outcome
+            };
+            decision = self.shown(decision.scan_id.clone(), &refused, function_code, started);
+        }
+        // From the code to the decision committed (the stored record cannot include its own
+        // commit; the returned decision and the histogram do).
+        decision.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.latency.observe(decision.latency_ms / 1000.0);
+        self.metrics
+            .decisions
+            .get_or_create(&vec![
+                ("code".to_owned(), decision.code.as_str().to_owned()),
+                ("mode".to_owned(), decision.mode.as_str().to_owned()),
+            ])
+            .inc();
+        tracing::info!(
+            decision = decision.code.as_str(),
+            mode = decision.mode.as_str(),
+            latency_ms = decision.latency_ms,
+            device = %self.config.device_id,
+            ticket = decision.ticket.as_deref().unwrap_or("-"),
+            chars = text.len(),
+            "scan decided"
+        );
+        decision
+    }
+
+    fn shown(
+        &self,
+        scan_id: String,
+        outcome: &Outcome,
+        function_code: &FunctionCode,
+        started: Instant,
+    ) -> GateDecision {
+        GateDecision {
+            scan_id,
+            code: outcome.code,
+            message: outcome.code.message(Lang::ZhCn).to_owned(),
+            mode: outcome.mode,
+            ticket: outcome.ticket.as_deref().map(mask_ticket_code),
+            jti: outcome.claims.as_ref().map(|c| c.jti.to_string()),
+            entitlements: outcome.entitlements.clone(),
+            function_code: function_code.to_string(),
+            decided_at: now_rfc3339(),
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            repeated: false,
+        }
+    }
+
+    async fn record(
+        self: &Arc<Self>,
+        decision: &GateDecision,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        let upload = decision.mode == Mode::Offline && decision.code == ApiCode::Success;
+        let claims = outcome.claims.as_ref();
+        let record = DecisionRecord {
+            scan_id: decision.scan_id.clone(),
+            jti: claims.map(|c| c.jti.to_string()),
+            ticket_code: claims.map(|c| c.tid.clone()),
+            function_code: decision.function_code.clone(),
+            code: decision.code.as_str().to_owned(),
+            mode: decision.mode,
+            decided_at: decision.decided_at.clone(),
+            latency_ms: decision.latency_ms,
+            qr_token: upload.then(|| outcome.upload_token.clone().unwrap_or_default()),
+            operator_id: outcome.operator_id,
+            upload_state: upload.then(|| "pending".to_owned()),
+            upload_code: None,
+        };
+        self.with_store(move |store| store.record(&record)).await
+    }
+
+    /// Verify → debounce → session → token checks → local block → online → lookup →
+    /// offline. Each stage either answers or hands on.
+    async fn decide_stages(
+        self: &Arc<Self>,
+        text: &str,
+        function_code: &FunctionCode,
+        scan_id: &str,
+        origin: Origin,
+        started: Instant,
+    ) -> Result<Staged, StoreError> {
+        let keys = self.keys.read().map(|k| k.0.clone()).unwrap_or_default();
+        let token = text.trim();
+        // (With no keys at all, every well-formed token names an unknown kid.)
+        let claims = match verify(token, &keys) {
+            Ok(verified) => verified.claims,
+            Err(error) => {
+                // Without the key that signed it the gate cannot tell a good code from a bad
+                // one: it says so instead of calling it invalid, and fetches the keys.
+                if matches!(error, TokenError::UnknownKid) {
+                    self.sync_now.notify_one();
+                    return Ok(Staged::Decided(Outcome::local(
+                        ApiCode::OfflineUnverifiable,
+                    )));
+                }
+                return Ok(Staged::Decided(Outcome::local(ApiCode::InvalidQr)));
+            }
+        };
+        if matches!(origin, Origin::Capture { .. }) {
+            let key = (claims.jti.to_string(), function_code.to_string());
+            if let Some(previous) = self.debounced(&key) {
+                return Ok(Staged::Repeat(previous));
+            }
+        }
+        let Some(session) = self.session() else {
+            return Ok(Staged::Decided(
+                Outcome::local(ApiCode::Unauthorized)
+                    .about(&claims, None)
+                    .showing_ticket(&claims),
+            ));
+        };
+        let operator = Some(session.operator_id);
+        let now = self.trusted_now();
+        if let Err(code) = check_token(
+            &claims,
+            &session.merchant_code,
+            now,
+            self.config.token_policy,
+        ) {
+            return Ok(Staged::Decided(
+                Outcome::local(code.into()).about(&claims, operator),
+            ));
+        }
+        let (jti, function) = (claims.jti.to_string(), function_code.to_string());
+        if self
+            .with_store(move |store| store.is_accepted(&jti, &function))
+            .await?
+        {
+            return Ok(Staged::Decided(
+                Outcome::local(ApiCode::AlreadyRedeemed)
+                    .about(&claims, operator)
+                    .showing_ticket(&claims),
+            ));
+        }
+        if self.uplink().state.try_online() && !session.is_offline() {
+            if let Some(outcome) = self
+                .decide_online(token, &claims, function_code, &session, scan_id, started)
+                .await
+            {
+                return Ok(Staged::Decided(outcome));
+            }
+        }
+        self.decide_offline(token, &claims, function_code, &session)
+            .await
+            .map(Staged::Decided)
+    }
+
+    /// The central decides, within the deadline; `None` when the uplink failed (decide
+    /// offline). When the request may have been applied, the scan is looked up by its
+    /// scan_id with what is left of the decision budget.
+    async fn decide_online(
+        self: &Arc<Self>,
+        token: &str,
+        claims: &QrClaims,
+        function_code: &FunctionCode,
+        session: &OperatorSession,
+        scan_id: &str,
+        started: Instant,
+    ) -> Option<Outcome> {
+        let request = ScanRequest {
+            qr_token: token.to_owned(),
+            function_code: function_code.clone(),
+            venue_code: self.config.venue_code.clone(),
+            device_id: self.config.device_id.clone(),
+            scan_id: Some(scan_id.to_owned()),
+        };
+        let operator = Some(session.operator_id);
+        let token = session.token.as_deref()?;
+        let answer = match self
+            .central
+            .scan(token, &request, self.config.online_deadline)
+            .await
+        {
+            Ok((answer, sample)) => {
+                self.link_ok(Some(sample));
+                Ok(answer)
+            }
+            Err(error) => {
+                self.link_failed(&error);
+                let left = DECISION_BUDGET.saturating_sub(started.elapsed());
+                if error.outcome_unknown() && left >= Duration::from_millis(50) {
+                    match self.central.scan_by_id(token, scan_id, left).await {
+                        Ok(Some(answer)) => {
+                            self.link_ok(None);
+                            Ok(answer)
+                        }
+                        _ => Err(error),
+                    }
+                } else {
+                    Err(error)
+                }
+            }
+        };
+        let online = |code: ApiCode| {
+            Outcome::local(code)
+                .in_mode(Mode::Online)
+                .about(claims, operator)
+                .showing_ticket(claims)
+        };
+        match answer {
+            Ok(answer) => {
+                let mut outcome = online(answer.code.into());
+                outcome.entitlements = answer
+                    .ticket
+                    .map(|t: TicketView| t.entitlements)
+                    .unwrap_or_default();
+                Some(outcome)
+            }
+            Err(CallError::Unauthorized) => {
+                self.set_session(None);
+                Some(online(ApiCode::Unauthorized))
+            }
+            Err(error) if !error.is_uplink_failure() => {
+                // The central refused the request itself (e.g. this device is not bound to
+                // the venue): a configuration problem, shown as such.
+                tracing::warn!(error = %error, device = %self.config.device_id, "central refused the scan request");
+                Some(online(ApiCode::Forbidden))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Now, on the central's clock when the offset is known.
+    fn trusted_now(&self) -> i64 {
+        let offset = self.uplink().clock_offset_secs.unwrap_or(0.0);
+        Utc::now().timestamp() + offset.round() as i64
+    }
+
+    async fn decide_offline(
+        self: &Arc<Self>,
+        token: &str,
+        claims: &QrClaims,
+        function_code: &FunctionCode,
+        session: &OperatorSession,
+    ) -> Result<Outcome, StoreError> {
+        let (ticket_code, function) = (claims.tid.clone(), function_code.to_string());
+        let (ticket, unsynced, last_sync) = self
+            .with_store(move |store| {
+                Ok((
+                    store.ticket(&ticket_code)?,
+                    store.unsynced_uses(&ticket_code, &function)?,
+                    store.get_state("last_ticket_sync_at")?,
+                ))
+            })
+            .await?;
+        let operator = Some(session.operator_id);
+        let offline = |code: ApiCode| {
+            Outcome::local(code)
+                .in_mode(Mode::Offline)
+                .about(claims, operator)
+                .showing_ticket(claims)
+        };
+        let policy = &self.config.offline;
+        let state_age = last_sync
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
+            .map(|at| (Utc::now() - at.with_timezone(&Utc)).num_seconds());
+        let clock_trusted = self
+            .uplink()
+            .clock_offset_secs
+            .is_some_and(|offset| offset.abs() <= policy.max_clock_offset_secs as f64);
+        let channel_allowed = match claims.ch {
+            Channel::MiniApp => policy.allow_miniapp,
+            Channel::Ota => policy.allow_ota,
+        };
+        let fresh =
+            state_age.is_some_and(|age| age >= 0 && age as u64 <= policy.max_state_age_secs);
+        let resynced = !self.awaiting_resync();
+        let Some(ticket) = ticket.filter(|_| fresh && clock_trusted && channel_allowed && resynced)
+        else {
+            return Ok(offline(ApiCode::OfflineUnverifiable));
+        };
+        let snapshot = snapshot_for_decision(&ticket, function_code, unsynced);
+        let redeemed = if ticket.current_jti.as_ref() == Some(&claims.jti) {
+            ticket.redeemed_functions.clone()
+        } else {
+            Vec::new()
+        };
+        let verdict = decide(&DecisionInput {
+            claims,
+            operator_merchant: &session.merchant_code,
+            ticket: Some(&snapshot),
+            redeemed_with_this_jti: &redeemed,
+            function_code,
+            now: self.trusted_now(),
+            policy: self.config.token_policy,
+        });
+        let code: ApiCode = match verdict {
+            Decision::Redeem { .. } => DecisionCode::Success.into(),
+            Decision::Reject(code) => code.into(),
+        };
+        let mut outcome = offline(code);
+        outcome.entitlements = ticket.entitlements.clone();
+        if code == ApiCode::Success {
+            for entitlement in outcome
+                .entitlements
+                .iter_mut()
+                .filter(|e| &e.function_code == function_code)
+            {
+                entitlement.remaining_uses =
+                    (i64::from(entitlement.remaining_uses) - unsynced - 1).max(0) as i32;
+            }
+            outcome.upload_token = Some(token.to_owned());
+        }
+        Ok(outcome)
+    }
+
+    fn debounced(&self, key: &(String, String)) -> Option<GateDecision> {
+        let debounce = self.debounce.lock().ok()?;
+        let (at, decision) = debounce.get(key)?;
+        (at.elapsed() < self.config.debounce).then(|| GateDecision {
+            repeated: true,
+            ..decision.clone()
+        })
+    }
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
