@@ -154,6 +154,22 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     Decision::Redeem { entitlement_index }
 }
 
+/// Each entitlement's remaining uses once `decision` is applied to `ticket` (one use fewer
+/// on the redeemed entitlement; none below zero). What a gate shows after deciding alone.
+pub fn remaining_after(ticket: &TicketSnapshot, decision: Decision) -> Vec<i32> {
+    ticket
+        .entitlements
+        .iter()
+        .enumerate()
+        .map(|(index, entitlement)| match decision {
+            Decision::Redeem { entitlement_index } if entitlement_index == index => {
+                (entitlement.remaining_uses - 1).max(0)
+            }
+            _ => entitlement.remaining_uses.max(0),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +247,24 @@ mod tests {
             now: NOW,
             policy: TokenPolicy::default(),
         })
+    }
+
+    #[test]
+    fn remaining_after_takes_one_use_of_the_redeemed_entitlement_only() {
+        let t = ticket(); // ENTRY 1 left, MEAL 0 left
+        assert_eq!(
+            remaining_after(
+                &t,
+                Decision::Redeem {
+                    entitlement_index: 0
+                }
+            ),
+            [0, 0]
+        );
+        assert_eq!(
+            remaining_after(&t, Decision::Reject(DecisionCode::Exhausted)),
+            [1, 0]
+        );
     }
 
     #[test]

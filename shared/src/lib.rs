@@ -20,8 +20,8 @@ pub mod token;
 
 pub use codes::{ApiCode, DecisionCode, Lang};
 pub use decision::{
-    check_token, decide, is_superseded, Decision, DecisionInput, EntitlementSnapshot, QrKnowledge,
-    TicketSnapshot,
+    check_token, decide, is_superseded, remaining_after, Decision, DecisionInput,
+    EntitlementSnapshot, QrKnowledge, TicketSnapshot,
 };
 pub use domain::{Channel, FunctionCode, TicketStatus};
 pub use token::{KeySet, QrClaims, TokenError, TokenPolicy, VerifiedToken};

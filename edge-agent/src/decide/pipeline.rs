@@ -11,7 +11,7 @@ use chrono::{SecondsFormat, Utc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stile_shared::api::{ScanRequest, TicketView};
-use stile_shared::decision::{check_token, decide, Decision, DecisionInput};
+use stile_shared::decision::{check_token, decide, remaining_after, Decision, DecisionInput};
 use stile_shared::token::{verify, QrClaims};
 use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, TokenError};
 
@@ -208,16 +208,41 @@ impl Gate {
                 Outcome::local(code.into()).about(&claims, operator),
             ));
         }
-        let (jti, function) = (claims.jti.to_string(), function_code.to_string());
-        if self
-            .with_store(move |store| store.is_accepted(&jti, &function))
-            .await?
-        {
-            return Ok(Staged::Decided(
-                Outcome::local(ApiCode::AlreadyRedeemed)
-                    .about(&claims, operator)
-                    .showing_ticket(&claims),
-            ));
+        // This gate's own acceptances: the central may not have them yet (offline ones wait
+        // for upload), so a pair accepted here is decided on the synced copy with them, by
+        // the shared function and in its order of checks; only its ALREADY_REDEEMED is
+        // answered here, anything else goes on to the central.
+        let (jti, function, ticket_code) = (
+            claims.jti.to_string(),
+            function_code.to_string(),
+            claims.tid.clone(),
+        );
+        let (accepted_here, ticket, unsynced) = self
+            .with_store(move |store| {
+                let accepted = store.is_accepted(&jti, &function)?;
+                if !accepted {
+                    return Ok((false, None, 0));
+                }
+                Ok((
+                    true,
+                    store.ticket(&ticket_code)?,
+                    store.unsynced_uses(&ticket_code, &function)?,
+                ))
+            })
+            .await?;
+        if accepted_here {
+            let verdict = ticket.as_ref().map(|ticket| {
+                self.decide_on_copy(&claims, function_code, &session, ticket, unsynced, true)
+            });
+            if verdict.is_none_or(|(verdict, _)| {
+                verdict == Decision::Reject(DecisionCode::AlreadyRedeemed)
+            }) {
+                return Ok(Staged::Decided(
+                    Outcome::local(ApiCode::AlreadyRedeemed)
+                        .about(&claims, operator)
+                        .showing_ticket(&claims),
+                ));
+            }
         }
         if self.uplink().state.try_online() && !session.is_offline() {
             if let Some(outcome) = self
@@ -356,12 +381,56 @@ impl Gate {
         else {
             return Ok(offline(ApiCode::OfflineUnverifiable));
         };
-        let snapshot = snapshot_for_decision(&ticket, function_code, unsynced);
-        let redeemed = if ticket.current_jti.as_ref() == Some(&claims.jti) {
+        let accepted_here = {
+            let (jti, function) = (claims.jti.to_string(), function_code.to_string());
+            self.with_store(move |store| store.is_accepted(&jti, &function))
+                .await?
+        };
+        let (verdict, snapshot) = self.decide_on_copy(
+            claims,
+            function_code,
+            session,
+            &ticket,
+            unsynced,
+            accepted_here,
+        );
+        let code: ApiCode = verdict.code().into();
+        let mut outcome = offline(code);
+        outcome.entitlements = ticket.entitlements.clone();
+        for (entitlement, remaining) in outcome
+            .entitlements
+            .iter_mut()
+            .zip(remaining_after(&snapshot, verdict))
+        {
+            entitlement.remaining_uses = remaining;
+        }
+        if code == ApiCode::Success {
+            outcome.upload_token = Some(token.to_owned());
+        }
+        Ok(outcome)
+    }
+
+    /// The shared decision over the synced copy of the ticket, with this gate's own
+    /// acceptances applied: its unsynced uses taken off the counts, and the pair counted as
+    /// redeemed when this gate accepted it. Returns the snapshot it decided on.
+    fn decide_on_copy(
+        &self,
+        claims: &QrClaims,
+        function_code: &FunctionCode,
+        session: &OperatorSession,
+        ticket: &stile_shared::api::SyncedTicket,
+        unsynced: i64,
+        accepted_here: bool,
+    ) -> (Decision, stile_shared::TicketSnapshot) {
+        let snapshot = snapshot_for_decision(ticket, function_code, unsynced);
+        let mut redeemed = if ticket.current_jti.as_ref() == Some(&claims.jti) {
             ticket.redeemed_functions.clone()
         } else {
             Vec::new()
         };
+        if accepted_here && !redeemed.contains(function_code) {
+            redeemed.push(function_code.clone());
+        }
         let verdict = decide(&DecisionInput {
             claims,
             operator_merchant: &session.merchant_code,
@@ -371,24 +440,7 @@ impl Gate {
             now: self.trusted_now(),
             policy: self.config.token_policy,
         });
-        let code: ApiCode = match verdict {
-            Decision::Redeem { .. } => DecisionCode::Success.into(),
-            Decision::Reject(code) => code.into(),
-        };
-        let mut outcome = offline(code);
-        outcome.entitlements = ticket.entitlements.clone();
-        if code == ApiCode::Success {
-            for entitlement in outcome
-                .entitlements
-                .iter_mut()
-                .filter(|e| &e.function_code == function_code)
-            {
-                entitlement.remaining_uses =
-                    (i64::from(entitlement.remaining_uses) - unsynced - 1).max(0) as i32;
-            }
-            outcome.upload_token = Some(token.to_owned());
-        }
-        Ok(outcome)
+        (verdict, snapshot)
     }
 
     fn debounced(&self, key: &(String, String)) -> Option<GateDecision> {
