@@ -122,6 +122,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// Sends the process a signal by name (`STOP`, `CONT`): a hung central, and its return.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
     /// Starts `central-server serve` on a free port with these extra environment variables
     /// and waits until `/readyz` answers.
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {

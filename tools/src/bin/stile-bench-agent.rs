@@ -24,6 +24,11 @@
 //!    transactions (WAL, `synchronous = FULL`) in the same directory, on a fresh file and
 //!    on one whose WAL was grown first (as the agent's is by its initial sync), since on
 //!    ext4 a growing WAL pays a journal commit per fsync;
+//!
+//!    Before that, **a hanging central**: the central is stopped with SIGSTOP (the kernel
+//!    still accepts connections, nothing answers), `--offline-scans` more distinct QRs go
+//!    through `/api/scan`, then SIGCONT: scans decided per second and the p99 round trip,
+//!    printed against the same figures with the central killed;
 //! 4. **memory**: VmRSS and VmHWM of the agent process (from `/proc`) after each phase and
 //!    during `--soak-secs` of continuous offline scanning that cycles through every token
 //!    (fresh ones are accepted offline and queued; scanned ones are blocked locally, or
@@ -234,6 +239,25 @@ async fn main() -> anyhow::Result<()> {
     online.print("online scans through the agent (central up)");
     let after_online = agent.memory();
 
+    // 3b. A hanging central: SIGSTOP, distinct QRs, SIGCONT; the agent must notice the hang
+    // after one timeout and decide the rest offline at once.
+    let hang_first = plan.online_scans + plan.offline_scans;
+    let hang_count = plan
+        .offline_scans
+        .min(tokens.len().saturating_sub(hang_first));
+    server.signal("STOP")?;
+    println!(
+        "
+central stopped with SIGSTOP; load average {}",
+        load_average()
+    );
+    let hang = agent
+        .scan_phase(&tokens[hang_first..hang_first + hang_count])
+        .await
+        .context("scans while the central hangs")?;
+    server.signal("CONT")?;
+    hang.print("scans through the agent while the central hangs (SIGSTOP)");
+
     // 3. Offline decisions: the central goes away; connections are refused from now on.
     drop(server);
     println!("\ncentral killed; load average {}", load_average());
@@ -271,7 +295,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. Memory under continuous scanning.
     let soak = agent
-        .soak(&tokens, plan.online_scans + plan.offline_scans, plan.soak)
+        .soak(&tokens, hang_first + hang_count, plan.soak)
         .await?;
     soak.print();
 
@@ -285,6 +309,27 @@ async fn main() -> anyhow::Result<()> {
     memory.print();
     print_summary(
         &plan, &timeline, &raw_feed, &breakdown, &online, &offline, &committed, &baseline, &memory,
+    );
+    let rate = |phase: &ScanPhase| phase.scans() as f64 / phase.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{:<50} {:>22}   baseline (central killed): {:.0}/s, p99 {:.1} ms; target: every scan <= 1000 ms, after the first <= 300 ms",
+        "hanging central (SIGSTOP): scans/s, p99 round trip",
+        format!(
+            "{:.0}/s, p99 {:.1} ms",
+            rate(&hang),
+            percentile(&hang.rtt_ms, 99.0)
+        ),
+        rate(&offline),
+        percentile(&offline.rtt_ms, 99.0)
+    );
+    println!(
+        "{:<50} {:>22}",
+        "hanging central: slowest scan, slowest after the first",
+        format!(
+            "{:.1} ms, {:.1} ms",
+            percentile(&hang.rtt_ms, 100.0),
+            hang.after_first_max_ms
+        )
     );
     println!("load average at the end: {}", load_average());
     drop(agent);
@@ -621,10 +666,15 @@ struct ScanPhase {
     outcomes: BTreeMap<String, usize>,
     repeated: usize,
     elapsed: Duration,
+    /// The slowest round trip after the phase's first scan.
+    after_first_max_ms: f64,
 }
 
 impl ScanPhase {
     fn add(&mut self, rtt_ms: f64, decision: &AgentDecision) {
+        if !self.rtt_ms.is_empty() {
+            self.after_first_max_ms = self.after_first_max_ms.max(rtt_ms);
+        }
         self.rtt_ms.push(rtt_ms);
         if decision.repeated {
             // Re-shown by the debounce: its latency is the original decision's.
