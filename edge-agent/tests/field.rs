@@ -33,11 +33,22 @@ fn code(decision: &Value) -> &str {
     decision["code"].as_str().unwrap_or("?")
 }
 
-/// Writes an agent config for `central_url` into a fresh directory and starts the agent.
-async fn start_agent(central_url: &str, extra: &str) -> (AgentProcess, tempfile::TempDir) {
+/// A gate's settings for `central_url` (dev-east-1 at GATE-EAST, the fixture's operator
+/// logging in by itself) in a fresh directory: the directory, the config file, the port.
+fn gate_config(central_url: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (config, port) = gate_config_in(dir.path(), central_url, extra);
+    (dir, config, port)
+}
+
+/// The same in a directory the test already has (a spool or a FIFO lives there too).
+fn gate_config_in(
+    dir: &std::path::Path,
+    central_url: &str,
+    extra: &str,
+) -> (std::path::PathBuf, u16) {
     let port = free_port();
-    let config = dir.path().join("agent.toml");
+    let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         agent_config(
@@ -45,12 +56,18 @@ async fn start_agent(central_url: &str, extra: &str) -> (AgentProcess, tempfile:
             "dev-secret-1",
             "GATE-EAST",
             central_url,
-            &dir.path().join("state"),
+            &dir.join("state"),
             port,
             extra,
         ),
     )
     .expect("config");
+    (config, port)
+}
+
+/// Writes a gate's settings for `central_url` and starts the agent.
+async fn start_agent(central_url: &str, extra: &str) -> (AgentProcess, tempfile::TempDir) {
+    let (dir, config, port) = gate_config(central_url, extra);
     (AgentProcess::start(&config, port).await, dir)
 }
 
@@ -359,25 +376,11 @@ async fn every_spool_file_is_decided_once_or_skipped_and_a_restart_rereads_none(
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).expect("spool");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
     let source = format!(
         "[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
         spool.display()
     );
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &central.base,
-            &dir.path().join("state"),
-            port,
-            &source,
-        ),
-    )
-    .expect("config");
+    let (config, port) = gate_config_in(dir.path(), &central.base, &source);
     let mut agent = AgentProcess::start(&config, port).await;
     wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
 
@@ -483,25 +486,11 @@ async fn the_watchdog_is_pinged_only_while_the_pipeline_makes_progress() {
             }
         })
     };
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
     let extra = format!(
         "watchdog_stall_secs = 1\n[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
         spool.display()
     );
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &central.base,
-            &dir.path().join("state"),
-            port,
-            &extra,
-        ),
-    )
-    .expect("config");
+    let (config, port) = gate_config_in(dir.path(), &central.base, &extra);
     let mut agent = AgentProcess::start_under_watchdog(&config, port, &socket_path, 400_000).await;
     wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
     let count = || pings.lock().expect("pings").len();
@@ -676,22 +665,7 @@ fn forget_session(dir: &std::path::Path) {
 async fn a_gate_rebooted_during_an_outage_comes_back_deciding() {
     let central = Central::start(&[bulk_fixture(3)]).await;
     let proxy = Proxy::start(central.addr).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &proxy.url(),
-            &dir.path().join("state"),
-            port,
-            "",
-        ),
-    )
-    .expect("config");
+    let (dir, config, port) = gate_config(&proxy.url(), "");
     let mut agent = AgentProcess::start(&config, port).await;
     wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
     let tokens = [
@@ -846,25 +820,11 @@ async fn a_scan_engine_fifo_without_a_writer_does_not_hold_up_start() {
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
     let extra = format!(
         "[source]\nkind = \"lines\"\npath = \"{}\"\n",
         fifo.display()
     );
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &central.base,
-            &dir.path().join("state"),
-            port,
-            &extra,
-        ),
-    )
-    .expect("config");
+    let (config, port) = gate_config_in(dir.path(), &central.base, &extra);
     let mut agent =
         AgentProcess::start_under_watchdog(&config, port, &socket_path, 10_000_000).await;
     let mut buffer = [0u8; 512];
@@ -940,22 +900,7 @@ async fn a_scan_engine_fifo_without_a_writer_does_not_hold_up_start() {
 async fn a_lost_store_is_reported_and_a_corrupt_one_names_the_file() {
     let central = Central::start(&[bulk_fixture(2)]).await;
     let proxy = Proxy::start(central.addr).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &proxy.url(),
-            &dir.path().join("state"),
-            port,
-            "",
-        ),
-    )
-    .expect("config");
+    let (dir, config, port) = gate_config(&proxy.url(), "");
     let mut agent = AgentProcess::start(&config, port).await;
     wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
     let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;

@@ -42,13 +42,18 @@ struct Gate {
 /// An agent process behind `proxy`, fed by a spool directory (the camera stand-in), with the
 /// fixture's operator logged in by configuration or, with `operator: false`, nobody.
 async fn start_gate(proxy: &Proxy, operator: bool) -> Gate {
+    start_gate_clearing_after(proxy, operator, 120).await
+}
+
+/// The same, with the display clearing a decision after `clear_secs`.
+async fn start_gate_clearing_after(proxy: &Proxy, operator: bool, clear_secs: u64) -> Gate {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).expect("spool dir");
     let port = free_port();
     let source = format!(
         // The decision stays on the display long enough for Chromium to see it.
-        "decision_clear_secs = 120\n[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
+        "decision_clear_secs = {clear_secs}\n[source]\nkind = \"directory\"\nmode = \"watch\"\npath = \"{}\"\n",
         spool.display()
     );
     let mut text = agent_config(
@@ -530,4 +535,46 @@ async fn the_operator_logs_in_and_out_and_switches_the_function_on_the_gate_page
     );
     let picture = screenshot(&format!("{base}/gate"), "agent-gate-login.png").await;
     assert_light(&picture, GREY, "grey (logged out)");
+}
+
+/// What gate staff see when the uplink is down: the offline badge on a green offline
+/// acceptance, then the cleared display (no previous person's light) after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_shows_the_offline_badge_and_the_cleared_display() {
+    let central = Central::start(&[]).await;
+    let proxy = Proxy::start(central.addr).await;
+    // Long enough for two Chromium runs on a busy machine, short enough to wait for.
+    let gate = start_gate_clearing_after(&proxy, true, 10).await;
+    let base = gate.agent.base.clone();
+    let token = central.issue_qr("TK-MULTI", OTA).await;
+    let after = (chrono::Utc::now() + chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    wait_status(&base, LIMIT, "a sync after the issuance", |s| {
+        s["last_sync_at"]
+            .as_str()
+            .is_some_and(|at| at > after.as_str())
+    })
+    .await;
+    proxy.cut();
+    let decision = scan(&base, &token).await;
+    assert_eq!(decision["code"], "SUCCESS", "{decision}");
+    assert_eq!(decision["mode"], "offline", "{decision}");
+    wait_status(&base, LIMIT, "uplink down", |s| {
+        s["uplink"]["online"] == false
+    })
+    .await;
+    let dom = dump_dom(&format!("{base}/gate")).await;
+    assert_eq!(text_of(&dom, "message"), "核销成功");
+    assert_eq!(text_of(&dom, "badge"), "离线 offline");
+    let picture = screenshot(&format!("{base}/gate"), "agent-gate-offline.png").await;
+    assert_light(&picture, GREEN, "green (accepted offline)");
+    wait_status(&base, LIMIT, "cleared", |s| {
+        s["showing"]["state"] == "waiting"
+    })
+    .await;
+    let dom = dump_dom(&format!("{base}/gate")).await;
+    assert_eq!(text_of(&dom, "message"), "请扫码", "the cleared display");
+    assert_eq!(text_of(&dom, "badge"), "离线 offline");
+    let picture = screenshot(&format!("{base}/gate"), "agent-gate-cleared.png").await;
+    assert_light(&picture, GREY, "grey (cleared)");
 }

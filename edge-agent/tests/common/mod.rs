@@ -38,6 +38,44 @@ pub fn bulk_fixture(count: usize) -> String {
     json!({"orders": [{"order_id": "ORD-BULK", "merchant": "M001", "passengers": [{"name": "团体", "tickets": tickets}]}]}).to_string()
 }
 
+/// A fresh database of the throwaway PostgreSQL with the fixtures (and `extra_seed`) loaded.
+async fn seeded_database(extra_seed: &[String], connections: u32) -> (String, sqlx::PgPool) {
+    let url = Cluster::shared()
+        .fresh_database(&db::MIGRATOR)
+        .await
+        .expect("database");
+    let pool = db::connect(&url, connections).await.expect("connect");
+    for text in std::iter::once(FIXTURES.to_owned()).chain(extra_seed.iter().cloned()) {
+        let file = seed::parse(&text).expect("fixture parses");
+        seed::apply(&pool, &file).await.expect("fixture loads");
+    }
+    (url, pool)
+}
+
+/// `POST /tickets/{ticket}/qr` at `base` with a channel key: the new token.
+async fn issue_qr_at(
+    client: &reqwest::Client,
+    base: &str,
+    ticket: &str,
+    channel_key: &str,
+) -> String {
+    let issued: Value = client
+        .post(format!("{base}/tickets/{ticket}/qr"))
+        .bearer_auth(channel_key)
+        .send()
+        .await
+        .expect("issue")
+        .json()
+        .await
+        .expect("json");
+    issued["qr_token"].as_str().expect("token").to_owned()
+}
+
+async fn count_in(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await.expect("count");
+    n
+}
+
 /// A central server running in this process.
 pub struct Central {
     pub base: String,
@@ -50,15 +88,7 @@ pub struct Central {
 
 impl Central {
     pub async fn start(extra_seed: &[String]) -> Central {
-        let url = Cluster::shared()
-            .fresh_database(&db::MIGRATOR)
-            .await
-            .expect("database");
-        let pool = db::connect(&url, 4).await.expect("connect");
-        for text in std::iter::once(FIXTURES.to_owned()).chain(extra_seed.iter().cloned()) {
-            let file = seed::parse(&text).expect("fixture parses");
-            seed::apply(&pool, &file).await.expect("fixture loads");
-        }
+        let (url, pool) = seeded_database(extra_seed, 4).await;
         let settings = central_server::config::Settings::for_database(&url).expect("settings");
         let state = central_server::build_state(settings).await.expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -84,25 +114,11 @@ impl Central {
     }
 
     pub async fn issue_qr(&self, ticket: &str, channel_key: &str) -> String {
-        let issued: Value = self
-            .client
-            .post(format!("{}/tickets/{ticket}/qr", self.base))
-            .bearer_auth(channel_key)
-            .send()
-            .await
-            .expect("issue")
-            .json()
-            .await
-            .expect("json");
-        issued["qr_token"].as_str().expect("token").to_owned()
+        issue_qr_at(&self.client, &self.base, ticket, channel_key).await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        let (n,): (i64,) = sqlx::query_as(sql)
-            .fetch_one(&self.pool)
-            .await
-            .expect("count");
-        n
+        count_in(&self.pool, sql).await
     }
 
     pub async fn remaining(&self, ticket: &str, function: &str) -> i32 {
@@ -324,15 +340,7 @@ pub struct CentralProcess {
 
 impl CentralProcess {
     pub async fn start(extra_seed: &[String]) -> CentralProcess {
-        let url = Cluster::shared()
-            .fresh_database(&db::MIGRATOR)
-            .await
-            .expect("database");
-        let pool = db::connect(&url, 2).await.expect("connect");
-        for text in std::iter::once(FIXTURES.to_owned()).chain(extra_seed.iter().cloned()) {
-            let file = seed::parse(&text).expect("fixture parses");
-            seed::apply(&pool, &file).await.expect("fixture loads");
-        }
+        let (url, pool) = seeded_database(extra_seed, 2).await;
         let port = free_port();
         let child = std::process::Command::new(central_server_binary())
             .args(["--database-url", &url, "serve", "--listen"])
@@ -369,25 +377,11 @@ impl CentralProcess {
     }
 
     pub async fn issue_qr(&self, ticket: &str, channel_key: &str) -> String {
-        let issued: Value = self
-            .client
-            .post(format!("{}/tickets/{ticket}/qr", self.base))
-            .bearer_auth(channel_key)
-            .send()
-            .await
-            .expect("issue")
-            .json()
-            .await
-            .expect("json");
-        issued["qr_token"].as_str().expect("token").to_owned()
+        issue_qr_at(&self.client, &self.base, ticket, channel_key).await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        let (n,): (i64,) = sqlx::query_as(sql)
-            .fetch_one(&self.pool)
-            .await
-            .expect("count");
-        n
+        count_in(&self.pool, sql).await
     }
 }
 
