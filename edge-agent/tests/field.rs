@@ -96,7 +96,27 @@ async fn a_hanging_central_costs_one_timeout_then_the_gate_decides_offline_and_r
     let mut walls = Vec::new();
     for (i, token) in tokens[1..].iter().enumerate() {
         let started = Instant::now();
-        let decision = scan(&agent.base, token).await;
+        let decision = if i == 0 {
+            // The first scan waits for the hung central: meanwhile the display shows the
+            // neutral "checking" state, not the previous person's green.
+            let (base, token) = (agent.base.clone(), token.clone());
+            let pending = tokio::spawn(async move { scan(&base, &token).await });
+            let checking = wait_status(&agent.base, LIMIT, "checking while in flight", |s| {
+                s["showing"]["state"] == "checking"
+            })
+            .await;
+            assert_eq!(checking["showing"]["state"], "checking");
+            let page = reqwest::get(format!("{}/gate", agent.base))
+                .await
+                .expect("gate page")
+                .text()
+                .await
+                .expect("text");
+            assert!(page.contains("data-state=checking"), "{page}");
+            pending.await.expect("scan task")
+        } else {
+            scan(&agent.base, token).await
+        };
         walls.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(
             (code(&decision), decision["mode"].as_str()),
@@ -993,4 +1013,85 @@ async fn a_repeat_of_a_voided_ticket_says_void_not_already_redeemed() {
     proxy.cut();
     let offline = scan(&agent.base, &token).await;
     assert_eq!(code(&offline), "TICKET_VOID", "{offline}");
+}
+
+/// The store on a file system that fills up (a 4 MiB tmpfs the test mounts and fills): the
+/// central's decision is still shown as the central made it, the alarm is raised, an
+/// offline decision is STORE_FAILED, and freeing space clears it. Needs root (to mount),
+/// as CI runs; elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_is_an_alarm_and_the_central_decision_still_shows() {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        eprintln!("not root: cannot mount a tmpfs, the full-disk case is left to CI");
+        return;
+    }
+    let central = Central::start(&[bulk_fixture(2)]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a tmpfs as root failed");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let (config, port) = gate_config_in(dir.path(), &proxy.url(), "");
+    let mut agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    let online_token = central.issue_qr("TK-B0", OTA).await;
+    let offline_token = central.issue_qr("TK-B1", OTA).await;
+    wait_for_fresh_sync(&agent.base).await;
+
+    // Empty the WAL so the next write must grow a file, then fill the disk.
+    let db = rusqlite::Connection::open(state.join("agent.db")).expect("store");
+    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("checkpoint");
+    drop(db);
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let decision = scan(&agent.base, &online_token).await;
+    assert_eq!(
+        (code(&decision), decision["mode"].as_str()),
+        ("SUCCESS", Some("online")),
+        "{decision}"
+    );
+    assert_eq!(central.remaining("TK-B0", "ENTRY").await, 0);
+    let status = wait_status(&agent.base, LIMIT, "alarm", |s| !s["store_alarm"].is_null()).await;
+    assert!(
+        status["verdict"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("store")),
+        "{status}"
+    );
+    let ready = reqwest::get(format!("{}/readyz", agent.base))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    proxy.cut();
+    let offline = scan(&agent.base, &offline_token).await;
+    assert_eq!(code(&offline), "STORE_FAILED", "{offline}");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let retried = scan(&agent.base, &offline_token).await;
+    assert_eq!(code(&retried), "SUCCESS", "{retried}");
+    let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
+    assert!(status["store_alarm"].is_null(), "{status}");
+    agent.kill();
 }
