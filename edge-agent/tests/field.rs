@@ -1095,3 +1095,98 @@ async fn a_full_disk_is_an_alarm_and_the_central_decision_still_shows() {
     assert!(status["store_alarm"].is_null(), "{status}");
     agent.kill();
 }
+
+/// The lost-store rule, step by step on a gate driven in this process (real central over
+/// HTTP, real SQLite): a new store whose device the central knows refuses to decide offline
+/// even with the ticket in its copy, until a full sync has completed after the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_store_refuses_offline_decisions_until_it_has_resynced() {
+    use edge_agent::decide::{Gate, Origin};
+    use edge_agent::uplink::sync::{history_once, keys_once, tickets_once};
+    let central = Central::start(&[bulk_fixture(2)]).await;
+    // The device ran before: it completed a full sync with another store.
+    let (first, _first_dir) = start_agent(&central.base, "").await;
+    wait_status(&first.base, LIMIT, "first sync", is_synced).await;
+    drop(first);
+
+    let proxy = Proxy::start(central.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config_path, _) = gate_config_in(dir.path(), &proxy.url(), "");
+    let text = std::fs::read_to_string(&config_path).expect("config");
+    let config = edge_agent::config::AgentConfig::parse(&text, Vec::<(String, String)>::new())
+        .expect("settings");
+    let gate = std::sync::Arc::new(Gate::open(config).expect("a new store"));
+    let token = central.issue_qr("TK-B0", OTA).await;
+    gate.ensure_session().await.expect("operator");
+    keys_once(&gate).await.expect("keys");
+    // The copy has the ticket before the central has been asked about the past.
+    tickets_once(&gate, 100).await.expect("tickets");
+    history_once(&gate).await.expect("history");
+    let loss = gate.store_loss().expect("the loss is detected");
+    assert!(
+        loss.first_synced_at.is_some() && loss.resynced_at.is_none(),
+        "{loss:?}"
+    );
+    assert!(gate.awaiting_resync());
+
+    proxy.cut();
+    let refused = gate.decide_code(&token, Origin::Request).await;
+    assert_eq!(
+        refused.code.as_str(),
+        "OFFLINE_UNVERIFIABLE",
+        "no offline decision before the resync: {refused:?}"
+    );
+    proxy.restore();
+    tickets_once(&gate, 100).await.expect("the resync");
+    assert!(!gate.awaiting_resync());
+    assert!(gate.store_loss().is_some_and(|l| l.resynced_at.is_some()));
+    proxy.cut();
+    let accepted = gate.decide_code(&token, Origin::Request).await;
+    assert_eq!(accepted.code.as_str(), "SUCCESS", "{accepted:?}");
+}
+
+/// Offline login follows what the central provisions: after the operator's password is
+/// changed at the central, the next sync replaces the verifier, so the old password no
+/// longer opens a session offline and the new one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_password_revokes_the_old_one_for_offline_login() {
+    let central = Central::start(&[]).await;
+    let proxy = Proxy::start(central.addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, port) = gate_config_in(dir.path(), &proxy.url(), "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let (without_operator, _) = text.split_once("[operator]").expect("operator section");
+    std::fs::write(&config, without_operator).expect("config");
+    let agent = AgentProcess::start(&config, port).await;
+    wait_status(&agent.base, LIMIT, "first sync", |s| {
+        !s["last_sync_at"].is_null()
+    })
+    .await;
+    let changed = common::FIXTURES.replace("\"correct horse\"", "\"battery staple\"");
+    let file = central_server::seed::parse(&changed).expect("seed");
+    central_server::seed::apply(&central.pool, &file)
+        .await
+        .expect("change the password");
+    wait_for_fresh_sync(&agent.base).await;
+    proxy.cut();
+    let login = format!("{}/gate/login", agent.base);
+    let mut browser = Browser::default();
+    let (landed, _) = browser
+        .post_form(
+            &login,
+            &[("username", "op-east"), ("password", "correct horse")],
+        )
+        .await;
+    assert!(
+        landed.ends_with("error=login"),
+        "the old password: {landed}"
+    );
+    let (landed, page) = browser
+        .post_form(
+            &login,
+            &[("username", "op-east"), ("password", "battery staple")],
+        )
+        .await;
+    assert!(!landed.contains("error"), "the new password: {landed}");
+    assert!(page.contains("退出登录"), "{page}");
+}
