@@ -448,6 +448,57 @@ fn main() -> anyhow::Result<()> {
     );
 
     recommend(&outcomes[1], &outcomes[2..], &meeting_all);
+    oversized(&token, args.smoke)?;
+    Ok(())
+}
+
+/// Oversized input, as the daemon handles it: a 4K frame with the code and an empty one
+/// through the per-frame path (scale down to the 1920x1080 capture size, then the default
+/// cascade), against the same frames decoded at full size (the baseline: what the gate did
+/// before the scale-down); and the refusal of a 7100x7100 PNG from its header. Target: any
+/// input decided or dropped within 200 ms of CPU.
+fn oversized(token: &str, smoke: bool) -> anyhow::Result<()> {
+    let runs = if smoke { 1 } else { 5 };
+    let cascade = Cascade::new(&[DecoderKind::Rxing, DecoderKind::RqrrHalf]);
+    let spec = corpus::FrameSpec::clean(3840, 2160, 12);
+    let with_code = corpus::render(token, &spec, 1).context("rendering a 4K frame")?;
+    let empty = corpus::empty(3840, 2160, 2);
+    let (max_w, max_h) = edge_agent::capture::frames::DEFAULT_MAX_FRAME;
+    println!("
+oversized input (target: decided or dropped within 200 ms of CPU; {runs} run(s) each, the slowest shown):");
+    for (name, frame) in [("4K with a code", &with_code), ("4K empty", &empty)] {
+        let luma = LumaFrame {
+            width: frame.width,
+            height: frame.height,
+            luma: frame.luma.clone(),
+        };
+        let mut scaled_ms: f64 = 0.0;
+        let mut full_ms: f64 = 0.0;
+        let mut found = false;
+        for _ in 0..runs {
+            let started = Instant::now();
+            let small = luma.clone().fit_within(max_w, max_h);
+            found = cascade.decode(&small).is_some_and(|d| d.text == token);
+            scaled_ms = scaled_ms.max(started.elapsed().as_secs_f64() * 1000.0);
+            let started = Instant::now();
+            let _ = cascade.decode(&luma);
+            full_ms = full_ms.max(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!(
+            "  {name:<16} scaled to the capture size then decoded {scaled_ms:>8.1} ms (code read: {found})   baseline, full size {full_ms:>8.1} ms"
+        );
+    }
+    let mut png = Vec::new();
+    image::GrayImage::from_pixel(7100, 7100, image::Luma([255]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .context("encoding a 7100x7100 PNG")?;
+    let started = Instant::now();
+    let refused = LumaFrame::from_image_bytes(&png).is_err();
+    println!(
+        "  7100x7100 PNG ({:.1} MB) refused from its header: {refused}, in {:.2} ms",
+        png.len() as f64 / 1e6,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 
