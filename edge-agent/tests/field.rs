@@ -1190,3 +1190,43 @@ async fn a_changed_password_revokes_the_old_one_for_offline_login() {
     assert!(!landed.contains("error"), "the new password: {landed}");
     assert!(page.contains("退出登录"), "{page}");
 }
+
+/// A configured operator whose password is wrong is logged as a wrong password, not as an
+/// expired session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_password_is_logged_as_one() {
+    let central = Central::start(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, port) = gate_config_in(dir.path(), &central.base, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("password = \"correct horse\"", "password = \"wrong horse\"");
+    std::fs::write(&config, text).expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["run", "--config", config.to_str().expect("utf-8")])
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_for(&format!("{base}/healthz"), LIMIT).await;
+    wait_status(&base, LIMIT, "a sync", |s| !s["last_sync_at"].is_null()).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let output = tokio::task::spawn_blocking(move || {
+        let _ = child.wait();
+        let mut text = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    })
+    .await
+    .expect("stderr");
+    assert!(output.contains("wrong username or password"), "{output}");
+    assert!(!output.contains("session expired"), "{output}");
+}

@@ -255,6 +255,30 @@ async fn two_gates_accepting_one_qr_offline_leave_one_redemption_and_a_conflict_
         loser["conflicts"][0]["upload"],
         "conflict (ALREADY_REDEEMED)"
     );
+    // On the status page the conflict is shown as one, never like a green SUCCESS.
+    let loser_base = if east_status["outbox"]["conflicts"] == 1 {
+        &east.agent.base
+    } else {
+        &west.agent.base
+    };
+    let page = reqwest::get(format!("{loser_base}/"))
+        .await
+        .expect("status page")
+        .text()
+        .await
+        .expect("text");
+    let conflicts_table = page
+        .split("<table id=conflict-list>")
+        .nth(1)
+        .expect("the conflict table");
+    assert!(
+        conflicts_table.contains("<td class=warn>CONFLICT (offline SUCCESS)</td>"),
+        "{conflicts_table}"
+    );
+    assert!(
+        !conflicts_table.contains("<td class=ok>"),
+        "{conflicts_table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
