@@ -31,6 +31,11 @@ pub enum StoreError {
     Unreadable { path: String, reason: String },
 }
 
+/// Now, as the store writes times: RFC 3339 UTC with milliseconds (so they also sort as text).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Present while a new store waits for the central's word on the device's past.
 pub const HISTORY_CHECK_STATE: &str = "history_check";
 

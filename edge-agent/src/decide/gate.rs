@@ -7,10 +7,10 @@ use super::decision::GateDecision;
 use super::session::{Display, OfflineLoginError, OfflineLogins, OperatorSession, Showing};
 use crate::config::AgentConfig;
 use crate::metrics::{AgentMetrics, CaptureCounters, Heartbeat};
-use crate::store::{Store, StoreError};
+use crate::store::{now_rfc3339, Store, StoreError};
 use crate::uplink::central::{CallError, Central, LinkSample};
 use crate::uplink::link::{LinkState, Uplink};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,10 +76,6 @@ pub enum GateError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Central(#[from] CallError),
-}
-
-pub(super) fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The store's key of the operator session.
@@ -241,13 +237,7 @@ impl Gate {
         match self.central.login(username, password).await {
             Ok(answer) => {
                 self.link_ok(None);
-                Ok(OperatorSession {
-                    token: Some(answer.token),
-                    operator_id: answer.operator.id,
-                    username: answer.operator.username,
-                    merchant_code: answer.operator.merchant_code,
-                    expires_at: Utc::now().timestamp() + answer.expires_in,
-                })
+                Ok(OperatorSession::from_login(answer, Utc::now().timestamp()))
             }
             Err(CallError::BadCredentials) => {
                 self.offline_logins.failed(username);
@@ -586,13 +576,10 @@ impl Gate {
                     return Ok(());
                 }
                 if let Ok(answer) = self.central.login(&username, &password).await {
-                    self.set_session(Some(OperatorSession {
-                        token: Some(answer.token),
-                        operator_id: answer.operator.id,
-                        username: answer.operator.username,
-                        merchant_code: answer.operator.merchant_code,
-                        expires_at: Utc::now().timestamp() + answer.expires_in,
-                    }));
+                    self.set_session(Some(OperatorSession::from_login(
+                        answer,
+                        Utc::now().timestamp(),
+                    )));
                     tracing::info!(device = %self.config.device_id, "offline session exchanged for a token");
                 }
                 Ok(())

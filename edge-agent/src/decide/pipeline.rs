@@ -5,9 +5,9 @@
 use super::decision::{mask_ticket_code, GateDecision, Origin, Outcome, Staged, DECISION_BUDGET};
 use super::gate::Gate;
 use super::session::OperatorSession;
-use crate::store::{snapshot_for_decision, DecisionRecord, Mode, StoreError};
+use crate::store::{now_rfc3339, snapshot_for_decision, DecisionRecord, Mode, StoreError};
 use crate::uplink::central::CallError;
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stile_shared::api::{ScanRequest, TicketView};
@@ -252,7 +252,7 @@ impl Gate {
                 return Ok(Staged::Decided(outcome));
             }
         }
-        self.decide_offline(token, &claims, function_code, &session)
+        self.decide_offline(token, &claims, function_code, &session, accepted_here)
             .await
             .map(Staged::Decided)
     }
@@ -344,6 +344,7 @@ impl Gate {
         claims: &QrClaims,
         function_code: &FunctionCode,
         session: &OperatorSession,
+        accepted_here: bool,
     ) -> Result<Outcome, StoreError> {
         let (ticket_code, function) = (claims.tid.clone(), function_code.to_string());
         let (ticket, unsynced, last_sync) = self
@@ -363,9 +364,7 @@ impl Gate {
                 .showing_ticket(claims)
         };
         let policy = &self.config.offline;
-        let state_age = last_sync
-            .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
-            .map(|at| (Utc::now() - at.with_timezone(&Utc)).num_seconds());
+        let state_age = super::gate::age_secs(last_sync.as_deref());
         let clock_trusted = self
             .uplink()
             .clock_offset_secs
@@ -380,11 +379,6 @@ impl Gate {
         let Some(ticket) = ticket.filter(|_| fresh && clock_trusted && channel_allowed && resynced)
         else {
             return Ok(offline(ApiCode::OfflineUnverifiable));
-        };
-        let accepted_here = {
-            let (jti, function) = (claims.jti.to_string(), function_code.to_string());
-            self.with_store(move |store| store.is_accepted(&jti, &function))
-                .await?
         };
         let (verdict, snapshot) = self.decide_on_copy(
             claims,
@@ -451,8 +445,4 @@ impl Gate {
             ..decision.clone()
         })
     }
-}
-
-fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }

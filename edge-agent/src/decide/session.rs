@@ -36,6 +36,17 @@ pub struct OperatorSession {
 }
 
 impl OperatorSession {
+    /// The session a login at the central opens: its token, until the token expires.
+    pub fn from_login(answer: stile_shared::api::LoginResponse, now: i64) -> OperatorSession {
+        OperatorSession {
+            token: Some(answer.token),
+            operator_id: answer.operator.id,
+            username: answer.operator.username,
+            merchant_code: answer.operator.merchant_code,
+            expires_at: now + answer.expires_in,
+        }
+    }
+
     pub fn is_offline(&self) -> bool {
         self.token.is_none()
     }

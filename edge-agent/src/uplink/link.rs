@@ -9,7 +9,7 @@
 //! so the queue drains at once instead of after its backoff.
 
 use super::central::{CallError, LinkSample};
-use chrono::{SecondsFormat, Utc};
+use crate::store::now_rfc3339;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -61,10 +61,6 @@ pub struct Uplink {
     /// Offline acceptances are being uploaded.
     #[serde(skip)]
     pub draining: bool,
-}
-
-fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 impl Uplink {

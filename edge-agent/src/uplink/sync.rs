@@ -3,9 +3,8 @@
 //! the thin loop around them that adds timing, backoff with jitter, and shutdown.
 
 use crate::decide::Gate;
-use crate::store::StoreError;
+use crate::store::{now_rfc3339, StoreError};
 use crate::uplink::central::CallError;
-use chrono::{SecondsFormat, Utc};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,7 +100,7 @@ pub async fn tickets_once(gate: &Arc<Gate>, page_size: u32) -> Result<usize, Syn
         gate.link_ok(Some(sample));
         changed += page.tickets.len();
         let complete = page.complete;
-        let synced_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let synced_at = now_rfc3339();
         gate.with_store(move |store| {
             store.apply_feed(&page.tickets, &page.next_cursor, &synced_at, page.complete)
         })
@@ -154,7 +153,7 @@ pub async fn upload_once(gate: &Arc<Gate>) -> Result<UploadReport, SyncError> {
     };
     gate.link_ok(None);
     let mut report = UploadReport::default();
-    let uploaded_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let uploaded_at = now_rfc3339();
     for result in &answer.results {
         let state = match result.outcome {
             UploadOutcome::Applied => {
