@@ -65,6 +65,13 @@ fn gate_config_in(
     (config, port)
 }
 
+/// Rewrites a gate's settings so nobody logs in by configuration.
+fn drop_configured_operator(config: &std::path::Path) {
+    let text = std::fs::read_to_string(config).expect("config");
+    assert!(text.contains("[operator]"), "an operator section to drop");
+    std::fs::write(config, common::without_operator(&text)).expect("config");
+}
+
 /// Writes a gate's settings for `central_url` and starts the agent.
 async fn start_agent(central_url: &str, extra: &str) -> (AgentProcess, tempfile::TempDir) {
     let (dir, config, port) = gate_config(central_url, extra);
@@ -106,12 +113,7 @@ async fn a_hanging_central_costs_one_timeout_then_the_gate_decides_offline_and_r
             })
             .await;
             assert_eq!(checking["showing"]["state"], "checking");
-            let page = reqwest::get(format!("{}/gate", agent.base))
-                .await
-                .expect("gate page")
-                .text()
-                .await
-                .expect("text");
+            let page = common::page(&format!("{}/gate", agent.base)).await;
             assert!(page.contains("data-state=checking"), "{page}");
             pending.await.expect("scan task")
         } else {
@@ -291,12 +293,7 @@ async fn the_display_clears_after_its_timeout_and_a_logged_out_gate_says_so() {
     })
     .await;
     println!("cleared after {:.1} s", cleared.elapsed().as_secs_f64());
-    let page = reqwest::get(format!("{}/gate", agent.base))
-        .await
-        .expect("gate page")
-        .text()
-        .await
-        .expect("text");
+    let page = common::page(&format!("{}/gate", agent.base)).await;
     assert!(
         page.contains("data-state=waiting") && !page.contains("核销成功"),
         "{page}"
@@ -318,12 +315,7 @@ async fn the_display_clears_after_its_timeout_and_a_logged_out_gate_says_so() {
         .await;
     let status = wait_status(&agent.base, LIMIT, "status", |_| true).await;
     assert_eq!(status["showing"]["state"], "logged_out", "{status}");
-    let page = reqwest::get(format!("{}/gate", agent.base))
-        .await
-        .expect("gate page")
-        .text()
-        .await
-        .expect("text");
+    let page = common::page(&format!("{}/gate", agent.base)).await;
     assert!(
         page.contains("未登录") && !page.contains("该权益已核销"),
         "{page}"
@@ -750,20 +742,8 @@ async fn a_gate_rebooted_during_an_outage_comes_back_deciding() {
 async fn an_operator_logs_in_on_the_page_during_an_outage() {
     let central = Central::start(&[bulk_fixture(2)]).await;
     let proxy = Proxy::start(central.addr).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
-    let text = agent_config(
-        "dev-east-1",
-        "dev-secret-1",
-        "GATE-EAST",
-        &proxy.url(),
-        &dir.path().join("state"),
-        port,
-        "",
-    );
-    let (without_operator, _) = text.split_once("[operator]").expect("operator section");
-    std::fs::write(&config, without_operator).expect("config");
+    let (_dir, config, port) = gate_config(&proxy.url(), "");
+    drop_configured_operator(&config);
     let agent = AgentProcess::start(&config, port).await;
     wait_status(&agent.base, LIMIT, "first sync", |s| {
         !s["last_sync_at"].is_null() && s["operator"].is_null()
@@ -883,21 +863,11 @@ async fn a_scan_engine_fifo_without_a_writer_does_not_hold_up_start() {
     })
     .await;
     assert_eq!(status["camera"]["ended"], true);
-    let page = reqwest::get(format!("{}/", agent.base))
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("text");
+    let page = common::page(&format!("{}/", agent.base)).await;
     assert!(page.contains("input ended"), "the status page says so");
 
     let stopping = Instant::now();
-    let pid = agent.child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    stile_testkit::send_signal(agent.child.id(), "TERM").expect("SIGTERM");
     let exit = loop {
         if let Some(exit) = agent.child.try_wait().expect("wait") {
             break exit;
@@ -957,12 +927,7 @@ async fn a_lost_store_is_reported_and_a_corrupt_one_names_the_file() {
         status["store_loss"]["last_upload_at"].is_string(),
         "{status}"
     );
-    let page = reqwest::get(format!("{}/", agent.base))
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("text");
+    let page = common::page(&format!("{}/", agent.base)).await;
     assert!(page.contains("STORE LOST"), "the status page says so");
     // The acceptance the lost store held was uploaded: the central still blocks it.
     let again = scan(&agent.base, &token).await;
@@ -1154,9 +1119,7 @@ async fn a_changed_password_revokes_the_old_one_for_offline_login() {
     let proxy = Proxy::start(central.addr).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, port) = gate_config_in(dir.path(), &proxy.url(), "");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let (without_operator, _) = text.split_once("[operator]").expect("operator section");
-    std::fs::write(&config, without_operator).expect("config");
+    drop_configured_operator(&config);
     let agent = AgentProcess::start(&config, port).await;
     wait_status(&agent.base, LIMIT, "first sync", |s| {
         !s["last_sync_at"].is_null()
@@ -1213,9 +1176,7 @@ async fn a_wrong_password_is_logged_as_one() {
     let base = format!("http://127.0.0.1:{port}");
     common::wait_for(&format!("{base}/healthz"), LIMIT).await;
     wait_status(&base, LIMIT, "a sync", |s| !s["last_sync_at"].is_null()).await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = stile_testkit::send_signal(child.id(), "TERM");
     let output = tokio::task::spawn_blocking(move || {
         let _ = child.wait();
         let mut text = String::new();

@@ -261,12 +261,7 @@ async fn two_gates_accepting_one_qr_offline_leave_one_redemption_and_a_conflict_
     } else {
         &west.agent.base
     };
-    let page = reqwest::get(format!("{loser_base}/"))
-        .await
-        .expect("status page")
-        .text()
-        .await
-        .expect("text");
+    let page = common::page(&format!("{loser_base}/")).await;
     let conflicts_table = page
         .split("<table id=conflict-list>")
         .nth(1)

@@ -66,8 +66,8 @@ async fn start_gate_clearing_after(proxy: &Proxy, operator: bool, clear_secs: u6
         &source,
     );
     if !operator {
-        let (settings, _) = text.split_once("[operator]").expect("operator section");
-        text = settings.to_owned();
+        assert!(text.contains("[operator]"), "an operator section to drop");
+        text = common::without_operator(&text).to_owned();
     }
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, text).expect("config");

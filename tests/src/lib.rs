@@ -312,3 +312,17 @@ fn wait_until_ready(bin: &Path, port: u16, log: &Path) -> anyhow::Result<()> {
     let log = std::fs::read_to_string(log).unwrap_or_default();
     bail!("PostgreSQL did not become ready within 60 s; its log:\n{log}")
 }
+
+/// Sends signal `name` (`STOP`, `CONT`, `TERM`, ...) to process `pid`: how fault tests and
+/// benchmarks freeze, resume or stop a real process.
+pub fn send_signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed");
+    }
+    Ok(())
+}

@@ -124,15 +124,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Sends the process a signal by name (`STOP`, `CONT`): a hung central, and its return.
     pub fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -{name} {} failed", self.child.id());
-        }
-        Ok(())
+        stile_testkit::send_signal(self.child.id(), name)
     }
 
     /// Starts `central-server serve` on a free port with these extra environment variables

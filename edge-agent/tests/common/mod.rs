@@ -169,6 +169,13 @@ password = "correct horse"
     )
 }
 
+/// An agent config without its `[operator]` section: nobody logs in by configuration.
+pub fn without_operator(config: &str) -> &str {
+    config
+        .split_once("[operator]")
+        .map_or(config, |(settings, _)| settings)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -238,6 +245,16 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The text of a page (status page, gate display) as any client gets it.
+pub async fn page(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .expect("get the page")
+        .text()
+        .await
+        .expect("the page's text")
 }
 
 pub async fn wait_for(url: &str, limit: Duration) {
@@ -368,12 +385,7 @@ impl CentralProcess {
 
     /// Sends a signal to the process (`STOP`, `CONT`, `KILL`).
     pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} failed");
+        stile_testkit::send_signal(self.child.id(), name).expect("signal the central");
     }
 
     pub async fn issue_qr(&self, ticket: &str, channel_key: &str) -> String {
@@ -388,9 +400,7 @@ impl CentralProcess {
 impl Drop for CentralProcess {
     fn drop(&mut self) {
         // A stopped process must be continued to die cleanly of SIGKILL's reaping.
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
+        let _ = stile_testkit::send_signal(self.child.id(), "CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
