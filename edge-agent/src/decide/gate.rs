@@ -345,14 +345,6 @@ impl Gate {
         self.uplink.lock().map(|u| u.clone()).unwrap_or_default()
     }
 
-    /// The last decision recorded or shown (also after it cleared from the display).
-    pub fn last_decision(&self) -> Option<GateDecision> {
-        self.display
-            .lock()
-            .ok()
-            .and_then(|display| display.last().cloned())
-    }
-
     /// What the gate display shows now.
     pub fn showing(&self) -> Showing {
         let logged_in = self.session().is_some();
@@ -622,6 +614,3 @@ pub fn age_secs(at: Option<&str>) -> Option<i64> {
     at.and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
         .map(|at| (Utc::now() - at.with_timezone(&Utc)).num_seconds())
 }
-
-/// The deadline the daemon gives an in-flight decision at shutdown.
-pub const DRAIN_STEP: Duration = Duration::from_millis(50);

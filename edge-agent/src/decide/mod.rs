@@ -29,5 +29,5 @@ pub mod pipeline;
 pub mod session;
 
 pub use decision::{mask_ticket_code, GateDecision, Origin, DECISION_BUDGET};
-pub use gate::{age_secs, Gate, GateError, LoginFailure, StoreLoss, DRAIN_STEP};
+pub use gate::{age_secs, Gate, GateError, LoginFailure, StoreLoss};
 pub use session::OperatorSession;

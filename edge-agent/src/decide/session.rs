@@ -193,8 +193,4 @@ impl Display {
             _ => Showing::Waiting,
         }
     }
-
-    pub fn last(&self) -> Option<&GateDecision> {
-        self.last.as_ref().map(|(_, decision)| decision)
-    }
 }
