@@ -8,15 +8,12 @@
 //! transaction id is below the reading snapshot's xmin, so every transaction that could
 //! still commit behind the cursor has already finished. A device's cursor never skips a change.
 
-use crate::auth::sha256_hex;
+use crate::auth::AuthenticatedDevice;
 use crate::error::AppError;
 use crate::scan::{
     self, DeviceAt, LocationAt, LogEntry, RedemptionSource, ScanCommand, ScanContext, ScanSubject,
 };
 use crate::AppState;
-use axum::extract::FromRequestParts;
-use axum::http::header;
-use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -32,56 +29,6 @@ use uuid::Uuid;
 pub const MAX_FEED_PAGE: i64 = 2000;
 /// Most decisions in one upload.
 pub const MAX_UPLOAD: usize = 500;
-
-/// A device whose credential checked out, with its merchant and location.
-#[derive(Debug, Clone)]
-pub struct AuthenticatedDevice {
-    pub device_pk: i64,
-    pub device_id: String,
-    pub merchant_id: i64,
-    pub merchant_code: String,
-    pub location_id: i64,
-    pub venue_code: String,
-}
-
-impl FromRequestParts<AppState> for AuthenticatedDevice {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let credential = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthorized)?;
-        let (device_id, secret) = credential.split_once(':').ok_or(AppError::Unauthorized)?;
-        let row: Option<(i64, String, i64, String, i64, String)> = sqlx::query_as(
-            "SELECT d.id, d.secret_hash, m.id, m.code, l.id, l.venue_code FROM devices d \
-             JOIN merchants m ON m.id = d.merchant_id JOIN locations l ON l.id = d.location_id \
-             WHERE d.device_id = $1",
-        )
-        .bind(device_id)
-        .fetch_optional(&state.pool)
-        .await?;
-        // Compare digests of digests, so the comparison time says nothing about the secret.
-        let presented = sha256_hex(&sha256_hex(secret));
-        match row {
-            Some((device_pk, hash, merchant_id, merchant_code, location_id, venue_code))
-                if sha256_hex(&hash) == presented =>
-            {
-                Ok(AuthenticatedDevice {
-                    device_pk,
-                    device_id: device_id.to_owned(),
-                    merchant_id,
-                    merchant_code,
-                    location_id,
-                    venue_code,
-                })
-            }
-            _ => Err(AppError::Unauthorized),
-        }
-    }
-}
 
 /// A feed position: the last (`sync_xid`, `id`) handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,9 @@
 //!
 //! Layout: [`config`] (settings), [`db`] (pool, migrations), [`keys`] (QR signing keys),
 //! [`auth`] (credentials), [`scan`] (the redemption transaction), [`qr`] (issuance and
-//! inspection), [`seed`] (data loading), [`http`] (routes and handlers), [`error`] (the one
-//! mapping of failures to HTTP), [`metrics`], [`openapi`].
+//! inspection), [`seed`] (data loading), [`http`] (routes and handlers, by family),
+//! [`state`] (what handlers reach), [`error`] (the one mapping of failures to HTTP),
+//! [`metrics`], [`openapi`].
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests run the real server on
 //! port 0; `main.rs` only parses the command line and settings.
@@ -24,33 +25,17 @@ pub mod qr;
 pub mod retention;
 pub mod scan;
 pub mod seed;
+pub mod state;
 
-use crate::auth::{hash_password, operator_jwt_secret, OperatorTokens};
+pub use state::{build_state, AppState};
+
 use crate::config::Settings;
 use crate::keys::{KeyError, KeyStore};
-use crate::metrics::Metrics;
 use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub settings: Arc<Settings>,
-    pub keys: Arc<KeyStore>,
-    pub operator_tokens: Arc<OperatorTokens>,
-    pub metrics: Arc<Metrics>,
-    /// An argon2id hash of nothing in particular: unknown usernames are checked against it
-    /// so they take as long as wrong passwords.
-    pub dummy_hash: Arc<str>,
-    pub openapi: Arc<serde_json::Value>,
-    /// HMAC key of the reconciliation log's cursors (derived from the JWT key, so every
-    /// server process accepts every other's cursors).
-    pub cursor_key: Arc<[u8; 32]>,
-}
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -65,46 +50,6 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Internal(String),
-}
-
-/// Connects, migrates, makes sure a signing key exists, and loads what handlers need.
-pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
-    let pool = db::connect(&settings.database_url, settings.db_max_connections).await?;
-    db::migrate(&pool).await?;
-    keys::ensure_active_key(&pool).await?;
-    let keys = KeyStore::load(pool.clone()).await?;
-    let secret = operator_jwt_secret(&pool, settings.jwt_secret.as_deref()).await?;
-    let dummy_hash = tokio::task::spawn_blocking(|| hash_password("stile-dummy-password"))
-        .await
-        .map_err(|error| ServerError::Internal(error.to_string()))?
-        .map_err(|error| ServerError::Internal(error.to_string()))?;
-    let cursor_key = derive_key(&secret, b"stile reconciliation cursor v1");
-    Ok(AppState {
-        cursor_key: Arc::new(cursor_key),
-        pool,
-        operator_tokens: Arc::new(OperatorTokens::new(
-            &secret,
-            settings.operator_token_ttl_secs,
-        )),
-        settings: Arc::new(settings),
-        keys: Arc::new(keys),
-        metrics: Arc::new(Metrics::new()),
-        dummy_hash: dummy_hash.into(),
-        openapi: Arc::new(openapi::document()),
-    })
-}
-
-/// A purpose-bound key derived from a server secret (HMAC-SHA256 of the label).
-fn derive_key(secret: &[u8], label: &[u8]) -> [u8; 32] {
-    use hmac::{Hmac, Mac};
-    match Hmac::<sha2::Sha256>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(label);
-            mac.finalize().into_bytes().into()
-        }
-        // HMAC takes keys of any length; this arm cannot run.
-        Err(_) => [0; 32],
-    }
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains in-flight requests

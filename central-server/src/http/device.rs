@@ -1,0 +1,104 @@
+//! The gate devices' endpoints under a device credential: keys, feed, operators, history
+//! and offline uploads.
+
+use super::JsonBody;
+use crate::auth::AuthenticatedDevice;
+use crate::error::{no_store, AppError, RequestLang};
+use crate::AppState;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use stile_shared::api::{
+    DecisionUpload, DeviceHistory, ErrorBody, OfflineOperators, TicketFeedPage, UploadResponse,
+};
+use stile_shared::token::JwkSet;
+
+/// The published QR verification keys, for a device.
+#[utoipa::path(get, path = "/device/keys", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "JWK Set of every key that still verifies tokens", body = JwkSet),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_keys(State(state): State<AppState>, _device: AuthenticatedDevice) -> Response {
+    super::ops::published_keys(State(state)).await
+}
+
+/// What the central knows of the device's past.
+#[utoipa::path(get, path = "/device/history", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "When the device first completed a full ticket sync and last uploaded offline decisions; a gate that starts with an empty store while these are set has lost local state", body = DeviceHistory),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_history(
+    State(state): State<AppState>,
+    device: AuthenticatedDevice,
+) -> Result<Response, AppError> {
+    let history = crate::device::history(&state, &device).await?;
+    Ok(no_store(Json(history).into_response()))
+}
+
+/// The operators a gate may log in while the central is unreachable.
+#[utoipa::path(get, path = "/device/operators", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "Every operator of the device's merchant with the verifier (argon2id PHC string) of their password. A gate replaces its copy with each answer, so a removed operator or a changed password stops working offline at the next sync", body = OfflineOperators),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_operators(
+    State(state): State<AppState>,
+    device: AuthenticatedDevice,
+) -> Result<Response, AppError> {
+    let operators = crate::device::offline_operators(&state, &device).await?;
+    Ok(no_store(Json(operators).into_response()))
+}
+
+/// The device's change feed of ticket state.
+#[utoipa::path(get, path = "/device/tickets", tag = "devices",
+    params(
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous call; absent for a full sync"),
+        ("limit" = Option<i64>, Query, description = "1 to 2000, default 1000"),
+    ),
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "Tickets of the device's merchant changed after the cursor, oldest change first", body = TicketFeedPage),
+        (status = 400, description = "BAD_REQUEST: bad cursor or limit", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_tickets(
+    State(state): State<AppState>,
+    device: AuthenticatedDevice,
+    query: Result<Query<std::collections::HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|rejection| AppError::BadRequest(rejection.body_text()))?;
+    let page = crate::device::ticket_feed(
+        &state,
+        &device,
+        query.get("cursor").map(String::as_str),
+        query.get("limit").map(String::as_str),
+    )
+    .await?;
+    Ok(no_store(Json(page).into_response()))
+}
+
+/// Upload decisions taken offline.
+#[utoipa::path(post, path = "/device/decisions", tag = "devices",
+    request_body = DecisionUpload,
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "One result per decision, in order: applied, conflict (recorded for the merchant's reconciliation) or invalid. Idempotent by scan_id", body = UploadResponse),
+        (status = 400, description = "BAD_REQUEST: malformed body or more than 500 decisions", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: over 1 MiB", body = ErrorBody),
+    ))]
+pub async fn device_decisions(
+    State(state): State<AppState>,
+    RequestLang(lang): RequestLang,
+    device: AuthenticatedDevice,
+    JsonBody(upload): JsonBody<DecisionUpload>,
+) -> Result<Response, AppError> {
+    let results = crate::device::upload(&state, &device, &upload.decisions, lang).await?;
+    Ok(no_store(Json(UploadResponse { results }).into_response()))
+}

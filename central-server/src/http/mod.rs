@@ -1,0 +1,135 @@
+//! The HTTP surface: routes, handlers and the request-level concerns around them (JSON
+//! bodies with contract error bodies, body size cap, metrics and access logs).
+//!
+//! Handlers parse and check input, call the domain modules (`scan`, `qr`, `auth`, `keys`)
+//! and shape answers; they hold no business rule of their own. One file per handler family:
+//! [`operator`] (login), [`venue`] (gate scans), [`channel`] (QR issuance), [`merchant`] (the
+//! console), [`device`] (the gates' device-credential API), [`ops`] (health, metrics, admin).
+
+pub mod channel;
+pub mod device;
+pub mod merchant;
+pub mod operator;
+pub mod ops;
+pub mod venue;
+
+use crate::error::{localize, AppError};
+use crate::AppState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use std::time::Instant;
+
+/// Largest request body accepted (contract: 413 above 64 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest batch of offline decisions (500 decisions of a few hundred bytes each).
+pub const MAX_UPLOAD_BYTES: usize = 1024 * 1024;
+/// Largest seed file the admin API accepts.
+pub const MAX_SEED_BYTES: usize = 16 * 1024 * 1024;
+
+/// The whole API, testable without a socket.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/operators/login", post(operator::login))
+        .route("/venue/scan", post(venue::venue_scan))
+        .route("/qr/decrypt", post(venue::qr_decrypt))
+        .route("/tickets/{ticket_code}/qr", post(channel::issue_qr))
+        .route("/merchant/tickets/scan", post(merchant::merchant_scan))
+        .route("/merchant/orders/{orderId}", get(merchant::merchant_order))
+        .route("/merchant/redemptions", get(merchant::merchant_redemptions))
+        .route(
+            "/merchant/redemptions.csv",
+            get(merchant::merchant_redemptions_csv),
+        )
+        .route("/venue/scan/{scan_id}", get(venue::venue_scan_by_id))
+        .route("/device/keys", get(device::device_keys))
+        .route("/device/tickets", get(device::device_tickets))
+        .route("/device/operators", get(device::device_operators))
+        .route("/device/history", get(device::device_history))
+        .route(
+            "/device/decisions",
+            post(device::device_decisions).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
+        .route("/keys", get(ops::published_keys))
+        .route(
+            "/admin/seed",
+            post(ops::admin_seed).layer(DefaultBodyLimit::max(MAX_SEED_BYTES)),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn(localize))
+        .with_state(state)
+}
+
+/// A JSON body whose every rejection is a contract error body: 400 naming the field, 413,
+/// or 415.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::UnsupportedMediaType,
+        _ => {
+            let text = rejection.body_text();
+            // Keep serde's own words (they name the field and position), drop the framework's
+            // preamble.
+            let detail = text
+                .split_once(": ")
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or(text);
+            AppError::BadRequest(detail)
+        }
+    }
+}
+
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .record_request(&route, status, elapsed.as_secs_f64());
+    tracing::debug!(%method, route, status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    response
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound
+}
+
+fn check_field(name: &str, value: &str, max: usize) -> Result<(), AppError> {
+    if value.is_empty() || value.chars().count() > max {
+        return Err(AppError::BadRequest(format!(
+            "{name} must be 1 to {max} characters"
+        )));
+    }
+    Ok(())
+}
