@@ -3,7 +3,8 @@
 //!
 //! Inside the transaction, in this order:
 //! 1. claim the `scan_id` (a retry, even one racing the first request, waits on the unique
-//!    index and then gets the stored answer back);
+//!    index and then gets the stored answer back — only if it comes from the same merchant
+//!    and the same operator or device, [`ScanOwner::may_replay_to`]);
 //! 2. the checks that need no ticket (expiry, merchant), so another merchant's ticket is
 //!    never read or locked;
 //! 3. lock the ticket (`FOR NO KEY UPDATE`) and its entitlement rows (`FOR UPDATE`), read
@@ -167,7 +168,7 @@ pub async fn redeem(
             },
             Ok(Attempt::ScanIdTaken) => {
                 drop(tx);
-                return replay(pool, command).await;
+                return replay(pool, context, command).await;
             }
             Err(AttemptError::Database(error)) if retryable(&error) && attempt < MAX_ATTEMPTS => {
                 drop(tx);
@@ -225,12 +226,13 @@ async fn attempt_redeem(
 ) -> Result<Attempt, AttemptError> {
     if let Some(scan_id) = command.scan_id {
         let claimed = sqlx::query(
-            "INSERT INTO scan_requests (scan_id, merchant_id, operator_id, token_sha256, function_code, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scan_id) DO NOTHING",
+            "INSERT INTO scan_requests (scan_id, merchant_id, operator_id, device_id, token_sha256, function_code, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scan_id) DO NOTHING",
         )
         .bind(scan_id)
         .bind(context.merchant_id)
         .bind(context.operator_id)
+        .bind(context.device.as_ref().map(|d| d.device_pk))
         .bind(command.token_sha256.as_slice())
         .bind(command.function_code.as_str())
         .bind(command.now)
@@ -663,20 +665,74 @@ fn ticket_view(locked: &LockedTicket) -> TicketView {
     }
 }
 
-/// The stored answer of an earlier request with this scan_id, if it was the same scan.
-async fn replay(pool: &PgPool, command: &ScanCommand) -> Result<ScanOutcome, AppError> {
+/// Who made a stored scan: its answer goes back to them and to nobody else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOwner {
+    pub merchant_id: i64,
+    pub operator_id: i64,
+    pub device_pk: Option<i64>,
+}
+
+impl ScanOwner {
+    /// The owner a context stands for.
+    pub fn of(context: &ScanContext) -> ScanOwner {
+        ScanOwner {
+            merchant_id: context.merchant_id,
+            operator_id: context.operator_id,
+            device_pk: context.device.as_ref().map(|d| d.device_pk),
+        }
+    }
+
+    /// Whether `asking` may have this scan's stored answer: the same merchant, and the same
+    /// operator or the same device (a gate replaying its own offline upload after an operator
+    /// change, or an operator retrying from the console).
+    pub fn may_replay_to(&self, asking: &ScanOwner) -> bool {
+        self.merchant_id == asking.merchant_id
+            && (self.operator_id == asking.operator_id
+                || (self.device_pk.is_some() && self.device_pk == asking.device_pk))
+    }
+}
+
+/// The stored answer of an earlier request with this scan_id, if it was the same scan by
+/// the same owner. Anything else is refused as a reused scan_id: another merchant never sees
+/// what was stored, nor learns more than that the id is taken.
+async fn replay(
+    pool: &PgPool,
+    context: &ScanContext,
+    command: &ScanCommand,
+) -> Result<ScanOutcome, AppError> {
     let Some(scan_id) = command.scan_id else {
         return Err(AppError::Internal("replay without a scan_id".into()));
     };
-    let row: Option<(Vec<u8>, String, Option<serde_json::Value>)> = sqlx::query_as(
-        "SELECT token_sha256, function_code, response FROM scan_requests WHERE scan_id = $1",
+    type StoredRow = (
+        i64,
+        i64,
+        Option<i64>,
+        Vec<u8>,
+        String,
+        Option<serde_json::Value>,
+    );
+    let row: Option<StoredRow> = sqlx::query_as(
+        "SELECT merchant_id, operator_id, device_id, token_sha256, function_code, response \
+         FROM scan_requests WHERE scan_id = $1",
     )
     .bind(scan_id)
     .fetch_optional(pool)
     .await?;
-    let Some((token_sha256, function_code, response)) = row else {
+    let Some((merchant_id, operator_id, device_pk, token_sha256, function_code, response)) = row
+    else {
         return Err(AppError::Internal("scan_id vanished during replay".into()));
     };
+    let owner = ScanOwner {
+        merchant_id,
+        operator_id,
+        device_pk,
+    };
+    if !owner.may_replay_to(&ScanOwner::of(context)) {
+        tracing::warn!(%scan_id, merchant = context.merchant_id, operator = context.operator_id,
+            "scan_id of another owner refused");
+        return Err(AppError::ScanIdReused);
+    }
     if token_sha256 != command.token_sha256.as_slice()
         || function_code != command.function_code.as_str()
     {
@@ -696,4 +752,43 @@ async fn replay(pool: &PgPool, command: &ScanCommand) -> Result<ScanOutcome, App
         replayed: true,
         jti,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScanOwner;
+
+    #[test]
+    fn a_stored_answer_goes_back_to_its_merchant_and_its_operator_or_device_only() {
+        let owner = ScanOwner {
+            merchant_id: 1,
+            operator_id: 10,
+            device_pk: Some(100),
+        };
+        let asking = |merchant_id, operator_id, device_pk| ScanOwner {
+            merchant_id,
+            operator_id,
+            device_pk,
+        };
+        assert!(owner.may_replay_to(&owner));
+        assert!(
+            owner.may_replay_to(&asking(1, 11, Some(100))),
+            "same device"
+        );
+        assert!(owner.may_replay_to(&asking(1, 10, None)), "same operator");
+        assert!(!owner.may_replay_to(&asking(1, 11, Some(101))));
+        assert!(!owner.may_replay_to(&asking(1, 11, None)));
+        assert!(
+            !owner.may_replay_to(&asking(2, 10, Some(100))),
+            "another merchant"
+        );
+        let console = ScanOwner {
+            device_pk: None,
+            ..owner
+        };
+        assert!(
+            !console.may_replay_to(&asking(1, 11, None)),
+            "no device to match"
+        );
+    }
 }

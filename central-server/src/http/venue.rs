@@ -30,7 +30,7 @@ use uuid::Uuid;
         (status = 409, description = "A refusal: ALREADY_REDEEMED, NOT_ENTITLED, EXHAUSTED, QR_EXPIRED, QR_SUPERSEDED, TICKET_NOT_ACTIVE, TICKET_VOID", body = ScanResponse),
         (status = 413, description = "PAYLOAD_TOO_LARGE: body over 64 KiB", body = ErrorBody),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not application/json", body = ErrorBody),
-        (status = 422, description = "SCAN_ID_REUSED: this scan_id was used for a different token or function", body = ErrorBody),
+        (status = 422, description = "SCAN_ID_REUSED: this scan_id was used for a different token or function, or by another merchant, operator and device (its stored answer is only replayed to whoever made it)", body = ErrorBody),
     ))]
 pub async fn venue_scan(
     State(state): State<AppState>,
