@@ -209,12 +209,14 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let credential = bearer(parts).ok_or(AppError::Unauthorized)?;
         let (device_id, secret) = credential.split_once(':').ok_or(AppError::Unauthorized)?;
+        let device_id =
+            stile_shared::Identifier::parse(device_id).map_err(|_| AppError::Unauthorized)?;
         let row: Option<(i64, String, i64, String, i64, String)> = sqlx::query_as(
             "SELECT d.id, d.secret_hash, m.id, m.code, l.id, l.venue_code FROM devices d \
              JOIN merchants m ON m.id = d.merchant_id JOIN locations l ON l.id = d.location_id \
              WHERE d.device_id = $1",
         )
-        .bind(device_id)
+        .bind(device_id.as_str())
         .fetch_optional(&state.pool)
         .await?;
         // Compare digests of digests, so the comparison time says nothing about the secret.
@@ -225,7 +227,7 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             {
                 Ok(AuthenticatedDevice {
                     device_pk,
-                    device_id: device_id.to_owned(),
+                    device_id: device_id.into_string(),
                     merchant_id,
                     merchant_code,
                     location_id,

@@ -40,6 +40,11 @@ pub struct Settings {
     /// Failed logins for one username within `login_window_secs` before 429.
     pub login_max_failures: i64,
     pub login_window_secs: i64,
+    /// Failed logins from one source address within `login_window_secs` before 429.
+    pub login_max_failures_per_address: i64,
+    /// Password hashes computed at once (argon2id holds about 19 MiB each); 0 = half the
+    /// cores, at least one, so scans always keep a core.
+    pub login_hash_workers: usize,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
     /// Days redemption log and audit rows are kept (at least 365).
@@ -57,6 +62,16 @@ impl Settings {
             miniapp_ttl_secs: self.qr_ttl_miniapp_secs,
             clock_skew_secs: self.clock_skew_secs,
         }
+    }
+
+    /// How many password hashes run at once: the setting, or half the cores (at least 1).
+    pub fn hash_workers(&self) -> usize {
+        if self.login_hash_workers > 0 {
+            return self.login_hash_workers;
+        }
+        std::thread::available_parallelism()
+            .map(|cores| (cores.get() / 2).max(1))
+            .unwrap_or(1)
     }
 
     pub fn key_refresh_interval(&self) -> Duration {
@@ -106,6 +121,8 @@ pub struct SettingsLayer {
     pub key_refresh_secs: Option<u64>,
     pub login_max_failures: Option<i64>,
     pub login_window_secs: Option<i64>,
+    pub login_max_failures_per_address: Option<i64>,
+    pub login_hash_workers: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub retention_days: Option<i64>,
@@ -157,6 +174,10 @@ impl SettingsLayer {
                 "STILE_KEY_REFRESH_SECS" => layer.key_refresh_secs = Some(number(key, &value)?),
                 "STILE_LOGIN_MAX_FAILURES" => layer.login_max_failures = Some(number(key, &value)?),
                 "STILE_LOGIN_WINDOW_SECS" => layer.login_window_secs = Some(number(key, &value)?),
+                "STILE_LOGIN_MAX_FAILURES_PER_ADDRESS" => {
+                    layer.login_max_failures_per_address = Some(number(key, &value)?)
+                }
+                "STILE_LOGIN_HASH_WORKERS" => layer.login_hash_workers = Some(number(key, &value)?),
                 "STILE_SHUTDOWN_GRACE_SECS" => {
                     layer.shutdown_grace_secs = Some(number(key, &value)?)
                 }
@@ -199,6 +220,8 @@ impl SettingsLayer {
             key_refresh_secs,
             login_max_failures,
             login_window_secs,
+            login_max_failures_per_address,
+            login_hash_workers,
             shutdown_grace_secs,
             log_format,
             retention_days,
@@ -236,6 +259,8 @@ impl SettingsLayer {
             key_refresh_secs: self.key_refresh_secs.unwrap_or(30),
             login_max_failures: self.login_max_failures.unwrap_or(10),
             login_window_secs: self.login_window_secs.unwrap_or(300),
+            login_max_failures_per_address: self.login_max_failures_per_address.unwrap_or(100),
+            login_hash_workers: self.login_hash_workers.unwrap_or(0),
             shutdown_grace_secs: self.shutdown_grace_secs.unwrap_or(10),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             retention_days: self.retention_days.unwrap_or(400),
@@ -263,6 +288,10 @@ impl SettingsLayer {
             ("qr_ttl_miniapp_secs", settings.qr_ttl_miniapp_secs),
             ("login_max_failures", settings.login_max_failures),
             ("login_window_secs", settings.login_window_secs),
+            (
+                "login_max_failures_per_address",
+                settings.login_max_failures_per_address,
+            ),
         ];
         for (name, value) in positive {
             if value <= 0 {

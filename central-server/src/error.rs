@@ -34,8 +34,9 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// Throttled or the queue is full; the client may retry after this many seconds.
     #[error("too many requests")]
-    TooManyRequests,
+    TooManyRequests { retry_after_secs: u64 },
     #[error("scan_id reused for a different scan")]
     ScanIdReused,
     #[error("invalid QR token: {0}")]
@@ -59,7 +60,7 @@ impl AppError {
             AppError::MethodNotAllowed => ApiCode::MethodNotAllowed,
             AppError::PayloadTooLarge => ApiCode::PayloadTooLarge,
             AppError::UnsupportedMediaType => ApiCode::UnsupportedMediaType,
-            AppError::TooManyRequests => ApiCode::TooManyRequests,
+            AppError::TooManyRequests { .. } => ApiCode::TooManyRequests,
             AppError::ScanIdReused => ApiCode::ScanIdReused,
             AppError::InvalidQr(_) => ApiCode::InvalidQr,
             AppError::WrongMerchant => ApiCode::WrongMerchant,
@@ -104,6 +105,8 @@ struct PendingErrorBody {
     code: ApiCode,
     /// Shown to the client after the code's message (e.g. the offending field).
     detail: Option<String>,
+    /// `Retry-After`, in seconds.
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for AppError {
@@ -121,20 +124,34 @@ impl IntoResponse for AppError {
             _ => None,
         };
         let code = self.code();
-        let mut response = error_body(code, Lang::ZhCn, detail.as_deref());
-        response
-            .extensions_mut()
-            .insert(PendingErrorBody { code, detail });
+        let retry_after = match &self {
+            AppError::TooManyRequests { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let pending = PendingErrorBody {
+            code,
+            detail,
+            retry_after,
+        };
+        let mut response = error_body(&pending, Lang::ZhCn);
+        response.extensions_mut().insert(pending);
         response
     }
 }
 
-fn error_body(code: ApiCode, lang: Lang, detail: Option<&str>) -> Response {
-    let message = match detail {
+fn error_body(pending: &PendingErrorBody, lang: Lang) -> Response {
+    let code = pending.code;
+    let message = match &pending.detail {
         Some(detail) => format!("{}: {detail}", code.message(lang)),
         None => code.message(lang).to_owned(),
     };
-    (status_of(code), axum::Json(ErrorBody { code, message })).into_response()
+    let mut response = (status_of(code), axum::Json(ErrorBody { code, message })).into_response();
+    if let Some(secs) = pending.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 /// The request's language, from `Accept-Language`.
@@ -166,7 +183,7 @@ pub async fn localize(request: Request, next: Next) -> Response {
         if lang == Lang::ZhCn {
             return response;
         }
-        return error_body(pending.code, lang, pending.detail.as_deref());
+        return error_body(&pending, lang);
     }
     let is_json = response
         .headers()
@@ -186,7 +203,14 @@ pub async fn localize(request: Request, next: Next) -> Response {
             _ => ApiCode::Internal,
         };
         let allow = response.headers().get(header::ALLOW).cloned();
-        let mut rewritten = error_body(code, lang, None);
+        let mut rewritten = error_body(
+            &PendingErrorBody {
+                code,
+                detail: None,
+                retry_after: None,
+            },
+            lang,
+        );
         *rewritten.status_mut() = status;
         if let Some(allow) = allow {
             rewritten.headers_mut().insert(header::ALLOW, allow);

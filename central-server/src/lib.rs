@@ -17,6 +17,7 @@ pub mod device;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod login;
 pub mod merchant;
 pub mod metrics;
 pub mod openapi;
@@ -101,7 +102,11 @@ pub async fn serve_state(
             stopping_tx.subscribe(),
         ))
     });
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -23,7 +23,8 @@ use stile_shared::api::{
     MerchantTicketOutcome, OperatorRef, OrderEntitlementView, OrderTicketView, OrderView,
     PassengerView, RedemptionItem, RedemptionPage,
 };
-use stile_shared::{ApiCode, DecisionCode, FunctionCode, Lang, TicketStatus};
+use stile_shared::decision::{check_token, is_own_ticket};
+use stile_shared::{ApiCode, DecisionCode, FunctionCode, Identifier, Lang, TicketStatus};
 
 /// Largest page of the reconciliation log.
 pub const MAX_PAGE: i64 = 200;
@@ -60,7 +61,7 @@ pub async fn scan(
                 "SELECT id FROM locations WHERE merchant_id = $1 AND venue_code = $2",
             )
             .bind(operator.merchant_id)
-            .bind(venue_code)
+            .bind(venue_code.as_str())
             .fetch_optional(&state.pool)
             .await?;
             let (location_id,) = row.ok_or_else(|| {
@@ -68,7 +69,7 @@ pub async fn scan(
             })?;
             Some(LocationAt {
                 location_id,
-                venue_code: venue_code.clone(),
+                venue_code: venue_code.to_string(),
             })
         }
     };
@@ -98,10 +99,29 @@ pub async fn scan(
                 ));
             }
         };
-        if verified.claims.mid != operator.merchant_code {
-            tracing::warn!(operator = operator.id, merchant = %operator.merchant_code,
-                "merchant scan refused: another merchant's ticket");
-            return Err(AppError::WrongMerchant);
+        // The shared order of checks (expiry, then merchant), as at /venue/scan.
+        match check_token(
+            &verified.claims,
+            &operator.merchant_code,
+            now.timestamp(),
+            policy,
+        ) {
+            Err(DecisionCode::WrongMerchant) => {
+                tracing::warn!(operator = operator.id, merchant = %operator.merchant_code,
+                    "merchant scan refused: another merchant's ticket");
+                return Err(AppError::WrongMerchant);
+            }
+            // Expired and not ours: say so, and nothing of the ticket.
+            Err(code) if !is_own_ticket(&verified.claims, &operator.merchant_code) => {
+                return Ok(reject(
+                    crate::error::status_of(code.into()),
+                    code.into(),
+                    lang,
+                    Vec::new(),
+                ));
+            }
+            // Ours: the redemption core decides (and says QR_EXPIRED with the ticket).
+            Err(_) | Ok(()) => {}
         }
         let ticket_code = verified.claims.tid.clone();
         let subject = ScanSubject::Token(Ok(verified));
@@ -120,9 +140,11 @@ pub async fn scan(
             .await?,
         );
     } else {
+        let order_code =
+            Identifier::parse_field("code", &request.code).map_err(AppError::BadRequest)?;
         let order: Option<(i64, i64)> =
             sqlx::query_as("SELECT id, merchant_id FROM orders WHERE order_code = $1")
-                .bind(&request.code)
+                .bind(order_code.as_str())
                 .fetch_optional(&state.pool)
                 .await?;
         let (order_id, owner) = order.ok_or(AppError::NotFound)?;

@@ -7,11 +7,10 @@ use crate::error::AppError;
 use crate::keys::KeyStore;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use sqlx::PgPool;
-use stile_shared::api::{
-    ClaimsView, DecryptResponse, EntitlementView, IssuedQr, TicketView, TokenState,
-};
+use stile_shared::api::{ClaimsView, DecryptResponse, EntitlementView, IssuedQr, TicketView};
+use stile_shared::decision::{is_own_ticket, token_state};
 use stile_shared::token::{Jti, QrClaims};
-use stile_shared::{Channel, FunctionCode, TicketStatus, TokenPolicy};
+use stile_shared::{Channel, DecisionCode, FunctionCode, TicketStatus, TokenPolicy};
 
 /// Issues a fresh QR for a ticket of the channel's kind and makes it the ticket's current
 /// one, under the ticket's row lock (so it serialises with scans of the ticket).
@@ -137,21 +136,36 @@ pub async fn decrypt(
         .await
         .map_err(|error| AppError::InvalidQr(error.to_string()))?;
     let claims = verified.claims;
-    if claims.mid != operator.merchant_code {
-        return Err(AppError::WrongMerchant);
-    }
-    let (ticket_id, current_jti, ticket) =
-        load_ticket_view(pool, operator.merchant_id, &claims.tid)
-            .await?
-            .ok_or_else(|| AppError::InvalidQr("no such ticket".into()))?;
-    let token_state = if policy.is_expired(&claims, now.timestamp()) {
-        TokenState::Expired
-    } else if current_jti.as_deref() != Some(claims.jti.as_str()) {
-        TokenState::Superseded
+    // Only a ticket of the operator's merchant is read at all.
+    let ticket = if is_own_ticket(&claims, &operator.merchant_code) {
+        Some(
+            load_ticket_view(pool, operator.merchant_id, &claims.tid)
+                .await?
+                .ok_or_else(|| AppError::InvalidQr("no such ticket".into()))?,
+        )
     } else {
-        TokenState::Valid
+        None
     };
-    tracing::debug!(ticket_id, state = ?token_state, "token inspected");
+    let current_jti = ticket
+        .as_ref()
+        .and_then(|(_, current, _)| current.as_deref())
+        .and_then(|jti| Jti::parse(jti).ok());
+    let token_state = match token_state(
+        &claims,
+        &operator.merchant_code,
+        current_jti.as_ref(),
+        now.timestamp(),
+        policy,
+    ) {
+        Ok(state) => state,
+        Err(DecisionCode::WrongMerchant) => return Err(AppError::WrongMerchant),
+        Err(code) => return Err(AppError::Internal(format!("token_state answered {code:?}"))),
+    };
+    let (ticket_id, ticket) = match ticket {
+        Some((id, _, view)) => (Some(id), Some(view)),
+        None => (None, None),
+    };
+    tracing::debug!(?ticket_id, state = ?token_state, "token inspected");
     Ok(DecryptResponse {
         token_state,
         claims: ClaimsView {

@@ -136,8 +136,10 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> SeedError {
 
 /// Parses and checks a seed file's text. Nothing is written.
 pub fn parse(text: &str) -> Result<SeedFile, SeedError> {
-    let deserializer = &mut serde_json::Deserializer::from_str(text);
-    let file: SeedFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let tree: serde_json::Value =
+        serde_json::from_str(text).map_err(|error| invalid("$", error.to_string()))?;
+    no_control_characters("$", &tree)?;
+    let file: SeedFile = serde_path_to_error::deserialize(tree).map_err(|error| {
         let path = error.path().to_string();
         invalid(
             if path == "." { "$".to_owned() } else { path },
@@ -146,6 +148,38 @@ pub fn parse(text: &str) -> Result<SeedFile, SeedError> {
     })?;
     validate(&file)?;
     Ok(file)
+}
+
+/// Refuses a NUL, a newline or any other control character in any string of the file (keys
+/// included): names end up in SQL text columns, logs and CSV, none of which may carry them.
+fn no_control_characters(path: &str, value: &serde_json::Value) -> Result<(), SeedError> {
+    let refuse = |path: &str, text: &str| {
+        if text.chars().any(char::is_control) {
+            Err(invalid(
+                path,
+                "must not contain control characters (NUL, newline, ...)",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match value {
+        serde_json::Value::String(text) => refuse(path, text),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| no_control_characters(&format!("{path}[{i}]"), item)),
+        serde_json::Value::Object(fields) => fields.iter().try_for_each(|(key, item)| {
+            let path = if path == "$" {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            refuse(&path, key)?;
+            no_control_characters(&path, item)
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_code(path: &str, code: &str, max: usize) -> Result<(), SeedError> {
@@ -727,6 +761,18 @@ mod tests {
                 "orders[0].passengers[0].tickets[0].entitlements[0].function_code",
             ),
             (r#"{"merchant": []}"#, "merchant"),
+            (
+                r#"{"merchants": [{"code": "M1", "name": "a\u0000b"}]}"#,
+                "merchants[0].name",
+            ),
+            (
+                r#"{"merchants": [{"code": "M1", "name": "x", "timezone": "Asia/Shanghai\n"}]}"#,
+                "merchants[0].timezone",
+            ),
+            (
+                r#"{"orders": [{"order_id": "O1", "merchant": "M1", "passengers": [{"name": "a\u001b[31m", "tickets": []}]}]}"#,
+                "orders[0].passengers[0].name",
+            ),
             (
                 r#"{"channels": [{"name": "c", "kind": "OTA", "api_key": "short"}]}"#,
                 "channels[0].api_key",

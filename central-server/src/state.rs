@@ -3,6 +3,7 @@
 use crate::auth::{hash_password, operator_jwt_secret, OperatorTokens};
 use crate::config::Settings;
 use crate::keys::{self, KeyStore};
+use crate::login::LoginGuard;
 use crate::metrics::Metrics;
 use crate::{db, openapi, ServerError};
 use sqlx::PgPool;
@@ -16,6 +17,8 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     pub operator_tokens: Arc<OperatorTokens>,
     pub metrics: Arc<Metrics>,
+    /// Login throttles and the bound on password hashing.
+    pub login: Arc<LoginGuard>,
     /// An argon2id hash of nothing in particular: unknown usernames are checked against it
     /// so they take as long as wrong passwords.
     pub dummy_hash: Arc<str>,
@@ -44,6 +47,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
             &secret,
             settings.operator_token_ttl_secs,
         )),
+        login: Arc::new(LoginGuard::new(&settings)),
         settings: Arc::new(settings),
         keys: Arc::new(keys),
         metrics: Arc::new(Metrics::new()),

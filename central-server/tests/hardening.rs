@@ -131,3 +131,401 @@ async fn a_stored_answer_is_never_replayed_to_another_merchant() {
     assert_eq!((first, again), (StatusCode::OK, StatusCode::OK), "{body}");
     server.stop().await;
 }
+
+fn message(body: &Value) -> String {
+    body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// PostgreSQL refuses `\u0000` in text: every identifier is parsed at the edge, so a NUL
+/// byte or a newline is a 400 naming the field, never a 500.
+#[tokio::test]
+async fn bad_bytes_in_identifiers_are_a_400_naming_the_field() {
+    let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+    let east = server.login("op-east").await;
+    let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
+    let (status, body) = server
+        .post_json(
+            "/operators/login",
+            None,
+            json!({"username": "op\u{0}east", "password": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(message(&body).contains("username"), "{body}");
+    for (field, bad) in [
+        ("venue_code", "GATE\u{0}EAST"),
+        ("device_id", "dev-east-1\nINFO forged log line"),
+    ] {
+        let mut request = json!({"qr_token": qr.qr_token, "function_code": "ENTRY",
+                                 "venue_code": "GATE-EAST", "device_id": "dev-east-1"});
+        request[field] = json!(bad);
+        let (status, body) = server.post_json("/venue/scan", Some(&east), request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
+        assert!(message(&body).contains(field), "{body}");
+    }
+    for (field, request) in [
+        ("code", json!({"code": "ORD\u{0}1001"})),
+        (
+            "location_id",
+            json!({"code": "ORD-1001", "location_id": "GATE\u{0}"}),
+        ),
+    ] {
+        let (status, body) = server
+            .post_json("/merchant/tickets/scan", Some(&east), request)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
+        assert!(message(&body).contains(field), "{body}");
+    }
+    let response = server
+        .client
+        .get(server.url("/merchant/orders/ORD%00-1001"))
+        .bearer_auth(&east)
+        .send()
+        .await
+        .expect("order");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json");
+    assert!(message(&body).contains("orderId"), "{body}");
+    let response = server
+        .client
+        .post(server.url("/tickets/TK%00/qr"))
+        .bearer_auth(MINIAPP_KEY)
+        .send()
+        .await
+        .expect("issue");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json");
+    assert!(message(&body).contains("ticket_code"), "{body}");
+    let response = server
+        .client
+        .post(server.url("/admin/seed"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(r#"{"merchants": [{"code": "M9", "name": "bad\u0000name"}]}"#)
+        .send()
+        .await
+        .expect("seed");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json");
+    assert!(message(&body).contains("merchants[0].name"), "{body}");
+    server.stop().await;
+}
+
+const ADMIN: &str = "admin-token-for-the-hardening-tests-0123456789";
+
+/// Arbitrary strings into every string field of every endpoint (bodies, paths, queries):
+/// never a 5xx.
+#[test]
+fn arbitrary_strings_in_any_field_never_get_a_5xx() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (server, east, device_op) = runtime.block_on(async {
+        let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+        let east = server.login("op-east").await;
+        let device_op = operator_id(&server, "op-east").await;
+        (server, east, device_op)
+    });
+    let hostile = prop_oneof![
+        any::<String>(),
+        "[\\x00-\\x1f\"%\\\\/.:;,?#&= A-Za-z0-9_-]{0,40}",
+        "[\u{0}-\u{7f}\u{80}-\u{10ffff}]{0,8}",
+        Just("9".repeat(70)),
+        Just("x".repeat(5000)),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&hostile, |text| {
+        runtime.block_on(async {
+            let encoded: String = url_encode(&text);
+            let mut statuses = Vec::new();
+            let body_cases = [
+                ("/operators/login", None, json!({"username": text, "password": text})),
+                ("/operators/login", None, json!({"username": "op-east", "password": text})),
+                ("/venue/scan", Some(east.as_str()), json!({"qr_token": text, "function_code": "ENTRY", "venue_code": "GATE-EAST", "device_id": "dev-east-1", "scan_id": text})),
+                ("/venue/scan", Some(east.as_str()), json!({"qr_token": "a.b.c", "function_code": text, "venue_code": text, "device_id": text})),
+                ("/qr/decrypt", Some(east.as_str()), json!({"qr_token": text})),
+                ("/merchant/tickets/scan", Some(east.as_str()), json!({"code": text, "function_code": text})),
+                ("/merchant/tickets/scan", Some(east.as_str()), json!({"code": "ORD-1001", "location_id": text, "session_id": text})),
+                ("/device/decisions", Some(EAST_DEVICE), json!({"decisions": [{"scan_id": text, "qr_token": text, "function_code": "ENTRY", "decided_at": text, "operator_id": device_op}]})),
+                ("/device/decisions", Some(EAST_DEVICE), json!({"decisions": [{"scan_id": uuid::Uuid::new_v4().to_string(), "qr_token": text, "function_code": "ENTRY", "decided_at": "2026-01-01T00:00:00Z", "operator_id": device_op}]})),
+            ];
+            for (path, bearer, body) in body_cases {
+                let (status, _) = server.post_json(path, bearer, body).await;
+                statuses.push((path.to_owned(), status));
+            }
+            let seed = json!({"merchants": [{"code": text, "name": text, "timezone": text,
+                "locations": [{"venue_code": text, "name": text}],
+                "operators": [{"username": text, "password": text, "display_name": text}]}]});
+            let response = server
+                .client
+                .post(server.url("/admin/seed"))
+                .bearer_auth(ADMIN)
+                .json(&seed)
+                .send()
+                .await
+                .expect("seed");
+            statuses.push(("/admin/seed".into(), response.status()));
+            let gets = [
+                (format!("/merchant/orders/{encoded}"), east.as_str()),
+                (format!("/venue/scan/{encoded}"), east.as_str()),
+                (format!("/merchant/redemptions?date={encoded}"), east.as_str()),
+                (format!("/merchant/redemptions?cursor={encoded}"), east.as_str()),
+                (format!("/merchant/redemptions?limit={encoded}"), east.as_str()),
+                (format!("/merchant/redemptions.csv?date={encoded}"), east.as_str()),
+                (format!("/device/tickets?cursor={encoded}"), EAST_DEVICE),
+                (format!("/device/tickets?limit={encoded}"), EAST_DEVICE),
+            ];
+            for (path, bearer) in gets {
+                let response = server
+                    .client
+                    .get(server.url(&path))
+                    .bearer_auth(bearer)
+                    .send()
+                    .await
+                    .expect("get");
+                statuses.push((path, response.status()));
+            }
+            let response = server
+                .client
+                .post(server.url(&format!("/tickets/{encoded}/qr")))
+                .bearer_auth(OTA_KEY)
+                .send()
+                .await
+                .expect("issue");
+            statuses.push(("/tickets/{}/qr".into(), response.status()));
+            for (path, status) in statuses {
+                prop_assert!(
+                    !status.is_server_error(),
+                    "{path} answered {status} for {text:?}"
+                );
+            }
+            Ok(())
+        })
+    });
+    runtime.block_on(server.stop());
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
+/// Percent-encodes every byte but unreserved ones, so any string fits a path or a query.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// An expired token of another merchant is QR_EXPIRED everywhere (expiry is checked first,
+/// once, in the shared code), and nothing of the ticket is shown anywhere.
+#[tokio::test]
+async fn the_order_of_checks_is_the_same_at_the_gate_the_console_and_decrypt() {
+    let server = TestServer::start().await;
+    let east = server.login("op-east").await;
+    let long_ago = chrono::Utc::now().timestamp() - 24 * 3600;
+    let expired = server
+        .dated_token("TK-M2", "M002", stile_shared::Channel::MiniApp, long_ago)
+        .await;
+    let (status, body) = server.scan(&east, &expired, "ENTRY").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "QR_EXPIRED");
+    assert!(body.get("ticket").is_none_or(Value::is_null), "{body}");
+
+    let (status, body) = server
+        .post_json(
+            "/merchant/tickets/scan",
+            Some(&east),
+            json!({"code": expired}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "QR_EXPIRED");
+    assert_eq!(body["tickets"], json!([]), "{body}");
+
+    let (status, body) = server
+        .post_json("/qr/decrypt", Some(&east), json!({"qr_token": expired}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_state"], "expired");
+    assert!(body["ticket"].is_null(), "{body}");
+
+    // A fresh token of another merchant is WRONG_MERCHANT at all three, without data.
+    let fresh = server.issue_qr("TK-M2", OTA_KEY).await.qr_token;
+    let (status, body) = server.scan(&east, &fresh, "ENTRY").await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::FORBIDDEN, json!("WRONG_MERCHANT"))
+    );
+    for (path, request) in [
+        ("/merchant/tickets/scan", json!({"code": fresh})),
+        ("/qr/decrypt", json!({"qr_token": fresh})),
+    ] {
+        let (status, body) = server.post_json(path, Some(&east), request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert_eq!(body["code"], "WRONG_MERCHANT");
+        assert!(!body.to_string().contains("赵六"), "{body}");
+    }
+    // An expired token of the operator's own merchant still shows its ticket at decrypt.
+    let own = server
+        .dated_token(
+            "TK-1001-1",
+            "M001",
+            stile_shared::Channel::MiniApp,
+            long_ago,
+        )
+        .await;
+    let (status, body) = server
+        .post_json("/qr/decrypt", Some(&east), json!({"qr_token": own}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_state"], "expired");
+    assert_eq!(body["ticket"]["ticket_code"], "TK-1001-1");
+    server.stop().await;
+}
+
+async fn login_status(server: &TestServer, username: &str, password: &str) -> (StatusCode, bool) {
+    let response = server
+        .client
+        .post(server.url("/operators/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    let retry_after = response.headers().contains_key("retry-after");
+    (response.status(), retry_after)
+}
+
+/// 100 simultaneous wrong passwords for one user get exactly `login_max_failures` password
+/// checks; the right password afterwards is still refused (the count is checked and bumped
+/// in one statement, before the hash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_passwords_cannot_get_past_the_lockout() {
+    let server = TestServer::start_with(|s| s.login_hash_workers = 2).await;
+    let attempts = (0..100)
+        .map(|i| {
+            let (client, url) = (server.client.clone(), server.url("/operators/login"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&json!({"username": "op-east", "password": format!("wrong-{i}")}))
+                    .send()
+                    .await
+                    .expect("login")
+                    .status()
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut evaluated = 0;
+    let mut throttled = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            StatusCode::UNAUTHORIZED => evaluated += 1,
+            StatusCode::TOO_MANY_REQUESTS => throttled += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(evaluated <= 10, "{evaluated} wrong passwords were checked");
+    assert_eq!(evaluated + throttled, 100);
+    let (status, retry_after) = login_status(&server, "op-east", common::PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after, "429 carries Retry-After");
+    server.stop().await;
+}
+
+/// Made-up usernames write no row, are throttled per source address, and a flood is held
+/// to a bounded queue of password checks (429 with Retry-After beyond it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_made_up_usernames_is_bounded_and_leaves_no_rows() {
+    let server = TestServer::start_with(|s| {
+        s.login_hash_workers = 1;
+        s.login_max_failures_per_address = 1_000_000;
+    })
+    .await;
+    let (operators_before,): (i64,) = sqlx::query_as("SELECT count(*) FROM operators")
+        .fetch_one(&server.pool)
+        .await
+        .expect("count");
+    let flood = (0..200)
+        .map(|i| {
+            let (client, url) = (server.client.clone(), server.url("/operators/login"));
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({"username": format!("made-up-{i}"), "password": "x"}))
+                    .send()
+                    .await
+                    .expect("login");
+                (
+                    response.status(),
+                    response.headers().contains_key("retry-after"),
+                )
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut refused_busy = 0;
+    let started = std::time::Instant::now();
+    for attempt in flood {
+        let (status, retry_after) = attempt.await.expect("task");
+        match status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(retry_after);
+                refused_busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // One worker and a queue of 8: most of 200 simultaneous logins cannot wait.
+    assert!(
+        refused_busy > 0,
+        "the hashing queue never filled ({:?})",
+        started.elapsed()
+    );
+    let (operators_after,): (i64,) = sqlx::query_as("SELECT count(*) FROM operators")
+        .fetch_one(&server.pool)
+        .await
+        .expect("count");
+    assert_eq!(operators_before, operators_after);
+    let (tables,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'login_failures'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .expect("tables");
+    assert_eq!(tables, 0, "no table of failures per username");
+    // The right password still works: made-up names do not lock real ones.
+    assert_eq!(
+        login_status(&server, "op-east", common::PASSWORD).await.0,
+        StatusCode::OK
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_is_throttled_across_usernames() {
+    let server = TestServer::start_with(|s| s.login_max_failures_per_address = 5).await;
+    for i in 0..5 {
+        let (status, _) = login_status(&server, &format!("nobody-{i}"), "x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, retry_after) = login_status(&server, "nobody-else", "x").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after);
+    // A real operator from that address too: the address is over its limit.
+    let (status, _) = login_status(&server, "op-east", common::PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    server.stop().await;
+}

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use stile_shared::Identifier;
 
 /// Where frames come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -142,10 +143,10 @@ struct FileConfig {
 /// Every setting of the agent, resolved.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub device_id: String,
+    pub device_id: Identifier,
     pub device_secret: String,
     pub central_url: String,
-    pub venue_code: String,
+    pub venue_code: Identifier,
     /// The gate's entitlement (switchable on the device).
     pub function_code: stile_shared::FunctionCode,
     pub state_dir: PathBuf,
@@ -307,9 +308,7 @@ impl AgentConfig {
         let central_url =
             parse_central_url(&required(file.central_url, "central_url", "CENTRAL_URL")?)?;
         let identifier = |value: String, name: &'static str| {
-            stile_shared::domain::check_code(&value, stile_shared::domain::MAX_IDENTIFIER_LEN)
-                .map_err(|error| invalid(name, format!("{value:?} {error}")))?;
-            Ok::<_, ConfigError>(value)
+            Identifier::parse(&value).map_err(|error| invalid(name, format!("{value:?} {error}")))
         };
         let device_id = identifier(
             required(file.device_id, "device_id", "DEVICE_ID")?,

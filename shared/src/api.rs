@@ -2,7 +2,7 @@
 //! (the gate agent, tests, the load benchmark). Field names are the contract's.
 
 use crate::codes::{ApiCode, DecisionCode};
-use crate::domain::{Channel, FunctionCode, TicketStatus};
+use crate::domain::{Channel, FunctionCode, Identifier, TicketStatus};
 use crate::token::Jti;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct LoginRequest {
-    pub username: String,
+    pub username: Identifier,
     pub password: String,
 }
 
@@ -51,8 +51,8 @@ pub struct LoginResponse {
 pub struct ScanRequest {
     pub qr_token: String,
     pub function_code: FunctionCode,
-    pub venue_code: String,
-    pub device_id: String,
+    pub venue_code: Identifier,
+    pub device_id: Identifier,
     /// The client's idempotency key (a UUID): a retry with the same `scan_id` returns the
     /// original decision.
     #[serde(default)]
@@ -143,7 +143,9 @@ pub struct ClaimsView {
 pub struct DecryptResponse {
     pub token_state: TokenState,
     pub claims: ClaimsView,
-    pub ticket: TicketView,
+    /// The ticket; null only for an expired token of another merchant (its state is told,
+    /// nothing of the ticket).
+    pub ticket: Option<TicketView>,
 }
 
 /// `POST /tickets/{ticket_code}/qr`.
@@ -167,7 +169,7 @@ pub struct MerchantScanRequest {
     pub function_code: Option<FunctionCode>,
     /// A `venue_code` of the operator's merchant.
     #[serde(default)]
-    pub location_id: Option<String>,
+    pub location_id: Option<Identifier>,
     /// Accepted and ignored: sessions were replaced by the operator JWT.
     #[serde(default)]
     pub session_id: Option<String>,

@@ -7,6 +7,7 @@
 //! → entitlement present → this (`jti`, `function_code`) already redeemed → remaining uses →
 //! redeem.
 
+use crate::api::TokenState;
 use crate::codes::DecisionCode;
 use crate::domain::{FunctionCode, TicketStatus};
 use crate::token::{Jti, QrClaims, TokenPolicy};
@@ -111,10 +112,34 @@ pub fn check_token(
     if policy.is_expired(claims, now) {
         return Err(DecisionCode::QrExpired);
     }
-    if claims.mid != operator_merchant {
+    if !is_own_ticket(claims, operator_merchant) {
         return Err(DecisionCode::WrongMerchant);
     }
     Ok(())
+}
+
+/// Whether the token names a ticket of the asking merchant: only then may anything about the
+/// ticket be read or shown.
+pub fn is_own_ticket(claims: &QrClaims, operator_merchant: &str) -> bool {
+    claims.mid == operator_merchant
+}
+
+/// What `POST /qr/decrypt` says of a token, in the order [`check_token`] checks: expired
+/// first (whoever's it is), then another merchant's (refused), then superseded against the
+/// ticket's current QR as the central knows it.
+pub fn token_state(
+    claims: &QrClaims,
+    operator_merchant: &str,
+    current_jti: Option<&Jti>,
+    now: i64,
+    policy: TokenPolicy,
+) -> Result<TokenState, DecisionCode> {
+    match check_token(claims, operator_merchant, now, policy) {
+        Err(DecisionCode::QrExpired) => Ok(TokenState::Expired),
+        Err(code) => Err(code),
+        Ok(()) if current_jti == Some(&claims.jti) => Ok(TokenState::Valid),
+        Ok(()) => Ok(TokenState::Superseded),
+    }
 }
 
 /// Decides a scan. See the module doc for the order of checks.
@@ -212,6 +237,36 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn token_state_checks_expiry_then_merchant_then_supersession() {
+        let policy = TokenPolicy::default();
+        let fresh = claims();
+        let current = Some(&fresh.jti);
+        assert_eq!(
+            token_state(&fresh, "M001", current, NOW, policy),
+            Ok(TokenState::Valid)
+        );
+        let other = Jti::from_bytes([2; 16]);
+        assert_eq!(
+            token_state(&fresh, "M001", Some(&other), NOW, policy),
+            Ok(TokenState::Superseded)
+        );
+        assert_eq!(
+            token_state(&fresh, "M002", current, NOW, policy),
+            Err(DecisionCode::WrongMerchant)
+        );
+        let late = NOW + 7200;
+        // Expired first, whoever's it is, exactly as check_token and decide order it.
+        assert_eq!(
+            token_state(&fresh, "M002", None, late, policy),
+            Ok(TokenState::Expired)
+        );
+        assert_eq!(
+            check_token(&fresh, "M002", late, policy),
+            Err(DecisionCode::QrExpired)
+        );
     }
 
     struct Case {

@@ -82,6 +82,71 @@ pub enum InvalidCode {
     Characters,
 }
 
+/// A code or identifier of the domain as it arrives from outside (venue codes, device ids,
+/// usernames, order and ticket codes): [`check_code`] with [`MAX_IDENTIFIER_LEN`], so no
+/// control character, NUL or newline ever reaches SQL or a log line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Identifier(String);
+
+impl Identifier {
+    /// The pattern, for the OpenAPI document.
+    pub const PATTERN: &'static str = "^[A-Za-z0-9_-]{1,64}$";
+
+    pub fn parse(raw: &str) -> Result<Identifier, InvalidCode> {
+        check_code(raw, MAX_IDENTIFIER_LEN)?;
+        Ok(Identifier(raw.to_owned()))
+    }
+
+    /// Parses a named input; the error names the field (`device_id must be ...`).
+    pub fn parse_field(field: &str, raw: &str) -> Result<Identifier, String> {
+        Identifier::parse(raw).map_err(|error| format!("{field} {error}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Identifier {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Identifier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Identifier::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Identifier {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(Identifier::PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(MAX_IDENTIFIER_LEN))
+            .examples(["GATE-EAST"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Identifier {}
+
 /// A ticket's life: `PRE_GENERATED` → `ACTIVATED` → `USED`; `VOID` is terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -23,5 +23,5 @@ pub use decision::{
     check_token, decide, is_superseded, remaining_after, Decision, DecisionInput,
     EntitlementSnapshot, QrKnowledge, TicketSnapshot,
 };
-pub use domain::{Channel, FunctionCode, TicketStatus};
+pub use domain::{Channel, FunctionCode, Identifier, TicketStatus};
 pub use token::{KeySet, QrClaims, TokenError, TokenPolicy, VerifiedToken};

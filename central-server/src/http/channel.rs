@@ -15,6 +15,7 @@ use stile_shared::api::{ErrorBody, IssuedQr};
     security(("channel_key" = [])),
     responses(
         (status = 200, description = "A fresh QR token; every older token of the ticket is superseded", body = IssuedQr),
+        (status = 400, description = "BAD_REQUEST: ticket_code is not 1 to 64 of A-Z, a-z, 0-9, - and _", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED: missing or unknown channel key", body = ErrorBody),
         (status = 403, description = "FORBIDDEN: the ticket is of the other channel kind", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such ticket", body = ErrorBody),
@@ -24,12 +25,13 @@ pub async fn issue_qr(
     channel: AuthenticatedChannel,
     Path(ticket_code): Path<String>,
 ) -> Result<Response, AppError> {
+    let ticket_code = super::identifier("ticket_code", &ticket_code)?;
     let issued = qr::issue(
         &state.pool,
         &state.keys,
         state.settings.token_policy(),
         &channel,
-        &ticket_code,
+        ticket_code.as_str(),
         Utc::now(),
     )
     .await?;

@@ -1,6 +1,6 @@
 //! The merchant console: scans, the order view and the reconciliation log (JSON and CSV).
 
-use super::JsonBody;
+use super::{identifier, JsonBody};
 use crate::auth::AuthenticatedOperator;
 use crate::error::{no_store, AppError, RequestLang};
 use crate::AppState;
@@ -41,6 +41,7 @@ pub async fn merchant_scan(
     security(("operator_jwt" = [])),
     responses(
         (status = 200, description = "Entitlements by passenger with remaining uses and the last redemption of each", body = OrderView),
+        (status = 400, description = "BAD_REQUEST: orderId is not 1 to 64 of A-Z, a-z, 0-9, - and _", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such order for this merchant (another merchant's order answers the same)", body = ErrorBody),
     ))]
@@ -49,7 +50,8 @@ pub async fn merchant_order(
     operator: AuthenticatedOperator,
     Path(order_id): Path<String>,
 ) -> Result<Response, AppError> {
-    let view = crate::merchant::order_view(&state, &operator, &order_id).await?;
+    let order_id = identifier("orderId", &order_id)?;
+    let view = crate::merchant::order_view(&state, &operator, order_id.as_str()).await?;
     Ok(no_store(Json(view).into_response()))
 }
 

@@ -71,6 +71,27 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The client's address (the peer of the connection); unspecified when the router runs
+/// without a socket.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Ok(ClientAddress(address))
+    }
+}
+
 /// A JSON body whose every rejection is a contract error body: 400 naming the field, 413,
 /// or 415.
 pub struct JsonBody<T>(pub T);
@@ -123,6 +144,12 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 
 async fn not_found() -> AppError {
     AppError::NotFound
+}
+
+/// A path or query value that must be an identifier: 400 naming the field otherwise, before
+/// any SQL sees it.
+fn identifier(field: &str, raw: &str) -> Result<stile_shared::Identifier, AppError> {
+    stile_shared::Identifier::parse_field(field, raw).map_err(AppError::BadRequest)
 }
 
 fn check_field(name: &str, value: &str, max: usize) -> Result<(), AppError> {

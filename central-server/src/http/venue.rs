@@ -1,7 +1,7 @@
 //! The gate's endpoints under an operator token: `POST /venue/scan`, `GET /venue/scan/{scan_id}`
 //! and `POST /qr/decrypt`.
 
-use super::{check_field, JsonBody};
+use super::JsonBody;
 use crate::auth::AuthenticatedOperator;
 use crate::error::{no_store, status_of, AppError, RequestLang};
 use crate::scan::{
@@ -39,8 +39,6 @@ pub async fn venue_scan(
     JsonBody(request): JsonBody<ScanRequest>,
 ) -> Result<Response, AppError> {
     let started = Instant::now();
-    check_field("venue_code", &request.venue_code, 64)?;
-    check_field("device_id", &request.device_id, 64)?;
     let scan_id = request
         .scan_id
         .as_deref()
@@ -50,8 +48,8 @@ pub async fn venue_scan(
     let Some((device_pk, location_id)) = scan::bind_device(
         &state.pool,
         operator.merchant_id,
-        &request.device_id,
-        &request.venue_code,
+        request.device_id.as_str(),
+        request.venue_code.as_str(),
     )
     .await?
     else {
@@ -69,11 +67,11 @@ pub async fn venue_scan(
         operator_username: operator.username.clone(),
         device: Some(DeviceAt {
             device_pk,
-            device_id: request.device_id.clone(),
+            device_id: request.device_id.to_string(),
         }),
         location: Some(LocationAt {
             location_id,
-            venue_code: request.venue_code.clone(),
+            venue_code: request.venue_code.to_string(),
         }),
         source: RedemptionSource::Venue,
     };

@@ -133,7 +133,7 @@ impl Gate {
         let keys = KeySet::from_jwks(&jwks).unwrap_or_default();
         let central = Central::new(
             &config.central_url,
-            &config.device_id,
+            config.device_id.as_str(),
             &config.device_secret,
         )?;
         Ok(Gate {

@@ -323,8 +323,8 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
         disk_free_bytes: disk_free_bytes(&gate.config.state_dir),
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: gate.started_at.elapsed().as_secs(),
-        device_id: gate.config.device_id.clone(),
-        venue_code: gate.config.venue_code.clone(),
+        device_id: gate.config.device_id.to_string(),
+        venue_code: gate.config.venue_code.to_string(),
         function_code: gate.function_code().to_string(),
         operator_session: gate
             .session()

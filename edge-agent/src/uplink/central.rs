@@ -142,11 +142,14 @@ impl Central {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse, CallError> {
+        // A username the central could never know is a wrong username, asked of nobody.
+        let username =
+            stile_shared::Identifier::parse(username).map_err(|_| CallError::BadCredentials)?;
         let request = self
             .client
             .post(self.url("/operators/login"))
             .json(&LoginRequest {
-                username: username.to_owned(),
+                username,
                 password: password.to_owned(),
             });
         match self.fetch(request, Duration::from_secs(10)).await {

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stile_shared::api::{LoginRequest, LoginResponse, ScanRequest};
-use stile_shared::FunctionCode;
+use stile_shared::{FunctionCode, Identifier};
 use stile_testkit::ClusterOptions;
 use stile_tools::bench::{
     self, DEVICE_ID, FUNCTION, MERCHANT_CODE, OPERATOR, PASSWORD, VENUE_CODE,
@@ -187,6 +187,8 @@ struct Gate {
     scan_url: String,
     bearer: String,
     function_code: FunctionCode,
+    venue_code: Identifier,
+    device_id: Identifier,
     tokens: Vec<String>,
 }
 
@@ -227,7 +229,7 @@ impl Gate {
         let response = client
             .post(server.url("/operators/login"))
             .json(&LoginRequest {
-                username: OPERATOR.to_owned(),
+                username: Identifier::parse(OPERATOR)?,
                 password: PASSWORD.to_owned(),
             })
             .send()
@@ -245,6 +247,8 @@ impl Gate {
             bearer: login.token,
             function_code: FunctionCode::parse(FUNCTION)
                 .map_err(|_| anyhow::anyhow!("{FUNCTION} is not a function code"))?,
+            venue_code: Identifier::parse(VENUE_CODE)?,
+            device_id: Identifier::parse(DEVICE_ID)?,
             tokens,
         })
     }
@@ -255,8 +259,8 @@ impl Gate {
         let request = ScanRequest {
             qr_token: self.tokens[index].clone(),
             function_code: self.function_code.clone(),
-            venue_code: VENUE_CODE.to_owned(),
-            device_id: DEVICE_ID.to_owned(),
+            venue_code: self.venue_code.clone(),
+            device_id: self.device_id.clone(),
             scan_id: Some(uuid::Uuid::new_v4().to_string()),
         };
         let started = Instant::now();

@@ -1,0 +1,271 @@
+//! Operator login under attack: every attempt is counted *before* its password is checked,
+//! and password hashing runs under one global bound.
+//!
+//! - **Per username** (known operators): one `UPDATE … RETURNING` on the operator's row both
+//!   counts the attempt and reads the count, so a hundred simultaneous wrong passwords get
+//!   exactly `login_max_failures` evaluations; a success clears the count.
+//! - **Made-up usernames** are counted the same way in memory ([`Throttle`]), so they write
+//!   no row and answer exactly like a known user with a wrong password.
+//! - **Per source address**, in memory: a flood from one address is refused before any hash.
+//! - **Hashing**: at most [`Settings::hash_workers`](crate::config::Settings::hash_workers)
+//!   argon2id evaluations at once (about 19 MiB each), with a bounded queue behind them; a
+//!   full queue is 429 with `Retry-After`. Memory stays within workers × 19 MiB whatever
+//!   arrives, and scans (which never hash) keep at least one core.
+
+use crate::auth::{verify_password, AuthenticatedOperator};
+use crate::error::AppError;
+use crate::AppState;
+use chrono::{DateTime, Duration, Utc};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use stile_shared::Identifier;
+use tokio::sync::Semaphore;
+
+/// Waiting hashes allowed per hashing worker before logins are refused with 429.
+pub const QUEUE_PER_WORKER: usize = 8;
+/// Most keys one in-memory throttle holds (addresses, made-up usernames).
+pub const THROTTLE_CAPACITY: usize = 65_536;
+
+/// Attempts counted per key within a window, in memory.
+#[derive(Debug)]
+pub struct Throttle<K> {
+    max: i64,
+    window: Duration,
+    capacity: usize,
+    counts: HashMap<K, (DateTime<Utc>, i64)>,
+}
+
+/// A key that is over its limit (or a full throttle that cannot take a new key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled;
+
+impl<K: Hash + Eq + Clone> Throttle<K> {
+    pub fn new(max: i64, window: Duration, capacity: usize) -> Throttle<K> {
+        Throttle {
+            max,
+            window,
+            capacity,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Counts one attempt for `key` at `now`; refused when it is over the limit.
+    pub fn charge(&mut self, key: &K, now: DateTime<Utc>) -> Result<i64, Throttled> {
+        if !self.counts.contains_key(key) && self.counts.len() >= self.capacity {
+            let window = self.window;
+            self.counts.retain(|_, (since, _)| *since > now - window);
+            if self.counts.len() >= self.capacity {
+                return Err(Throttled);
+            }
+        }
+        let entry = self.counts.entry(key.clone()).or_insert((now, 0));
+        if entry.0 <= now - self.window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > self.max {
+            Err(Throttled)
+        } else {
+            Ok(entry.1)
+        }
+    }
+
+    /// Takes back one attempt (it succeeded).
+    pub fn refund(&mut self, key: &K) {
+        if let Some(entry) = self.counts.get_mut(key) {
+            entry.1 = (entry.1 - 1).max(0);
+        }
+    }
+}
+
+/// The login guard every server process holds.
+#[derive(Debug)]
+pub struct LoginGuard {
+    hashing: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    addresses: Mutex<Throttle<IpAddr>>,
+    unknown: Mutex<Throttle<String>>,
+}
+
+impl LoginGuard {
+    pub fn new(settings: &crate::config::Settings) -> LoginGuard {
+        let workers = settings.hash_workers();
+        let window = Duration::seconds(settings.login_window_secs);
+        LoginGuard {
+            hashing: Arc::new(Semaphore::new(workers)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: workers * QUEUE_PER_WORKER,
+            addresses: Mutex::new(Throttle::new(
+                settings.login_max_failures_per_address,
+                window,
+                THROTTLE_CAPACITY,
+            )),
+            unknown: Mutex::new(Throttle::new(
+                settings.login_max_failures,
+                window,
+                THROTTLE_CAPACITY,
+            )),
+        }
+    }
+
+    fn charge_address(&self, address: IpAddr, now: DateTime<Utc>) -> Result<(), Throttled> {
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        addresses.charge(&address, now).map(|_| ())
+    }
+
+    fn refund_address(&self, address: IpAddr) {
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        addresses.refund(&address);
+    }
+
+    fn charge_unknown(&self, username: &str, now: DateTime<Utc>) -> Result<(), Throttled> {
+        let mut unknown = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        unknown.charge(&username.to_owned(), now).map(|_| ())
+    }
+
+    /// Checks `password` against `hash` on the blocking pool, under the global bound.
+    async fn verify(&self, hash: String, password: String) -> Result<bool, AppError> {
+        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let leave = LeaveQueue(&self.waiting);
+        if queued >= self.max_waiting {
+            return Err(AppError::TooManyRequests {
+                retry_after_secs: 1,
+            });
+        }
+        let permit = self
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AppError::Internal("hashing semaphore closed".into()))?;
+        drop(leave);
+        // The permit moves into the blocking task: a client that hangs up does not free a
+        // slot while its hash still runs.
+        tokio::task::spawn_blocking(move || {
+            let ok = verify_password(&hash, &password);
+            drop(permit);
+            ok
+        })
+        .await
+        .map_err(|error| AppError::Internal(format!("password check: {error}")))
+    }
+}
+
+struct LeaveQueue<'a>(&'a AtomicUsize);
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+type ChargedOperator = (i64, String, i64, String, i32);
+
+/// Logs an operator in, or says why not: 401 for an unknown user or a wrong password (the
+/// same answer, after the same work), 429 when the username, the address or the hashing
+/// queue is over its limit.
+pub async fn log_in(
+    state: &AppState,
+    address: IpAddr,
+    username: &Identifier,
+    password: &str,
+    now: DateTime<Utc>,
+) -> Result<AuthenticatedOperator, AppError> {
+    let guard = &state.login;
+    let window = state.settings.login_window_secs;
+    let throttled = AppError::TooManyRequests {
+        retry_after_secs: u64::try_from(window).unwrap_or(300),
+    };
+    if guard.charge_address(address, now).is_err() {
+        tracing::warn!(%address, "login throttled: too many failures from this address");
+        state.metrics.record_login_failure();
+        return Err(throttled);
+    }
+    let since = now - Duration::seconds(window);
+    let charged: Option<ChargedOperator> = sqlx::query_as(
+        "UPDATE operators o SET \
+           failed_logins = CASE WHEN o.failed_logins_since > $2 THEN o.failed_logins + 1 ELSE 1 END, \
+           failed_logins_since = CASE WHEN o.failed_logins_since > $2 THEN o.failed_logins_since ELSE $3 END \
+         FROM merchants m WHERE m.id = o.merchant_id AND o.username = $1 \
+         RETURNING o.id, o.password_hash, m.id, m.code, o.failed_logins",
+    )
+    .bind(username.as_str())
+    .bind(since)
+    .bind(now)
+    .fetch_optional(&state.pool)
+    .await?;
+    let over_limit = match &charged {
+        Some((_, _, _, _, attempts)) => i64::from(*attempts) > state.settings.login_max_failures,
+        None => guard.charge_unknown(username.as_str(), now).is_err(),
+    };
+    if over_limit {
+        tracing::warn!(username = %username, "login throttled: too many failures for this username");
+        state.metrics.record_login_failure();
+        return Err(throttled);
+    }
+    // An unknown user is checked against a dummy hash, so both failures take as long.
+    let stored_hash = charged
+        .as_ref()
+        .map(|(_, hash, _, _, _)| hash.clone())
+        .unwrap_or_else(|| state.dummy_hash.to_string());
+    let password_ok = guard.verify(stored_hash, password.to_owned()).await?;
+    match charged {
+        Some((id, _, merchant_id, merchant_code, _)) if password_ok => {
+            sqlx::query("UPDATE operators SET failed_logins = 0 WHERE id = $1")
+                .bind(id)
+                .execute(&state.pool)
+                .await?;
+            guard.refund_address(address);
+            Ok(AuthenticatedOperator {
+                id,
+                username: username.as_str().to_owned(),
+                merchant_id,
+                merchant_code,
+            })
+        }
+        _ => {
+            state.metrics.record_login_failure();
+            tracing::info!(username = %username, %address, "login failed");
+            Err(AppError::InvalidCredentials)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_counts_within_its_window_and_refuses_over_the_limit() {
+        let now = Utc::now();
+        let mut throttle = Throttle::new(2, Duration::seconds(60), 10);
+        assert_eq!(throttle.charge(&"a", now), Ok(1));
+        assert_eq!(throttle.charge(&"a", now), Ok(2));
+        assert_eq!(throttle.charge(&"a", now), Err(Throttled));
+        assert_eq!(throttle.charge(&"b", now), Ok(1), "keys are separate");
+        throttle.refund(&"b");
+        assert_eq!(throttle.charge(&"b", now), Ok(1), "a refund takes one back");
+        // A new window starts over.
+        assert_eq!(throttle.charge(&"a", now + Duration::seconds(61)), Ok(1));
+    }
+
+    #[test]
+    fn a_full_throttle_makes_room_from_expired_keys_or_refuses_new_ones() {
+        let now = Utc::now();
+        let mut throttle = Throttle::new(5, Duration::seconds(60), 2);
+        assert!(throttle.charge(&1, now).is_ok());
+        assert!(throttle.charge(&2, now).is_ok());
+        assert_eq!(
+            throttle.charge(&3, now),
+            Err(Throttled),
+            "full: new keys wait"
+        );
+        assert!(throttle.charge(&1, now).is_ok(), "known keys still count");
+        assert_eq!(throttle.charge(&3, now + Duration::seconds(61)), Ok(1));
+        assert!(throttle.counts.len() <= 2);
+    }
+}
