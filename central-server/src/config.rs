@@ -45,6 +45,8 @@ pub struct Settings {
     /// Password hashes computed at once (argon2id holds about 19 MiB each); 0 = half the
     /// cores, at least one, so scans always keep a core.
     pub login_hash_workers: usize,
+    /// How far a gate's clock may be off when it uploads offline decisions.
+    pub device_clock_tolerance_secs: i64,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
     /// Days redemption log and audit rows are kept (at least 365).
@@ -123,6 +125,7 @@ pub struct SettingsLayer {
     pub login_window_secs: Option<i64>,
     pub login_max_failures_per_address: Option<i64>,
     pub login_hash_workers: Option<usize>,
+    pub device_clock_tolerance_secs: Option<i64>,
     pub shutdown_grace_secs: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub retention_days: Option<i64>,
@@ -177,6 +180,9 @@ impl SettingsLayer {
                 "STILE_LOGIN_MAX_FAILURES_PER_ADDRESS" => {
                     layer.login_max_failures_per_address = Some(number(key, &value)?)
                 }
+                "STILE_DEVICE_CLOCK_TOLERANCE_SECS" => {
+                    layer.device_clock_tolerance_secs = Some(number(key, &value)?)
+                }
                 "STILE_LOGIN_HASH_WORKERS" => layer.login_hash_workers = Some(number(key, &value)?),
                 "STILE_SHUTDOWN_GRACE_SECS" => {
                     layer.shutdown_grace_secs = Some(number(key, &value)?)
@@ -222,6 +228,7 @@ impl SettingsLayer {
             login_window_secs,
             login_max_failures_per_address,
             login_hash_workers,
+            device_clock_tolerance_secs,
             shutdown_grace_secs,
             log_format,
             retention_days,
@@ -261,6 +268,7 @@ impl SettingsLayer {
             login_window_secs: self.login_window_secs.unwrap_or(300),
             login_max_failures_per_address: self.login_max_failures_per_address.unwrap_or(100),
             login_hash_workers: self.login_hash_workers.unwrap_or(0),
+            device_clock_tolerance_secs: self.device_clock_tolerance_secs.unwrap_or(600),
             shutdown_grace_secs: self.shutdown_grace_secs.unwrap_or(10),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             retention_days: self.retention_days.unwrap_or(400),
@@ -291,6 +299,10 @@ impl SettingsLayer {
             (
                 "login_max_failures_per_address",
                 settings.login_max_failures_per_address,
+            ),
+            (
+                "device_clock_tolerance_secs",
+                settings.device_clock_tolerance_secs,
             ),
         ];
         for (name, value) in positive {

@@ -278,6 +278,7 @@ async fn upload_one(
         scan_id: Some(scan_id),
         now: Utc::now(),
         decided_at: Some(decided_at),
+        clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
     };
     let outcome = match scan::redeem(
         &state.pool,

@@ -85,6 +85,7 @@ pub fn status_of(code: ApiCode) -> StatusCode {
         | ApiCode::TicketNotActive
         | ApiCode::TicketVoid
         | ApiCode::OfflineUnverifiable
+        | ApiCode::ImpossibleTime
         | ApiCode::StoreFailed => StatusCode::CONFLICT,
         ApiCode::InvalidQr | ApiCode::BadRequest => StatusCode::BAD_REQUEST,
         ApiCode::WrongMerchant | ApiCode::Forbidden => StatusCode::FORBIDDEN,

@@ -245,6 +245,7 @@ async fn redeem_one(
         scan_id: None,
         now: Utc::now(),
         decided_at: None,
+        clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
     };
     let outcome = scan::redeem(
         &state.pool,

@@ -25,7 +25,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use stile_shared::api::{EntitlementView, OperatorRef, RedemptionView, ScanResponse, TicketView};
-use stile_shared::decision::{check_token, decide, Decision, DecisionInput};
+use stile_shared::decision::{check_decision_time, check_token, decide, Decision, DecisionInput};
 use stile_shared::token::{Jti, QrClaims, TokenError, VerifiedToken};
 use stile_shared::{
     Channel, DecisionCode, EntitlementSnapshot, FunctionCode, Lang, TicketSnapshot, TicketStatus,
@@ -110,6 +110,9 @@ pub struct ScanCommand {
     /// For an offline decision uploaded later: when the gate decided. Expiry is judged at
     /// that moment, by the clock of the process that decided.
     pub decided_at: Option<DateTime<Utc>>,
+    /// How far a gate's clock may be off: an offline decision before the token's `iat` or
+    /// after its upload by more than this is `IMPOSSIBLE_TIME`.
+    pub clock_tolerance_secs: i64,
 }
 
 impl ScanCommand {
@@ -248,7 +251,17 @@ async fn attempt_redeem(
         ScanSubject::Token(Err(_)) => Decided::without_ticket(DecisionCode::InvalidQr, None),
         ScanSubject::Token(Ok(verified)) => {
             let claims = &verified.claims;
-            match check_token(claims, &context.merchant_code, now, policy) {
+            let checked = match command.decided_at {
+                Some(_) => check_decision_time(
+                    claims,
+                    now,
+                    command.now.timestamp(),
+                    command.clock_tolerance_secs,
+                ),
+                None => Ok(()),
+            }
+            .and_then(|()| check_token(claims, &context.merchant_code, now, policy));
+            match checked {
                 Err(code) => Decided::without_ticket(code, Some(claims.jti.clone())),
                 Ok(()) => {
                     let locked = lock_ticket(tx, context.merchant_id, &claims.tid).await?;

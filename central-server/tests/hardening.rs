@@ -529,3 +529,56 @@ async fn one_address_is_throttled_across_usernames() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     server.stop().await;
 }
+
+/// An offline decision dated before its token existed, or after its own upload (beyond the
+/// gate clock tolerance), is not applied: it is a conflict with its own code, recorded for
+/// reconciliation.
+#[tokio::test]
+async fn offline_decisions_at_impossible_times_are_recorded_conflicts() {
+    let server = TestServer::start_with(|s| s.device_clock_tolerance_secs = 600).await;
+    let op = operator_id(&server, "op-east").await;
+    let now = chrono::Utc::now();
+    for (label, decided_at) in [
+        ("years before iat", now - chrono::Duration::days(3 * 365)),
+        ("an hour in the future", now + chrono::Duration::hours(1)),
+    ] {
+        let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
+        let scan_id = uuid::Uuid::new_v4().to_string();
+        let body = json!({"decisions": [{"scan_id": scan_id, "qr_token": qr.qr_token,
+            "function_code": "MEAL", "decided_at": decided_at.to_rfc3339(), "operator_id": op}]});
+        let (status, answer) = server
+            .post_json("/device/decisions", Some(EAST_DEVICE), body.clone())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let result = &answer["results"][0];
+        assert_eq!(result["outcome"], "conflict", "{label}: {answer}");
+        assert_eq!(result["code"], "IMPOSSIBLE_TIME", "{label}: {answer}");
+        assert_eq!(server.remaining("TK-1001-1", "MEAL").await, 2, "{label}");
+        let (recorded,): (serde_json::Value,) = sqlx::query_as(
+            "SELECT meta FROM merchant_redemptions WHERE scan_id = $1::uuid AND result = 'CONFLICT'",
+        )
+        .bind(&scan_id)
+        .fetch_one(&server.pool)
+        .await
+        .expect("conflict row");
+        assert_eq!(recorded["code"], "IMPOSSIBLE_TIME");
+        // Uploaded again: the same answer, one row.
+        let (_, again) = server
+            .post_json("/device/decisions", Some(EAST_DEVICE), body)
+            .await;
+        assert_eq!(again["results"][0]["code"], "IMPOSSIBLE_TIME");
+    }
+    // A decision within the tolerance applies.
+    let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
+    let decided_at = now - chrono::Duration::seconds(30);
+    let (_, answer) = server
+        .post_json(
+            "/device/decisions",
+            Some(EAST_DEVICE),
+            json!({"decisions": [{"scan_id": uuid::Uuid::new_v4().to_string(), "qr_token": qr.qr_token,
+                "function_code": "MEAL", "decided_at": decided_at.to_rfc3339(), "operator_id": op}]}),
+        )
+        .await;
+    assert_eq!(answer["results"][0]["outcome"], "applied", "{answer}");
+    server.stop().await;
+}

@@ -83,6 +83,7 @@ codes! {
         InvalidQr = "INVALID_QR", "无效二维码", "Invalid QR code";
         WrongMerchant = "WRONG_MERCHANT", "无权核销该票券", "Not allowed to redeem this ticket";
         OfflineUnverifiable = "OFFLINE_UNVERIFIABLE", "网络异常，无法离线核验，请稍后重试", "Network problem: cannot verify offline, please retry later";
+        ImpossibleTime = "IMPOSSIBLE_TIME", "离线核验时间不可信，已记录待对账", "Offline decision time is impossible: recorded for reconciliation";
     }
 }
 
@@ -100,6 +101,7 @@ codes! {
         InvalidQr = "INVALID_QR", "无效二维码", "Invalid QR code";
         WrongMerchant = "WRONG_MERCHANT", "无权核销该票券", "Not allowed to redeem this ticket";
         OfflineUnverifiable = "OFFLINE_UNVERIFIABLE", "网络异常，无法离线核验，请稍后重试", "Network problem: cannot verify offline, please retry later";
+        ImpossibleTime = "IMPOSSIBLE_TIME", "离线核验时间不可信，已记录待对账", "Offline decision time is impossible: recorded for reconciliation";
         StoreFailed = "STORE_FAILED", "设备存储故障，无法离线核验，请联系技术人员", "Device storage failure: cannot decide offline, call a technician";
         Unauthorized = "UNAUTHORIZED", "登录已失效，请重新登录", "Session expired, please log in again";
         InvalidCredentials = "INVALID_CREDENTIALS", "用户名或密码错误", "Wrong username or password";

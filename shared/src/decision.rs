@@ -118,6 +118,24 @@ pub fn check_token(
     Ok(())
 }
 
+/// Whether a decision a gate took offline can have happened when it says: not before the
+/// token was issued, and not after it was uploaded, each with `tolerance_secs` for the
+/// gate's clock offset. Anything else is [`DecisionCode::ImpossibleTime`] (an upload the
+/// central records as a conflict instead of applying).
+pub fn check_decision_time(
+    claims: &QrClaims,
+    decided_at: i64,
+    uploaded_at: i64,
+    tolerance_secs: i64,
+) -> Result<(), DecisionCode> {
+    if decided_at < claims.iat.saturating_sub(tolerance_secs)
+        || decided_at > uploaded_at.saturating_add(tolerance_secs)
+    {
+        return Err(DecisionCode::ImpossibleTime);
+    }
+    Ok(())
+}
+
 /// Whether the token names a ticket of the asking merchant: only then may anything about the
 /// ticket be read or shown.
 pub fn is_own_ticket(claims: &QrClaims, operator_merchant: &str) -> bool {
@@ -237,6 +255,34 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn an_offline_decision_must_fall_between_issue_and_upload() {
+        let claims = claims();
+        let upload = NOW + 3600;
+        let check = |decided| check_decision_time(&claims, decided, upload, 600);
+        assert_eq!(check(claims.iat), Ok(()));
+        assert_eq!(
+            check(claims.iat - 600),
+            Ok(()),
+            "within the clock tolerance"
+        );
+        assert_eq!(check(claims.iat - 601), Err(DecisionCode::ImpossibleTime));
+        assert_eq!(
+            check(claims.iat - 5 * 365 * 86_400),
+            Err(DecisionCode::ImpossibleTime)
+        );
+        assert_eq!(check(upload + 600), Ok(()));
+        assert_eq!(
+            check(upload + 601),
+            Err(DecisionCode::ImpossibleTime),
+            "from the future"
+        );
+        assert_eq!(
+            check_decision_time(&claims, i64::MIN, i64::MAX, i64::MAX),
+            Err(DecisionCode::ImpossibleTime)
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub async fn device_tickets(
     request_body = DecisionUpload,
     security(("device_credential" = [])),
     responses(
-        (status = 200, description = "One result per decision, in order: applied, conflict (recorded for the merchant's reconciliation) or invalid. Idempotent by scan_id", body = UploadResponse),
+        (status = 200, description = "One result per decision, in order: applied, conflict (recorded for the merchant's reconciliation; IMPOSSIBLE_TIME when decided_at is before the token's iat or after the upload, beyond device_clock_tolerance_secs) or invalid. Idempotent by scan_id", body = UploadResponse),
         (status = 400, description = "BAD_REQUEST: malformed body or more than 500 decisions", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE: over 1 MiB", body = ErrorBody),

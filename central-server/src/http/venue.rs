@@ -82,6 +82,7 @@ pub async fn venue_scan(
         scan_id,
         now: Utc::now(),
         decided_at: None,
+        clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
     };
     let metrics = state.metrics.clone();
     let outcome = scan::redeem(
