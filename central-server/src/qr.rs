@@ -55,18 +55,28 @@ async fn issue_for(
     now: DateTime<Utc>,
 ) -> Result<IssuedQr, AppError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(i64, String, i64, String)> = sqlx::query_as(
-        "SELECT t.id, t.channel, t.merchant_id, m.code FROM tickets t \
-         JOIN merchants m ON m.id = t.merchant_id WHERE t.ticket_code = $1 FOR NO KEY UPDATE OF t",
+    let row: Option<(i64, String, i64, String, bool)> = sqlx::query_as(
+        "SELECT t.id, t.channel, t.merchant_id, m.code, \
+         EXISTS (SELECT 1 FROM channel_merchants cm WHERE cm.channel_id = $2 AND cm.merchant_id = t.merchant_id) \
+         FROM tickets t JOIN merchants m ON m.id = t.merchant_id WHERE t.ticket_code = $1 FOR NO KEY UPDATE OF t",
     )
     .bind(ticket_code)
+    .bind(channel.map(|c| c.id))
     .fetch_optional(&mut *tx)
     .await?;
-    let (ticket_id, ticket_channel, merchant_id, merchant_code) = row.ok_or(AppError::NotFound)?;
+    let (ticket_id, ticket_channel, merchant_id, merchant_code, sells_for) =
+        row.ok_or(AppError::NotFound)?;
     let kind = Channel::parse(&ticket_channel).ok_or_else(|| {
         AppError::Internal(format!("ticket {ticket_id} has channel {ticket_channel:?}"))
     })?;
     if let Some(channel) = channel {
+        if !sells_for {
+            tracing::warn!(channel = channel.id, merchant = %merchant_code,
+                "QR issuance refused: the channel does not sell for this merchant");
+            return Err(AppError::Forbidden(
+                "this channel does not sell for the ticket's merchant".into(),
+            ));
+        }
         if channel.kind != kind {
             return Err(AppError::Forbidden(format!(
                 "a {} channel cannot issue QR codes for a {ticket_channel} ticket",

@@ -33,6 +33,9 @@ pub struct SeedChannel {
     pub name: String,
     pub kind: Channel,
     pub api_key: String,
+    /// Codes of the merchants this channel sells for (issues QR codes for); required, so a
+    /// channel's reach is always written down.
+    pub merchants: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +215,12 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
                 format!("{path}.api_key"),
                 format!("must be at least {MIN_SECRET_LEN} characters"),
             ));
+        }
+        let mut sold_for = HashSet::new();
+        for (j, merchant) in channel.merchants.iter().enumerate() {
+            let mpath = format!("{path}.merchants[{j}]");
+            check_code(&mpath, merchant, MAX_MERCHANT_CODE_LEN)?;
+            unique(&mut sold_for, &mpath, merchant)?;
         }
     }
     let mut merchant_codes = HashSet::new();
@@ -487,6 +496,41 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
             .await?;
             counter.add("devices", changed.is_some());
         }
+    }
+    for (i, channel) in file.channels.iter().enumerate() {
+        let mut wanted = Vec::with_capacity(channel.merchants.len());
+        for (j, code) in channel.merchants.iter().enumerate() {
+            let id = match merchant_ids.get(code) {
+                Some(id) => *id,
+                None => merchant_id(&mut tx, code).await?.ok_or_else(|| {
+                    invalid(
+                        format!("channels[{i}].merchants[{j}]"),
+                        format!("no merchant {code:?}"),
+                    )
+                })?,
+            };
+            wanted.push(id);
+        }
+        let removed = sqlx::query(
+            "DELETE FROM channel_merchants cm USING channels c \
+             WHERE cm.channel_id = c.id AND c.name = $1 AND NOT (cm.merchant_id = ANY($2))",
+        )
+        .bind(&channel.name)
+        .bind(&wanted)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let added = sqlx::query(
+            "INSERT INTO channel_merchants (channel_id, merchant_id) \
+             SELECT c.id, m FROM channels c, unnest($2::bigint[]) AS m WHERE c.name = $1 \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&channel.name)
+        .bind(&wanted)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        counter.add("channel_merchants", removed + added > 0);
     }
     for (i, order) in file.orders.iter().enumerate() {
         let path = format!("orders[{i}]");
@@ -774,7 +818,7 @@ mod tests {
                 "orders[0].passengers[0].name",
             ),
             (
-                r#"{"channels": [{"name": "c", "kind": "OTA", "api_key": "short"}]}"#,
+                r#"{"channels": [{"name": "c", "kind": "OTA", "api_key": "short", "merchants": []}]}"#,
                 "channels[0].api_key",
             ),
         ];

@@ -582,3 +582,62 @@ async fn offline_decisions_at_impossible_times_are_recorded_conflicts() {
     assert_eq!(answer["results"][0]["outcome"], "applied", "{answer}");
     server.stop().await;
 }
+
+/// A channel issues (and so supersedes) QR codes only for the merchants it sells for.
+#[tokio::test]
+async fn a_channel_cannot_issue_for_another_merchants_ticket() {
+    let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+    let east = server.login("op-east").await;
+    let qr = server.issue_qr("TK-1001-2", OTA_KEY).await;
+    // The OTA channel now sells for M002 only.
+    let seed = json!({"channels": [{"name": "ota-ctrip", "kind": "OTA", "api_key": OTA_KEY,
+                                    "merchants": ["M002"]}]});
+    let response = server
+        .client
+        .post(server.url("/admin/seed"))
+        .bearer_auth(ADMIN)
+        .json(&seed)
+        .send()
+        .await
+        .expect("seed");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = server
+        .client
+        .post(server.url("/tickets/TK-1001-2/qr"))
+        .bearer_auth(OTA_KEY)
+        .send()
+        .await
+        .expect("issue");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["code"], "FORBIDDEN");
+    // Nothing was superseded: the QR M001's customer holds still redeems.
+    let (status, body) = server.scan(&east, &qr.qr_token, "SHOW").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Its own merchant's tickets still issue.
+    server.issue_qr("TK-M2", OTA_KEY).await;
+    // A seed naming an unknown merchant, or none at all, is refused with the path.
+    for (seed, path) in [
+        (
+            json!({"channels": [{"name": "x", "kind": "OTA", "api_key": "0123456789", "merchants": ["M404"]}]}),
+            "channels[0].merchants[0]",
+        ),
+        (
+            json!({"channels": [{"name": "x", "kind": "OTA", "api_key": "0123456789"}]}),
+            "merchants",
+        ),
+    ] {
+        let response = server
+            .client
+            .post(server.url("/admin/seed"))
+            .bearer_auth(ADMIN)
+            .json(&seed)
+            .send()
+            .await
+            .expect("seed");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.expect("json");
+        assert!(message(&body).contains(path), "{body}");
+    }
+    server.stop().await;
+}

@@ -17,7 +17,7 @@ use stile_shared::api::{ErrorBody, IssuedQr};
         (status = 200, description = "A fresh QR token; every older token of the ticket is superseded", body = IssuedQr),
         (status = 400, description = "BAD_REQUEST: ticket_code is not 1 to 64 of A-Z, a-z, 0-9, - and _", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED: missing or unknown channel key", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the ticket is of the other channel kind", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the channel does not sell for the ticket's merchant, or the ticket is of the other channel kind", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such ticket", body = ErrorBody),
     ))]
 pub async fn issue_qr(

@@ -19,8 +19,8 @@ pub const PASSWORD: &str = "correct horse";
 
 /// Two merchants with a gate, an operator and a device each, and tickets in every state.
 pub const FIXTURES: &str = r#"{
-  "channels": [{"name": "miniapp", "kind": "MINIAPP", "api_key": "ch-miniapp-secret"},
-               {"name": "ota-ctrip", "kind": "OTA", "api_key": "ch-ota-secret"}],
+  "channels": [{"name": "miniapp", "kind": "MINIAPP", "api_key": "ch-miniapp-secret", "merchants": ["M001", "M002"]},
+               {"name": "ota-ctrip", "kind": "OTA", "api_key": "ch-ota-secret", "merchants": ["M001", "M002"]}],
   "merchants": [
     {"code": "M001", "name": "示例乐园", "timezone": "Asia/Shanghai",
      "locations": [{"venue_code": "GATE-EAST", "name": "东门"}, {"venue_code": "GATE-WEST", "name": "西门"}],

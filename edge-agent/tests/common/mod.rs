@@ -13,8 +13,8 @@ use stile_testkit::Cluster;
 use tokio::sync::oneshot;
 
 pub const FIXTURES: &str = r#"{
-  "channels": [{"name": "miniapp", "kind": "MINIAPP", "api_key": "ch-miniapp-secret"},
-               {"name": "ota", "kind": "OTA", "api_key": "ch-ota-secret"}],
+  "channels": [{"name": "miniapp", "kind": "MINIAPP", "api_key": "ch-miniapp-secret", "merchants": ["M001"]},
+               {"name": "ota", "kind": "OTA", "api_key": "ch-ota-secret", "merchants": ["M001"]}],
   "merchants": [{"code": "M001", "name": "示例乐园",
      "locations": [{"venue_code": "GATE-EAST", "name": "东门"}, {"venue_code": "GATE-WEST", "name": "西门"}],
      "operators": [{"username": "op-east", "password": "correct horse"}],
