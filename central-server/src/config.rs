@@ -47,6 +47,14 @@ pub struct Settings {
     pub login_hash_workers: usize,
     /// How far a gate's clock may be off when it uploads offline decisions.
     pub device_clock_tolerance_secs: i64,
+    /// A client must send its whole request head within this time.
+    pub http_header_timeout_secs: u64,
+    /// A connection that moves no byte for this long is closed.
+    pub http_idle_timeout_secs: u64,
+    /// A request must be read and answered (up to its response head) within this time.
+    pub http_request_timeout_secs: u64,
+    /// Open connections at most; 0 = as many as the open-files limit leaves.
+    pub max_connections: usize,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
     /// Days redemption log and audit rows are kept (at least 365).
@@ -126,6 +134,10 @@ pub struct SettingsLayer {
     pub login_max_failures_per_address: Option<i64>,
     pub login_hash_workers: Option<usize>,
     pub device_clock_tolerance_secs: Option<i64>,
+    pub http_header_timeout_secs: Option<u64>,
+    pub http_idle_timeout_secs: Option<u64>,
+    pub http_request_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub retention_days: Option<i64>,
@@ -183,6 +195,16 @@ impl SettingsLayer {
                 "STILE_DEVICE_CLOCK_TOLERANCE_SECS" => {
                     layer.device_clock_tolerance_secs = Some(number(key, &value)?)
                 }
+                "STILE_HTTP_HEADER_TIMEOUT_SECS" => {
+                    layer.http_header_timeout_secs = Some(number(key, &value)?)
+                }
+                "STILE_HTTP_IDLE_TIMEOUT_SECS" => {
+                    layer.http_idle_timeout_secs = Some(number(key, &value)?)
+                }
+                "STILE_HTTP_REQUEST_TIMEOUT_SECS" => {
+                    layer.http_request_timeout_secs = Some(number(key, &value)?)
+                }
+                "STILE_MAX_CONNECTIONS" => layer.max_connections = Some(number(key, &value)?),
                 "STILE_LOGIN_HASH_WORKERS" => layer.login_hash_workers = Some(number(key, &value)?),
                 "STILE_SHUTDOWN_GRACE_SECS" => {
                     layer.shutdown_grace_secs = Some(number(key, &value)?)
@@ -229,6 +251,10 @@ impl SettingsLayer {
             login_max_failures_per_address,
             login_hash_workers,
             device_clock_tolerance_secs,
+            http_header_timeout_secs,
+            http_idle_timeout_secs,
+            http_request_timeout_secs,
+            max_connections,
             shutdown_grace_secs,
             log_format,
             retention_days,
@@ -269,6 +295,10 @@ impl SettingsLayer {
             login_max_failures_per_address: self.login_max_failures_per_address.unwrap_or(100),
             login_hash_workers: self.login_hash_workers.unwrap_or(0),
             device_clock_tolerance_secs: self.device_clock_tolerance_secs.unwrap_or(600),
+            http_header_timeout_secs: self.http_header_timeout_secs.unwrap_or(10),
+            http_idle_timeout_secs: self.http_idle_timeout_secs.unwrap_or(60),
+            http_request_timeout_secs: self.http_request_timeout_secs.unwrap_or(30),
+            max_connections: self.max_connections.unwrap_or(0),
             shutdown_grace_secs: self.shutdown_grace_secs.unwrap_or(10),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             retention_days: self.retention_days.unwrap_or(400),
@@ -283,6 +313,24 @@ impl SettingsLayer {
                     crate::retention::MIN_RETENTION_DAYS
                 ),
             });
+        }
+        for (name, value) in [
+            (
+                "http_header_timeout_secs",
+                settings.http_header_timeout_secs,
+            ),
+            ("http_idle_timeout_secs", settings.http_idle_timeout_secs),
+            (
+                "http_request_timeout_secs",
+                settings.http_request_timeout_secs,
+            ),
+        ] {
+            if value == 0 || value > 3600 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: format!("must be 1 to 3600 seconds, got {value}"),
+                });
+            }
         }
         if settings.outbox_poll_ms == 0 {
             return Err(ConfigError::Invalid {

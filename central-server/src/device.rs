@@ -66,18 +66,7 @@ pub async fn ticket_feed(
         Some(raw) => FeedCursor::decode(raw)
             .ok_or_else(|| AppError::BadRequest("cursor is not one this server gave".into()))?,
     };
-    let limit = match limit {
-        None | Some("") => 1000,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_FEED_PAGE).contains(n))
-            .ok_or_else(|| {
-                AppError::BadRequest(format!(
-                    "limit must be a whole number from 1 to {MAX_FEED_PAGE}"
-                ))
-            })?,
-    };
+    let limit = crate::params::limit(limit, 1000, MAX_FEED_PAGE).map_err(AppError::BadRequest)?;
     // One snapshot for the horizon and every read, so the page is consistent and the
     // horizon is exactly the one the rows were filtered by.
     let mut tx = state.pool.begin().await?;

@@ -34,6 +34,10 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// A request the HTTP layer refuses with its own status (408 too slow, 414 target too
+    /// long, 431 headers too large), answered with the code `BAD_REQUEST`.
+    #[error("{detail}")]
+    Http { status: StatusCode, detail: String },
     /// Throttled or the queue is full; the client may retry after this many seconds.
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
@@ -52,7 +56,7 @@ pub enum AppError {
 impl AppError {
     pub fn code(&self) -> ApiCode {
         match self {
-            AppError::BadRequest(_) => ApiCode::BadRequest,
+            AppError::BadRequest(_) | AppError::Http { .. } => ApiCode::BadRequest,
             AppError::Unauthorized => ApiCode::Unauthorized,
             AppError::InvalidCredentials => ApiCode::InvalidCredentials,
             AppError::Forbidden(_) => ApiCode::Forbidden,
@@ -69,7 +73,10 @@ impl AppError {
     }
 
     pub fn status_code(&self) -> StatusCode {
-        status_of(self.code())
+        match self {
+            AppError::Http { status, .. } => *status,
+            _ => status_of(self.code()),
+        }
     }
 }
 
@@ -108,12 +115,14 @@ struct PendingErrorBody {
     detail: Option<String>,
     /// `Retry-After`, in seconds.
     retry_after: Option<u64>,
+    /// The status, when it is not the code's own.
+    status: Option<StatusCode>,
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let detail = match &self {
-            AppError::BadRequest(detail) => Some(detail.clone()),
+            AppError::BadRequest(detail) | AppError::Http { detail, .. } => Some(detail.clone()),
             AppError::Database(error) => {
                 tracing::error!(error = %error, "database failure answered with 500");
                 None
@@ -129,10 +138,15 @@ impl IntoResponse for AppError {
             AppError::TooManyRequests { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };
+        let status = match &self {
+            AppError::Http { status, .. } => Some(*status),
+            _ => None,
+        };
         let pending = PendingErrorBody {
             code,
             detail,
             retry_after,
+            status,
         };
         let mut response = error_body(&pending, Lang::ZhCn);
         response.extensions_mut().insert(pending);
@@ -146,7 +160,8 @@ fn error_body(pending: &PendingErrorBody, lang: Lang) -> Response {
         Some(detail) => format!("{}: {detail}", code.message(lang)),
         None => code.message(lang).to_owned(),
     };
-    let mut response = (status_of(code), axum::Json(ErrorBody { code, message })).into_response();
+    let status = pending.status.unwrap_or_else(|| status_of(code));
+    let mut response = (status, axum::Json(ErrorBody { code, message })).into_response();
     if let Some(secs) = pending.retry_after {
         response
             .headers_mut()
@@ -209,10 +224,10 @@ pub async fn localize(request: Request, next: Next) -> Response {
                 code,
                 detail: None,
                 retry_after: None,
+                status: Some(status),
             },
             lang,
         );
-        *rewritten.status_mut() = status;
         if let Some(allow) = allow {
             rewritten.headers_mut().insert(header::ALLOW, allow);
         }

@@ -17,11 +17,13 @@ pub mod device;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod listener;
 pub mod login;
 pub mod merchant;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;
+pub mod params;
 pub mod qr;
 pub mod retention;
 pub mod scan;
@@ -102,15 +104,36 @@ pub async fn serve_state(
             stopping_tx.subscribe(),
         ))
     });
-    let server = axum::serve(
+    let limits = listener::Limits {
+        header_read_timeout: std::time::Duration::from_secs(
+            state.settings.http_header_timeout_secs,
+        ),
+        idle_timeout: std::time::Duration::from_secs(state.settings.http_idle_timeout_secs),
+        max_connections: listener::connection_limit(
+            state.settings.max_connections,
+            state.settings.db_max_connections as usize + 64,
+        ),
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_read_timeout_secs = limits.header_read_timeout.as_secs(),
+        idle_timeout_secs = limits.idle_timeout.as_secs(),
+        "listener limits"
+    );
+    let metrics = state.metrics.clone();
+    let server = listener::run(
         listener,
-        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+        http::router(state),
+        limits,
+        stopping_tx.subscribe(),
+        move || metrics.record_connection_refused(),
+    );
+    let stopping_for_signal = stopping_tx.clone();
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        let _ = stopping_tx.send(true);
+        let _ = stopping_for_signal.send(true);
     });
     // Under systemd (Type=notify) this says the server is up; elsewhere it does nothing.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -452,24 +452,9 @@ pub async fn page_request(
     operator: &AuthenticatedOperator,
     query: &RedemptionQuery,
 ) -> Result<PageRequest, AppError> {
-    let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_PAGE,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
-            _ => {
-                return Err(AppError::BadRequest(format!(
-                    "limit must be a whole number from 1 to {MAX_PAGE}"
-                )))
-            }
-        },
-    };
-    let date =
-        match query.date.as_deref() {
-            None | Some("") => None,
-            Some(raw) => Some(NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
-                AppError::BadRequest("date must be a calendar date YYYY-MM-DD".into())
-            })?),
-        };
+    let limit = crate::params::limit(query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)
+        .map_err(AppError::BadRequest)?;
+    let date = crate::params::date(query.date.as_deref()).map_err(AppError::BadRequest)?;
     // The day's bounds in the merchant's time zone (and "today" there when no date is given).
     let (date, day_start, day_end): (NaiveDate, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
         "WITH d AS (SELECT COALESCE($2::date, (now() AT TIME ZONE m.timezone)::date) AS day, m.timezone \

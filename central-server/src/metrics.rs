@@ -16,6 +16,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
     login_failures: Counter,
+    connections_refused: Counter,
     transaction_retries: Counter,
     merchant_scan_success: Counter,
     merchant_scan_partial: Counter,
@@ -67,6 +68,12 @@ impl Metrics {
             "Failed operator logins",
             login_failures.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "stile_http_connections_refused",
+            "Connections answered 503 and closed because the connection limit was reached",
+            connections_refused.clone(),
+        );
         let transaction_retries = Counter::default();
         registry.register(
             "stile_transaction_retries",
@@ -108,6 +115,7 @@ impl Metrics {
             requests,
             latency,
             login_failures,
+            connections_refused,
             transaction_retries,
         }
     }
@@ -128,6 +136,10 @@ impl Metrics {
         self.latency
             .get_or_create(&vec![("route".to_owned(), route.to_owned())])
             .observe(seconds);
+    }
+
+    pub fn record_connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub fn record_login_failure(&self) {

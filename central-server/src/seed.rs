@@ -141,6 +141,11 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> SeedError {
 pub fn parse(text: &str) -> Result<SeedFile, SeedError> {
     let tree: serde_json::Value =
         serde_json::from_str(text).map_err(|error| invalid("$", error.to_string()))?;
+    parse_tree(tree)
+}
+
+/// [`parse`] of a file already read as JSON (the admin API's body).
+pub fn parse_tree(tree: serde_json::Value) -> Result<SeedFile, SeedError> {
     no_control_characters("$", &tree)?;
     let file: SeedFile = serde_path_to_error::deserialize(tree).map_err(|error| {
         let path = error.path().to_string();

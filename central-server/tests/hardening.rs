@@ -641,3 +641,238 @@ async fn a_channel_cannot_issue_for_another_merchants_ticket() {
     }
     server.stop().await;
 }
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it (or 20 s pass:
+/// a bound so a broken server fails the test instead of hanging it).
+async fn raw_exchange(server: &TestServer, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn body_of(answer: &str) -> Value {
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap_or(("", ""));
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// Whether the server closes `stream` (read gives EOF or an error) within 20 s.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Slow and idle clients are disconnected, the number of connections is bounded (the one
+/// over the limit gets a 503 with a body), and a huge announced body is 413 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_idle_and_surplus_connections_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(|s| {
+        s.http_header_timeout_secs = 1;
+        s.http_idle_timeout_secs = 2;
+        s.max_connections = 8;
+    })
+    .await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    // Slowloris: heads that never finish.
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"POST /venue/scan HTTP/1.1\r\nHost: stile\r\nX-Slow: a")
+            .await
+            .expect("write");
+        slow.push(stream);
+    }
+    for stream in &mut slow {
+        assert!(closed_by_server(stream).await, "a slow head was left open");
+    }
+    // Idle keep-alive: one request, then silence.
+    let mut idle = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: stile\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        closed_by_server(&mut idle).await,
+        "an idle connection was left open"
+    );
+
+    // The limit: 8 open connections, the 9th is answered 503 and closed.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let answer = raw_exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: stile\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert_eq!(body_of(&answer)["code"], "TOO_MANY_REQUESTS", "{answer}");
+    drop(held);
+    // Freed slots serve again.
+    let mut served = false;
+    for _ in 0..50 {
+        let answer = raw_exchange(
+            &server,
+            b"GET /healthz HTTP/1.1\r\nHost: stile\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(served, "slots were not freed");
+
+    // 10 GB announced, nothing sent: 413 now, not after the body.
+    let answer = raw_exchange(
+        &server,
+        b"POST /venue/scan HTTP/1.1\r\nHost: stile\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(body_of(&answer)["code"], "PAYLOAD_TOO_LARGE", "{answer}");
+    server.stop().await;
+}
+
+/// Refusals at the HTTP layer carry `{code, message}` like every other error: a malformed
+/// request line, a target or headers too long (ours and hyper's own limits), a body that
+/// trickles in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_layer_refusals_have_contract_bodies() {
+    let server = TestServer::start_with(|s| s.http_request_timeout_secs = 1).await;
+    let long_target = format!(
+        "GET /healthz?{} HTTP/1.1\r\nHost: stile\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let huge_target = format!(
+        "GET /healthz?{} HTTP/1.1\r\nHost: stile\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let long_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: stile\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(40_000)
+    );
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("malformed request line", b"GARBAGE\r\n\r\n".to_vec(), "400"),
+        ("target over 8 KiB", long_target.into_bytes(), "414"),
+        ("target over hyper's buffer", huge_target.into_bytes(), "4"),
+        ("headers over 32 KiB", long_header.into_bytes(), "431"),
+        (
+            "a body that never completes",
+            b"POST /operators/login HTTP/1.1\r\nHost: stile\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user".to_vec(),
+            "408",
+        ),
+    ];
+    for (label, request, status) in cases {
+        let answer = raw_exchange(&server, &request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{label}: {answer}"
+        );
+        let body = body_of(&answer);
+        assert_eq!(body["code"], "BAD_REQUEST", "{label}: {answer}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{label}"
+        );
+    }
+    server.stop().await;
+}
+
+/// Query values have one spelling; the admin API takes JSON only.
+#[tokio::test]
+async fn loose_query_values_and_other_media_types_are_refused() {
+    let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+    let east = server.login("op-east").await;
+    let get = |path: String, bearer: &'static str| {
+        let server = &server;
+        let bearer = if bearer == "operator" {
+            east.clone()
+        } else {
+            bearer.to_owned()
+        };
+        async move {
+            let response = server
+                .client
+                .get(server.url(&path))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .expect("get");
+            (
+                response.status(),
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for query in [
+        "limit=",
+        "limit=+5",
+        "limit=05",
+        "date=-0001-01-01",
+        "date=2026-1-1",
+        "date=2026-02-30",
+    ] {
+        for path in ["/merchant/redemptions", "/merchant/redemptions.csv"] {
+            if path.ends_with(".csv") && query.starts_with("limit") {
+                continue;
+            }
+            let (status, body) = get(format!("{path}?{query}"), "operator").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}?{query}: {body}");
+            assert_eq!(body["code"], "BAD_REQUEST");
+        }
+    }
+    for query in ["limit=", "limit=+5", "limit=1e3"] {
+        let (status, body) = get(format!("/device/tickets?{query}"), EAST_DEVICE).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    // The spellings that are right still work, and an empty cursor is the first page.
+    let (status, body) = get(
+        "/merchant/redemptions?date=2026-12-02&limit=5&cursor=".into(),
+        "operator",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = server
+        .client
+        .post(server.url("/admin/seed"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/plain")
+        .body(common::FIXTURES)
+        .send()
+        .await
+        .expect("seed");
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["code"], "UNSUPPORTED_MEDIA_TYPE");
+    server.stop().await;
+}

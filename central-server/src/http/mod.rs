@@ -31,6 +31,20 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_UPLOAD_BYTES: usize = 1024 * 1024;
 /// Largest seed file the admin API accepts.
 pub const MAX_SEED_BYTES: usize = 16 * 1024 * 1024;
+/// Longest request target (path and query) answered; longer is 414.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// Most bytes of request headers answered; more is 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The body limit of a route: the one number both the early `Content-Length` check and the
+/// route's `DefaultBodyLimit` use.
+pub fn body_limit(path: &str) -> usize {
+    match path {
+        "/device/decisions" => MAX_UPLOAD_BYTES,
+        "/admin/seed" => MAX_SEED_BYTES,
+        _ => MAX_BODY_BYTES,
+    }
+}
 
 /// The whole API, testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -53,12 +67,13 @@ pub fn router(state: AppState) -> Router {
         .route("/device/history", get(device::device_history))
         .route(
             "/device/decisions",
-            post(device::device_decisions).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+            post(device::device_decisions)
+                .layer(DefaultBodyLimit::max(body_limit("/device/decisions"))),
         )
         .route("/keys", get(ops::published_keys))
         .route(
             "/admin/seed",
-            post(ops::admin_seed).layer(DefaultBodyLimit::max(MAX_SEED_BYTES)),
+            post(ops::admin_seed).layer(DefaultBodyLimit::max(body_limit("/admin/seed"))),
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -66,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_limits,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(middleware::from_fn(localize))
         .with_state(state)
@@ -140,6 +159,63 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .record_request(&route, status, elapsed.as_secs_f64());
     tracing::debug!(%method, route, status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
     response
+}
+
+/// What is refused before a handler runs, each with the contract's error body: a target or
+/// headers over their limits (414, 431), a body whose announced `Content-Length` is over the
+/// route's limit (413 at once, before a byte of it arrives), and a request not answered
+/// within `http_request_timeout_secs` (408: a body that trickles in, say).
+async fn request_limits(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|target| target.as_str().len())
+        .unwrap_or(0);
+    if target > MAX_TARGET_BYTES {
+        return Err(AppError::Http {
+            status: StatusCode::URI_TOO_LONG,
+            detail: format!("the request target is over {MAX_TARGET_BYTES} bytes"),
+        });
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(AppError::Http {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            detail: format!("the request headers are over {MAX_HEADER_BYTES} bytes"),
+        });
+    }
+    if let Some(length) = request.headers().get(axum::http::header::CONTENT_LENGTH) {
+        let announced = length.to_str().ok().and_then(|raw| raw.parse::<u64>().ok());
+        match announced {
+            Some(length) if length <= body_limit(request.uri().path()) as u64 => {}
+            Some(_) => return Err(AppError::PayloadTooLarge),
+            None => {
+                return Err(AppError::BadRequest(
+                    "Content-Length is not a number".into(),
+                ))
+            }
+        }
+    }
+    if request.uri().path().starts_with("/admin/") {
+        // A seed load of 16 MiB may take longer; the admin API is behind its own token.
+        return Ok(next.run(request).await);
+    }
+    let deadline = std::time::Duration::from_secs(state.settings.http_request_timeout_secs);
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => Ok(response),
+        Err(_) => Err(AppError::Http {
+            status: StatusCode::REQUEST_TIMEOUT,
+            detail: "the request was not complete in time".into(),
+        }),
+    }
 }
 
 async fn not_found() -> AppError {

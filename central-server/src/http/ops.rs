@@ -1,6 +1,7 @@
 //! Operations: health, readiness, metrics, the OpenAPI document, the published keys and the
 //! admin seed API.
 
+use super::JsonBody;
 use crate::auth::AdminAccess;
 use crate::error::AppError;
 use crate::AppState;
@@ -86,17 +87,14 @@ pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
         (status = 401, description = "UNAUTHORIZED: wrong admin token", body = ErrorBody),
         (status = 403, description = "FORBIDDEN: the admin API is off (no STILE_ADMIN_TOKEN configured)", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE: over 16 MiB", body = ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not application/json", body = ErrorBody),
     ))]
 pub async fn admin_seed(
     State(state): State<AppState>,
     _admin: AdminAccess,
-    body: Result<String, axum::extract::rejection::StringRejection>,
+    JsonBody(tree): JsonBody<serde_json::Value>,
 ) -> Result<Response, AppError> {
-    let text = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
-        _ => AppError::BadRequest(rejection.body_text()),
-    })?;
-    let file = crate::seed::parse(&text).map_err(seed_error)?;
+    let file = crate::seed::parse_tree(tree).map_err(seed_error)?;
     let summary = crate::seed::apply(&state.pool, &file)
         .await
         .map_err(seed_error)?;
