@@ -48,6 +48,9 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         batch: i64,
     },
+    /// Print the OpenAPI document (as served on `/openapi.json`) and exit; needs no
+    /// database.
+    Openapi,
     /// Manage QR signing keys.
     Keys {
         #[command(subcommand)]
@@ -74,6 +77,19 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if matches!(cli.command, Command::Openapi) {
+        let document = central_server::openapi::document();
+        return match serde_json::to_string_pretty(&document) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("central-server: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match load_settings(&cli) {
         Ok(settings) => settings,
         Err(error) => {
@@ -214,6 +230,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        // Answered before the settings are read.
+        Command::Openapi => Ok(ExitCode::SUCCESS),
         Command::Keys { action } => {
             let pool = db::connect(&settings.database_url, 2)
                 .await

@@ -2,7 +2,11 @@
 //! annotations and the shared API types. Where the contract is silent, the choices made
 //! here (status codes, error bodies) are written in the handlers' annotations.
 
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -37,10 +41,147 @@ use utoipa::{Modify, OpenApi};
         stile_shared::api::ErrorBody,
         stile_shared::ApiCode,
         stile_shared::DecisionCode,
+        DecisionOrError,
+        MerchantAnswerOrError,
     )),
-    modifiers(&SecuritySchemes)
+    modifiers(&SecuritySchemes, &WireErrors)
 )]
 pub struct ApiDoc;
+
+/// A status answered either with a decision body (`{result, code, message, ...}`) or with a
+/// plain error body (`{code, message}`, nothing else): `/venue/scan` says 400 `INVALID_QR` as
+/// a decision and 400 `BAD_REQUEST` as an error.
+pub struct DecisionOrError;
+
+impl utoipa::PartialSchema for DecisionOrError {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("ScanResponse"))
+            .item(Ref::from_schema_name("ErrorBody"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DecisionOrError {}
+
+/// The outline of a seed file: an object of up to three lists, nothing else (the README has
+/// the rules inside them, which the loader checks).
+pub struct SeedFileSchema;
+
+impl utoipa::PartialSchema for SeedFileSchema {
+    fn schema() -> RefOr<Schema> {
+        let list = || {
+            utoipa::openapi::schema::ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::Object))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("channels", list())
+            .property("merchants", list())
+            .property("orders", list())
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SeedFileSchema {}
+
+/// The console's `{code, message, result: reject, tickets}` or a plain error body.
+pub struct MerchantAnswerOrError;
+
+impl utoipa::PartialSchema for MerchantAnswerOrError {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("MerchantScanResponse"))
+            .item(Ref::from_schema_name("ErrorBody"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MerchantAnswerOrError {}
+
+/// What every operation can answer besides its own statuses, written into the document so
+/// it describes the wire: the error body is exactly `{code, message}`; any operation may be
+/// refused by the HTTP layer (400 malformed request, 408 too slow, 413 body over the limit,
+/// 414 target too long, 431 headers too large, 503 over the connection limit) or fail (500);
+/// an operation with a JSON body answers 415 for another media type.
+struct WireErrors;
+
+impl Modify for WireErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        // {code, message} and nothing else, so a decision body never passes for one.
+        components.schemas.insert(
+            "ErrorBody".into(),
+            ObjectBuilder::new()
+                .description(Some(
+                    "The body of every error answer: `{\"code\", \"message\"}`.",
+                ))
+                .property("code", Ref::from_schema_name("ApiCode"))
+                .property("message", ObjectBuilder::new().schema_type(Type::String))
+                .required("code")
+                .required("message")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                .into(),
+        );
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_body = operation.request_body.is_some();
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| RefOr::T(error(description)));
+                };
+                add(
+                    "400",
+                    "BAD_REQUEST: a malformed request (the message says what)",
+                );
+                add(
+                    "408",
+                    "BAD_REQUEST: the request was not complete within the request deadline",
+                );
+                add("413", "PAYLOAD_TOO_LARGE: the body (or its announced Content-Length) is over the operation's limit");
+                add("414", "BAD_REQUEST: the request target is over 8 KiB");
+                add("431", "BAD_REQUEST: the request headers are over 32 KiB");
+                add(
+                    "500",
+                    "INTERNAL: an unexpected failure (logged; the body says nothing more)",
+                );
+                add(
+                    "503",
+                    "TOO_MANY_REQUESTS: the server is at its connection limit (Retry-After)",
+                );
+                if has_body {
+                    add(
+                        "415",
+                        "UNSUPPORTED_MEDIA_TYPE: the body is not application/json",
+                    );
+                }
+            }
+        }
+    }
+}
 
 struct SecuritySchemes;
 

@@ -25,11 +25,10 @@ pub fn limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, String> {
 }
 
 /// A calendar date written `YYYY-MM-DD` (four-digit year, two-digit month and day); `None`
-/// when absent or empty (the caller's default day).
+/// when absent (the caller's default day). Empty is refused like any other misspelling.
 pub fn date(raw: Option<&str>) -> Result<Option<NaiveDate>, String> {
-    let raw = match raw {
-        None | Some("") => return Ok(None),
-        Some(raw) => raw,
+    let Some(raw) = raw else {
+        return Ok(None);
     };
     let refused = || "date must be a calendar date YYYY-MM-DD".to_owned();
     let shape = raw.len() == 10
@@ -74,7 +73,7 @@ mod tests {
     #[test]
     fn dates_have_one_spelling() {
         assert_eq!(date(None), Ok(None));
-        assert_eq!(date(Some("")), Ok(None));
+        assert!(date(Some("")).is_err());
         assert_eq!(
             date(Some("2026-12-02")),
             Ok(NaiveDate::from_ymd_opt(2026, 12, 2))

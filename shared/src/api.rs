@@ -22,6 +22,7 @@ pub struct ErrorBody {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct LoginRequest {
     pub username: Identifier,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 1024))]
     pub password: String,
 }
 
@@ -49,6 +50,7 @@ pub struct LoginResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ScanRequest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 512))]
     pub qr_token: String,
     pub function_code: FunctionCode,
     pub venue_code: Identifier,
@@ -56,6 +58,7 @@ pub struct ScanRequest {
     /// The client's idempotency key (a UUID): a retry with the same `scan_id` returns the
     /// original decision.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(format = Uuid))]
     pub scan_id: Option<String>,
 }
 
@@ -88,6 +91,7 @@ pub struct OperatorRef {
 pub struct RedemptionView {
     pub id: i64,
     /// RFC 3339 with offset.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub redeemed_at: String,
     pub operator: OperatorRef,
     /// The gate's device; absent for merchant-console redemptions.
@@ -116,6 +120,7 @@ pub struct ScanResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct DecryptRequest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 512))]
     pub qr_token: String,
 }
 
@@ -155,6 +160,7 @@ pub struct IssuedQr {
     pub qr_token: String,
     pub jti: Jti,
     /// RFC 3339; null for `OTA` tokens, which do not expire.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub expires_at: Option<String>,
 }
 
@@ -163,6 +169,7 @@ pub struct IssuedQr {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct MerchantScanRequest {
     /// A QR token, or an order code (redeems every ticket of the order that can take it).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 1024))]
     pub code: String,
     /// Defaults to `ENTRY`.
     #[serde(default)]
@@ -172,6 +179,7 @@ pub struct MerchantScanRequest {
     pub location_id: Option<Identifier>,
     /// Accepted and ignored: sessions were replaced by the operator JWT.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub session_id: Option<String>,
 }
 
@@ -219,6 +227,7 @@ pub struct OrderEntitlementView {
     pub total_uses: i32,
     pub remaining_uses: i32,
     /// RFC 3339; null when never redeemed.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_redeemed_at: Option<String>,
 }
 
@@ -251,6 +260,7 @@ pub struct OrderView {
 pub struct RedemptionItem {
     pub id: i64,
     /// When the central recorded the redemption (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub redeemed_at: String,
     pub ticket_code: String,
     pub order_id: String,
@@ -261,9 +271,11 @@ pub struct RedemptionItem {
     /// `venue`, `merchant` or `offline`.
     pub source: String,
     /// When the deciding process decided (a gate's clock for offline decisions).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub decided_at: String,
     /// When an offline decision was uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub uploaded_at: Option<String>,
     /// `SUCCESS`, or `CONFLICT`: a gate accepted it offline but the central could not apply
     /// it (nothing was redeemed by this row).
@@ -311,17 +323,48 @@ pub struct TicketFeedPage {
     pub complete: bool,
 }
 
+/// An `i64` written as a JSON integer or as a number with no fraction (`12.0`): JSON Schema
+/// counts both as an integer, so both are accepted.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom("a whole number out of range"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // Whole numbers a double holds exactly (|v| <= 2^53); beyond that a float may be
+            // a rounded integer outside 64 bits.
+            if v.fract() == 0.0 && v.abs() <= 9_007_199_254_740_992.0 {
+                Ok(v as i64)
+            } else {
+                Err(E::custom("a whole number (no fraction, within 64 bits)"))
+            }
+        }
+    }
+    deserializer.deserialize_any(Whole)
+}
+
 /// A decision a gate took offline, uploaded later (`POST /device/decisions`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct OfflineDecision {
-    /// The scan's idempotency key (a UUID).
+    /// The scan's idempotency key, a UUID. Each decision is answered on its own: one that
+    /// is not a UUID is `invalid` in the results, the others are still applied.
     pub scan_id: String,
+    /// The token as scanned; one that does not verify is a conflict for this decision alone.
     pub qr_token: String,
     pub function_code: FunctionCode,
-    /// When the gate decided (RFC 3339).
+    /// When the gate decided, RFC 3339; anything else is `invalid` for this decision alone.
     pub decided_at: String,
-    /// The operator logged in at the gate.
+    /// The operator logged in at the gate (a JSON integer; `12.0` is the same number).
+    #[serde(deserialize_with = "crate::api::whole_number")]
     pub operator_id: i64,
 }
 
@@ -387,7 +430,38 @@ pub struct OfflineOperators {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct DeviceHistory {
     /// When the device first completed a full ticket sync (RFC 3339); null if never.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub first_synced_at: Option<String>,
     /// When the device last uploaded offline decisions (RFC 3339); null if never.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_upload_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OfflineDecision;
+
+    fn operator_of(raw: &str) -> Result<i64, serde_json::Error> {
+        let text = format!(
+            r#"{{"scan_id": "s", "qr_token": "t", "function_code": "ENTRY", "decided_at": "d", "operator_id": {raw}}}"#
+        );
+        serde_json::from_str::<OfflineDecision>(&text).map(|d| d.operator_id)
+    }
+
+    #[test]
+    fn an_operator_id_is_a_whole_number_written_either_way() {
+        assert_eq!(operator_of("12").ok(), Some(12));
+        assert_eq!(operator_of("12.0").ok(), Some(12));
+        assert_eq!(operator_of("-9223372036854775808").ok(), Some(i64::MIN));
+        for bad in [
+            "12.5",
+            "-9223372036854775809",
+            "9223372036854775808",
+            "1e300",
+            "\"12\"",
+            "null",
+        ] {
+            assert!(operator_of(bad).is_err(), "{bad}");
+        }
+    }
 }

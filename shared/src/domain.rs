@@ -7,9 +7,24 @@ use std::fmt;
 /// An entitlement's function code (`ENTRY`, `MEAL`, ...): 1 to 32 characters of `A-Z`,
 /// `0-9`, `_` and `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "ENTRY"))]
 #[serde(transparent)]
 pub struct FunctionCode(String);
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for FunctionCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Z0-9_-]{1,32}$"))
+            .min_length(Some(1))
+            .max_length(Some(FunctionCode::MAX_LEN))
+            .examples(["ENTRY"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for FunctionCode {}
 
 /// Why a function code was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

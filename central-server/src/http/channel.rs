@@ -8,10 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use stile_shared::api::{ErrorBody, IssuedQr};
+use stile_shared::Identifier;
 
 /// Issue a fresh QR token for a ticket (superseding the previous one).
 #[utoipa::path(post, path = "/tickets/{ticket_code}/qr", tag = "channels",
-    params(("ticket_code" = String, Path, description = "The ticket's code")),
+    params(("ticket_code" = Identifier, Path, description = "The ticket's code")),
     security(("channel_key" = [])),
     responses(
         (status = 200, description = "A fresh QR token; every older token of the ticket is superseded", body = IssuedQr),

@@ -59,7 +59,7 @@ pub async fn device_operators(
 #[utoipa::path(get, path = "/device/tickets", tag = "devices",
     params(
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous call; absent for a full sync"),
-        ("limit" = Option<i64>, Query, description = "1 to 2000, default 1000"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 2000, description = "1 to 2000, default 1000"),
     ),
     security(("device_credential" = [])),
     responses(

@@ -3,6 +3,7 @@
 use super::{identifier, JsonBody};
 use crate::auth::AuthenticatedOperator;
 use crate::error::{no_store, AppError, RequestLang};
+use crate::openapi::MerchantAnswerOrError;
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -12,6 +13,7 @@ use axum::Json;
 use stile_shared::api::{
     ErrorBody, MerchantScanRequest, MerchantScanResponse, OrderView, RedemptionPage,
 };
+use stile_shared::Identifier;
 
 /// Scan a QR token or an order code from the merchant console and redeem.
 #[utoipa::path(post, path = "/merchant/tickets/scan", tag = "merchant",
@@ -19,7 +21,7 @@ use stile_shared::api::{
     security(("operator_jwt" = [])),
     responses(
         (status = 200, description = "`success`: every selected ticket redeemed; `partial`: some, each ticket says why not", body = MerchantScanResponse),
-        (status = 400, description = "INVALID_QR (`result: reject`), or BAD_REQUEST for a malformed body", body = MerchantScanResponse),
+        (status = 400, description = "INVALID_QR (`result: reject`), or BAD_REQUEST for a malformed body (an error body)", body = MerchantAnswerOrError),
         (status = 401, description = "UNAUTHORIZED: missing, invalid or expired operator token", body = ErrorBody),
         (status = 403, description = "WRONG_MERCHANT: another merchant's ticket or order (no data about it); FORBIDDEN: location_id is not the merchant's", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no order with this code", body = ErrorBody),
@@ -37,7 +39,7 @@ pub async fn merchant_scan(
 
 /// An order's entitlements, grouped by passenger.
 #[utoipa::path(get, path = "/merchant/orders/{orderId}", tag = "merchant",
-    params(("orderId" = String, Path, description = "The order's code (the card's name for it)")),
+    params(("orderId" = Identifier, Path, description = "The order's code (the card's name for it)")),
     security(("operator_jwt" = [])),
     responses(
         (status = 200, description = "Entitlements by passenger with remaining uses and the last redemption of each", body = OrderView),
@@ -66,9 +68,9 @@ fn redemption_query(
 /// The merchant's redemption log for one day, newest first, keyset-paged.
 #[utoipa::path(get, path = "/merchant/redemptions", tag = "merchant",
     params(
-        ("date" = Option<String>, Query, description = "YYYY-MM-DD in the merchant's time zone; default today there"),
+        ("date" = Option<String>, Query, format = Date, description = "YYYY-MM-DD in the merchant's time zone; default today there"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-        ("limit" = Option<i64>, Query, description = "1 to 200, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"),
     ),
     security(("operator_jwt" = [])),
     responses(
@@ -89,7 +91,7 @@ pub async fn merchant_redemptions(
 
 /// The same day's log as CSV, streamed.
 #[utoipa::path(get, path = "/merchant/redemptions.csv", tag = "merchant",
-    params(("date" = Option<String>, Query, description = "YYYY-MM-DD in the merchant's time zone; default today there")),
+    params(("date" = Option<String>, Query, format = Date, description = "YYYY-MM-DD in the merchant's time zone; default today there")),
     security(("operator_jwt" = [])),
     responses(
         (status = 200, description = "CSV with a header row; the same rows as the JSON pages, newest first", content_type = "text/csv"),

@@ -4,6 +4,7 @@
 use super::JsonBody;
 use crate::auth::AdminAccess;
 use crate::error::AppError;
+use crate::openapi::SeedFileSchema;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -79,7 +80,7 @@ pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 /// Load a seed file (the same format and rules as `central-server seed`).
 #[utoipa::path(post, path = "/admin/seed", tag = "admin",
-    request_body(content = String, content_type = "application/json", description = "A seed file (format in the README); up to 16 MiB"),
+    request_body(content = SeedFileSchema, content_type = "application/json", description = "A seed file (format in the README; every rule is checked, and a refusal names the field); up to 16 MiB"),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Loaded; rows inserted or changed, by kind", body = serde_json::Value),

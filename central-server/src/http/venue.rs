@@ -4,6 +4,7 @@
 use super::JsonBody;
 use crate::auth::AuthenticatedOperator;
 use crate::error::{no_store, status_of, AppError, RequestLang};
+use crate::openapi::DecisionOrError;
 use crate::scan::{
     self, DeviceAt, LocationAt, RedemptionSource, ScanCommand, ScanContext, ScanSubject,
 };
@@ -24,9 +25,9 @@ use uuid::Uuid;
     params(("Accept-Language" = Option<String>, Header, description = "`en*` for English messages; zh-CN otherwise")),
     responses(
         (status = 200, description = "SUCCESS: one use redeemed", body = ScanResponse),
-        (status = 400, description = "INVALID_QR (a decision body), or BAD_REQUEST for a malformed body", body = ScanResponse),
+        (status = 400, description = "INVALID_QR (a decision body), or BAD_REQUEST for a malformed body (an error body)", body = DecisionOrError),
         (status = 401, description = "UNAUTHORIZED: missing, invalid or expired operator token", body = ErrorBody),
-        (status = 403, description = "WRONG_MERCHANT (a decision body), or FORBIDDEN: the device is not registered to the operator's merchant at venue_code", body = ScanResponse),
+        (status = 403, description = "WRONG_MERCHANT (a decision body), or FORBIDDEN (an error body): the device is not registered to the operator's merchant at venue_code", body = DecisionOrError),
         (status = 409, description = "A refusal: ALREADY_REDEEMED, NOT_ENTITLED, EXHAUSTED, QR_EXPIRED, QR_SUPERSEDED, TICKET_NOT_ACTIVE, TICKET_VOID", body = ScanResponse),
         (status = 413, description = "PAYLOAD_TOO_LARGE: body over 64 KiB", body = ErrorBody),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not application/json", body = ErrorBody),
@@ -144,11 +145,11 @@ pub async fn qr_decrypt(
 /// The answer to an earlier scan, by its scan_id: how a gate resolves a scan whose answer
 /// it never received.
 #[utoipa::path(get, path = "/venue/scan/{scan_id}", tag = "venue",
-    params(("scan_id" = String, Path, description = "The scan_id the gate sent")),
+    params(("scan_id" = uuid::Uuid, Path, description = "The scan_id the gate sent")),
     security(("operator_jwt" = [])),
     responses(
         (status = 200, description = "The stored decision (SUCCESS)", body = ScanResponse),
-        (status = 400, description = "INVALID_QR stored, or BAD_REQUEST: scan_id is not a UUID", body = ScanResponse),
+        (status = 400, description = "INVALID_QR stored (a decision body), or BAD_REQUEST: scan_id is not a UUID (an error body)", body = DecisionOrError),
         (status = 403, description = "WRONG_MERCHANT stored", body = ScanResponse),
         (status = 409, description = "A stored refusal", body = ScanResponse),
         (status = 401, description = "UNAUTHORIZED", body = ErrorBody),

@@ -60,6 +60,12 @@ struct Args {
     /// Seconds of the pgbench baseline (default: --duration).
     #[arg(long)]
     pgbench_duration: Option<u64>,
+    /// Concurrent bad logins (made-up usernames) of the login-flood phase; 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    flood_logins: usize,
+    /// Gates scanning in the login-flood phase (and in its baseline without the flood).
+    #[arg(long, default_value_t = 4)]
+    flood_gates: usize,
 }
 
 /// Tickets of the pgbench baseline, each with a practically endless entitlement.
@@ -132,14 +138,36 @@ async fn main() -> anyhow::Result<ExitCode> {
         &[
             ("RUST_LOG", "warn"),
             ("STILE_DB_MAX_CONNECTIONS", SERVER_DB_CONNECTIONS),
+            // The flood comes from one address here; lift the per-address throttle so every
+            // bad login reaches the password-check queue, as a flood from many addresses would.
+            ("STILE_LOGIN_MAX_FAILURES_PER_ADDRESS", "1000000000"),
         ],
     )
     .await?;
     let gate = Arc::new(Gate::login(&server, tokens).await?);
 
     let split = args.tickets - args.contention_qrs;
-    let throughput = run_throughput(&gate, args.concurrency, split, args.duration).await?;
+    // The login-flood phases take the last tickets before the contention range.
+    let flood_tickets = if args.flood_logins > 0 { split / 4 } else { 0 };
+    let throughput_end = split - flood_tickets;
+    let throughput =
+        run_throughput(&gate, args.concurrency, 0, throughput_end, args.duration).await?;
     throughput.print(args.concurrency);
+    let flood = if args.flood_logins > 0 {
+        let middle = throughput_end + flood_tickets / 2;
+        Some(
+            run_login_flood(
+                &gate,
+                &server,
+                &args,
+                (throughput_end, middle),
+                (middle, split),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let contention = run_contention(
         &gate,
         (args.concurrency / RACERS).max(1),
@@ -169,6 +197,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     );
 
     print_summary(&args, &throughput, &contention, memory, &baseline);
+    if let Some(flood) = &flood {
+        flood.print_summary();
+    }
     pool.close().await;
     drop(cluster);
     if contention.violations > 0 {
@@ -309,6 +340,7 @@ struct ThroughputResult {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    max_ms: f64,
 }
 
 impl ThroughputResult {
@@ -350,10 +382,11 @@ impl ThroughputResult {
 async fn run_throughput(
     gate: &Arc<Gate>,
     concurrency: usize,
+    start: usize,
     end: usize,
     secs: u64,
 ) -> anyhow::Result<ThroughputResult> {
-    let next = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(start));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let mut tasks = Vec::with_capacity(concurrency);
@@ -397,6 +430,7 @@ async fn run_throughput(
         p50_ms: percentile_ms(&all.latencies_us, 50.0),
         p99_ms: percentile_ms(&all.latencies_us, 99.0),
         p999_ms: percentile_ms(&all.latencies_us, 99.9),
+        max_ms: percentile_ms(&all.latencies_us, 100.0),
     })
 }
 
@@ -667,6 +701,114 @@ fn print_summary(
         "contention      {:>10.2} ms p50   p99 {:.2} ms",
         contention.p50_ms, contention.p99_ms
     );
+}
+
+/// Scans with and without 200 concurrent bad logins: whether password hashing can slow the
+/// gates down (the bound on argon2 should keep it from).
+struct LoginFloodResult {
+    gates: usize,
+    logins: usize,
+    quiet: ThroughputResult,
+    flooded: ThroughputResult,
+    refused: u64,
+    checked: u64,
+    peak_before_kib: Option<u64>,
+    peak_after_kib: Option<u64>,
+}
+
+impl LoginFloodResult {
+    fn print_summary(&self) {
+        let max = |r: &ThroughputResult| r.max_ms;
+        println!(
+            "\n== login flood: /venue/scan at C={} without and during {} concurrent bad logins ==",
+            self.gates, self.logins
+        );
+        println!(
+            "without flood   p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   {:.0} scans/s",
+            self.quiet.p50_ms,
+            self.quiet.p99_ms,
+            max(&self.quiet),
+            self.quiet.scans_per_sec()
+        );
+        println!(
+            "during flood    p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   {:.0} scans/s",
+            self.flooded.p50_ms,
+            self.flooded.p99_ms,
+            max(&self.flooded),
+            self.flooded.scans_per_sec()
+        );
+        println!(
+            "flood logins    {} password checks (401), {} refused by the queue or throttle (429)",
+            self.checked, self.refused
+        );
+        if let (Some(before), Some(after)) = (self.peak_before_kib, self.peak_after_kib) {
+            println!(
+                "server memory   peak {:.1} MB before the flood, {:.1} MB after",
+                mb(before),
+                mb(after)
+            );
+        }
+    }
+}
+
+async fn run_login_flood(
+    gate: &Arc<Gate>,
+    server: &ServerProcess,
+    args: &Args,
+    quiet_range: (usize, usize),
+    flood_range: (usize, usize),
+) -> anyhow::Result<LoginFloodResult> {
+    let gates = args.flood_gates.max(1);
+    let quiet = run_throughput(gate, gates, quiet_range.0, quiet_range.1, args.duration).await?;
+    let peak_before_kib = server.memory_kib().map(|(peak, _)| peak);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let url = server.url("/operators/login");
+    let mut flooders = Vec::with_capacity(args.flood_logins);
+    for worker in 0..args.flood_logins {
+        let (stop, client, url) = (stop.clone(), client.clone(), url.clone());
+        flooders.push(tokio::spawn(async move {
+            let (mut checked, mut refused) = (0u64, 0u64);
+            let mut attempt = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                attempt += 1;
+                let body = serde_json::json!({
+                    "username": format!("flood-{worker}-{attempt}"),
+                    "password": "not the password",
+                });
+                match client.post(&url).json(&body).send().await {
+                    Ok(response) if response.status() == 401 => checked += 1,
+                    Ok(_) => refused += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            (checked, refused)
+        }));
+    }
+    // Let the flood fill the queue before the gates start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flooded = run_throughput(gate, gates, flood_range.0, flood_range.1, args.duration).await?;
+    stop.store(true, Ordering::Relaxed);
+    let (mut checked, mut refused) = (0, 0);
+    for flooder in flooders {
+        let (c, r) = flooder.await.context("a flood task panicked")?;
+        checked += c;
+        refused += r;
+    }
+    let peak_after_kib = server.memory_kib().map(|(peak, _)| peak);
+    let result = LoginFloodResult {
+        gates,
+        logins: args.flood_logins,
+        quiet,
+        flooded,
+        refused,
+        checked,
+        peak_before_kib,
+        peak_after_kib,
+    };
+    result.quiet.print(gates);
+    result.flooded.print(gates);
+    Ok(result)
 }
 
 /// Nearest-rank percentile of sorted microsecond samples, in milliseconds.
