@@ -18,6 +18,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use stile_shared::Channel;
 
 const ISSUER: &str = "stile-central";
@@ -54,6 +55,10 @@ pub struct OperatorClaims {
     pub aud: String,
     pub iat: i64,
     pub exp: i64,
+    /// The operator's token generation when this token was issued (absent in tokens from
+    /// before generations: 0).
+    #[serde(default)]
+    pub gen: i64,
 }
 
 /// Issues and checks operator JWTs.
@@ -95,6 +100,7 @@ impl OperatorTokens {
             aud: AUDIENCE.into(),
             iat: now,
             exp: now + self.ttl_secs,
+            gen: operator.generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|error| AppError::Internal(format!("jwt encode: {error}")))
@@ -113,6 +119,7 @@ impl OperatorTokens {
             username: data.claims.usr,
             merchant_id: data.claims.mer,
             merchant_code: data.claims.mid,
+            generation: data.claims.gen,
         })
     }
 }
@@ -146,6 +153,72 @@ pub struct AuthenticatedOperator {
     pub username: String,
     pub merchant_id: i64,
     pub merchant_code: String,
+    /// The token generation the operator's JWT was issued under.
+    pub generation: i64,
+}
+
+/// How long a server trusts what it read of an operator's standing (generation, disabled):
+/// a disabled operator or "log out everywhere" takes effect within this time.
+pub const OPERATOR_STANDING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Each operator's current token generation and whether they are disabled, as read at most
+/// [`OPERATOR_STANDING_TTL`] ago.
+#[derive(Debug, Default)]
+pub struct OperatorStandings {
+    read: std::sync::Mutex<HashMap<i64, (Standing, std::time::Instant)>>,
+}
+
+/// What decides whether an operator's token still counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub generation: i64,
+    pub disabled: bool,
+}
+
+impl OperatorStandings {
+    /// Whether a token of `generation` for operator `id` still counts.
+    pub async fn admits(&self, pool: &PgPool, id: i64, generation: i64) -> Result<bool, AppError> {
+        let cached = {
+            let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+            read.get(&id)
+                .filter(|(_, at)| at.elapsed() < OPERATOR_STANDING_TTL)
+                .map(|(standing, _)| *standing)
+        };
+        let standing = match cached {
+            Some(standing) => standing,
+            None => {
+                let row: Option<(i64, bool)> = sqlx::query_as(
+                    "SELECT token_generation, disabled_at IS NOT NULL FROM operators WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                // A deleted operator is as good as disabled.
+                let standing = row
+                    .map(|(generation, disabled)| Standing {
+                        generation,
+                        disabled,
+                    })
+                    .unwrap_or(Standing {
+                        generation: i64::MAX,
+                        disabled: true,
+                    });
+                let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+                if read.len() > 100_000 {
+                    read.clear();
+                }
+                read.insert(id, (standing, std::time::Instant::now()));
+                standing
+            }
+        };
+        Ok(!standing.disabled && standing.generation == generation)
+    }
+
+    /// Forgets what was read of `id` (this server changed it).
+    pub fn forget(&self, id: i64) {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        read.remove(&id);
+    }
 }
 
 /// The credential of an `Authorization: Bearer <credential>` header (the scheme in any case),
@@ -164,7 +237,15 @@ impl FromRequestParts<AppState> for AuthenticatedOperator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let token = bearer(parts).ok_or(AppError::Unauthorized)?;
-        state.operator_tokens.check(token)
+        let operator = state.operator_tokens.check(token)?;
+        if !state
+            .operator_standings
+            .admits(&state.pool, operator.id, operator.generation)
+            .await?
+        {
+            return Err(AppError::Unauthorized);
+        }
+        Ok(operator)
     }
 }
 
@@ -211,29 +292,50 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
         let (device_id, secret) = credential.split_once(':').ok_or(AppError::Unauthorized)?;
         let device_id =
             stile_shared::Identifier::parse(device_id).map_err(|_| AppError::Unauthorized)?;
-        let row: Option<(i64, String, i64, String, i64, String)> = sqlx::query_as(
-            "SELECT d.id, d.secret_hash, m.id, m.code, l.id, l.venue_code FROM devices d \
+        // A revoked device is not found at all; a rotated secret's predecessor still counts
+        // until its overlap ends.
+        type DeviceRow = (
+            i64,
+            Option<String>,
+            Option<String>,
+            i64,
+            String,
+            i64,
+            String,
+        );
+        let row: Option<DeviceRow> = sqlx::query_as(
+            "SELECT d.id, d.secret_hash, \
+                    CASE WHEN d.previous_secret_valid_until > now() THEN d.previous_secret_hash END, \
+                    m.id, m.code, l.id, l.venue_code FROM devices d \
              JOIN merchants m ON m.id = d.merchant_id JOIN locations l ON l.id = d.location_id \
-             WHERE d.device_id = $1",
+             WHERE d.device_id = $1 AND d.revoked_at IS NULL",
         )
         .bind(device_id.as_str())
         .fetch_optional(&state.pool)
         .await?;
         // Compare digests of digests, so the comparison time says nothing about the secret.
         let presented = sha256_hex(&sha256_hex(secret));
+        let matches = |hash: &Option<String>| {
+            hash.as_deref()
+                .is_some_and(|hash| sha256_hex(hash) == presented)
+        };
         match row {
-            Some((device_pk, hash, merchant_id, merchant_code, location_id, venue_code))
-                if sha256_hex(&hash) == presented =>
-            {
-                Ok(AuthenticatedDevice {
-                    device_pk,
-                    device_id: device_id.into_string(),
-                    merchant_id,
-                    merchant_code,
-                    location_id,
-                    venue_code,
-                })
-            }
+            Some((
+                device_pk,
+                current,
+                previous,
+                merchant_id,
+                merchant_code,
+                location_id,
+                venue_code,
+            )) if matches(&current) || matches(&previous) => Ok(AuthenticatedDevice {
+                device_pk,
+                device_id: device_id.into_string(),
+                merchant_id,
+                merchant_code,
+                location_id,
+                venue_code,
+            }),
             _ => Err(AppError::Unauthorized),
         }
     }
@@ -281,10 +383,12 @@ mod tests {
             username: "op".into(),
             merchant_id: 3,
             merchant_code: "M001".into(),
+            generation: 4,
         };
         let now = chrono::Utc::now().timestamp();
         let token = tokens.issue(&operator, now).expect("issue");
-        assert_eq!(tokens.check(&token).expect("valid").id, 7);
+        let checked = tokens.check(&token).expect("valid");
+        assert_eq!((checked.id, checked.generation), (7, 4));
         let other = OperatorTokens::new(&[2; 32], 3600);
         assert!(other.check(&token).is_err());
         let expired = tokens.issue(&operator, now - 7200).expect("issue");

@@ -23,6 +23,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// The operations listener (`/metrics`, the admin API): a private address.
+    pub ops_listen: SocketAddr,
     pub database_url: String,
     pub db_max_connections: u32,
     /// Lifetime of an operator JWT (`expires_in`), one shift by default.
@@ -121,6 +123,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct SettingsLayer {
     pub listen: Option<String>,
+    pub ops_listen: Option<String>,
     pub database_url: Option<String>,
     pub db_max_connections: Option<u32>,
     pub operator_token_ttl_secs: Option<i64>,
@@ -176,6 +179,7 @@ impl SettingsLayer {
             match key {
                 "DATABASE_URL" | "STILE_DATABASE_URL" => layer.database_url = Some(value),
                 "STILE_LISTEN" => layer.listen = Some(value),
+                "STILE_OPS_LISTEN" => layer.ops_listen = Some(value),
                 "STILE_DB_MAX_CONNECTIONS" => layer.db_max_connections = Some(number(key, &value)?),
                 "STILE_OPERATOR_TOKEN_TTL_SECS" => {
                     layer.operator_token_ttl_secs = Some(number(key, &value)?)
@@ -238,6 +242,7 @@ impl SettingsLayer {
             self,
             over,
             listen,
+            ops_listen,
             database_url,
             db_max_connections,
             operator_token_ttl_secs,
@@ -273,6 +278,15 @@ impl SettingsLayer {
                 name: "listen",
                 message: format!("{listen_raw:?} is not an address like 127.0.0.1:8080"),
             })?;
+        let ops_raw = self
+            .ops_listen
+            .unwrap_or_else(|| "127.0.0.1:9090".to_owned());
+        let ops_listen = ops_raw
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Invalid {
+                name: "ops_listen",
+                message: format!("{ops_raw:?} is not an address like 127.0.0.1:9090"),
+            })?;
         let database_url = self.database_url.ok_or(ConfigError::MissingDatabaseUrl)?;
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(ConfigError::Invalid {
@@ -282,6 +296,7 @@ impl SettingsLayer {
         }
         let settings = Settings {
             listen,
+            ops_listen,
             database_url,
             db_max_connections: self.db_max_connections.unwrap_or(16),
             operator_token_ttl_secs: self.operator_token_ttl_secs.unwrap_or(43_200),

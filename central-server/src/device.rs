@@ -398,7 +398,7 @@ pub async fn offline_operators(
     device: &AuthenticatedDevice,
 ) -> Result<OfflineOperators, AppError> {
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT id, username, password_hash FROM operators WHERE merchant_id = $1 ORDER BY id",
+        "SELECT id, username, password_hash FROM operators WHERE merchant_id = $1 AND disabled_at IS NULL ORDER BY id",
     )
     .bind(device.merchant_id)
     .fetch_all(&state.pool)

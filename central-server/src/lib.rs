@@ -17,6 +17,7 @@ pub mod device;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod lifecycle;
 pub mod listener;
 pub mod login;
 pub mod merchant;
@@ -55,23 +56,35 @@ pub enum ServerError {
     Internal(String),
 }
 
-/// Runs the server on `listener` until `shutdown` resolves, then drains in-flight requests
-/// for at most `shutdown_grace_secs`.
+/// The sockets a server answers on: the public API, and the operations API (`/metrics`,
+/// the admin API), which belongs on a private address.
+pub struct Listeners {
+    pub public: TcpListener,
+    /// `None`: no operations listener (tests that do not need one).
+    pub ops: Option<TcpListener>,
+}
+
+/// Runs the server on its listeners until `shutdown` resolves, then drains in-flight
+/// requests for at most `shutdown_grace_secs`.
 pub async fn serve(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let state = build_state(settings).await?;
-    serve_state(state, listener, shutdown).await
+    serve_state(state, listeners, shutdown).await
 }
 
 /// [`serve`] with a state built beforehand.
 pub async fn serve_state(
     state: AppState,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let Listeners {
+        public: listener,
+        ops,
+    } = listeners;
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let refresher = tokio::spawn(refresh_keys(
         state.keys.clone(),
@@ -121,6 +134,20 @@ pub async fn serve_state(
         "listener limits"
     );
     let metrics = state.metrics.clone();
+    let ops_server = match ops {
+        Some(ops) => {
+            tracing::info!(listen = %ops.local_addr()?, "operations listener (metrics, admin API)");
+            let metrics = state.metrics.clone();
+            Some(tokio::spawn(listener::run(
+                ops,
+                http::ops_router(state.clone()),
+                limits,
+                stopping_tx.subscribe(),
+                move || metrics.record_connection_refused(),
+            )))
+        }
+        None => None,
+    };
     let server = listener::run(
         listener,
         http::router(state),
@@ -150,6 +177,9 @@ pub async fn serve_state(
     };
     refresher.abort();
     watchdog.abort();
+    if let Some(ops_server) = ops_server {
+        let _ = tokio::time::timeout(grace, ops_server).await;
+    }
     if let Some(webhooks) = webhooks {
         // The worker stops after the POST in flight; bound the wait like the rest.
         let _ = tokio::time::timeout(grace, webhooks).await;

@@ -163,7 +163,7 @@ impl Drop for LeaveQueue<'_> {
     }
 }
 
-type ChargedOperator = (i64, String, i64, String, i32);
+type ChargedOperator = (i64, String, i64, String, i32, i64, bool);
 
 /// Logs an operator in, or says why not: 401 for an unknown user or a wrong password (the
 /// same answer, after the same work), 429 when the username, the address or the hashing
@@ -191,7 +191,8 @@ pub async fn log_in(
            failed_logins = CASE WHEN o.failed_logins_since > $2 THEN o.failed_logins + 1 ELSE 1 END, \
            failed_logins_since = CASE WHEN o.failed_logins_since > $2 THEN o.failed_logins_since ELSE $3 END \
          FROM merchants m WHERE m.id = o.merchant_id AND o.username = $1 \
-         RETURNING o.id, o.password_hash, m.id, m.code, o.failed_logins",
+         RETURNING o.id, o.password_hash, m.id, m.code, o.failed_logins, o.token_generation, \
+                   o.disabled_at IS NOT NULL",
     )
     .bind(username.as_str())
     .bind(since)
@@ -199,7 +200,9 @@ pub async fn log_in(
     .fetch_optional(&state.pool)
     .await?;
     let over_limit = match &charged {
-        Some((_, _, _, _, attempts)) => i64::from(*attempts) > state.settings.login_max_failures,
+        Some((_, _, _, _, attempts, _, _)) => {
+            i64::from(*attempts) > state.settings.login_max_failures
+        }
         None => guard.charge_unknown(username.as_str(), now).is_err(),
     };
     if over_limit {
@@ -210,11 +213,12 @@ pub async fn log_in(
     // An unknown user is checked against a dummy hash, so both failures take as long.
     let stored_hash = charged
         .as_ref()
-        .map(|(_, hash, _, _, _)| hash.clone())
+        .map(|(_, hash, _, _, _, _, _)| hash.clone())
         .unwrap_or_else(|| state.dummy_hash.to_string());
     let password_ok = guard.verify(stored_hash, password.to_owned()).await?;
     match charged {
-        Some((id, _, merchant_id, merchant_code, _)) if password_ok => {
+        // A disabled operator's right password is refused like a wrong one.
+        Some((id, _, merchant_id, merchant_code, _, generation, false)) if password_ok => {
             sqlx::query("UPDATE operators SET failed_logins = 0 WHERE id = $1")
                 .bind(id)
                 .execute(&state.pool)
@@ -225,6 +229,7 @@ pub async fn log_in(
                 username: username.as_str().to_owned(),
                 merchant_id,
                 merchant_code,
+                generation,
             })
         }
         _ => {

@@ -152,7 +152,20 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", settings.listen))?;
-            central_server::serve(settings, listener, shutdown_signal()).await?;
+            let ops = tokio::net::TcpListener::bind(settings.ops_listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (ops_listen)", settings.ops_listen)
+                })?;
+            central_server::serve(
+                settings,
+                central_server::Listeners {
+                    public: listener,
+                    ops: Some(ops),
+                },
+                shutdown_signal(),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -23,9 +23,7 @@ use utoipa::{Modify, OpenApi};
         crate::http::ops::published_keys,
         crate::http::ops::healthz,
         crate::http::ops::readyz,
-        crate::http::ops::metrics,
         crate::http::ops::openapi,
-        crate::http::ops::admin_seed,
         crate::http::merchant::merchant_scan,
         crate::http::merchant::merchant_order,
         crate::http::merchant::merchant_redemptions,
@@ -36,6 +34,8 @@ use utoipa::{Modify, OpenApi};
         crate::http::device::device_operators,
         crate::http::device::device_history,
         crate::http::device::device_decisions,
+        crate::http::device::device_enroll,
+        crate::http::operator::logout_everywhere,
     ),
     components(schemas(
         stile_shared::api::ErrorBody,
@@ -63,28 +63,6 @@ impl utoipa::PartialSchema for DecisionOrError {
 }
 
 impl utoipa::ToSchema for DecisionOrError {}
-
-/// The outline of a seed file: an object of up to three lists, nothing else (the README has
-/// the rules inside them, which the loader checks).
-pub struct SeedFileSchema;
-
-impl utoipa::PartialSchema for SeedFileSchema {
-    fn schema() -> RefOr<Schema> {
-        let list = || {
-            utoipa::openapi::schema::ArrayBuilder::new()
-                .items(ObjectBuilder::new().schema_type(Type::Object))
-        };
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .property("channels", list())
-            .property("merchants", list())
-            .property("orders", list())
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for SeedFileSchema {}
 
 /// The console's `{code, message, result: reject, tickets}` or a plain error body.
 pub struct MerchantAnswerOrError;
@@ -204,15 +182,6 @@ impl Modify for SecuritySchemes {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("<device_id>:<secret>"))
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("STILE_ADMIN_TOKEN"))
                     .build(),
             ),
         );

@@ -140,7 +140,7 @@ pub async fn bind_device(
 ) -> Result<Option<(i64, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT d.id, l.id FROM devices d JOIN locations l ON l.id = d.location_id \
-         WHERE d.device_id = $1 AND d.merchant_id = $2 AND l.venue_code = $3",
+         WHERE d.device_id = $1 AND d.merchant_id = $2 AND l.venue_code = $3 AND d.revoked_at IS NULL",
     )
     .bind(device_id)
     .bind(merchant_id)

@@ -17,6 +17,8 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     pub operator_tokens: Arc<OperatorTokens>,
     pub metrics: Arc<Metrics>,
+    /// Operators' token generations and disabled flags, cached briefly.
+    pub operator_standings: Arc<crate::auth::OperatorStandings>,
     /// Login throttles and the bound on password hashing.
     pub login: Arc<LoginGuard>,
     /// An argon2id hash of nothing in particular: unknown usernames are checked against it
@@ -48,6 +50,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
             settings.operator_token_ttl_secs,
         )),
         login: Arc::new(LoginGuard::new(&settings)),
+        operator_standings: Arc::new(crate::auth::OperatorStandings::default()),
         settings: Arc::new(settings),
         keys: Arc::new(keys),
         metrics: Arc::new(Metrics::new()),

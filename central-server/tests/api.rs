@@ -367,7 +367,17 @@ async fn operations_endpoints_answer() {
         (status, body.as_str()),
         (StatusCode::OK, r#"{"status":"ready"}"#)
     );
-    let (status, metrics) = get("/metrics").await;
+    // Metrics are on the operations listener only, never on the public port.
+    let (status, _) = get("/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let response = server
+        .client
+        .get(server.ops_url("/metrics"))
+        .send()
+        .await
+        .expect("ops metrics");
+    let status = response.status();
+    let metrics = response.text().await.expect("text");
     assert_eq!(status, StatusCode::OK);
     assert!(
         metrics.contains(r#"stile_scan_decisions_total{code="SUCCESS"} 1"#),
@@ -399,7 +409,6 @@ async fn operations_endpoints_answer() {
         "/keys",
         "/healthz",
         "/readyz",
-        "/metrics",
     ] {
         assert!(
             doc["paths"][path].is_object(),
@@ -699,7 +708,7 @@ async fn the_admin_api_loads_seed_files_with_the_same_rules() {
         async move {
             let response = server
                 .client
-                .post(server.url("/admin/seed"))
+                .post(server.ops_url("/admin/seed"))
                 .bearer_auth(token)
                 .header("content-type", "application/json")
                 .body(body)
@@ -749,7 +758,7 @@ async fn the_admin_api_loads_seed_files_with_the_same_rules() {
     let off = TestServer::start().await;
     let response = off
         .client
-        .post(off.url("/admin/seed"))
+        .post(off.ops_url("/admin/seed"))
         .bearer_auth(ADMIN)
         .body(FIXTURES)
         .send()

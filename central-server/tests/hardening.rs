@@ -198,7 +198,7 @@ async fn bad_bytes_in_identifiers_are_a_400_naming_the_field() {
     assert!(message(&body).contains("ticket_code"), "{body}");
     let response = server
         .client
-        .post(server.url("/admin/seed"))
+        .post(server.ops_url("/admin/seed"))
         .bearer_auth(ADMIN)
         .header("content-type", "application/json")
         .body(r#"{"merchants": [{"code": "M9", "name": "bad\u0000name"}]}"#)
@@ -266,7 +266,7 @@ fn arbitrary_strings_in_any_field_never_get_a_5xx() {
                 "operators": [{"username": text, "password": text, "display_name": text}]}]});
             let response = server
                 .client
-                .post(server.url("/admin/seed"))
+                .post(server.ops_url("/admin/seed"))
                 .bearer_auth(ADMIN)
                 .json(&seed)
                 .send()
@@ -594,7 +594,7 @@ async fn a_channel_cannot_issue_for_another_merchants_ticket() {
                                     "merchants": ["M002"]}]});
     let response = server
         .client
-        .post(server.url("/admin/seed"))
+        .post(server.ops_url("/admin/seed"))
         .bearer_auth(ADMIN)
         .json(&seed)
         .send()
@@ -629,7 +629,7 @@ async fn a_channel_cannot_issue_for_another_merchants_ticket() {
     ] {
         let response = server
             .client
-            .post(server.url("/admin/seed"))
+            .post(server.ops_url("/admin/seed"))
             .bearer_auth(ADMIN)
             .json(&seed)
             .send()
@@ -864,7 +864,7 @@ async fn loose_query_values_and_other_media_types_are_refused() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let response = server
         .client
-        .post(server.url("/admin/seed"))
+        .post(server.ops_url("/admin/seed"))
         .bearer_auth(ADMIN)
         .header("content-type", "text/plain")
         .body(common::FIXTURES)
@@ -874,5 +874,284 @@ async fn loose_query_values_and_other_media_types_are_refused() {
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["code"], "UNSUPPORTED_MEDIA_TYPE");
+    server.stop().await;
+}
+
+async fn admin(server: &TestServer, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = server.client.post(server.ops_url(path)).bearer_auth(ADMIN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin call");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `check` for up to 10 s: revocations take effect within seconds, not at once on
+/// every server (the standing cache lives 2 s).
+async fn within_seconds<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn scan_status(server: &TestServer, token: &str) -> StatusCode {
+    server
+        .post_json(
+            "/venue/scan",
+            Some(token),
+            json!({"qr_token": "a.b.c", "function_code": "ENTRY", "venue_code": "GATE-EAST", "device_id": "dev-east-1"}),
+        )
+        .await
+        .0
+}
+
+/// `/metrics` and the admin API answer on the operations listener only.
+#[tokio::test]
+async fn metrics_and_admin_are_off_the_public_port() {
+    let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("POST", "/admin/seed"),
+        ("POST", "/admin/devices/dev-east-1/revoke"),
+    ] {
+        let request = match method {
+            "GET" => server.client.get(server.url(path)),
+            _ => server
+                .client
+                .post(server.url(path))
+                .bearer_auth(ADMIN)
+                .json(&json!({})),
+        };
+        let response = request.send().await.expect("public");
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "{path} on the public port"
+        );
+    }
+    let response = server
+        .client
+        .get(server.ops_url("/metrics"))
+        .send()
+        .await
+        .expect("ops");
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: Value = server
+        .client
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(document["paths"]["/metrics"].is_null() && document["paths"]["/admin/seed"].is_null());
+    server.stop().await;
+}
+
+/// Disabling an operator, or "log out everywhere", ends their tokens within seconds.
+#[tokio::test]
+async fn operator_tokens_can_be_revoked() {
+    let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+    let first = server.login("op-east").await;
+    let second = server.login("op-east").await;
+    assert_eq!(
+        scan_status(&server, &first).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_QR: the token works"
+    );
+    // The operator logs out everywhere with one of their tokens: both stop working.
+    let response = server
+        .client
+        .post(server.url("/operators/logout-everywhere"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    for token in [&first, &second] {
+        assert!(
+            within_seconds(|| async {
+                scan_status(&server, token).await == StatusCode::UNAUTHORIZED
+            })
+            .await,
+            "a token outlived log out everywhere"
+        );
+    }
+    let fresh = server.login("op-east").await;
+    assert_eq!(scan_status(&server, &fresh).await, StatusCode::BAD_REQUEST);
+
+    // Disabled: the token dies, the password no longer logs in, gates drop the operator.
+    let (status, _) = admin(&server, "/admin/operators/op-east/disable", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        within_seconds(|| async { scan_status(&server, &fresh).await == StatusCode::UNAUTHORIZED })
+            .await,
+        "a disabled operator's token still works"
+    );
+    let (status, _) = login_status(&server, "op-east", common::PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, offline) = {
+        let response = server
+            .client
+            .get(server.url("/device/operators"))
+            .bearer_auth(EAST_DEVICE)
+            .send()
+            .await
+            .expect("operators");
+        (
+            response.status(),
+            response.json::<Value>().await.expect("json"),
+        )
+    };
+    assert!(!offline.to_string().contains("op-east"), "{offline}");
+    let (status, _) = admin(&server, "/admin/operators/op-east/enable", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.login("op-east").await;
+    let (status, _) = admin(&server, "/admin/operators/nobody/disable", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+async fn device_status(server: &TestServer, credential: &str, path: &str) -> StatusCode {
+    server
+        .client
+        .get(server.url(path))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .expect("device call")
+        .status()
+}
+
+/// A lost handheld is revoked at once everywhere; a secret rotates with an overlap; a new
+/// device enrolls with a one-time, expiring code.
+#[tokio::test]
+async fn device_credentials_are_revoked_rotated_and_enrolled() {
+    let server = TestServer::start_with(|s| s.admin_token = Some(ADMIN.to_owned())).await;
+    let east = server.login("op-east").await;
+    let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
+
+    // Rotation: the new secret works at once, the old one until the overlap ends.
+    let (status, rotated) = admin(
+        &server,
+        "/admin/devices/dev-west-1/rotate-secret",
+        Some(json!({"overlap_secs": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let fresh = format!("dev-west-1:{}", rotated["secret"].as_str().expect("secret"));
+    assert_eq!(
+        device_status(&server, &fresh, "/device/keys").await,
+        StatusCode::OK
+    );
+    assert!(
+        within_seconds(|| async {
+            device_status(&server, "dev-west-1:dev-secret-2", "/device/keys").await
+                == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "the old secret outlived its overlap"
+    );
+    assert_eq!(
+        device_status(&server, &fresh, "/device/keys").await,
+        StatusCode::OK
+    );
+
+    // Revocation: every endpoint refuses the device at once.
+    assert_eq!(
+        device_status(&server, EAST_DEVICE, "/device/tickets").await,
+        StatusCode::OK
+    );
+    let (status, _) = admin(&server, "/admin/devices/dev-east-1/revoke", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/device/tickets",
+        "/device/keys",
+        "/device/operators",
+        "/device/history",
+    ] {
+        assert_eq!(
+            device_status(&server, EAST_DEVICE, path).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    let (status, _) = server
+        .post_json(
+            "/device/decisions",
+            Some(EAST_DEVICE),
+            json!({"decisions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = server.scan(&east, &qr.qr_token, "ENTRY").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a scan from a revoked device: {body}"
+    );
+
+    // Enrollment of a new device: one exchange, then the code is spent.
+    let (status, enrollment) = admin(
+        &server,
+        "/admin/devices/dev-new-1/enrollment",
+        Some(json!({"merchant_code": "M001", "venue_code": "GATE-EAST"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{enrollment}");
+    let code = enrollment["code"].as_str().expect("code").to_owned();
+    let exchange = json!({"device_id": "dev-new-1", "code": code});
+    let (status, enrolled) = server
+        .post_json("/device/enroll", None, exchange.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{enrolled}");
+    let credential = format!("dev-new-1:{}", enrolled["secret"].as_str().expect("secret"));
+    assert_eq!(
+        device_status(&server, &credential, "/device/tickets").await,
+        StatusCode::OK
+    );
+    let (status, _) = server.post_json("/device/enroll", None, exchange).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a spent code");
+    // An expired code, a wrong code and another merchant's device are refused.
+    let (_, short) = admin(
+        &server,
+        "/admin/devices/dev-new-2/enrollment",
+        Some(json!({"merchant_code": "M001", "venue_code": "GATE-WEST", "ttl_secs": 1})),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, _) = server
+        .post_json(
+            "/device/enroll",
+            None,
+            json!({"device_id": "dev-new-2", "code": short["code"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "an expired code");
+    let (status, _) = server
+        .post_json(
+            "/device/enroll",
+            None,
+            json!({"device_id": "dev-new-1", "code": "guessed-code"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = admin(
+        &server,
+        "/admin/devices/dev-other-1/enrollment",
+        Some(json!({"merchant_code": "M001", "venue_code": "GATE-EAST"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another merchant's device");
     server.stop().await;
 }

@@ -93,7 +93,7 @@ async fn a_valid_ticket_redeems_with_success_and_a_log_row() {
 
     let metrics = server
         .client
-        .get(server.url("/metrics"))
+        .get(server.ops_url("/metrics"))
         .send()
         .await
         .expect("metrics")
@@ -617,7 +617,7 @@ async fn a_redemption_reaches_the_merchants_webhook_signed_and_a_hanging_webhook
     }
     let metrics = server
         .client
-        .get(server.url("/metrics"))
+        .get(server.ops_url("/metrics"))
         .send()
         .await
         .expect("metrics")

@@ -179,6 +179,7 @@ impl ServerProcess {
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_central-server"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("STILE_OPS_LISTEN", "127.0.0.1:0")
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -323,6 +323,24 @@ pub struct TicketFeedPage {
     pub complete: bool,
 }
 
+/// `POST /device/enroll`: a new device exchanges its one-time code for its credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EnrollRequest {
+    pub device_id: Identifier,
+    /// The code from the operations API (`POST /admin/devices/{device_id}/enrollment`).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
+    pub code: String,
+}
+
+/// The credential a device uses from now on: `Authorization: Bearer <device_id>:<secret>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EnrollResponse {
+    pub device_id: Identifier,
+    pub secret: String,
+}
+
 /// An `i64` written as a JSON integer or as a number with no fraction (`12.0`): JSON Schema
 /// counts both as an integer, so both are accepted.
 pub fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {

@@ -119,6 +119,8 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
 pub struct ServerProcess {
     child: Child,
     pub base_url: String,
+    /// The operations listener (`/metrics`, the admin API).
+    pub ops_url: String,
 }
 
 impl ServerProcess {
@@ -132,9 +134,11 @@ impl ServerProcess {
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
         let binary = central_server_binary()?;
         let port = free_port()?;
+        let ops_port = free_port()?;
         let mut command = Command::new(&binary);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("STILE_OPS_LISTEN", format!("127.0.0.1:{ops_port}"))
             .env("DATABASE_URL", database_url)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -147,6 +151,7 @@ impl ServerProcess {
         let mut server = ServerProcess {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
+            ops_url: format!("http://127.0.0.1:{ops_port}"),
         };
         let client = reqwest::Client::new();
         let started = Instant::now();

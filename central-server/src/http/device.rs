@@ -10,7 +10,8 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use stile_shared::api::{
-    DecisionUpload, DeviceHistory, ErrorBody, OfflineOperators, TicketFeedPage, UploadResponse,
+    DecisionUpload, DeviceHistory, EnrollRequest, EnrollResponse, ErrorBody, OfflineOperators,
+    TicketFeedPage, UploadResponse,
 };
 use stile_shared::token::JwkSet;
 
@@ -101,4 +102,28 @@ pub async fn device_decisions(
 ) -> Result<Response, AppError> {
     let results = crate::device::upload(&state, &device, &upload.decisions, lang).await?;
     Ok(no_store(Json(UploadResponse { results }).into_response()))
+}
+
+/// A new device exchanges its one-time enrollment code for its credential.
+#[utoipa::path(post, path = "/device/enroll", tag = "devices",
+    request_body = EnrollRequest,
+    responses(
+        (status = 200, description = "The device's secret: from now on it sends `Authorization: Bearer <device_id>:<secret>`. The code is spent", body = EnrollResponse),
+        (status = 400, description = "BAD_REQUEST: malformed body", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: unknown device, or a code that is wrong, spent or expired (the same answer)", body = ErrorBody),
+    ))]
+pub async fn device_enroll(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<EnrollRequest>,
+) -> Result<Response, AppError> {
+    let secret =
+        crate::lifecycle::exchange_enrollment(&state.pool, &request.device_id, &request.code)
+            .await?;
+    Ok(no_store(
+        Json(EnrollResponse {
+            device_id: request.device_id,
+            secret,
+        })
+        .into_response(),
+    ))
 }

@@ -6,6 +6,7 @@
 //! [`operator`] (login), [`venue`] (gate scans), [`channel`] (QR issuance), [`merchant`] (the
 //! console), [`device`] (the gates' device-credential API), [`ops`] (health, metrics, admin).
 
+pub mod admin;
 pub mod channel;
 pub mod device;
 pub mod merchant;
@@ -48,7 +49,7 @@ pub fn body_limit(path: &str) -> usize {
 
 /// The whole API, testable without a socket.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/operators/login", post(operator::login))
         .route("/venue/scan", post(venue::venue_scan))
         .route("/qr/decrypt", post(venue::qr_decrypt))
@@ -70,15 +71,59 @@ pub fn router(state: AppState) -> Router {
             post(device::device_decisions)
                 .layer(DefaultBodyLimit::max(body_limit("/device/decisions"))),
         )
-        .route("/keys", get(ops::published_keys))
+        .route("/device/enroll", post(device::device_enroll))
         .route(
-            "/admin/seed",
-            post(ops::admin_seed).layer(DefaultBodyLimit::max(body_limit("/admin/seed"))),
+            "/operators/logout-everywhere",
+            post(operator::logout_everywhere),
         )
+        .route("/keys", get(ops::published_keys))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(ops::openapi));
+    with_layers(routes, state)
+}
+
+/// The operations listener's API, never on the public port: `/metrics`, the admin API and
+/// health. Bind it to a private address (`ops_listen`, default 127.0.0.1:9090).
+pub fn ops_router(state: AppState) -> Router {
+    let routes = Router::new()
         .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route(
+            "/admin/seed",
+            post(admin::admin_seed).layer(DefaultBodyLimit::max(body_limit("/admin/seed"))),
+        )
+        .route(
+            "/admin/devices/{device_id}/revoke",
+            post(admin::revoke_device),
+        )
+        .route(
+            "/admin/devices/{device_id}/rotate-secret",
+            post(admin::rotate_device_secret),
+        )
+        .route(
+            "/admin/devices/{device_id}/enrollment",
+            post(admin::create_enrollment),
+        )
+        .route(
+            "/admin/operators/{username}/disable",
+            post(admin::disable_operator),
+        )
+        .route(
+            "/admin/operators/{username}/enable",
+            post(admin::enable_operator),
+        )
+        .route(
+            "/admin/operators/{username}/logout-everywhere",
+            post(admin::log_operator_out),
+        );
+    with_layers(routes, state)
+}
+
+/// What both listeners share: contract 404s, body limits, request limits, metrics, language.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

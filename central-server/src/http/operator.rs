@@ -1,6 +1,7 @@
 //! Operator login: `POST /operators/login`.
 
 use super::{check_field, ClientAddress, JsonBody};
+use crate::auth::AuthenticatedOperator;
 use crate::error::{no_store, AppError};
 use crate::AppState;
 use axum::extract::State;
@@ -42,4 +43,21 @@ pub async fn login(
         })
         .into_response(),
     ))
+}
+
+/// Ends every session of the calling operator: each token issued to them so far (this one
+/// included) stops working within seconds, on every server.
+#[utoipa::path(post, path = "/operators/logout-everywhere", tag = "operators",
+    security(("operator_jwt" = [])),
+    responses(
+        (status = 204, description = "Logged out everywhere"),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+    ))]
+pub async fn logout_everywhere(
+    State(state): State<AppState>,
+    operator: AuthenticatedOperator,
+) -> Result<Response, AppError> {
+    crate::lifecycle::log_out_everywhere(&state.pool, operator.id).await?;
+    state.operator_standings.forget(operator.id);
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }

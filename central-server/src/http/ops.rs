@@ -1,10 +1,5 @@
-//! Operations: health, readiness, metrics, the OpenAPI document, the published keys and the
-//! admin seed API.
+//! Operations: health, readiness, metrics, the OpenAPI document and the published keys.
 
-use super::JsonBody;
-use crate::auth::AdminAccess;
-use crate::error::AppError;
-use crate::openapi::SeedFileSchema;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -76,44 +71,4 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "The OpenAPI document")))]
 pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json((*state.openapi).clone())
-}
-
-/// Load a seed file (the same format and rules as `central-server seed`).
-#[utoipa::path(post, path = "/admin/seed", tag = "admin",
-    request_body(content = SeedFileSchema, content_type = "application/json", description = "A seed file (format in the README; every rule is checked, and a refusal names the field); up to 16 MiB"),
-    security(("admin_token" = [])),
-    responses(
-        (status = 200, description = "Loaded; rows inserted or changed, by kind", body = serde_json::Value),
-        (status = 400, description = "BAD_REQUEST: the file is refused whole; the message names the offending field's path", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED: wrong admin token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: the admin API is off (no STILE_ADMIN_TOKEN configured)", body = ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE: over 16 MiB", body = ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not application/json", body = ErrorBody),
-    ))]
-pub async fn admin_seed(
-    State(state): State<AppState>,
-    _admin: AdminAccess,
-    JsonBody(tree): JsonBody<serde_json::Value>,
-) -> Result<Response, AppError> {
-    let file = crate::seed::parse_tree(tree).map_err(seed_error)?;
-    let summary = crate::seed::apply(&state.pool, &file)
-        .await
-        .map_err(seed_error)?;
-    tracing::info!(%summary, "seed loaded through the admin API");
-    let changed: serde_json::Map<String, serde_json::Value> = summary
-        .changed
-        .iter()
-        .map(|(kind, n)| ((*kind).to_owned(), serde_json::Value::from(*n)))
-        .collect();
-    Ok(Json(serde_json::json!({ "changed": changed })).into_response())
-}
-
-fn seed_error(error: crate::seed::SeedError) -> AppError {
-    match error {
-        crate::seed::SeedError::Invalid { path, message } => {
-            AppError::BadRequest(format!("{path}: {message}"))
-        }
-        crate::seed::SeedError::Database(error) => AppError::Database(error),
-        crate::seed::SeedError::Hash(error) => AppError::Internal(error),
-    }
 }

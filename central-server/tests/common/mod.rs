@@ -72,6 +72,8 @@ pub async fn seeded_database() -> String {
 /// A server running in this process on port 0.
 pub struct TestServer {
     pub base: String,
+    /// The operations listener (`/metrics`, the admin API).
+    pub ops_base: String,
     pub client: reqwest::Client,
     pub state: AppState,
     pub pool: PgPool,
@@ -98,19 +100,28 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ops");
+        let ops_addr = ops.local_addr().expect("ops addr");
         let (shutdown, stop) = oneshot::channel::<()>();
         let serving = state.clone();
         let task = tokio::spawn(async move {
             let stop = async move {
                 let _ = stop.await;
             };
-            central_server::serve_state(serving, listener, stop)
+            let listeners = central_server::Listeners {
+                public: listener,
+                ops: Some(ops),
+            };
+            central_server::serve_state(serving, listeners, stop)
                 .await
                 .expect("server ran");
         });
         let pool = db::connect(database_url, 4).await.expect("connect");
         TestServer {
             base: format!("http://{addr}"),
+            ops_base: format!("http://{ops_addr}"),
             client: reqwest::Client::new(),
             state,
             pool,
@@ -131,6 +142,11 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the operations listener.
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("{}{path}", self.ops_base)
     }
 
     /// Logs in; panics unless it works.

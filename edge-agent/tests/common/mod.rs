@@ -98,7 +98,11 @@ impl Central {
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = state.clone();
         tokio::spawn(async move {
-            let _ = central_server::serve_state(serving, listener, async move {
+            let listeners = central_server::Listeners {
+                public: listener,
+                ops: None,
+            };
+            let _ = central_server::serve_state(serving, listeners, async move {
                 let _ = stopped.await;
             })
             .await;
@@ -362,6 +366,7 @@ impl CentralProcess {
         let child = std::process::Command::new(central_server_binary())
             .args(["--database-url", &url, "serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
+            .env("STILE_OPS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())

@@ -3,10 +3,11 @@
 //!
 //! Starts a private PostgreSQL unless `DATABASE_URL` is set, migrates it and loads
 //! `postman/seed.json` through the real `central-server` CLI, starts `central-server serve`
-//! on a free port with an admin token, logs in an operator, then runs
+//! on a free port, logs in an operator, then runs
 //! `st run http://…/openapi.json --checks all` with `schemathesis/schemathesis.toml`, which
-//! gives each security scheme its credential (operator JWT, device credential, channel key,
-//! admin token). Exits with Schemathesis's status: any failure fails this tool.
+//! gives each security scheme its credential (operator JWT, device credential, channel
+//! key). The operations listener (metrics, admin API) is not in the public document.
+//! Exits with Schemathesis's status: any failure fails this tool.
 //!
 //! Schemathesis is the pinned version in the venv `.tools/schemathesis` (`scripts/ensure-deps`
 //! creates it when `STILE_NEED_SCHEMATHESIS=1`), or `STILE_SCHEMATHESIS_BIN`.
@@ -26,7 +27,6 @@ const CONFIG: &str = "schemathesis/schemathesis.toml";
 const SEED: &str = "postman/seed.json";
 const REPORT_DIR: &str = "reports/schemathesis";
 const SCHEMATHESIS: &str = ".tools/schemathesis/bin/st";
-const ADMIN_TOKEN: &str = "schemathesis-admin-token-0123456789abcdef";
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +132,6 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             // Schemathesis makes the server refuse thousands of requests: keep its log to
             // what is wrong with the server, not with the requests.
             ("RUST_LOG", "error"),
-            ("STILE_ADMIN_TOKEN", ADMIN_TOKEN),
             // Schemathesis logs in with made-up names many times from one address.
             ("STILE_LOGIN_MAX_FAILURES_PER_ADDRESS", "1000000"),
         ],
@@ -151,7 +150,6 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .env("STILE_ST_OPERATOR_JWT", &operator)
         .env("STILE_ST_DEVICE_CREDENTIAL", "dev-east-1:dev-secret-1")
         .env("STILE_ST_CHANNEL_KEY", "ch-ota-secret")
-        .env("STILE_ST_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("NO_COLOR", "1")
         .arg("--config-file")
         .arg(root.join(CONFIG))
