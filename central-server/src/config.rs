@@ -23,6 +23,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// The key-encryption key file (64 hex digits) signing keys are sealed with; unset: the
+    /// systemd credential `kek` when there is one, else keys are stored unencrypted.
+    pub key_encryption_key_file: Option<std::path::PathBuf>,
+    /// The KEK being rotated away from (opens keys it sealed until they are resealed).
+    pub previous_key_encryption_key_file: Option<std::path::PathBuf>,
     /// The operations listener (`/metrics`, the admin API): a private address.
     pub ops_listen: SocketAddr,
     pub database_url: String,
@@ -124,6 +129,8 @@ pub enum ConfigError {
 pub struct SettingsLayer {
     pub listen: Option<String>,
     pub ops_listen: Option<String>,
+    pub key_encryption_key_file: Option<std::path::PathBuf>,
+    pub previous_key_encryption_key_file: Option<std::path::PathBuf>,
     pub database_url: Option<String>,
     pub db_max_connections: Option<u32>,
     pub operator_token_ttl_secs: Option<i64>,
@@ -180,6 +187,12 @@ impl SettingsLayer {
                 "DATABASE_URL" | "STILE_DATABASE_URL" => layer.database_url = Some(value),
                 "STILE_LISTEN" => layer.listen = Some(value),
                 "STILE_OPS_LISTEN" => layer.ops_listen = Some(value),
+                "STILE_KEY_ENCRYPTION_KEY_FILE" => {
+                    layer.key_encryption_key_file = Some(value.into())
+                }
+                "STILE_PREVIOUS_KEY_ENCRYPTION_KEY_FILE" => {
+                    layer.previous_key_encryption_key_file = Some(value.into())
+                }
                 "STILE_DB_MAX_CONNECTIONS" => layer.db_max_connections = Some(number(key, &value)?),
                 "STILE_OPERATOR_TOKEN_TTL_SECS" => {
                     layer.operator_token_ttl_secs = Some(number(key, &value)?)
@@ -243,6 +256,8 @@ impl SettingsLayer {
             over,
             listen,
             ops_listen,
+            key_encryption_key_file,
+            previous_key_encryption_key_file,
             database_url,
             db_max_connections,
             operator_token_ttl_secs,
@@ -297,6 +312,8 @@ impl SettingsLayer {
         let settings = Settings {
             listen,
             ops_listen,
+            key_encryption_key_file: self.key_encryption_key_file,
+            previous_key_encryption_key_file: self.previous_key_encryption_key_file,
             database_url,
             db_max_connections: self.db_max_connections.unwrap_or(16),
             operator_token_ttl_secs: self.operator_token_ttl_secs.unwrap_or(43_200),

@@ -7,6 +7,7 @@
 //! the ring every `key_refresh_secs` (at most 60 s), and at once when a token names a kid
 //! it does not know yet (at most once a second).
 
+use crate::kek::{KekError, KeyEncryption};
 use rand::RngCore;
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex, RwLock};
@@ -47,11 +48,13 @@ pub enum KeyError {
     #[error("stored key {0:?} is corrupt")]
     Corrupt(String),
     #[error(transparent)]
+    Kek(#[from] KekError),
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
 /// Creates an active key when the database has none. Idempotent and safe to race.
-pub async fn ensure_active_key(pool: &PgPool) -> Result<(), KeyError> {
+pub async fn ensure_active_key(pool: &PgPool, encryption: &KeyEncryption) -> Result<(), KeyError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(KEY_LOCK)
@@ -62,14 +65,14 @@ pub async fn ensure_active_key(pool: &PgPool) -> Result<(), KeyError> {
             .fetch_optional(&mut *tx)
             .await?;
     if active.is_none() {
-        insert_new_key(&mut tx).await?;
+        insert_new_key(&mut tx, encryption).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
 /// Makes a new active key; the previous active key stays published for verification.
-pub async fn rotate(pool: &PgPool) -> Result<String, KeyError> {
+pub async fn rotate(pool: &PgPool, encryption: &KeyEncryption) -> Result<String, KeyError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(KEY_LOCK)
@@ -78,9 +81,81 @@ pub async fn rotate(pool: &PgPool) -> Result<String, KeyError> {
     sqlx::query("UPDATE signing_keys SET state = 'published' WHERE state = 'active'")
         .execute(&mut *tx)
         .await?;
-    let kid = insert_new_key(&mut tx).await?;
+    let kid = insert_new_key(&mut tx, encryption).await?;
     tx.commit().await?;
     Ok(kid)
+}
+
+/// Seals every private key that is stored in the clear, or sealed with a KEK other than the
+/// current one, with the current KEK; returns how many rows changed. Without a current KEK
+/// nothing changes.
+pub async fn reseal(pool: &PgPool, encryption: &KeyEncryption) -> Result<u64, KeyError> {
+    let Some(current) = &encryption.current else {
+        return Ok(0);
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(KEY_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<StoredKey> = sqlx::query_as(
+        "SELECT id, kid, private_key, private_key_sealed, kek_id FROM signing_keys \
+         WHERE private_key IS NOT NULL OR kek_id IS DISTINCT FROM $1",
+    )
+    .bind(current.id())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut changed = 0;
+    for (id, kid, plain, sealed, kek_id) in rows {
+        let secret = match (&sealed, &kek_id, &plain) {
+            (None, _, None) => continue, // retired long ago with nothing left to seal
+            (sealed, kek_id, plain) => encryption.open(
+                &kid,
+                plain.as_deref(),
+                sealed.as_deref().zip(kek_id.as_deref()),
+            )?,
+        };
+        sqlx::query(
+            "UPDATE signing_keys SET private_key = NULL, private_key_sealed = $2, kek_id = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(current.seal(&kid, &secret))
+        .bind(current.id())
+        .execute(&mut *tx)
+        .await?;
+        changed += 1;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+type StoredKey = (
+    i64,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<String>,
+);
+
+/// The active signer as stored (opened with the server's KEKs): for tools that sign tokens
+/// outside a server.
+pub async fn active_signer(
+    pool: &PgPool,
+    encryption: &KeyEncryption,
+) -> Result<QrSigner, KeyError> {
+    type ActiveRow = (String, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
+    let (kid, plain, sealed, kek_id): ActiveRow =
+        sqlx::query_as(
+            "SELECT kid, private_key, private_key_sealed, kek_id FROM signing_keys WHERE state = 'active'",
+        )
+        .fetch_one(pool)
+        .await?;
+    let secret = encryption.open(
+        &kid,
+        plain.as_deref(),
+        sealed.as_deref().zip(kek_id.as_deref()),
+    )?;
+    Ok(QrSigner::new(&kid, secret))
 }
 
 /// Stops publishing a key: tokens it signed no longer verify.
@@ -121,7 +196,10 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyInfo>, KeyError> {
         .collect())
 }
 
-async fn insert_new_key(tx: &mut sqlx::PgConnection) -> Result<String, KeyError> {
+async fn insert_new_key(
+    tx: &mut sqlx::PgConnection,
+    encryption: &KeyEncryption,
+) -> Result<String, KeyError> {
     let (id,): (i64,) =
         sqlx::query_as("SELECT nextval(pg_get_serial_sequence('signing_keys', 'id'))")
             .fetch_one(&mut *tx)
@@ -130,13 +208,26 @@ async fn insert_new_key(tx: &mut sqlx::PgConnection) -> Result<String, KeyError>
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let public = QrSigner::new(&kid, secret).verifying_key();
+    // Sealed when the server has a KEK; in the clear otherwise (and sealed at the next
+    // start with one).
+    let (plain, sealed, kek_id) = match &encryption.current {
+        Some(kek) => (
+            None,
+            Some(kek.seal(&kid, &secret)),
+            Some(kek.id().to_owned()),
+        ),
+        None => (Some(secret.to_vec()), None, None),
+    };
     sqlx::query(
-        "INSERT INTO signing_keys (id, kid, public_key, private_key, state) VALUES ($1, $2, $3, $4, 'active')",
+        "INSERT INTO signing_keys (id, kid, public_key, private_key, private_key_sealed, kek_id, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'active')",
     )
     .bind(id)
     .bind(&kid)
     .bind(public.as_bytes().as_slice())
-    .bind(secret.as_slice())
+    .bind(plain)
+    .bind(sealed)
+    .bind(kek_id)
     .execute(&mut *tx)
     .await?;
     Ok(kid)
@@ -169,6 +260,7 @@ pub struct KeyRing {
 /// The key ring of a running server, reloaded from the database.
 pub struct KeyStore {
     pool: PgPool,
+    encryption: Arc<KeyEncryption>,
     ring: RwLock<Arc<KeyRing>>,
     last_load: Mutex<Instant>,
 }
@@ -180,10 +272,11 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
-    pub async fn load(pool: PgPool) -> Result<KeyStore, KeyError> {
-        let ring = load_ring(&pool).await?;
+    pub async fn load(pool: PgPool, encryption: Arc<KeyEncryption>) -> Result<KeyStore, KeyError> {
+        let ring = load_ring(&pool, &encryption).await?;
         Ok(KeyStore {
             pool,
+            encryption,
             ring: RwLock::new(Arc::new(ring)),
             last_load: Mutex::new(Instant::now()),
         })
@@ -197,7 +290,7 @@ impl KeyStore {
     }
 
     pub async fn reload(&self) -> Result<(), KeyError> {
-        let ring = load_ring(&self.pool).await?;
+        let ring = load_ring(&self.pool, &self.encryption).await?;
         match self.ring.write() {
             Ok(mut guard) => *guard = Arc::new(ring),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
@@ -230,16 +323,26 @@ impl KeyStore {
     }
 }
 
-async fn load_ring(pool: &PgPool) -> Result<KeyRing, KeyError> {
-    let rows: Vec<(String, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT kid, public_key, private_key, state FROM signing_keys WHERE state <> 'retired' ORDER BY id",
+type RingRow = (
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<String>,
+    String,
+);
+
+async fn load_ring(pool: &PgPool, encryption: &KeyEncryption) -> Result<KeyRing, KeyError> {
+    let rows: Vec<RingRow> = sqlx::query_as(
+        "SELECT kid, public_key, private_key, private_key_sealed, kek_id, state FROM signing_keys \
+         WHERE state <> 'retired' ORDER BY id",
     )
     .fetch_all(pool)
     .await?;
     let mut keys = KeySet::new();
     let mut jwks = JwkSet::default();
     let mut signer = None;
-    for (kid, public, private, state) in rows {
+    for (kid, public, plain, sealed, kek_id, state) in rows {
         let public: [u8; 32] = public
             .try_into()
             .map_err(|_| KeyError::Corrupt(kid.clone()))?;
@@ -248,9 +351,11 @@ async fn load_ring(pool: &PgPool) -> Result<KeyRing, KeyError> {
         keys.insert(&kid, public);
         jwks.keys.push(Jwk::from_ed25519(&kid, &public));
         if state == "active" {
-            let private: [u8; 32] = private
-                .try_into()
-                .map_err(|_| KeyError::Corrupt(kid.clone()))?;
+            let private = encryption.open(
+                &kid,
+                plain.as_deref(),
+                sealed.as_deref().zip(kek_id.as_deref()),
+            )?;
             signer = Some(QrSigner::new(&kid, private));
         }
     }

@@ -16,6 +16,7 @@ pub mod db;
 pub mod device;
 pub mod error;
 pub mod http;
+pub mod kek;
 pub mod keys;
 pub mod lifecycle;
 pub mod listener;

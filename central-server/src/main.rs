@@ -66,6 +66,11 @@ enum KeysAction {
     Retire { kid: String },
     /// List every key with its state.
     List,
+    /// Seal every signing key with the current key-encryption key (a server does it at start
+    /// too): after turning encryption on, or rotating the KEK.
+    Reseal,
+    /// Print a fresh key-encryption key (64 hex digits) for `key_encryption_key_file`.
+    GenerateKek,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,15 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if matches!(
+        cli.command,
+        Command::Keys {
+            action: KeysAction::GenerateKek
+        }
+    ) {
+        println!("{}", central_server::kek::Kek::generate_hex());
+        return ExitCode::SUCCESS;
+    }
     if matches!(cli.command, Command::Openapi) {
         let document = central_server::openapi::document();
         return match serde_json::to_string_pretty(&document) {
@@ -193,7 +207,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 .await
                 .context("connecting")?;
             db::migrate(&pool).await.context("migrating")?;
-            keys::ensure_active_key(&pool)
+            let encryption = key_encryption(&settings)?;
+            keys::ensure_active_key(&pool, &encryption)
                 .await
                 .context("creating a signing key")?;
             match seed::apply(&pool, &parsed).await {
@@ -245,14 +260,19 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         }
         // Answered before the settings are read.
         Command::Openapi => Ok(ExitCode::SUCCESS),
+        // Answered before the settings are read.
+        Command::Keys {
+            action: KeysAction::GenerateKek,
+        } => Ok(ExitCode::SUCCESS),
         Command::Keys { action } => {
+            let encryption = key_encryption(&settings)?;
             let pool = db::connect(&settings.database_url, 2)
                 .await
                 .context("connecting")?;
             db::migrate(&pool).await.context("migrating")?;
             match action {
                 KeysAction::Rotate => {
-                    let kid = keys::rotate(&pool).await?;
+                    let kid = keys::rotate(&pool, &encryption).await?;
                     println!(
                         "new active signing key: {kid} (running servers publish it within {} s)",
                         settings.key_refresh_secs
@@ -262,6 +282,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     keys::retire(&pool, &kid).await?;
                     println!("key {kid} retired: tokens it signed no longer verify");
                 }
+                KeysAction::Reseal => {
+                    let Some(kek) = &encryption.current else {
+                        anyhow::bail!("no key-encryption key configured (key_encryption_key_file)");
+                    };
+                    let changed = keys::reseal(&pool, &encryption).await?;
+                    println!(
+                        "{changed} signing keys sealed with key-encryption key {}",
+                        kek.id()
+                    );
+                }
+                KeysAction::GenerateKek => {}
                 KeysAction::List => {
                     for key in keys::list(&pool).await? {
                         let retired = key
@@ -280,6 +311,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn key_encryption(settings: &Settings) -> anyhow::Result<central_server::kek::KeyEncryption> {
+    central_server::kek::KeyEncryption::load(
+        settings.key_encryption_key_file.as_deref(),
+        settings.previous_key_encryption_key_file.as_deref(),
+    )
+    .context("reading the key-encryption key")
 }
 
 async fn shutdown_signal() {

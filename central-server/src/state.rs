@@ -34,8 +34,27 @@ pub struct AppState {
 pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
     let pool = db::connect(&settings.database_url, settings.db_max_connections).await?;
     db::migrate(&pool).await?;
-    keys::ensure_active_key(&pool).await?;
-    let keys = KeyStore::load(pool.clone()).await?;
+    let encryption = crate::kek::KeyEncryption::load(
+        settings.key_encryption_key_file.as_deref(),
+        settings.previous_key_encryption_key_file.as_deref(),
+    )
+    .map_err(keys::KeyError::from)?;
+    match &encryption.current {
+        Some(kek) => {
+            let resealed = keys::reseal(&pool, &encryption).await?;
+            tracing::info!(
+                kek = kek.id(),
+                resealed,
+                "signing keys are sealed with the key-encryption key"
+            );
+        }
+        None => tracing::warn!(
+            "no key-encryption key (key_encryption_key_file, or the systemd credential kek): \
+             QR signing keys are stored unencrypted, and a database dump can mint tickets"
+        ),
+    }
+    keys::ensure_active_key(&pool, &encryption).await?;
+    let keys = KeyStore::load(pool.clone(), Arc::new(encryption)).await?;
     let secret = operator_jwt_secret(&pool, settings.jwt_secret.as_deref()).await?;
     let dummy_hash = tokio::task::spawn_blocking(|| hash_password("stile-dummy-password"))
         .await

@@ -1155,3 +1155,77 @@ async fn device_credentials_are_revoked_rotated_and_enrolled() {
     assert_eq!(status, StatusCode::FORBIDDEN, "another merchant's device");
     server.stop().await;
 }
+
+async fn plaintext_keys(server: &TestServer) -> i64 {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM signing_keys WHERE private_key IS NOT NULL")
+            .fetch_one(&server.pool)
+            .await
+            .expect("count");
+    count
+}
+
+/// Signing keys are sealed with the key-encryption key: a database dump alone cannot sign,
+/// a server without the KEK cannot start, and the KEK rotates (old and new given for one
+/// restart) without a token going invalid.
+#[tokio::test]
+async fn signing_keys_are_sealed_at_rest_and_the_kek_rotates() {
+    use central_server::kek::{Kek, KeyEncryption};
+    let dir = tempfile::tempdir().expect("dir");
+    let (old_kek, new_kek) = (dir.path().join("kek-old"), dir.path().join("kek-new"));
+    std::fs::write(&old_kek, Kek::generate_hex()).expect("write");
+    std::fs::write(&new_kek, Kek::generate_hex()).expect("write");
+
+    // Before encryption: the key is stored in the clear.
+    let server = TestServer::start().await;
+    let url = server.database_url.clone();
+    let east = server.login("op-east").await;
+    let before = server.issue_qr("TK-1001-2", OTA_KEY).await;
+    assert_eq!(plaintext_keys(&server).await, 1);
+    server.stop().await;
+
+    // With a KEK: sealed at start, nothing in the clear, a dump alone cannot sign.
+    let kek = old_kek.clone();
+    let server = TestServer::start_on(&url, |s| s.key_encryption_key_file = Some(kek)).await;
+    assert_eq!(plaintext_keys(&server).await, 0);
+    assert!(
+        central_server::keys::active_signer(&server.pool, &KeyEncryption::none()).await.is_err(),
+        "the database alone opened the key"
+    );
+    let (status, body) = server.scan(&east, &before.qr_token, "SHOW").await;
+    assert_eq!(status, StatusCode::OK, "a token from before still redeems: {body}");
+    let during = server.issue_qr("TK-1001-2", OTA_KEY).await;
+    server.stop().await;
+
+    // Without the KEK the server refuses to start, naming the missing key.
+    let settings = central_server::config::Settings::for_database(&url).expect("settings");
+    let refused = central_server::build_state(settings).await;
+    let error = refused.err().expect("started without its KEK").to_string();
+    assert!(error.contains("key-encryption key"), "{error}");
+
+    // Rotation: new as current, old as previous for one start; then the new one alone.
+    let (current, previous) = (new_kek.clone(), old_kek.clone());
+    let server = TestServer::start_on(&url, |s| {
+        s.key_encryption_key_file = Some(current);
+        s.previous_key_encryption_key_file = Some(previous);
+    })
+    .await;
+    server.stop().await;
+    let current = new_kek.clone();
+    let server = TestServer::start_on(&url, |s| s.key_encryption_key_file = Some(current)).await;
+    let (status, body) = server.scan(&east, &during.qr_token, "SHOW").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.issue_qr("TK-1001-2", OTA_KEY).await;
+    let (kek_ids,): (i64,) =
+        sqlx::query_as("SELECT count(DISTINCT kek_id) FROM signing_keys")
+            .fetch_one(&server.pool)
+            .await
+            .expect("kek ids");
+    assert_eq!(kek_ids, 1, "every key resealed with the new KEK");
+    server.stop().await;
+    // The old KEK alone no longer opens anything.
+    let old = old_kek.clone();
+    let mut settings = central_server::config::Settings::for_database(&url).expect("settings");
+    settings.key_encryption_key_file = Some(old);
+    assert!(central_server::build_state(settings).await.is_err());
+}

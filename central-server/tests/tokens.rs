@@ -126,9 +126,10 @@ async fn rotation_keeps_old_tokens_valid_until_the_old_key_is_retired() {
     let old_entry = server.issue_qr("TK-CONC", OTA_KEY).await;
     assert_eq!(header_kid(&old_show.qr_token), "k1");
 
-    let new_kid = central_server::keys::rotate(&server.pool)
-        .await
-        .expect("rotate");
+    let new_kid =
+        central_server::keys::rotate(&server.pool, &central_server::kek::KeyEncryption::none())
+            .await
+            .expect("rotate");
     assert_eq!(new_kid, "k2");
     // The running server publishes and signs with the new key on its own (refresh loop).
     wait_for_kids(&server, &["k1", "k2"]).await;

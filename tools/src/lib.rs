@@ -40,18 +40,14 @@ pub async fn sign_bench_tokens(
     merchant_code: &str,
     tickets: usize,
 ) -> anyhow::Result<Vec<String>> {
-    use stile_shared::token::{Jti, QrClaims, QrSigner};
+    use stile_shared::token::{Jti, QrClaims};
     const BATCH: usize = 10_000;
     let started = Instant::now();
-    let (kid, private_key): (String, Vec<u8>) =
-        sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE state = 'active'")
-            .fetch_one(pool)
+    // The benchmarks' databases have no key-encryption key.
+    let signer =
+        central_server::keys::active_signer(pool, &central_server::kek::KeyEncryption::none())
             .await
             .context("reading the active signing key")?;
-    let private_key: [u8; 32] = private_key
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("signing key {kid} is not 32 bytes"))?;
-    let signer = QrSigner::new(&kid, private_key);
     let iat = chrono::Utc::now().timestamp();
     let mut tokens = Vec::with_capacity(tickets);
     let mut codes = Vec::with_capacity(BATCH);

@@ -227,12 +227,17 @@ impl TestServer {
 
     /// The active signing key, as the server holds it: for tokens a test must date itself.
     pub async fn active_signer(&self) -> QrSigner {
-        let (kid, private): (String, Vec<u8>) =
-            sqlx::query_as("SELECT kid, private_key FROM signing_keys WHERE state = 'active'")
-                .fetch_one(&self.pool)
-                .await
-                .expect("active key");
-        QrSigner::new(&kid, private.try_into().expect("32 bytes"))
+        let encryption = central_server::kek::KeyEncryption::load(
+            self.state.settings.key_encryption_key_file.as_deref(),
+            self.state
+                .settings
+                .previous_key_encryption_key_file
+                .as_deref(),
+        )
+        .expect("the server's key-encryption keys");
+        central_server::keys::active_signer(&self.pool, &encryption)
+            .await
+            .expect("active key")
     }
 
     /// A token signed by the server's real key, issued at `iat`, made the ticket's current QR.

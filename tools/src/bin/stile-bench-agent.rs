@@ -177,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
     central_server::db::migrate(&pool)
         .await
         .context("migrating")?;
-    central_server::keys::ensure_active_key(&pool)
+    central_server::keys::ensure_active_key(&pool, &central_server::kek::KeyEncryption::none())
         .await
         .context("creating the signing key")?;
     bench::seed(

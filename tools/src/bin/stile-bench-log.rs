@@ -56,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
     let (url, _cluster) = stile_tools::database("stile_bench_log", &options).await?;
     let pool = central_server::db::connect(&url, 4).await?;
     central_server::db::migrate(&pool).await?;
-    central_server::keys::ensure_active_key(&pool).await?;
+    central_server::keys::ensure_active_key(&pool, &central_server::kek::KeyEncryption::none())
+        .await?;
 
     let started = Instant::now();
     seed(&pool, &args).await?;

@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     central_server::db::migrate(&pool)
         .await
         .context("migrating")?;
-    central_server::keys::ensure_active_key(&pool)
+    central_server::keys::ensure_active_key(&pool, &central_server::kek::KeyEncryption::none())
         .await
         .context("creating the signing key")?;
 
