@@ -1189,11 +1189,17 @@ async fn signing_keys_are_sealed_at_rest_and_the_kek_rotates() {
     let server = TestServer::start_on(&url, |s| s.key_encryption_key_file = Some(kek)).await;
     assert_eq!(plaintext_keys(&server).await, 0);
     assert!(
-        central_server::keys::active_signer(&server.pool, &KeyEncryption::none()).await.is_err(),
+        central_server::keys::active_signer(&server.pool, &KeyEncryption::none())
+            .await
+            .is_err(),
         "the database alone opened the key"
     );
     let (status, body) = server.scan(&east, &before.qr_token, "SHOW").await;
-    assert_eq!(status, StatusCode::OK, "a token from before still redeems: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a token from before still redeems: {body}"
+    );
     let during = server.issue_qr("TK-1001-2", OTA_KEY).await;
     server.stop().await;
 
@@ -1216,11 +1222,10 @@ async fn signing_keys_are_sealed_at_rest_and_the_kek_rotates() {
     let (status, body) = server.scan(&east, &during.qr_token, "SHOW").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     server.issue_qr("TK-1001-2", OTA_KEY).await;
-    let (kek_ids,): (i64,) =
-        sqlx::query_as("SELECT count(DISTINCT kek_id) FROM signing_keys")
-            .fetch_one(&server.pool)
-            .await
-            .expect("kek ids");
+    let (kek_ids,): (i64,) = sqlx::query_as("SELECT count(DISTINCT kek_id) FROM signing_keys")
+        .fetch_one(&server.pool)
+        .await
+        .expect("kek ids");
     assert_eq!(kek_ids, 1, "every key resealed with the new KEK");
     server.stop().await;
     // The old KEK alone no longer opens anything.

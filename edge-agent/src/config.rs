@@ -112,12 +112,38 @@ pub struct OperatorLogin {
     pub password: String,
 }
 
+/// How the gate proves to the central that it is itself.
+#[derive(Clone)]
+pub enum DeviceCredential {
+    /// A secret configured as it is (`device_secret`).
+    Secret(String),
+    /// A one-time enrollment code (`enrollment_code`): exchanged at the first start for the
+    /// secret, which is kept in the state directory from then on.
+    Enrollment(String),
+}
+
+impl std::fmt::Debug for DeviceCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceCredential::Secret(secret) => {
+                write!(
+                    f,
+                    "device_secret (set, {} characters)",
+                    secret.chars().count()
+                )
+            }
+            DeviceCredential::Enrollment(_) => f.write_str("enrollment_code (set)"),
+        }
+    }
+}
+
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     device_id: Option<String>,
     device_secret: Option<String>,
+    enrollment_code: Option<String>,
     central_url: Option<String>,
     venue_code: Option<String>,
     function_code: Option<String>,
@@ -144,7 +170,7 @@ struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub device_id: Identifier,
-    pub device_secret: String,
+    pub credential: DeviceCredential,
     pub central_url: String,
     pub venue_code: Identifier,
     /// The gate's entitlement (switchable on the device).
@@ -286,6 +312,7 @@ impl AgentConfig {
             match key.as_ref() {
                 "STILE_AGENT_DEVICE_ID" => file.device_id = Some(value),
                 "STILE_AGENT_DEVICE_SECRET" => file.device_secret = Some(value),
+                "STILE_AGENT_ENROLLMENT_CODE" => file.enrollment_code = Some(value),
                 "STILE_AGENT_CENTRAL_URL" => file.central_url = Some(value),
                 "STILE_AGENT_VENUE_CODE" => file.venue_code = Some(value),
                 "STILE_AGENT_FUNCTION_CODE" => file.function_code = Some(value),
@@ -318,14 +345,32 @@ impl AgentConfig {
             required(file.venue_code, "venue_code", "VENUE_CODE")?,
             "venue_code",
         )?;
-        let device_secret = required(file.device_secret, "device_secret", "DEVICE_SECRET")?;
         let min_secret = stile_shared::domain::MIN_SECRET_LEN;
-        if device_secret.chars().count() < min_secret {
-            return Err(invalid(
-                "device_secret",
-                format!("must be at least {min_secret} characters"),
-            ));
-        }
+        let secret = file.device_secret.filter(|v| !v.trim().is_empty());
+        let code = file.enrollment_code.filter(|v| !v.trim().is_empty());
+        let credential = match (secret, code) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "device_secret",
+                    "set device_secret or enrollment_code, not both",
+                ))
+            }
+            (Some(secret), None) if secret.chars().count() < min_secret => {
+                return Err(invalid(
+                    "device_secret",
+                    format!("must be at least {min_secret} characters"),
+                ))
+            }
+            (Some(secret), None) => DeviceCredential::Secret(secret),
+            (None, Some(code)) if code.chars().count() < min_secret => {
+                return Err(invalid(
+                    "enrollment_code",
+                    format!("must be at least {min_secret} characters"),
+                ))
+            }
+            (None, Some(code)) => DeviceCredential::Enrollment(code),
+            (None, None) => return Err(ConfigError::Missing("device_secret", "DEVICE_SECRET")),
+        };
         let function_raw = file.function_code.unwrap_or_else(|| "ENTRY".into());
         let function_code = stile_shared::FunctionCode::parse(&function_raw)
             .map_err(|error| invalid("function_code", error.to_string()))?;
@@ -368,7 +413,7 @@ impl AgentConfig {
         }
         let config = AgentConfig {
             device_id,
-            device_secret,
+            credential,
             central_url,
             venue_code,
             function_code,
@@ -451,9 +496,9 @@ impl AgentConfig {
     /// The settings as `check-config` prints them, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "device_id = {}\ndevice_secret = (set, {} characters)\napi_token = {}\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\n",
+            "device_id = {}\ncredential = {:?}\napi_token = {}\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\n",
             self.device_id,
-            self.device_secret.len(),
+            self.credential,
             if self.api_token.is_some() { "(set)" } else { "(unset: POST /api/scan is closed)" },
             self.central_url,
             self.venue_code,
@@ -535,6 +580,17 @@ mod tests {
             ),
             (&format!("{MINIMAL}\ndebounce_secs = 0"), "debounce_secs"),
             (&MINIMAL.replace("dev-secret-1", "x"), "device_secret"),
+            (
+                &MINIMAL.replace(
+                    "device_secret = \"dev-secret-1\"",
+                    "device_secret = \"dev-secret-1\"\nenrollment_code = \"0123456789\"",
+                ),
+                "not both",
+            ),
+            (
+                &MINIMAL.replace("device_secret = \"dev-secret-1\"", "enrollment_code = \"short\""),
+                "enrollment_code",
+            ),
             (
                 &MINIMAL.replace("http://127.0.0.1:8080/", "http://"),
                 "central_url",

@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, watch};
 pub enum DaemonError {
     #[error(transparent)]
     Gate(#[from] GateError),
+    #[error(transparent)]
+    Enroll(#[from] crate::uplink::enroll::EnrollError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -84,7 +86,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let listen = config.listen;
     let grace = config.shutdown_grace;
-    let gate = Arc::new(Gate::open(config)?);
+    let secret = crate::uplink::enroll::device_secret(&config).await?;
+    let gate = Arc::new(Gate::open(config, &secret)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DaemonError::Listen {

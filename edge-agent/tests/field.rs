@@ -1080,7 +1080,7 @@ async fn a_lost_store_refuses_offline_decisions_until_it_has_resynced() {
     let text = std::fs::read_to_string(&config_path).expect("config");
     let config = edge_agent::config::AgentConfig::parse(&text, Vec::<(String, String)>::new())
         .expect("settings");
-    let gate = std::sync::Arc::new(Gate::open(config).expect("a new store"));
+    let gate = std::sync::Arc::new(Gate::open(config, "dev-secret-1").expect("a new store"));
     let token = central.issue_qr("TK-B0", OTA).await;
     gate.ensure_session().await.expect("operator");
     keys_once(&gate).await.expect("keys");
@@ -1190,4 +1190,77 @@ async fn a_wrong_password_is_logged_as_one() {
     .expect("stderr");
     assert!(output.contains("wrong username or password"), "{output}");
     assert!(!output.contains("session expired"), "{output}");
+}
+
+/// A new gate gets no secret in a file: it is enrolled with a one-time code (made here the
+/// way the admin API makes it), exchanges it on its first start, keeps the secret in its
+/// state directory (0600), and starts again after a reboot although the code is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gate_enrolls_with_a_one_time_code_and_keeps_its_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let central = CentralProcess::start(&[]).await;
+    let device = stile_shared::Identifier::parse("dev-enrolled-1").expect("id");
+    let (code, _) = central_server::lifecycle::create_enrollment(
+        &central.pool,
+        &device,
+        &stile_shared::Identifier::parse("M001").expect("merchant"),
+        &stile_shared::Identifier::parse("GATE-EAST").expect("venue"),
+        chrono::Duration::minutes(10),
+    )
+    .await
+    .expect("enrollment code");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = agent_config(
+        "dev-enrolled-1",
+        "unused",
+        "GATE-EAST",
+        &central.base,
+        &dir.path().join("state"),
+        port,
+        "",
+    )
+    .replace(
+        "device_secret = \"unused\"",
+        &format!("enrollment_code = \"{code}\""),
+    );
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, &config).expect("config");
+    let mut agent = AgentProcess::start(&config_path, port).await;
+    wait_status(&agent.base, LIMIT, "first sync after enrolling", is_synced).await;
+    let kept = dir.path().join("state").join("device-secret");
+    let mode = std::fs::metadata(&kept)
+        .expect("the secret is kept")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the kept secret is private");
+    agent.kill();
+    // The code is spent now; the gate restarts on the secret it kept.
+    let agent = AgentProcess::start(&config_path, port).await;
+    wait_status(&agent.base, LIMIT, "sync after a restart", is_synced).await;
+    drop(agent);
+
+    // A spent code on a fresh gate is refused at start, and the process says why.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_port = free_port();
+    let other_config = config.replace(
+        &dir.path().join("state").display().to_string(),
+        &other.path().join("state").display().to_string(),
+    );
+    let other_path = other.path().join("agent.toml");
+    std::fs::write(
+        &other_path,
+        other_config.replace(
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{other_port}"),
+        ),
+    )
+    .expect("config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["run", "--config", other_path.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("enrollment_code"), "{stderr}");
 }

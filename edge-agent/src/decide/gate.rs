@@ -112,7 +112,9 @@ pub enum LoginFailure {
 }
 
 impl Gate {
-    pub fn open(config: AgentConfig) -> Result<Gate, GateError> {
+    /// Opens the gate's store and state; `device_secret` is the credential it authenticates
+    /// with (see [`crate::uplink::enroll`]).
+    pub fn open(config: AgentConfig, device_secret: &str) -> Result<Gate, GateError> {
         let store = Store::open(&config.database_path())?;
         let jwks = store.keys()?.unwrap_or_default();
         // A gate rebooted during an outage keeps its operator (until the session expires).
@@ -134,7 +136,7 @@ impl Gate {
         let central = Central::new(
             &config.central_url,
             config.device_id.as_str(),
-            &config.device_secret,
+            device_secret,
         )?;
         Ok(Gate {
             function_code: RwLock::new(config.function_code.clone()),

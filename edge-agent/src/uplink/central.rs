@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};
 use stile_shared::api::{
-    DecisionUpload, ErrorBody, LoginRequest, LoginResponse, OfflineDecision, ScanRequest,
-    ScanResponse, TicketFeedPage, UploadResponse,
+    DecisionUpload, EnrollRequest, EnrollResponse, ErrorBody, LoginRequest, LoginResponse,
+    OfflineDecision, ScanRequest, ScanResponse, TicketFeedPage, UploadResponse,
 };
 use stile_shared::token::JwkSet;
+use stile_shared::Identifier;
 
 /// Why a call to the central did not give an answer.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,35 @@ pub struct Central {
     client: reqwest::Client,
     base: String,
     device_credential: String,
+}
+
+/// `POST /device/enroll`: exchanges a one-time enrollment code for the device's secret.
+pub async fn enroll(base: &str, device_id: &Identifier, code: &str) -> Result<String, CallError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|error| CallError::Unreadable(error.to_string()))?;
+    let response = client
+        .post(format!("{}/device/enroll", base.trim_end_matches('/')))
+        .json(&EnrollRequest {
+            device_id: device_id.clone(),
+            code: code.to_owned(),
+        })
+        .send()
+        .await
+        .map_err(classify)?;
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(CallError::Unauthorized);
+    }
+    let response = response
+        .error_for_status()
+        .map_err(|error| CallError::Unreadable(error.to_string()))?;
+    let answer: EnrollResponse = response
+        .json()
+        .await
+        .map_err(|error| CallError::Unreadable(error.to_string()))?;
+    Ok(answer.secret)
 }
 
 impl Central {

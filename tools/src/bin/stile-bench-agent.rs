@@ -1022,7 +1022,7 @@ impl LocalGate {
         let text = agent_toml(central_url, state_dir, 9);
         let config = AgentConfig::parse(&text, Vec::<(String, String)>::new())
             .context("the in-process gate's settings")?;
-        let gate = Gate::open(config).context("opening the in-process gate")?;
+        let gate = Gate::open(config, DEVICE_SECRET).context("opening the in-process gate")?;
         Ok(LocalGate {
             gate: Arc::new(gate),
         })
