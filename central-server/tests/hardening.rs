@@ -256,6 +256,8 @@ fn arbitrary_strings_in_any_field_never_get_a_5xx() {
                 ("/merchant/tickets/scan", Some(east.as_str()), json!({"code": "ORD-1001", "location_id": text, "session_id": text})),
                 ("/device/decisions", Some(EAST_DEVICE), json!({"decisions": [{"scan_id": text, "qr_token": text, "function_code": "ENTRY", "decided_at": text, "operator_id": device_op}]})),
                 ("/device/decisions", Some(EAST_DEVICE), json!({"decisions": [{"scan_id": uuid::Uuid::new_v4().to_string(), "qr_token": text, "function_code": "ENTRY", "decided_at": "2026-01-01T00:00:00Z", "operator_id": device_op}]})),
+                ("/device/enroll", None, json!({"device_id": text, "code": text})),
+                ("/device/enroll", None, json!({"device_id": "dev-east-1", "code": text})),
             ];
             for (path, bearer, body) in body_cases {
                 let (status, _) = server.post_json(path, bearer, body).await;
@@ -1233,4 +1235,118 @@ async fn signing_keys_are_sealed_at_rest_and_the_kek_rotates() {
     let mut settings = central_server::config::Settings::for_database(&url).expect("settings");
     settings.key_encryption_key_file = Some(old);
     assert!(central_server::build_state(settings).await.is_err());
+}
+
+/// Nothing a client sends can forge a log line: identifiers with a newline are refused
+/// before anything is logged, and the text log of the real binary has no line the client
+/// wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_write_a_line_into_the_log() {
+    let url = common::seeded_database().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let log_path = dir.path().join("central.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_central-server"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &url)
+        .env("STILE_OPS_LISTEN", "127.0.0.1:0")
+        .env("STILE_LOG_FORMAT", "text")
+        .env("RUST_LOG", "debug,sqlx=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..300 {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "server did not start");
+    const FORGED: &str = "FORGED-LOG-LINE";
+    let inject = format!("x\nINFO central_server: {FORGED}");
+    let login: Value = client
+        .post(format!("{base}/operators/login"))
+        .json(&json!({"username": "op-east", "password": common::PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["token"].as_str().expect("token").to_owned();
+    let attempts = [
+        json!({"username": inject, "password": "x"}),
+        json!({"username": "op-east", "password": inject}),
+    ];
+    for body in attempts {
+        client
+            .post(format!("{base}/operators/login"))
+            .json(&body)
+            .send()
+            .await
+            .expect("login");
+    }
+    for field in [
+        "device_id",
+        "venue_code",
+        "function_code",
+        "scan_id",
+        "qr_token",
+    ] {
+        let mut body = json!({"qr_token": "a.b.c", "function_code": "ENTRY",
+                              "venue_code": "GATE-EAST", "device_id": "dev-east-1"});
+        body[field] = json!(inject);
+        client
+            .post(format!("{base}/venue/scan"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .expect("scan");
+    }
+    for path in [
+        "/merchant/orders/x%0AINFO%20FORGED-LOG-LINE",
+        "/venue/scan/x%0AFORGED-LOG-LINE",
+    ] {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+    }
+    client
+        .get(format!("{base}/device/tickets"))
+        .bearer_auth(format!("dev{FORGED}:secret"))
+        .send()
+        .await
+        .expect("device");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        text.contains("operator logged in"),
+        "the log was written: {text}"
+    );
+    for line in text.lines() {
+        assert!(
+            !line.trim_start().starts_with("INFO central_server: FORGED"),
+            "a forged line: {line}"
+        );
+        assert!(!line.contains(FORGED), "client text in the log: {line}");
+    }
 }

@@ -588,7 +588,10 @@ mod tests {
                 "not both",
             ),
             (
-                &MINIMAL.replace("device_secret = \"dev-secret-1\"", "enrollment_code = \"short\""),
+                &MINIMAL.replace(
+                    "device_secret = \"dev-secret-1\"",
+                    "enrollment_code = \"short\"",
+                ),
                 "enrollment_code",
             ),
             (
