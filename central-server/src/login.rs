@@ -7,10 +7,11 @@
 //! - **Made-up usernames** are counted the same way in memory ([`Throttle`]), so they write
 //!   no row and answer exactly like a known user with a wrong password.
 //! - **Per source address**, in memory: a flood from one address is refused before any hash.
-//! - **Hashing**: at most [`Settings::hash_workers`](crate::config::Settings::hash_workers)
-//!   argon2id evaluations at once (about 19 MiB each), with a bounded queue behind them; a
-//!   full queue is 429 with `Retry-After`. Memory stays within workers × 19 MiB whatever
-//!   arrives, and scans (which never hash) keep at least one core.
+//! - **Hashing**: on [`Settings::hash_workers`](crate::config::Settings::hash_workers)
+//!   threads of their own (argon2id holds about 19 MiB each), with a bounded queue in front;
+//!   a login is admitted to the queue before the database is asked anything, and a full
+//!   queue is 429 with `Retry-After`. Memory stays within workers × 19 MiB whatever arrives,
+//!   and scans (which never hash) keep at least one core and their database connections.
 
 use crate::auth::{verify_password, AuthenticatedOperator};
 use crate::error::AppError;
@@ -22,7 +23,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use stile_shared::Identifier;
-use tokio::sync::Semaphore;
 
 /// Waiting hashes allowed per hashing worker before logins are refused with 429.
 pub const QUEUE_PER_WORKER: usize = 8;
@@ -84,11 +84,71 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
 /// The login guard every server process holds.
 #[derive(Debug)]
 pub struct LoginGuard {
-    hashing: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_waiting: usize,
+    hashers: Hashers,
+    /// Logins admitted and not finished (checking their password, or waiting to).
+    admitted: Arc<AtomicUsize>,
+    capacity: usize,
     addresses: Mutex<Throttle<IpAddr>>,
     unknown: Mutex<Throttle<String>>,
+}
+
+/// A fixed set of threads that check passwords, one at a time each: argon2id's 19 MiB
+/// live in these threads' memory only, so a flood cannot grow the process (the blocking
+/// pool would spread hashes over up to 512 threads, each keeping its own allocator arena).
+#[derive(Debug)]
+struct Hashers {
+    jobs: Mutex<std::sync::mpsc::Sender<HashJob>>,
+}
+
+type HashJob = (String, String, tokio::sync::oneshot::Sender<bool>);
+
+impl Hashers {
+    fn start(workers: usize) -> Hashers {
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for worker in 0..workers {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{worker}"))
+                .spawn(move || loop {
+                    let job = {
+                        let queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+                        queue.recv()
+                    };
+                    let Ok((hash, password, answer)) = job else {
+                        return;
+                    };
+                    let _ = answer.send(verify_password(&hash, &password));
+                });
+            if let Err(error) = spawned {
+                tracing::error!(error = %error, "cannot start a password-check thread");
+            }
+        }
+        Hashers {
+            jobs: Mutex::new(jobs),
+        }
+    }
+
+    async fn check(&self, hash: String, password: String) -> Result<bool, AppError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            jobs.send((hash, password, answer))
+                .map_err(|_| AppError::Internal("password-check threads are gone".into()))?;
+        }
+        answered
+            .await
+            .map_err(|_| AppError::Internal("a password-check thread stopped".into()))
+    }
+}
+
+/// A login's place among the admitted; given back when dropped.
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl LoginGuard {
@@ -96,9 +156,9 @@ impl LoginGuard {
         let workers = settings.hash_workers();
         let window = Duration::seconds(settings.login_window_secs);
         LoginGuard {
-            hashing: Arc::new(Semaphore::new(workers)),
-            waiting: AtomicUsize::new(0),
-            max_waiting: workers * QUEUE_PER_WORKER,
+            hashers: Hashers::start(workers),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            capacity: workers * (1 + QUEUE_PER_WORKER),
             addresses: Mutex::new(Throttle::new(
                 settings.login_max_failures_per_address,
                 window,
@@ -110,6 +170,14 @@ impl LoginGuard {
                 THROTTLE_CAPACITY,
             )),
         }
+    }
+
+    /// A place for one more login (checking or waiting), or `None` when the queue is full:
+    /// taken before the database is asked anything, so a flood costs no query.
+    fn admit(&self) -> Option<Admission> {
+        let before = self.admitted.fetch_add(1, Ordering::SeqCst);
+        let admission = Admission(self.admitted.clone());
+        (before < self.capacity).then_some(admission)
     }
 
     fn charge_address(&self, address: IpAddr, now: DateTime<Utc>) -> Result<(), Throttled> {
@@ -125,41 +193,6 @@ impl LoginGuard {
     fn charge_unknown(&self, username: &str, now: DateTime<Utc>) -> Result<(), Throttled> {
         let mut unknown = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
         unknown.charge(&username.to_owned(), now).map(|_| ())
-    }
-
-    /// Checks `password` against `hash` on the blocking pool, under the global bound.
-    async fn verify(&self, hash: String, password: String) -> Result<bool, AppError> {
-        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
-        let leave = LeaveQueue(&self.waiting);
-        if queued >= self.max_waiting {
-            return Err(AppError::TooManyRequests {
-                retry_after_secs: 1,
-            });
-        }
-        let permit = self
-            .hashing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| AppError::Internal("hashing semaphore closed".into()))?;
-        drop(leave);
-        // The permit moves into the blocking task: a client that hangs up does not free a
-        // slot while its hash still runs.
-        tokio::task::spawn_blocking(move || {
-            let ok = verify_password(&hash, &password);
-            drop(permit);
-            ok
-        })
-        .await
-        .map_err(|error| AppError::Internal(format!("password check: {error}")))
-    }
-}
-
-struct LeaveQueue<'a>(&'a AtomicUsize);
-
-impl Drop for LeaveQueue<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -185,6 +218,12 @@ pub async fn log_in(
         state.metrics.record_login_failure();
         return Err(throttled);
     }
+    let Some(_admission) = guard.admit() else {
+        state.metrics.record_login_failure();
+        return Err(AppError::TooManyRequests {
+            retry_after_secs: 1,
+        });
+    };
     let since = now - Duration::seconds(window);
     let charged: Option<ChargedOperator> = sqlx::query_as(
         "UPDATE operators o SET \
@@ -215,7 +254,10 @@ pub async fn log_in(
         .as_ref()
         .map(|(_, hash, _, _, _, _, _)| hash.clone())
         .unwrap_or_else(|| state.dummy_hash.to_string());
-    let password_ok = guard.verify(stored_hash, password.to_owned()).await?;
+    let password_ok = guard
+        .hashers
+        .check(stored_hash, password.to_owned())
+        .await?;
     match charged {
         // A disabled operator's right password is refused like a wrong one.
         Some((id, _, merchant_id, merchant_code, _, generation, false)) if password_ok => {

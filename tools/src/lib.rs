@@ -28,6 +28,48 @@ pub fn sibling_binary(name: &str, override_var: &str) -> anyhow::Result<PathBuf>
 }
 
 /// The `central-server` binary next to the running tool, or `STILE_CENTRAL_SERVER_BIN`.
+/// The repository root a tool works in (where `marker` is): `explicit`, else the current
+/// directory when it has the marker, else the source tree the tool was built from.
+pub fn repository_root(explicit: Option<PathBuf>, marker: &str) -> anyhow::Result<PathBuf> {
+    if let Some(root) = explicit {
+        return Ok(root);
+    }
+    let current = std::env::current_dir().context("reading the current directory")?;
+    if current.join(marker).is_file() {
+        return Ok(current);
+    }
+    let built_from = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    if built_from.join(marker).is_file() {
+        return Ok(built_from.to_path_buf());
+    }
+    anyhow::bail!(
+        "{marker} not found in {} nor in {}: run from the repository root or pass --root",
+        current.display(),
+        built_from.display()
+    )
+}
+
+/// Runs `central-server ARGS` against the database (migrate, seed, ...); fails with its
+/// stderr. Returns what it printed.
+pub fn central_server_command(database_url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let binary = central_server_binary()?;
+    let output = Command::new(&binary)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running central-server {}", args.join(" ")))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "central-server {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 pub fn central_server_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("central-server", "STILE_CENTRAL_SERVER_BIN")
 }

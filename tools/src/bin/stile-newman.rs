@@ -18,10 +18,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use stile_testkit::ClusterOptions;
-use stile_tools::{central_server_binary, ServerProcess};
+use stile_tools::ServerProcess;
 
 const COLLECTION: &str = "postman/merchant-redemption-console.postman_collection.json";
 const SEED: &str = "postman/seed.json";
@@ -44,53 +44,9 @@ struct Args {
     newman_args: Vec<String>,
 }
 
-/// Where postman/, reports/ and .tools/ are.
-fn repository_root(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(root) = explicit {
-        return Ok(root);
-    }
-    let current = std::env::current_dir().context("reading the current directory")?;
-    if current.join(COLLECTION).is_file() {
-        return Ok(current);
-    }
-    let built_from = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    if built_from.join(COLLECTION).is_file() {
-        return Ok(built_from.to_path_buf());
-    }
-    bail!(
-        "{COLLECTION} not found in {} nor in {}: run from the repository root or pass --root",
-        current.display(),
-        built_from.display()
-    )
-}
-
-/// Runs `central-server ARGS` against the database; fails with its stderr.
-fn central_server(binary: &Path, database_url: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(binary)
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .with_context(|| format!("running central-server {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!(
-            "central-server {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    println!(
-        "▶ central-server {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout).trim()
-    );
-    Ok(())
-}
-
 /// Newman's exit code; a run ended by a signal counts as a failure.
 async fn run(args: Args) -> anyhow::Result<i32> {
-    let root = repository_root(args.root)?;
+    let root = stile_tools::repository_root(args.root, COLLECTION)?;
     let newman = match std::env::var_os("STILE_NEWMAN_BIN") {
         Some(path) => PathBuf::from(path),
         None => root.join(NEWMAN),
@@ -113,9 +69,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Some(_) => println!("▶ private PostgreSQL started (DATABASE_URL not set)"),
         None => println!("▶ using DATABASE_URL"),
     }
-    let binary = central_server_binary()?;
-    central_server(&binary, &database_url, &["migrate"])?;
-    central_server(&binary, &database_url, &["seed", &seed])?;
+    for args in [vec!["migrate"], vec!["seed", seed.as_str()]] {
+        let printed = stile_tools::central_server_command(&database_url, &args)?;
+        println!("▶ central-server {}: {printed}", args.join(" "));
+    }
 
     let server = ServerProcess::start(&database_url, &[("RUST_LOG", "warn")]).await?;
     println!("▶ central-server serving on {}", server.base_url);

@@ -18,10 +18,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use stile_testkit::ClusterOptions;
-use stile_tools::{central_server_binary, ServerProcess};
+use stile_tools::ServerProcess;
 
 const CONFIG: &str = "schemathesis/schemathesis.toml";
 const SEED: &str = "postman/seed.json";
@@ -48,43 +48,6 @@ struct Args {
     st_args: Vec<String>,
 }
 
-fn repository_root(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(root) = explicit {
-        return Ok(root);
-    }
-    let current = std::env::current_dir().context("reading the current directory")?;
-    if current.join(CONFIG).is_file() {
-        return Ok(current);
-    }
-    let built_from = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    if built_from.join(CONFIG).is_file() {
-        return Ok(built_from.to_path_buf());
-    }
-    bail!(
-        "{CONFIG} not found in {} nor in {}: run from the repository root or pass --root",
-        current.display(),
-        built_from.display()
-    )
-}
-
-fn central_server(binary: &Path, database_url: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(binary)
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .with_context(|| format!("running central-server {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!(
-            "central-server {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// An operator JWT from the real login.
 async fn operator_token(base_url: &str) -> anyhow::Result<String> {
     let answer: serde_json::Value = reqwest::Client::new()
@@ -105,7 +68,7 @@ async fn operator_token(base_url: &str) -> anyhow::Result<String> {
 }
 
 async fn run(args: Args) -> anyhow::Result<i32> {
-    let root = repository_root(args.root)?;
+    let root = stile_tools::repository_root(args.root, CONFIG)?;
     let st = match std::env::var_os("STILE_SCHEMATHESIS_BIN") {
         Some(path) => PathBuf::from(path),
         None => root.join(SCHEMATHESIS),
@@ -123,9 +86,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .to_owned();
     let (database_url, cluster) =
         stile_tools::database("stile_schemathesis", &ClusterOptions::default()).await?;
-    let binary = central_server_binary()?;
-    central_server(&binary, &database_url, &["migrate"])?;
-    central_server(&binary, &database_url, &["seed", &seed])?;
+    for args in [vec!["migrate"], vec!["seed", seed.as_str()]] {
+        let printed = stile_tools::central_server_command(&database_url, &args)?;
+        println!("▶ central-server {}: {printed}", args.join(" "));
+    }
     let server = ServerProcess::start(
         &database_url,
         &[
