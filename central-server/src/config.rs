@@ -295,12 +295,12 @@ impl SettingsLayer {
             })?;
         let ops_raw = self
             .ops_listen
-            .unwrap_or_else(|| "127.0.0.1:9090".to_owned());
+            .unwrap_or_else(|| "127.0.0.1:9091".to_owned());
         let ops_listen = ops_raw
             .parse::<SocketAddr>()
             .map_err(|_| ConfigError::Invalid {
                 name: "ops_listen",
-                message: format!("{ops_raw:?} is not an address like 127.0.0.1:9090"),
+                message: format!("{ops_raw:?} is not an address like 127.0.0.1:9091"),
             })?;
         let database_url = self.database_url.ok_or(ConfigError::MissingDatabaseUrl)?;
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {

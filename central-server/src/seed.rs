@@ -33,9 +33,11 @@ pub struct SeedChannel {
     pub name: String,
     pub kind: Channel,
     pub api_key: String,
-    /// Codes of the merchants this channel sells for (issues QR codes for); required, so a
-    /// channel's reach is always written down.
-    pub merchants: Vec<String>,
+    /// Codes of the merchants this channel sells for (issues QR codes for). When absent: the
+    /// merchants of this same file (the contract's example has no list), and refused when
+    /// the file has none, so a channel's reach is always written down somewhere.
+    #[serde(default)]
+    pub merchants: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,7 +224,13 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
             ));
         }
         let mut sold_for = HashSet::new();
-        for (j, merchant) in channel.merchants.iter().enumerate() {
+        if channel.merchants.is_none() && file.merchants.is_empty() {
+            return Err(invalid(
+                format!("{path}.merchants"),
+                "required when the file lists no merchants: the codes this channel sells for",
+            ));
+        }
+        for (j, merchant) in channel.merchants.iter().flatten().enumerate() {
             let mpath = format!("{path}.merchants[{j}]");
             check_code(&mpath, merchant, MAX_MERCHANT_CODE_LEN)?;
             unique(&mut sold_for, &mpath, merchant)?;
@@ -503,8 +511,12 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
         }
     }
     for (i, channel) in file.channels.iter().enumerate() {
-        let mut wanted = Vec::with_capacity(channel.merchants.len());
-        for (j, code) in channel.merchants.iter().enumerate() {
+        let listed: Vec<String> = match &channel.merchants {
+            Some(codes) => codes.clone(),
+            None => file.merchants.iter().map(|m| m.code.clone()).collect(),
+        };
+        let mut wanted = Vec::with_capacity(listed.len());
+        for (j, code) in listed.iter().enumerate() {
             let id = match merchant_ids.get(code) {
                 Some(id) => *id,
                 None => merchant_id(&mut tx, code).await?.ok_or_else(|| {
@@ -780,6 +792,24 @@ mod tests {
     fn the_readme_example_parses() {
         let file = parse(EXAMPLE).expect("example is valid");
         assert_eq!(file.merchants[0].code, "M001");
+    }
+
+    #[test]
+    fn the_contracts_example_with_channels_without_a_merchant_list_parses() {
+        let contract = r#"{
+          "channels": [{"name": "miniapp", "kind": "MINIAPP", "api_key": "ch-miniapp-secret"}],
+          "merchants": [{"code": "M001", "name": "示例乐园"}]
+        }"#;
+        let file = parse(contract).expect("the contract's example loads");
+        assert!(
+            file.channels[0].merchants.is_none(),
+            "it sells for the file's merchants"
+        );
+        let alone = r#"{"channels": [{"name": "c", "kind": "OTA", "api_key": "0123456789"}]}"#;
+        match parse(alone) {
+            Err(SeedError::Invalid { path, .. }) => assert_eq!(path, "channels[0].merchants"),
+            other => panic!("a channel with no merchant anywhere: {other:?}"),
+        }
     }
 
     #[test]

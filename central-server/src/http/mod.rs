@@ -84,7 +84,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The operations listener's API, never on the public port: `/metrics`, the admin API and
-/// health. Bind it to a private address (`ops_listen`, default 127.0.0.1:9090).
+/// health. Bind it to a private address (`ops_listen`, default 127.0.0.1:9091).
 pub fn ops_router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/metrics", get(ops::metrics))
