@@ -110,14 +110,9 @@ async fn a_stored_answer_is_never_replayed_to_another_merchant() {
 
     // A's lookup by id does not find B's scans.
     for scan_id in [&online, &uploaded] {
-        let response = server
-            .client
-            .get(server.url(&format!("/venue/scan/{scan_id}")))
-            .bearer_auth(&east)
-            .send()
-            .await
-            .expect("lookup");
-        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let path = format!("/venue/scan/{scan_id}");
+        let (status, _) = server.call("GET", &path, Some(&east)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
     // A's own scans still replay to A.
     let own = uuid::Uuid::new_v4().to_string();
@@ -176,26 +171,19 @@ async fn bad_bytes_in_identifiers_are_a_400_naming_the_field() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
         assert!(message(&body).contains(field), "{body}");
     }
-    let response = server
-        .client
-        .get(server.url("/merchant/orders/ORD%00-1001"))
-        .bearer_auth(&east)
-        .send()
-        .await
-        .expect("order");
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.expect("json");
-    assert!(message(&body).contains("orderId"), "{body}");
-    let response = server
-        .client
-        .post(server.url("/tickets/TK%00/qr"))
-        .bearer_auth(MINIAPP_KEY)
-        .send()
-        .await
-        .expect("issue");
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.expect("json");
-    assert!(message(&body).contains("ticket_code"), "{body}");
+    for (method, path, bearer, field) in [
+        (
+            "GET",
+            "/merchant/orders/ORD%00-1001",
+            east.as_str(),
+            "orderId",
+        ),
+        ("POST", "/tickets/TK%00/qr", MINIAPP_KEY, "ticket_code"),
+    ] {
+        let (status, body) = server.call(method, path, Some(bearer)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(message(&body).contains(field), "{body}");
+    }
     let response = server
         .client
         .post(server.ops_url("/admin/seed"))
@@ -603,15 +591,10 @@ async fn a_channel_cannot_issue_for_another_merchants_ticket() {
         .await
         .expect("seed");
     assert_eq!(response.status(), StatusCode::OK);
-    let response = server
-        .client
-        .post(server.url("/tickets/TK-1001-2/qr"))
-        .bearer_auth(OTA_KEY)
-        .send()
-        .await
-        .expect("issue");
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let body: Value = response.json().await.expect("json");
+    let (status, body) = server
+        .call("POST", "/tickets/TK-1001-2/qr", Some(OTA_KEY))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "FORBIDDEN");
     // Nothing was superseded: the QR M001's customer holds still redeems.
     let (status, body) = server.scan(&east, &qr.qr_token, "SHOW").await;
@@ -972,14 +955,10 @@ async fn operator_tokens_can_be_revoked() {
         "INVALID_QR: the token works"
     );
     // The operator logs out everywhere with one of their tokens: both stop working.
-    let response = server
-        .client
-        .post(server.url("/operators/logout-everywhere"))
-        .bearer_auth(&first)
-        .send()
-        .await
-        .expect("logout");
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let (status, _) = server
+        .call("POST", "/operators/logout-everywhere", Some(&first))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     for token in [&first, &second] {
         assert!(
             within_seconds(|| async {
@@ -1002,19 +981,9 @@ async fn operator_tokens_can_be_revoked() {
     );
     let (status, _) = login_status(&server, "op-east", common::PASSWORD).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (_, offline) = {
-        let response = server
-            .client
-            .get(server.url("/device/operators"))
-            .bearer_auth(EAST_DEVICE)
-            .send()
-            .await
-            .expect("operators");
-        (
-            response.status(),
-            response.json::<Value>().await.expect("json"),
-        )
-    };
+    let (_, offline) = server
+        .call("GET", "/device/operators", Some(EAST_DEVICE))
+        .await;
     assert!(!offline.to_string().contains("op-east"), "{offline}");
     let (status, _) = admin(&server, "/admin/operators/op-east/enable", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -1025,14 +994,7 @@ async fn operator_tokens_can_be_revoked() {
 }
 
 async fn device_status(server: &TestServer, credential: &str, path: &str) -> StatusCode {
-    server
-        .client
-        .get(server.url(path))
-        .bearer_auth(credential)
-        .send()
-        .await
-        .expect("device call")
-        .status()
+    server.call("GET", path, Some(credential)).await.0
 }
 
 /// A lost handheld is revoked at once everywhere; a secret rotates with an overlap; a new

@@ -178,6 +178,24 @@ impl TestServer {
         (status, body)
     }
 
+    /// `method path` on the public port with an optional Bearer credential and no body:
+    /// the status and the JSON body (null when the body is not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn issue_qr(&self, ticket_code: &str, channel_key: &str) -> IssuedQr {
         let response = self
             .client
