@@ -284,6 +284,12 @@ impl<T> ErrorBodies<T> {
 
 /// The contract answer for one of hyper's empty refusals, if `head` is one.
 fn contract_answer(head: &[u8]) -> Option<Vec<u8>> {
+    // Every write passes here (response bodies too): look no further than the first bytes
+    // unless they are one of the three status lines, and never validate a whole body.
+    let status = head.get(..12)?;
+    if !(status.starts_with(b"HTTP/1.") && matches!(&status[9..12], b"400" | b"414" | b"431")) {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let (status_line, rest) = text.split_once("\r\n")?;
     let (code, message) = match status_line {
