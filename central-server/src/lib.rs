@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod params;
+pub mod peers;
 pub mod qr;
 pub mod retention;
 pub mod scan;

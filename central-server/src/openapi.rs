@@ -35,6 +35,8 @@ use utoipa::{Modify, OpenApi};
         crate::http::device::device_history,
         crate::http::device::device_decisions,
         crate::http::device::device_enroll,
+        crate::http::device::device_register_peer,
+        crate::http::device::device_peers,
         crate::http::operator::logout_everywhere,
     ),
     components(schemas(

@@ -442,6 +442,48 @@ pub struct OfflineOperators {
     pub operators: Vec<OfflineOperator>,
 }
 
+/// A gate registers the public half of its peer key, and where it serves its peers
+/// (`PUT /device/peer`). The private half never leaves the gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PeerRegistration {
+    /// The Ed25519 public key: 32 bytes, base64url without padding.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{43}$"))]
+    pub public_key: String,
+    /// `host:port` the gate's peer listener is reached at on the venue's LAN. Absent: the
+    /// address the central sees the request come from, with `port`.
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
+    pub address: Option<String>,
+    /// The peer listener's port, when `address` is absent.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
+    pub port: Option<u16>,
+}
+
+/// One other gate of the merchant, as a gate sees it in `GET /device/peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DevicePeer {
+    pub device_id: String,
+    pub venue_code: String,
+    /// `host:port` of its peer listener.
+    pub address: String,
+    /// Its Ed25519 public key, base64url.
+    pub public_key: String,
+}
+
+/// The gate's merchant and its other gates that registered a peer key (`GET /device/peers`);
+/// revoked devices are not listed. A gate replaces its list with each answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DevicePeers {
+    pub merchant_code: String,
+    /// The address and key the central holds for the asking device itself (null before it
+    /// registered).
+    pub registered: Option<DevicePeer>,
+    pub peers: Vec<DevicePeer>,
+}
+
 /// What the central knows of a device's past (`GET /device/history`): a gate that starts
 /// with an empty store while the central says it has synced before has lost local state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! - [`decision`]: the one scan decision function, used by the central server and the agent.
 //! - [`api`]: request and response bodies of the HTTP API.
 //! - [`domain`]: small validated value types (function codes, ticket status, channels).
+//! - [`peer`]: the gates' signed peer messages and the trust rule a gate judges them by.
 //!
 //! Architecture invariant: this crate does no I/O, reads no clock and spawns nothing. Every
 //! function here can only fail for reasons found in its input; `now` is always passed in.
@@ -16,6 +17,7 @@ pub mod codes;
 pub mod credentials;
 pub mod decision;
 pub mod domain;
+pub mod peer;
 pub mod token;
 
 pub use codes::{ApiCode, DecisionCode, Lang};

@@ -1,6 +1,7 @@
-//! The gate devices' endpoints under a device credential: keys, feed, operators, history
-//! and offline uploads.
+//! The gate devices' endpoints under a device credential: keys, feed, operators, history,
+//! offline uploads and the peer directory.
 
+use super::ClientAddress;
 use super::JsonBody;
 use crate::auth::AuthenticatedDevice;
 use crate::error::{no_store, AppError, RequestLang};
@@ -10,8 +11,8 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use stile_shared::api::{
-    DecisionUpload, DeviceHistory, EnrollRequest, EnrollResponse, ErrorBody, OfflineOperators,
-    TicketFeedPage, UploadResponse,
+    DecisionUpload, DeviceHistory, DevicePeer, DevicePeers, EnrollRequest, EnrollResponse,
+    ErrorBody, OfflineOperators, PeerRegistration, TicketFeedPage, UploadResponse,
 };
 use stile_shared::token::JwkSet;
 
@@ -126,4 +127,39 @@ pub async fn device_enroll(
         })
         .into_response(),
     ))
+}
+
+/// A gate registers its peer key and the address of its peer listener.
+#[utoipa::path(put, path = "/device/peer", tag = "devices",
+    request_body = PeerRegistration,
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "Registered (replacing any earlier key of this device): the other gates of the merchant receive it in `GET /device/peers` at their next sync", body = DevicePeer),
+        (status = 400, description = "BAD_REQUEST: not a valid Ed25519 public key, or no usable address", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_register_peer(
+    State(state): State<AppState>,
+    ClientAddress(source): ClientAddress,
+    device: AuthenticatedDevice,
+    JsonBody(registration): JsonBody<PeerRegistration>,
+) -> Result<Response, AppError> {
+    let registered = crate::peers::register(&state, &device, &registration, source).await?;
+    Ok(no_store(Json(registered).into_response()))
+}
+
+/// The other gates of the device's merchant: who they are, where their peer listeners are
+/// and the keys their messages are signed with.
+#[utoipa::path(get, path = "/device/peers", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "The merchant, this device's own registration, and every other unrevoked device of the merchant that registered a peer key", body = DevicePeers),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+    ))]
+pub async fn device_peers(
+    State(state): State<AppState>,
+    device: AuthenticatedDevice,
+) -> Result<Response, AppError> {
+    let directory = crate::peers::directory(&state, &device).await?;
+    Ok(no_store(Json(directory).into_response()))
 }

@@ -67,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/device/operators", get(device::device_operators))
         .route("/device/history", get(device::device_history))
         .route(
+            "/device/peer",
+            axum::routing::put(device::device_register_peer),
+        )
+        .route("/device/peers", get(device::device_peers))
+        .route(
             "/device/decisions",
             post(device::device_decisions)
                 .layer(DefaultBodyLimit::max(body_limit("/device/decisions"))),
