@@ -8,6 +8,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use stile_shared::peer::{PeerAddress, PeerKey};
 use stile_shared::Identifier;
 
 /// Where frames come from.
@@ -137,6 +138,118 @@ impl std::fmt::Debug for DeviceCredential {
     }
 }
 
+/// `[peers]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersFile {
+    listen: Option<String>,
+    advertise: Option<String>,
+    merchant: Option<String>,
+    pull_interval_ms: Option<u64>,
+    push_timeout_ms: Option<u64>,
+    #[serde(default, rename = "static")]
+    static_peers: Vec<StaticPeerFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticPeerFile {
+    device_id: String,
+    address: String,
+    public_key: String,
+}
+
+/// A peer named in the settings (for a site without a central yet, or beside the central's
+/// list).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticPeer {
+    pub device_id: Identifier,
+    pub address: PeerAddress,
+    pub key: PeerKey,
+}
+
+/// The venue peers (see [`crate::peers`]): on when `[peers]` names a `listen` address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSettings {
+    /// Where this gate serves its peers (separate from the status page's `listen`).
+    pub listen: SocketAddr,
+    /// The address registered with the central for the other gates; without it the
+    /// central takes the address it sees this gate's requests come from, with the port of
+    /// `listen`.
+    pub advertise: Option<PeerAddress>,
+    /// The merchant, for a site that has only static peers (otherwise the central says).
+    pub merchant: Option<Identifier>,
+    /// How often each peer's log is pulled (catch-up after a partition or a restart).
+    pub pull_interval: Duration,
+    /// How long one push or pull may take before the peer counts as down.
+    pub push_timeout: Duration,
+    pub static_peers: Vec<StaticPeer>,
+}
+
+impl PeersFile {
+    fn resolve(self) -> Result<Option<PeerSettings>, ConfigError> {
+        let Some(listen_raw) = self.listen else {
+            if !self.static_peers.is_empty() {
+                return Err(invalid("peers.listen", "static peers need a peer listener"));
+            }
+            return Ok(None);
+        };
+        let listen = listen_raw.parse().map_err(|_| {
+            invalid(
+                "peers.listen",
+                format!("{listen_raw:?} is not an address like 0.0.0.0:9092"),
+            )
+        })?;
+        let advertise = self
+            .advertise
+            .map(|raw| {
+                PeerAddress::parse(&raw)
+                    .map_err(|error| invalid("peers.advertise", error.to_string()))
+            })
+            .transpose()?;
+        let merchant = self
+            .merchant
+            .map(|raw| {
+                Identifier::parse(&raw)
+                    .map_err(|error| invalid("peers.merchant", format!("{raw:?} {error}")))
+            })
+            .transpose()?;
+        let mut static_peers = Vec::new();
+        for peer in self.static_peers {
+            static_peers.push(StaticPeer {
+                device_id: Identifier::parse(&peer.device_id).map_err(|error| {
+                    invalid(
+                        "peers.static.device_id",
+                        format!("{:?} {error}", peer.device_id),
+                    )
+                })?,
+                address: PeerAddress::parse(&peer.address)
+                    .map_err(|error| invalid("peers.static.address", error.to_string()))?,
+                key: PeerKey::parse(&peer.public_key)
+                    .map_err(|error| invalid("peers.static.public_key", error.to_string()))?,
+            });
+        }
+        Ok(Some(PeerSettings {
+            listen,
+            advertise,
+            merchant,
+            pull_interval: Duration::from_millis(in_range(
+                self.pull_interval_ms.unwrap_or(2000),
+                100,
+                60_000,
+                "peers.pull_interval_ms",
+            )?),
+            push_timeout: Duration::from_millis(in_range(
+                self.push_timeout_ms.unwrap_or(300),
+                20,
+                5000,
+                "peers.push_timeout_ms",
+            )?),
+            static_peers,
+        }))
+    }
+}
+
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +277,7 @@ struct FileConfig {
     source: Option<SourceConfig>,
     offline: Option<OfflinePolicy>,
     operator: Option<OperatorLogin>,
+    peers: Option<PeersFile>,
 }
 
 /// Every setting of the agent, resolved.
@@ -194,6 +308,8 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     pub offline: OfflinePolicy,
     pub operator: Option<OperatorLogin>,
+    /// The venue peers; `None` when off.
+    pub peers: Option<PeerSettings>,
 }
 
 /// A bad setting, named.
@@ -484,6 +600,7 @@ impl AgentConfig {
             source,
             offline,
             operator: file.operator,
+            peers: file.peers.map(PeersFile::resolve).transpose()?.flatten(),
         };
         Ok(config)
     }
@@ -496,7 +613,7 @@ impl AgentConfig {
     /// The settings as `check-config` prints them, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "device_id = {}\ncredential = {:?}\napi_token = {}\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\n",
+            "device_id = {}\ncredential = {:?}\napi_token = {}\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\npeers = {}\n",
             self.device_id,
             self.credential,
             if self.api_token.is_some() { "(set)" } else { "(unset: POST /api/scan is closed)" },
@@ -511,6 +628,15 @@ impl AgentConfig {
             self.source,
             self.offline,
             self.operator.as_ref().map(|o| o.username.as_str()).unwrap_or("(logs in on the gate page)"),
+            self.peers.as_ref().map_or_else(
+                || "(off)".to_owned(),
+                |p| format!(
+                    "listen {}, advertise {}, {} static",
+                    p.listen,
+                    p.advertise.as_ref().map_or("(the address the central sees)", |a| a.as_str()),
+                    p.static_peers.len()
+                )
+            ),
         )
     }
 }
@@ -628,6 +754,23 @@ mod tests {
             (
                 &format!("{MINIMAL}\nclock_skew_secs = -1"),
                 "clock_skew_secs",
+            ),
+            (&format!("{MINIMAL}\n[peers]\nlisten = \"lan\""), "peers.listen"),
+            (
+                &format!("{MINIMAL}\n[peers]\nlisten = \"0.0.0.0:9092\"\nadvertise = \"gate\""),
+                "peers.advertise",
+            ),
+            (
+                &format!("{MINIMAL}\n[peers]\nlisten = \"0.0.0.0:9092\"\npull_interval_ms = 5"),
+                "peers.pull_interval_ms",
+            ),
+            (
+                &format!("{MINIMAL}\n[peers]\nlisten = \"0.0.0.0:9092\"\n[[peers.static]]\ndevice_id = \"dev-west-1\"\naddress = \"10.0.0.6:9092\"\npublic_key = \"AAAA\""),
+                "peers.static.public_key",
+            ),
+            (
+                &format!("{MINIMAL}\n[[peers.static]]\ndevice_id = \"dev-west-1\"\naddress = \"10.0.0.6:9092\"\npublic_key = \"AAAA\""),
+                "peers.listen",
             ),
         ];
         for (text, name) in cases {

@@ -106,6 +106,10 @@ pub async fn run(
             .await
     });
     let sync = tokio::spawn(crate::uplink::sync::run(gate.clone(), stopping_rx.clone()));
+    let peer_tasks = match gate.peers.clone() {
+        Some(peers) => start_peers(&gate, peers, &stopping_rx).await?,
+        None => Vec::new(),
+    };
 
     // The capture pipeline.
     let (codes_tx, mut codes_rx) = mpsc::channel::<CodeJob>(16);
@@ -164,10 +168,48 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(grace, sync).await;
     let _ = tokio::time::timeout(grace, probe).await;
+    for task in peer_tasks {
+        let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
+    }
     // Open keep-alive connections (a status page in a browser) must not hold the stop.
     let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
     watchdog.abort();
     Ok(())
+}
+
+/// The peer listener, the push fan-out and the pull loop.
+async fn start_peers(
+    gate: &Arc<Gate>,
+    peers: Arc<crate::peers::Peers>,
+    stopping: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
+    let address = peers.settings.listen;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| DaemonError::Listen { address, source })?;
+    let app = crate::peers::serve::router(gate.clone());
+    let mut stop = stopping.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+    })];
+    if let Some(announcements) = peers.take_announcements() {
+        tasks.push(tokio::spawn(crate::peers::exchange::fan_out(
+            peers.clone(),
+            announcements,
+            stopping.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::peers::exchange::pull_loop(
+        gate.clone(),
+        peers.clone(),
+        stopping.clone(),
+    )));
+    tracing::info!(listen = %address, key = %peers.public_key().fingerprint(), "peer listener running");
+    Ok(tasks)
 }
 
 /// A frame on its way to the decoders: when it was captured, and the spool file it came

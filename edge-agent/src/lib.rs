@@ -4,8 +4,8 @@
 //!
 //! The folders follow the pipeline: [`capture`] (frame sources and QR decoders) →
 //! [`decide`] (the gate's state and the decision stages) → [`store`] (the SQLite store) and
-//! [`uplink`] (the central's API, the link state, sync); [`pages`] (status page, gate
-//! display, local API); [`config`] (settings), [`metrics`], [`daemon`] (wiring and
+//! [`uplink`] (the central's API, the link state, sync); [`peers`] (the other gates of the
+//! venue over the LAN); [`pages`] (status page, gate display, local API); [`config`] (settings), [`metrics`], [`daemon`] (wiring and
 //! lifecycle).
 
 pub mod capture;
@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod decide;
 pub mod metrics;
 pub mod pages;
+pub mod peers;
 pub mod store;
 pub mod uplink;

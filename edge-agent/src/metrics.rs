@@ -1,6 +1,6 @@
 //! The agent's counters and Prometheus metrics: frame counters written by the capture
 //! threads, and the registry `/metrics` renders (decisions by code and mode, latency, queue,
-//! clock offset, uplink state, store write failures).
+//! clock offset, uplink state, store write failures, venue peers).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -36,6 +36,25 @@ pub struct AgentMetrics {
     pub frames_decoded: Gauge,
     pub store_failures: Counter,
     pub uplink_state: Family<Vec<(String, String)>, Gauge>,
+    pub peers: PeerMetrics,
+}
+
+/// The venue peers' counters.
+#[derive(Debug, Clone)]
+pub struct PeerMetrics {
+    /// Acceptances delivered to a peer by a push.
+    pub sent: Counter,
+    /// Peers' acceptances taken (pushed or pulled), new ones only.
+    pub received: Counter,
+    /// Messages refused, by reason (`forged`, `unknown_device`, `other_merchant`, `replayed`,
+    /// `malformed`, `own`, `stale_pull`, `wrong_peer`).
+    pub refused: Family<Vec<(String, String)>, Counter>,
+    /// Decisions refused because a peer had accepted the pair.
+    pub blocks: Counter,
+    /// Announcements not pushed to a peer because its queue was full (its pull catches up).
+    pub dropped: Counter,
+    /// From a peer's decision to its record here (both clocks; meaningful when they agree).
+    pub propagation: Histogram,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -97,8 +116,47 @@ impl AgentMetrics {
             "1 for the uplink's current state (online, suspect, offline, draining)",
             uplink_state.clone(),
         );
+        let peers = PeerMetrics {
+            sent: Counter::default(),
+            received: Counter::default(),
+            refused: Family::default(),
+            blocks: Counter::default(),
+            dropped: Counter::default(),
+            propagation: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        };
+        registry.register(
+            "peer_messages_sent",
+            "Acceptances pushed to a peer",
+            peers.sent.clone(),
+        );
+        registry.register(
+            "peer_messages_received",
+            "Peers' acceptances taken, pushed or pulled",
+            peers.received.clone(),
+        );
+        registry.register(
+            "peer_messages_refused",
+            "Peer messages refused, by reason",
+            peers.refused.clone(),
+        );
+        registry.register(
+            "peer_blocks",
+            "Scans refused because another gate accepted the pair",
+            peers.blocks.clone(),
+        );
+        registry.register(
+            "peer_push_dropped",
+            "Announcements not pushed because the peer's queue was full",
+            peers.dropped.clone(),
+        );
+        registry.register(
+            "peer_propagation_seconds",
+            "From a peer's decision to its record at this gate",
+            peers.propagation.clone(),
+        );
         AgentMetrics {
             registry,
+            peers,
             store_failures,
             uplink_state,
             latency,

@@ -88,6 +88,29 @@ pub struct DecisionRecord {
     pub operator_id: Option<i64>,
     pub upload_state: Option<String>,
     pub upload_code: Option<String>,
+    /// For a refusal because another gate accepted the pair: that gate.
+    pub peer_device: Option<String>,
+}
+
+/// Who accepted a (jti, function_code) before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptedBy {
+    Here,
+    /// Another gate of the venue, by its device id.
+    Peer(String),
+}
+
+/// A peer's acceptance as the status API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerAcceptanceLine {
+    pub device: String,
+    pub seq: u64,
+    pub jti: String,
+    pub function_code: String,
+    pub ticket_code: String,
+    pub decided_at: String,
+    pub mode: String,
+    pub received_at: String,
 }
 
 /// An offline acceptance waiting for upload.
@@ -118,7 +141,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 impl Store {
     /// Opens (creating if needed) the store at `path`.
@@ -182,6 +205,40 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // Venue peers: this gate's own signed log of acceptances, what its peers
+            // announced, and how far each peer's log has been pulled.
+            connection.execute_batch(
+                "BEGIN;
+                 ALTER TABLE decisions ADD COLUMN peer_device TEXT;
+                 CREATE TABLE peer_log (
+                     seq INTEGER PRIMARY KEY,
+                     message TEXT NOT NULL
+                 );
+                 CREATE TABLE peer_acceptances (
+                     device TEXT NOT NULL,
+                     log TEXT NOT NULL,
+                     seq INTEGER NOT NULL,
+                     jti TEXT NOT NULL,
+                     function_code TEXT NOT NULL,
+                     ticket_code TEXT NOT NULL,
+                     decided_at TEXT NOT NULL,
+                     mode TEXT NOT NULL,
+                     received_at TEXT NOT NULL,
+                     message TEXT NOT NULL,
+                     PRIMARY KEY (device, log, seq)
+                 );
+                 CREATE INDEX peer_acceptances_pair ON peer_acceptances (jti, function_code);
+                 CREATE INDEX peer_acceptances_ticket ON peer_acceptances (ticket_code, function_code);
+                 CREATE TABLE peer_cursors (
+                     device TEXT PRIMARY KEY,
+                     log TEXT NOT NULL,
+                     seq INTEGER NOT NULL
+                 );
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         let mut store = Store { connection };
         if created {
             // A new store: whether this device had one before is for the central to say.
@@ -213,11 +270,22 @@ impl Store {
     /// (jti, function_code) on this device from now on; an offline acceptance is queued for
     /// upload. One transaction, durable on return.
     pub fn record(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
+        self.record_announced(decision, None).map(|_| ())
+    }
+
+    /// [`Store::record`], and for an acceptance with an `announce`, the next entry of this
+    /// gate's peer log in the same transaction: `announce(seq)` signs the message. Returns
+    /// the message for the peers (only once it is durable).
+    pub fn record_announced(
+        &mut self,
+        decision: &DecisionRecord,
+        announce: Option<&dyn Fn(u64) -> String>,
+    ) -> Result<Option<String>, StoreError> {
         let tx = self.connection.transaction()?;
         tx.execute(
             "INSERT OR REPLACE INTO decisions (scan_id, jti, ticket_code, function_code, code, mode, decided_at, \
-             latency_ms, qr_token, operator_id, upload_state, upload_code) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             latency_ms, qr_token, operator_id, upload_state, upload_code, peer_device) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 decision.scan_id,
                 decision.jti,
@@ -231,18 +299,201 @@ impl Store {
                 decision.operator_id,
                 decision.upload_state,
                 decision.upload_code,
+                decision.peer_device,
             ],
         )?;
+        let mut message = None;
         if decision.code == "SUCCESS" {
             if let Some(jti) = &decision.jti {
-                tx.execute(
+                let new = tx.execute(
                     "INSERT OR IGNORE INTO accepted (jti, function_code, scan_id) VALUES (?1, ?2, ?3)",
                     params![jti, decision.function_code, decision.scan_id],
                 )?;
+                if let (1, Some(announce)) = (new, announce) {
+                    let seq: i64 = tx.query_row(
+                        "SELECT coalesce(max(seq), 0) + 1 FROM peer_log",
+                        [],
+                        |row| row.get(0),
+                    )?;
+                    let signed = announce(seq as u64);
+                    tx.execute(
+                        "INSERT INTO peer_log (seq, message) VALUES (?1, ?2)",
+                        params![seq, signed],
+                    )?;
+                    message = Some(signed);
+                }
             }
         }
         tx.commit()?;
+        Ok(message)
+    }
+
+    /// This gate's peer log after `seq`, oldest first, and its last number.
+    pub fn own_log_after(&self, seq: u64, limit: usize) -> Result<(Vec<String>, u64), StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT message FROM peer_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = statement.query_map(params![seq as i64, limit as i64], |row| row.get(0))?;
+        let messages = rows.collect::<Result<Vec<String>, _>>()?;
+        Ok((messages, self.own_log_head()?))
+    }
+
+    pub fn own_log_head(&self) -> Result<u64, StoreError> {
+        let head: i64 =
+            self.connection
+                .query_row("SELECT coalesce(max(seq), 0) FROM peer_log", [], |row| {
+                    row.get(0)
+                })?;
+        Ok(head as u64)
+    }
+
+    /// Keeps a peer's acceptance (already judged); `false` when this entry of that peer's
+    /// log was held already.
+    pub fn insert_peer_acceptance(
+        &mut self,
+        acceptance: &stile_shared::peer::Acceptance,
+        message: &str,
+        received_at: &str,
+    ) -> Result<bool, StoreError> {
+        let new = self.connection.execute(
+            "INSERT OR IGNORE INTO peer_acceptances (device, log, seq, jti, function_code, ticket_code, \
+             decided_at, mode, received_at, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                acceptance.device.as_str(),
+                acceptance.log.as_str(),
+                acceptance.seq as i64,
+                acceptance.jti.as_str(),
+                acceptance.function_code.as_str(),
+                acceptance.ticket.as_str(),
+                acceptance.decided_at,
+                acceptance.mode.as_str(),
+                received_at,
+                message,
+            ],
+        )?;
+        Ok(new == 1)
+    }
+
+    /// How far a peer's log has been pulled: its log and the last entry taken.
+    pub fn peer_cursor(&self, device: &str) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT log, seq FROM peer_cursors WHERE device = ?1",
+                params![device],
+                |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    pub fn set_peer_cursor(&mut self, device: &str, log: &str, seq: u64) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO peer_cursors (device, log, seq) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (device) DO UPDATE SET log = excluded.log, seq = excluded.seq",
+            params![device, log, seq as i64],
+        )?;
         Ok(())
+    }
+
+    /// Every peer's pull cursor: the last entry taken, by device.
+    pub fn peer_cursors(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT device, seq FROM peer_cursors")?;
+        let rows =
+            statement.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Who accepted this (jti, function_code): this gate, or the first peer that announced it.
+    pub fn accepted_by(
+        &self,
+        jti: &str,
+        function_code: &str,
+    ) -> Result<Option<AcceptedBy>, StoreError> {
+        if self.is_accepted(jti, function_code)? {
+            return Ok(Some(AcceptedBy::Here));
+        }
+        let peer: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT device FROM peer_acceptances WHERE jti = ?1 AND function_code = ?2 \
+                 ORDER BY received_at LIMIT 1",
+                params![jti, function_code],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(peer.map(AcceptedBy::Peer))
+    }
+
+    /// Uses of this ticket's entitlement that the synced copy may not show yet: this gate's
+    /// own ([`Store::unsynced_uses`]) and its peers' acceptances of other jtis than this
+    /// gate's, except those the copy shows redeemed (its current jti with the function among
+    /// `redeemed_functions`).
+    pub fn uses_not_in_copy(
+        &self,
+        ticket_code: &str,
+        function_code: &str,
+        copy: Option<&SyncedTicket>,
+    ) -> Result<i64, StoreError> {
+        let own = self.unsynced_uses(ticket_code, function_code)?;
+        let mut statement = self.connection.prepare_cached(
+            "SELECT DISTINCT p.jti FROM peer_acceptances p WHERE p.ticket_code = ?1 AND p.function_code = ?2 \
+             AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.jti = p.jti AND a.function_code = p.function_code)",
+        )?;
+        let jtis = statement
+            .query_map(params![ticket_code, function_code], |row| {
+                row.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let shown = |jti: &str| {
+            copy.is_some_and(|ticket| {
+                ticket
+                    .current_jti
+                    .as_ref()
+                    .is_some_and(|current| current.as_str() == jti)
+                    && ticket
+                        .redeemed_functions
+                        .iter()
+                        .any(|f| f.as_str() == function_code)
+            })
+        };
+        Ok(own + jtis.iter().filter(|jti| !shown(jti)).count() as i64)
+    }
+
+    /// What this gate holds of each peer's log: entries and the highest number.
+    pub fn peer_holdings(&self) -> Result<Vec<(String, i64, u64)>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT device, count(*), max(seq) FROM peer_acceptances GROUP BY device ORDER BY device",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest acceptances received from peers, newest first.
+    pub fn recent_peer_acceptances(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<PeerAcceptanceLine>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT device, seq, jti, function_code, ticket_code, decided_at, mode, received_at \
+             FROM peer_acceptances ORDER BY received_at DESC LIMIT ?1",
+        )?;
+        let rows = statement.query_map(params![limit as i64], |row| {
+            Ok(PeerAcceptanceLine {
+                device: row.get(0)?,
+                seq: row.get::<_, i64>(1)? as u64,
+                jti: row.get(2)?,
+                function_code: row.get(3)?,
+                ticket_code: row.get(4)?,
+                decided_at: row.get(5)?,
+                mode: row.get(6)?,
+                received_at: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Uses of this ticket's entitlement accepted here that the synced state may not show
@@ -408,7 +659,7 @@ impl Store {
     ) -> Result<Vec<DecisionRecord>, StoreError> {
         let mut statement = self.connection.prepare(&format!(
             "SELECT scan_id, jti, ticket_code, function_code, code, mode, decided_at, latency_ms, operator_id, \
-             upload_state, upload_code FROM decisions WHERE {filter} ORDER BY decided_at DESC, rowid DESC LIMIT ?1"
+             upload_state, upload_code, peer_device FROM decisions WHERE {filter} ORDER BY decided_at DESC, rowid DESC LIMIT ?1"
         ))?;
         let rows = statement.query_map(params![limit as i64], |row| {
             Ok(DecisionRecord {
@@ -424,6 +675,7 @@ impl Store {
                 operator_id: row.get(8)?,
                 upload_state: row.get(9)?,
                 upload_code: row.get(10)?,
+                peer_device: row.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -494,6 +746,7 @@ mod tests {
             operator_id: Some(1),
             upload_state: upload.map(str::to_owned),
             upload_code: None,
+            peer_device: None,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct GateDecision {
     pub latency_ms: f64,
     /// Re-shown by the debounce, not decided again.
     pub repeated: bool,
+    /// For a refusal because another gate of the venue accepted the pair: that gate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<String>,
 }
 
 impl GateDecision {
@@ -74,6 +77,8 @@ pub(super) struct Outcome {
     /// The token, kept for upload (offline acceptances only).
     pub(super) upload_token: Option<String>,
     pub(super) operator_id: Option<i64>,
+    /// The peer gate whose acceptance this refusal rests on.
+    pub(super) peer: Option<String>,
 }
 
 impl Outcome {
@@ -86,6 +91,7 @@ impl Outcome {
             claims: None,
             upload_token: None,
             operator_id: None,
+            peer: None,
         }
     }
 

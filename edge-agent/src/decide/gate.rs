@@ -59,6 +59,8 @@ pub struct Gate {
     /// Set when the operator logged out at the gate: the configured operator is then not
     /// logged back in by the sync loop until someone logs in again.
     pub(super) logged_out: std::sync::atomic::AtomicBool,
+    /// The venue peers, when `[peers]` is on.
+    pub peers: Option<Arc<crate::peers::Peers>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -76,6 +78,8 @@ pub enum GateError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Central(#[from] CallError),
+    #[error(transparent)]
+    Peers(#[from] crate::peers::identity::IdentityError),
 }
 
 /// The store's key of the operator session.
@@ -115,7 +119,18 @@ impl Gate {
     /// Opens the gate's store and state; `device_secret` is the credential it authenticates
     /// with (see [`crate::uplink::enroll`]).
     pub fn open(config: AgentConfig, device_secret: &str) -> Result<Gate, GateError> {
-        let store = Store::open(&config.database_path())?;
+        let mut store = Store::open(&config.database_path())?;
+        let metrics = AgentMetrics::new();
+        let peers = match &config.peers {
+            Some(settings) => Some(Arc::new(crate::peers::Peers::open(
+                settings.clone(),
+                config.device_id.clone(),
+                &config.state_dir,
+                &mut store,
+                metrics.peers.clone(),
+            )?)),
+            None => None,
+        };
         let jwks = store.keys()?.unwrap_or_default();
         // A gate rebooted during an outage keeps its operator (until the session expires).
         let restored = store
@@ -151,7 +166,7 @@ impl Gate {
             store_alarm: Mutex::new(None),
             capture: CaptureCounters::default(),
             heartbeat: Heartbeat::default(),
-            metrics: AgentMetrics::new(),
+            metrics,
             started_at: Instant::now(),
             source: Mutex::new(None),
             source_error: Mutex::new(None),
@@ -164,6 +179,7 @@ impl Gate {
             browser_sessions: crate::pages::access::BrowserSessions::default(),
             sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
+            peers,
         })
     }
 
@@ -430,7 +446,7 @@ impl Gate {
         self.store_alarm.lock().ok().and_then(|alarm| alarm.clone())
     }
 
-    pub(super) fn store_result<T>(&self, result: &Result<T, StoreError>) {
+    pub(crate) fn store_result<T>(&self, result: &Result<T, StoreError>) {
         let Ok(mut alarm) = self.store_alarm.lock() else {
             return;
         };

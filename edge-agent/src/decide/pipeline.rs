@@ -5,7 +5,9 @@
 use super::decision::{mask_ticket_code, GateDecision, Origin, Outcome, Staged, DECISION_BUDGET};
 use super::gate::Gate;
 use super::session::OperatorSession;
-use crate::store::{now_rfc3339, snapshot_for_decision, DecisionRecord, Mode, StoreError};
+use crate::store::{
+    now_rfc3339, snapshot_for_decision, AcceptedBy, DecisionRecord, Mode, StoreError,
+};
 use crate::uplink::central::CallError;
 use chrono::Utc;
 use std::sync::Arc;
@@ -129,6 +131,7 @@ impl Gate {
             decided_at: now_rfc3339(),
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             repeated: false,
+            accepted_at: outcome.peer.clone(),
         }
     }
 
@@ -152,8 +155,53 @@ impl Gate {
             operator_id: outcome.operator_id,
             upload_state: upload.then(|| "pending".to_owned()),
             upload_code: None,
+            peer_device: outcome.peer.clone(),
         };
-        self.with_store(move |store| store.record(&record)).await
+        let announce = self.announcement(decision, outcome);
+        let message = self
+            .with_store(move |store| {
+                store.record_announced(
+                    &record,
+                    announce.as_ref().map(|a| a as &dyn Fn(u64) -> String),
+                )
+            })
+            .await?;
+        // Only once it is durable does an acceptance go to the peers.
+        if let (Some(peers), Some(message)) = (&self.peers, message) {
+            peers.push(message);
+        }
+        Ok(())
+    }
+
+    /// For an acceptance, with peers on: what signs its entry of this gate's peer log.
+    fn announcement(
+        &self,
+        decision: &GateDecision,
+        outcome: &Outcome,
+    ) -> Option<impl Fn(u64) -> String + Send + 'static> {
+        let peers = self.peers.as_ref()?;
+        let claims = outcome.claims.as_ref()?;
+        let mode = match (decision.code, decision.mode) {
+            (ApiCode::Success, Mode::Online) => stile_shared::peer::AcceptMode::Online,
+            (ApiCode::Success, Mode::Offline) => stile_shared::peer::AcceptMode::Offline,
+            _ => return None,
+        };
+        let (Ok(merchant), Ok(ticket), Ok(function_code)) = (
+            stile_shared::Identifier::parse(&claims.mid),
+            stile_shared::Identifier::parse(&claims.tid),
+            FunctionCode::parse(&decision.function_code),
+        ) else {
+            tracing::warn!(ticket = %mask_ticket_code(&claims.tid), "acceptance not announced: its codes do not fit the peer protocol");
+            return None;
+        };
+        Some(peers.announcement(
+            merchant,
+            claims.jti.clone(),
+            function_code,
+            ticket,
+            decision.decided_at.clone(),
+            mode,
+        ))
     }
 
     /// Verify → debounce → session → token checks → local block → online → lookup →
@@ -208,29 +256,26 @@ impl Gate {
                 Outcome::local(code.into()).about(&claims, operator),
             ));
         }
-        // This gate's own acceptances: the central may not have them yet (offline ones wait
-        // for upload), so a pair accepted here is decided on the synced copy with them, by
-        // the shared function and in its order of checks; only its ALREADY_REDEEMED is
-        // answered here, anything else goes on to the central.
+        // Acceptances of this pair, this gate's own or a peer's: the central may not have
+        // them yet (offline ones wait for upload), so such a pair is decided on the synced
+        // copy with them, by the shared function and in its order of checks; only its
+        // ALREADY_REDEEMED is answered here, anything else goes on to the central.
         let (jti, function, ticket_code) = (
             claims.jti.to_string(),
             function_code.to_string(),
             claims.tid.clone(),
         );
-        let (accepted_here, ticket, unsynced) = self
+        let (accepted, ticket, unsynced) = self
             .with_store(move |store| {
-                let accepted = store.is_accepted(&jti, &function)?;
-                if !accepted {
-                    return Ok((false, None, 0));
-                }
-                Ok((
-                    true,
-                    store.ticket(&ticket_code)?,
-                    store.unsynced_uses(&ticket_code, &function)?,
-                ))
+                let Some(accepted) = store.accepted_by(&jti, &function)? else {
+                    return Ok((None, None, 0));
+                };
+                let ticket = store.ticket(&ticket_code)?;
+                let unsynced = store.uses_not_in_copy(&ticket_code, &function, ticket.as_ref())?;
+                Ok((Some(accepted), ticket, unsynced))
             })
             .await?;
-        if accepted_here {
+        if let Some(by) = &accepted {
             let verdict = ticket.as_ref().map(|ticket| {
                 self.decide_on_copy(&claims, function_code, &session, ticket, unsynced, true)
             });
@@ -238,9 +283,12 @@ impl Gate {
                 verdict == Decision::Reject(DecisionCode::AlreadyRedeemed)
             }) {
                 return Ok(Staged::Decided(
-                    Outcome::local(ApiCode::AlreadyRedeemed)
-                        .about(&claims, operator)
-                        .showing_ticket(&claims),
+                    self.refused_as_redeemed(
+                        Outcome::local(ApiCode::AlreadyRedeemed)
+                            .about(&claims, operator)
+                            .showing_ticket(&claims),
+                        by,
+                    ),
                 ));
             }
         }
@@ -252,9 +300,20 @@ impl Gate {
                 return Ok(Staged::Decided(outcome));
             }
         }
-        self.decide_offline(token, &claims, function_code, &session, accepted_here)
+        self.decide_offline(token, &claims, function_code, &session, accepted.as_ref())
             .await
             .map(Staged::Decided)
+    }
+
+    /// An ALREADY_REDEEMED that rests on a peer's acceptance names that gate (and counts).
+    fn refused_as_redeemed(&self, mut outcome: Outcome, by: &AcceptedBy) -> Outcome {
+        if let AcceptedBy::Peer(device) = by {
+            outcome.peer = Some(device.clone());
+            if let Some(peers) = &self.peers {
+                peers.metrics.blocks.inc();
+            }
+        }
+        outcome
     }
 
     /// The central decides, within the deadline; `None` when the uplink failed (decide
@@ -344,16 +403,14 @@ impl Gate {
         claims: &QrClaims,
         function_code: &FunctionCode,
         session: &OperatorSession,
-        accepted_here: bool,
+        accepted: Option<&AcceptedBy>,
     ) -> Result<Outcome, StoreError> {
         let (ticket_code, function) = (claims.tid.clone(), function_code.to_string());
         let (ticket, unsynced, last_sync) = self
             .with_store(move |store| {
-                Ok((
-                    store.ticket(&ticket_code)?,
-                    store.unsynced_uses(&ticket_code, &function)?,
-                    store.get_state("last_ticket_sync_at")?,
-                ))
+                let ticket = store.ticket(&ticket_code)?;
+                let unsynced = store.uses_not_in_copy(&ticket_code, &function, ticket.as_ref())?;
+                Ok((ticket, unsynced, store.get_state("last_ticket_sync_at")?))
             })
             .await?;
         let operator = Some(session.operator_id);
@@ -386,10 +443,13 @@ impl Gate {
             session,
             &ticket,
             unsynced,
-            accepted_here,
+            accepted.is_some(),
         );
         let code: ApiCode = verdict.code().into();
         let mut outcome = offline(code);
+        if let (ApiCode::AlreadyRedeemed, Some(by)) = (code, accepted) {
+            outcome = self.refused_as_redeemed(outcome, by);
+        }
         outcome.entitlements = ticket.entitlements.clone();
         for (entitlement, remaining) in outcome
             .entitlements
@@ -404,9 +464,10 @@ impl Gate {
         Ok(outcome)
     }
 
-    /// The shared decision over the synced copy of the ticket, with this gate's own
-    /// acceptances applied: its unsynced uses taken off the counts, and the pair counted as
-    /// redeemed when this gate accepted it. Returns the snapshot it decided on.
+    /// The shared decision over the synced copy of the ticket, with the acceptances the copy
+    /// may not show yet applied (this gate's own and its peers'): their uses taken off the
+    /// counts, and the pair counted as redeemed when this gate or a peer accepted it.
+    /// Returns the snapshot it decided on.
     fn decide_on_copy(
         &self,
         claims: &QrClaims,

@@ -227,6 +227,8 @@ pub struct StatusReport {
     pub conflicts: Vec<DecisionLine>,
     pub keys: KeysReport,
     pub sqlite_bytes: u64,
+    /// The venue peers: each with its link state, last message age and lag.
+    pub peers: crate::peers::PeersReport,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -265,6 +267,8 @@ pub struct DecisionLine {
     pub mode: crate::store::Mode,
     pub latency_ms: f64,
     pub upload: Option<String>,
+    /// For a refusal because another gate accepted the pair: that gate.
+    pub accepted_at: Option<String>,
 }
 
 impl From<&DecisionRecord> for DecisionLine {
@@ -285,13 +289,14 @@ impl From<&DecisionRecord> for DecisionLine {
                 (Some(state), None) => Some(state.clone()),
                 _ => None,
             },
+            accepted_at: record.peer_device.clone(),
         }
     }
 }
 
 /// Gathers the report.
 pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::StoreError> {
-    let (recent, conflicts, queue, last_sync, tickets, keys_at) = gate
+    let (recent, conflicts, queue, last_sync, tickets, keys_at, (cursors, log_head)) = gate
         .with_store(|store| {
             Ok((
                 store.recent(20)?,
@@ -300,6 +305,7 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
                 store.get_state("last_ticket_sync_at")?,
                 store.ticket_count()?,
                 store.get_state("jwks_fetched_at")?,
+                (store.peer_cursors()?, store.own_log_head()?),
             ))
         })
         .await?;
@@ -367,6 +373,12 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
             fetched_at: keys_at,
         },
         sqlite_bytes,
+        peers: gate
+            .peers
+            .as_ref()
+            .map_or_else(crate::peers::PeersReport::off, |peers| {
+                peers.report(&cursors, log_head)
+            }),
     };
     let (verdict, grades) = judge(&report, &gate.config.offline);
     report.verdict = Some(verdict);
@@ -384,6 +396,7 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/gate/function", post(gate_function))
         .route("/api/status", get(api_status))
         .route("/api/scan", post(api_scan))
+        .route("/api/peer-acceptances", get(api_peer_acceptances))
         .route("/metrics", get(metrics))
         .route(
             "/healthz",
@@ -401,6 +414,17 @@ fn internal(error: impl std::fmt::Display) -> Response {
 async fn api_status(State(gate): State<Arc<Gate>>) -> Response {
     match report(&gate).await {
         Ok(report) => Json(report).into_response(),
+        Err(error) => internal(error),
+    }
+}
+
+/// The newest acceptances taken from peers (read-only, like the status).
+async fn api_peer_acceptances(State(gate): State<Arc<Gate>>) -> Response {
+    match gate
+        .with_store(|store| store.recent_peer_acceptances(200))
+        .await
+    {
+        Ok(lines) => Json(serde_json::json!({ "acceptances": lines })).into_response(),
         Err(error) => internal(error),
     }
 }
@@ -654,7 +678,10 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
                     } else {
                         escape(&d.code)
                     },
-                    escape(&d.message),
+                    match &d.accepted_at {
+                        Some(gate) => format!("{}（已在闸机 <b class=peer>{}</b> 核销）", escape(&d.message), escape(gate)),
+                        None => escape(&d.message),
+                    },
                     or_dash(d.ticket.as_ref()),
                     escape(&d.function_code),
                     d.mode.as_str(),
@@ -676,7 +703,8 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
 <div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age class={sync_class}>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
 <div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched <b id=key-age class={key_class}>{keys_age}</b> s ago</div><div>clock offset <b id=clock-offset class={clock_class}>{offset}</b> s</div><div>SQLite {sqlite} KiB, disk free <b id=disk-free class={disk_class}>{disk}</b></div></div>\
 <div class=card><h2>Gate</h2><div>function <b id=function>{function}</b></div><div>operator {operator}</div></div>\
-</div><h2>Last decisions</h2><table id=decisions><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{recent}</table>\
+<div class=card><h2>Peers</h2><div id=peers-summary>{peers_summary}</div></div>\
+</div>{peers_table}<h2>Last decisions</h2><table id=decisions><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{recent}</table>\
 <h2>Conflicts</h2><table id=conflict-list><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{conflict_rows}</table>\
 </body></html>",
         device = escape(&report.device_id),
@@ -746,8 +774,65 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         operator = or_dash(report.operator.as_ref().map(|o| format!("{} ({})", o.username, o.merchant_code))),
         recent = rows(&report.last_decisions),
         conflict_rows = rows(&report.conflicts),
+        peers_summary = peers_summary(&report.peers),
+        peers_table = peers_table(&report.peers),
     );
     Html(body).into_response()
+}
+
+fn peers_summary(peers: &crate::peers::PeersReport) -> String {
+    use crate::peers::LinkState;
+    if !peers.enabled {
+        return "<span class=warn>off</span> (no [peers] in the settings: an offline ticket can enter at two gates)".to_owned();
+    }
+    let up = peers
+        .peers
+        .iter()
+        .filter(|p| p.state == LinkState::Up)
+        .count();
+    let total = peers.peers.len();
+    let state = if total == 0 {
+        "<span class=warn>no peers known yet</span>".to_owned()
+    } else if up == total {
+        format!("<span class=ok>{up} of {total} up</span>")
+    } else {
+        format!("<span class=bad>{up} of {total} up</span>")
+    };
+    format!(
+        "{state}<div>listen {}, key {}, log entries {}</div><div>blocked thanks to a peer <b id=peer-blocks>{}</b></div>",
+        or_dash(peers.listen.as_ref()),
+        escape(&peers.key.as_deref().map(|k| k.chars().take(16).collect::<String>()).unwrap_or_default()),
+        peers.log_head,
+        peers.blocks,
+    )
+}
+
+fn peers_table(peers: &crate::peers::PeersReport) -> String {
+    use crate::peers::LinkState;
+    if !peers.enabled {
+        return String::new();
+    }
+    let rows: String = peers
+        .peers
+        .iter()
+        .map(|p| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {} / {}</td><td>{}</td></tr>",
+                escape(&p.device_id),
+                escape(&p.address),
+                match p.state { LinkState::Up => "ok", LinkState::Down => "bad", LinkState::Unknown => "warn" },
+                match p.state { LinkState::Up => "up", LinkState::Down => "down", LinkState::Unknown => "not contacted yet" },
+                or_dash(p.last_message_age_secs.map(|s| format!("{s} s"))),
+                or_dash(p.lag),
+                escape(&p.key),
+                p.sent,
+                p.received,
+                p.refused,
+                or_dash(p.last_error.as_ref()),
+            )
+        })
+        .collect();
+    format!("<h2>Peers</h2><table id=peer-list><tr><th>gate</th><th>address</th><th>state</th><th>last message</th><th>lag</th><th>key</th><th>sent / received / refused</th><th>last error</th></tr>{rows}</table>")
 }
 
 #[derive(Debug, Deserialize)]
@@ -778,10 +863,15 @@ async fn gate_page(
             },
             escape(&decision.message),
             format!(
-                "{} · {} · {}",
+                "{} · {} · {}{}",
                 escape(decision.code.as_str()),
                 or_dash(decision.ticket.as_ref()),
-                escape(&decision.decided_at)
+                escape(&decision.decided_at),
+                decision
+                    .accepted_at
+                    .as_ref()
+                    .map(|gate| format!(" · 已在闸机 <b id=accepted-at>{}</b> 核销", escape(gate)))
+                    .unwrap_or_default()
             ),
             decision
                 .entitlements
@@ -943,6 +1033,7 @@ mod tests {
                 age_secs: Some(3600),
             },
             sqlite_bytes: 0,
+            peers: crate::peers::PeersReport::off(),
         }
     }
 

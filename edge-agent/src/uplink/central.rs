@@ -299,6 +299,28 @@ impl Central {
         self.fetch(builder, Duration::from_secs(30)).await
     }
 
+    /// `PUT /device/peer`: registers this gate's peer key and address.
+    pub async fn register_peer(
+        &self,
+        registration: &stile_shared::api::PeerRegistration,
+    ) -> Result<(stile_shared::api::DevicePeer, LinkSample), CallError> {
+        let builder = self
+            .client
+            .put(self.url("/device/peer"))
+            .bearer_auth(&self.device_credential)
+            .json(registration);
+        self.fetch(builder, Duration::from_secs(10)).await
+    }
+
+    /// `GET /device/peers`: the merchant's other gates.
+    pub async fn peers(&self) -> Result<(stile_shared::api::DevicePeers, LinkSample), CallError> {
+        let builder = self
+            .client
+            .get(self.url("/device/peers"))
+            .bearer_auth(&self.device_credential);
+        self.fetch(builder, Duration::from_secs(10)).await
+    }
+
     pub async fn upload(
         &self,
         decisions: Vec<OfflineDecision>,

@@ -4,7 +4,7 @@
 
 use crate::decide::Gate;
 use crate::store::{now_rfc3339, StoreError};
-use crate::uplink::central::CallError;
+use crate::uplink::central::{CallError, LinkSample};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +80,49 @@ pub async fn operators_once(gate: &Arc<Gate>) -> Result<usize, SyncError> {
     gate.link_ok(Some(sample));
     let count = operators.operators.len();
     gate.install_operators(&operators).await?;
+    Ok(count)
+}
+
+/// With peers on: registers this gate's peer key and address with the central when it does
+/// not hold them yet, and installs the central's list of the other gates (kept in the store,
+/// so a gate rebooted while the central is away still knows its peers).
+pub async fn peers_once(gate: &Arc<Gate>) -> Result<usize, SyncError> {
+    let Some(peers) = gate.peers.clone() else {
+        return Ok(0);
+    };
+    fn call<T>(gate: &Gate, result: Result<(T, LinkSample), CallError>) -> Result<T, SyncError> {
+        match result {
+            Ok((answer, sample)) => {
+                gate.link_ok(Some(sample));
+                Ok(answer)
+            }
+            Err(error) => {
+                gate.link_failed(&error);
+                Err(SyncError::Central(error))
+            }
+        }
+    }
+    let advertise = peers
+        .settings
+        .advertise
+        .as_ref()
+        .map(|a| a.as_str().to_owned());
+    let mut answer = call(gate, gate.central.peers().await)?;
+    if !peers.registration_current(&answer, advertise.as_deref()) {
+        let registration = stile_shared::api::PeerRegistration {
+            public_key: peers.public_key().encode(),
+            address: advertise.clone(),
+            port: advertise.is_none().then(|| peers.settings.listen.port()),
+        };
+        let registered = call(gate, gate.central.register_peer(&registration).await)?;
+        tracing::info!(address = %registered.address, key = %peers.public_key().fingerprint(), "peer key registered with the central");
+        answer = call(gate, gate.central.peers().await)?;
+    }
+    let directory = peers.install(&answer);
+    let count = directory.peers.len();
+    let text = crate::peers::Peers::directory_text(&directory);
+    gate.with_store(move |store| store.set_state(crate::peers::Peers::DIRECTORY_STATE, &text))
+        .await?;
     Ok(count)
 }
 
@@ -203,6 +246,12 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
             }
             history_once(&gate).await?;
             operators_once(&gate).await?;
+            if let Err(error) = peers_once(&gate).await {
+                // The peers keep their last list; tickets and uploads go on.
+                if !error.is_transient() {
+                    tracing::warn!(error = %error, "peer directory sync failed");
+                }
+            }
             tickets_once(&gate, 2000).await?;
             loop {
                 let report = upload_once(&gate).await?;

@@ -1,0 +1,498 @@
+//! Venue peers with real processes: gates of the `edge-agent` binary on loopback, a real
+//! central on a throwaway PostgreSQL, the uplink behind one TCP proxy and each gate's peer
+//! listener behind a proxy of its own (its "LAN cable"), so the test cuts the uplink, the
+//! LAN of one gate, or stops a gate with SIGSTOP.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::proxy::Proxy;
+use common::{
+    agent_config, bulk_fixture, free_port, is_synced, scan, wait_status, AgentProcess, Central,
+};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use stile_shared::peer::{sign, AcceptMode, Acceptance, LogId, PeerKey, PeerMessage, PullRequest};
+use stile_shared::token::Jti;
+use stile_shared::{FunctionCode, Identifier};
+
+const OTA: &str = "ch-ota-secret";
+const LIMIT: Duration = Duration::from_secs(45);
+
+/// A third gate of M001, and a gate of another merchant.
+const MORE_DEVICES: &str = r#"{"merchants": [
+  {"code": "M001", "name": "示例乐园",
+   "locations": [{"venue_code": "GATE-NORTH", "name": "北门"}],
+   "devices": [{"device_id": "dev-north-1", "venue_code": "GATE-NORTH", "secret": "dev-secret-3"}]},
+  {"code": "M002", "name": "别家乐园",
+   "locations": [{"venue_code": "M2-GATE", "name": "大门"}],
+   "devices": [{"device_id": "dev-m2-1", "venue_code": "M2-GATE", "secret": "dev-secret-m2"}]}]}"#;
+
+struct PeerGate {
+    agent: AgentProcess,
+    config: PathBuf,
+    port: u16,
+    /// In front of the gate's peer listener: the address its peers reach it at.
+    lan: Proxy,
+    _dir: tempfile::TempDir,
+}
+
+impl PeerGate {
+    async fn start(uplink: &Proxy, device: &str, secret: &str, venue: &str) -> PeerGate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, peer_port) = (free_port(), free_port());
+        let lan = Proxy::start(format!("127.0.0.1:{peer_port}").parse().expect("addr")).await;
+        let config = dir.path().join("agent.toml");
+        let peers = format!(
+            "[peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"{}\"\npull_interval_ms = 500\npush_timeout_ms = 300\n",
+            lan.addr
+        );
+        std::fs::write(
+            &config,
+            agent_config(
+                device,
+                secret,
+                venue,
+                &uplink.url(),
+                &dir.path().join("state"),
+                port,
+                &peers,
+            ),
+        )
+        .expect("config");
+        let agent = AgentProcess::start(&config, port).await;
+        wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+        PeerGate {
+            agent,
+            config,
+            port,
+            lan,
+            _dir: dir,
+        }
+    }
+
+    fn base(&self) -> &str {
+        &self.agent.base
+    }
+
+    async fn restart(&mut self) {
+        self.agent.kill();
+        self.agent = AgentProcess::start(&self.config, self.port).await;
+    }
+
+    fn signal(&self, name: &str) {
+        stile_testkit::send_signal(self.agent.child.id(), name).expect("signal the agent");
+    }
+
+    /// The peer listener itself (not through the LAN proxy).
+    async fn peer_url(&self) -> String {
+        let status = wait_status(self.base(), LIMIT, "status", |_| true).await;
+        format!(
+            "http://{}/peer/v1/acceptances",
+            status["peers"]["listen"].as_str().expect("listen")
+        )
+    }
+}
+
+fn peer<'a>(status: &'a Value, device: &str) -> Option<&'a Value> {
+    status["peers"]["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["device_id"] == device)
+}
+
+/// Waits until the gate lists `devices` as peers that are up.
+async fn wait_peers_up(gate: &PeerGate, devices: &[&str]) {
+    wait_status(gate.base(), LIMIT, "peers up", |s| {
+        devices
+            .iter()
+            .all(|d| peer(s, d).is_some_and(|p| p["state"] == "up"))
+    })
+    .await;
+}
+
+/// Waits until the gate has pulled `device`'s log up to at least `seq`.
+async fn wait_pulled(gate: &PeerGate, device: &str, seq: u64) -> Value {
+    wait_status(gate.base(), LIMIT, "caught up with a peer", |s| {
+        peer(s, device).is_some_and(|p| p["pulled_seq"].as_u64() >= Some(seq) && p["lag"] == 0)
+    })
+    .await
+}
+
+fn code(decision: &Value) -> (&str, &str) {
+    (
+        decision["code"].as_str().unwrap_or("?"),
+        decision["mode"].as_str().unwrap_or("?"),
+    )
+}
+
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = common::page(&format!("{base}/metrics")).await;
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ticket_let_in_at_one_gate_is_refused_at_the_others_while_the_central_is_away() {
+    let central = Central::start(&[MORE_DEVICES.to_owned(), bulk_fixture(6)]).await;
+    let uplink = Proxy::start(central.addr).await;
+    let tokens: Vec<String> = {
+        let mut tokens = Vec::new();
+        for i in 0..3 {
+            tokens.push(central.issue_qr(&format!("TK-B{i}"), OTA).await);
+        }
+        tokens
+    };
+    let east = PeerGate::start(&uplink, "dev-east-1", "dev-secret-1", "GATE-EAST").await;
+    let west = PeerGate::start(&uplink, "dev-west-1", "dev-secret-2", "GATE-WEST").await;
+    let mut north = PeerGate::start(&uplink, "dev-north-1", "dev-secret-3", "GATE-NORTH").await;
+    // Everyone has synced the latest QRs and knows the two others.
+    let all = ["dev-east-1", "dev-west-1", "dev-north-1"];
+    for (gate, me) in [(&east, all[0]), (&west, all[1]), (&north, all[2])] {
+        let others: Vec<&str> = all.into_iter().filter(|d| *d != me).collect();
+        wait_peers_up(gate, &others).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    uplink.cut();
+
+    // Accepted at east; refused at west 200 ms later, naming east.
+    let first = scan(east.base(), &tokens[0]).await;
+    assert_eq!(code(&first), ("SUCCESS", "offline"), "{first}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = scan(west.base(), &tokens[0]).await;
+    assert_eq!(code(&again), ("ALREADY_REDEEMED", "local"), "{again}");
+    assert_eq!(again["message"], "该权益已核销");
+    assert_eq!(again["accepted_at"], "dev-east-1", "{again}");
+    let page = common::page(&format!("{}/", west.base())).await;
+    assert!(
+        page.contains("已在闸机 <b class=peer>dev-east-1</b> 核销"),
+        "the status page names the gate"
+    );
+    assert_eq!(
+        metric(west.base(), "stile_agent_peer_blocks_total").await,
+        1.0
+    );
+
+    // North is down while east lets the next one in; after its restart (still without the
+    // central) it catches up and refuses it.
+    north.agent.kill();
+    let second = scan(east.base(), &tokens[1]).await;
+    assert_eq!(code(&second), ("SUCCESS", "offline"), "{second}");
+    north.restart().await;
+    wait_pulled(&north, "dev-east-1", 2).await;
+    for token in &tokens[..2] {
+        let refused = scan(north.base(), token).await;
+        assert_eq!(code(&refused), ("ALREADY_REDEEMED", "local"), "{refused}");
+        assert_eq!(refused["accepted_at"], "dev-east-1");
+    }
+    // North holds both of east's entries, each once: one pushed before its restart, one
+    // pulled after it.
+    let held: Value = reqwest::get(format!("{}/api/peer-acceptances", north.base()))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let from_east: Vec<&Value> = held["acceptances"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|a| a["device"] == "dev-east-1")
+        .collect();
+    assert_eq!(from_east.len(), 2, "{held}");
+
+    // The LAN splits east from west too: then both accept the third ticket.
+    east.lan.cut();
+    west.lan.cut();
+    assert_eq!(
+        code(&scan(east.base(), &tokens[2]).await),
+        ("SUCCESS", "offline")
+    );
+    assert_eq!(
+        code(&scan(west.base(), &tokens[2]).await),
+        ("SUCCESS", "offline")
+    );
+    east.lan.restore();
+    west.lan.restore();
+
+    // The central is back: one redemption per ticket; a conflict only for the partitioned one.
+    uplink.restore();
+    for gate in [&east, &west, &north] {
+        wait_status(gate.base(), LIMIT, "drained", |s| {
+            s["outbox"]["depth"].as_i64() == Some(0)
+        })
+        .await;
+    }
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM redemption_events")
+            .await,
+        3
+    );
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM merchant_redemptions WHERE result = 'CONFLICT'")
+            .await,
+        1,
+        "only the ticket accepted on both sides of the split conflicts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_peer_costs_no_scan_and_catches_up_when_it_resumes() {
+    let central = Central::start(&[bulk_fixture(8)]).await;
+    let uplink = Proxy::start(central.addr).await;
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        tokens.push(central.issue_qr(&format!("TK-B{i}"), OTA).await);
+    }
+    let east = PeerGate::start(&uplink, "dev-east-1", "dev-secret-1", "GATE-EAST").await;
+    let west = PeerGate::start(&uplink, "dev-west-1", "dev-secret-2", "GATE-WEST").await;
+    wait_peers_up(&east, &["dev-west-1"]).await;
+    wait_peers_up(&west, &["dev-east-1"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    uplink.cut();
+    west.signal("STOP");
+    let mut walls = Vec::new();
+    for token in &tokens {
+        let started = Instant::now();
+        let decision = scan(east.base(), token).await;
+        walls.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(code(&decision), ("SUCCESS", "offline"), "{decision}");
+    }
+    // Printed, not asserted (no timed assertions): the figure is for the reader.
+    println!("scans at east with west stopped, wall ms: {walls:.1?}");
+    let status = wait_status(east.base(), LIMIT, "west seen down", |s| {
+        peer(s, "dev-west-1").is_some_and(|p| p["state"] == "down")
+    })
+    .await;
+    assert!(peer(&status, "dev-west-1").expect("west")["last_error"].is_string());
+    west.signal("CONT");
+    wait_pulled(&west, "dev-east-1", tokens.len() as u64).await;
+    for token in &tokens {
+        let refused = scan(west.base(), token).await;
+        assert_eq!(code(&refused), ("ALREADY_REDEEMED", "local"), "{refused}");
+        assert_eq!(refused["accepted_at"], "dev-east-1");
+    }
+}
+
+/// The jti inside a QR token (its claims, read without verifying).
+fn jti_of(token: &str) -> Jti {
+    let payload = token.split('.').nth(1).expect("payload");
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json");
+    Jti::parse(claims["jti"].as_str().expect("jti")).expect("jti")
+}
+
+fn id(raw: &str) -> Identifier {
+    Identifier::parse(raw).expect("identifier")
+}
+
+fn acceptance(device: &str, merchant: &str, seq: u64, token: &str, ticket: &str) -> PeerMessage {
+    PeerMessage::Accept(Acceptance {
+        device: id(device),
+        merchant: id(merchant),
+        log: LogId::from_bytes([9; 16]),
+        seq,
+        jti: jti_of(token),
+        function_code: FunctionCode::parse("ENTRY").expect("code"),
+        ticket: id(ticket),
+        decided_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        mode: AcceptMode::Offline,
+    })
+}
+
+async fn push(url: &str, message: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&json!({"messages": [message]}))
+        .send()
+        .await
+        .expect("push");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Registers a key at the central for a device whose credential the test holds.
+async fn register(central: &Central, device: &str, secret: &str, key: &ed25519_dalek::SigningKey) {
+    let response = central
+        .client
+        .put(format!("{}/device/peer", central.base))
+        .bearer_auth(format!("{device}:{secret}"))
+        .json(&json!({"public_key": PeerKey::of(key).encode(), "address": "127.0.0.1:9"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_nothing() {
+    let central = Central::start(&[MORE_DEVICES.to_owned(), bulk_fixture(4)]).await;
+    let uplink = Proxy::start(central.addr).await;
+    let mut tokens = Vec::new();
+    for i in 0..3 {
+        tokens.push(central.issue_qr(&format!("TK-B{i}"), OTA).await);
+    }
+    // The test is gate north (it holds north's device credential and key) and a gate of M002.
+    let north = ed25519_dalek::SigningKey::from_bytes(&[31; 32]);
+    let foreign = ed25519_dalek::SigningKey::from_bytes(&[32; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[33; 32]);
+    register(&central, "dev-north-1", "dev-secret-3", &north).await;
+    register(&central, "dev-m2-1", "dev-secret-m2", &foreign).await;
+    // A bad key is refused by the central.
+    let bad = central
+        .client
+        .put(format!("{}/device/peer", central.base))
+        .bearer_auth("dev-north-1:dev-secret-3")
+        .json(&json!({"public_key": "AAAA", "port": 9092}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(bad.status(), 400);
+    let east = PeerGate::start(&uplink, "dev-east-1", "dev-secret-1", "GATE-EAST").await;
+    let listed = wait_status(east.base(), LIMIT, "north listed", |s| {
+        peer(s, "dev-north-1").is_some()
+    })
+    .await;
+    assert!(
+        peer(&listed, "dev-m2-1").is_none(),
+        "another merchant's gate is never a peer: {listed}"
+    );
+    let url = east.peer_url().await;
+
+    let forged = sign(
+        &acceptance("dev-north-1", "M001", 1, &tokens[0], "TK-B0"),
+        &stranger,
+    );
+    let (status, answer) = push(&url, &forged).await;
+    assert_eq!(
+        (status, answer["refused"][0]["reason"].as_str()),
+        (403, Some("forged")),
+        "{answer}"
+    );
+    let other_merchant = sign(
+        &acceptance("dev-m2-1", "M002", 1, &tokens[0], "TK-B0"),
+        &foreign,
+    );
+    let (status, answer) = push(&url, &other_merchant).await;
+    assert_eq!(
+        (status, answer["refused"][0]["reason"].as_str()),
+        (403, Some("other_merchant")),
+        "{answer}"
+    );
+    let in_our_name = sign(
+        &acceptance("dev-m2-1", "M001", 1, &tokens[0], "TK-B0"),
+        &foreign,
+    );
+    let (status, answer) = push(&url, &in_our_name).await;
+    assert_eq!(
+        (status, answer["refused"][0]["reason"].as_str()),
+        (403, Some("unknown_device")),
+        "{answer}"
+    );
+    let (status, _) = push(&url, "not.a-message").await;
+    assert_eq!(status, 403);
+
+    // A real message of north is taken once; its replay is refused.
+    let genuine = sign(
+        &acceptance("dev-north-1", "M001", 1, &tokens[1], "TK-B1"),
+        &north,
+    );
+    let (status, answer) = push(&url, &genuine).await;
+    assert_eq!(
+        (status, answer["taken"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    let (status, answer) = push(&url, &genuine).await;
+    assert_eq!(
+        (status, answer["refused"][0]["reason"].as_str()),
+        (403, Some("replayed")),
+        "{answer}"
+    );
+
+    // Pulls: unsigned, forged, for another gate, or replayed are refused; a fresh one is served.
+    let client = reqwest::Client::new();
+    let pull = |signed: Option<String>| {
+        let mut request = client.get(&url);
+        if let Some(signed) = signed {
+            request = request.header("authorization", format!("StilePeer {signed}"));
+        }
+        request.send()
+    };
+    let request = |peer: &str, nonce: u64, key: &ed25519_dalek::SigningKey| {
+        sign(
+            &PeerMessage::Pull(PullRequest {
+                device: id("dev-north-1"),
+                merchant: id("M001"),
+                peer: id(peer),
+                nonce,
+            }),
+            key,
+        )
+    };
+    assert_eq!(pull(None).await.expect("pull").status(), 401);
+    assert_eq!(
+        pull(Some(request("dev-east-1", 5, &stranger)))
+            .await
+            .expect("pull")
+            .status(),
+        403
+    );
+    assert_eq!(
+        pull(Some(request("dev-west-1", 6, &north)))
+            .await
+            .expect("pull")
+            .status(),
+        403
+    );
+    let good = request("dev-east-1", 7, &north);
+    let served = pull(Some(good.clone())).await.expect("pull");
+    assert_eq!(served.status(), 200);
+    let served: Value = served.json().await.expect("json");
+    assert_eq!(served["device"], "dev-east-1");
+    assert_eq!(
+        pull(Some(good)).await.expect("pull").status(),
+        403,
+        "a replayed pull"
+    );
+
+    let refused = |reason: &str| {
+        let base = east.base().to_owned();
+        let name = format!("stile_agent_peer_messages_refused_total{{reason=\"{reason}\"}}");
+        async move { metric(&base, &name).await }
+    };
+    assert_eq!(refused("forged").await, 2.0);
+    assert_eq!(refused("other_merchant").await, 1.0);
+    assert_eq!(refused("unknown_device").await, 1.0);
+    assert_eq!(refused("replayed").await, 1.0);
+    assert_eq!(refused("malformed").await, 1.0);
+    assert_eq!(refused("wrong_peer").await, 1.0);
+    assert_eq!(refused("stale_pull").await, 1.0);
+
+    // None of the refused messages changed a decision; the genuine one did.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    uplink.cut();
+    let first = scan(east.base(), &tokens[0]).await;
+    assert_eq!(code(&first), ("SUCCESS", "offline"), "{first}");
+    let second = scan(east.base(), &tokens[1]).await;
+    assert_eq!(code(&second), ("ALREADY_REDEEMED", "local"), "{second}");
+    assert_eq!(second["accepted_at"], "dev-north-1");
+    // Peers' records are evidence, not uploads: east uploads only its own acceptance.
+    uplink.restore();
+    wait_status(east.base(), LIMIT, "drained", |s| {
+        s["outbox"]["depth"].as_i64() == Some(0)
+    })
+    .await;
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM redemption_events")
+            .await,
+        1
+    );
+}
