@@ -1,5 +1,6 @@
 //! `edge-agent` command line: `run --config FILE`, `check-config --config FILE`,
-//! `status [--url URL]`. Settings are read before the runtime starts; a bad setting exits 64.
+//! `status [--url URL]`, `peer-key --config FILE`. Settings are read before the runtime
+//! starts; a bad setting exits 64.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -25,6 +26,12 @@ enum Command {
     },
     /// Check the settings and print them (secrets masked).
     CheckConfig {
+        #[arg(long, default_value = "/etc/stile/edge-agent.toml")]
+        config: PathBuf,
+    },
+    /// Print this gate's peer public key (made on first use), for the other gates' static
+    /// peer lists at a site without a central.
+    PeerKey {
         #[arg(long, default_value = "/etc/stile/edge-agent.toml")]
         config: PathBuf,
     },
@@ -58,6 +65,22 @@ fn main() -> ExitCode {
                 print!("{}", config.describe());
                 ExitCode::SUCCESS
             }
+            Err(error) => {
+                eprintln!("edge-agent: bad setting: {error}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+        Command::PeerKey { config } => match load(&config) {
+            Ok(config) => match edge_agent::peers::identity::load_or_create(&config.state_dir) {
+                Ok(key) => {
+                    println!("{}", stile_shared::peer::PeerKey::of(&key).encode());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("edge-agent: {error}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(error) => {
                 eprintln!("edge-agent: bad setting: {error}");
                 ExitCode::from(EX_USAGE)

@@ -1,5 +1,7 @@
 //! The agent's local SQLite store: every decision, the (jti, function_code) pairs this
-//! device accepted, the synced ticket state, the key set, and the upload queue.
+//! device accepted, the synced ticket state, the key set, the upload queue, and for the
+//! venue peers this gate's own signed log, what its peers announced and how far each
+//! peer's log has been pulled.
 //!
 //! Opened in WAL mode with `synchronous = FULL`: an offline acceptance is on disk before the
 //! gate shows green, and survives a SIGKILL or a power cut. The schema is created at open
@@ -822,5 +824,105 @@ mod tests {
         let snapshot =
             snapshot_for_decision(&ticket, &FunctionCode::parse("ENTRY").expect("code"), 1);
         assert_eq!(snapshot.entitlements[0].remaining_uses, 1);
+    }
+
+    #[test]
+    fn peer_acceptances_count_like_this_gates_own_until_the_copy_shows_them() {
+        use stile_shared::peer::{AcceptMode, Acceptance, LogId};
+        use stile_shared::Identifier;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("open");
+        let jti = |b: u8| Jti::from_bytes([b; 16]);
+        let acceptance = |seq: u64, j: Jti| Acceptance {
+            device: Identifier::parse("dev-west-1").expect("id"),
+            merchant: Identifier::parse("M001").expect("id"),
+            log: LogId::from_bytes([2; 16]),
+            seq,
+            jti: j,
+            function_code: FunctionCode::parse("ENTRY").expect("code"),
+            ticket: Identifier::parse("TK-1").expect("id"),
+            decided_at: "2026-12-02T10:00:00.000Z".into(),
+            mode: AcceptMode::Offline,
+        };
+        assert!(store
+            .insert_peer_acceptance(&acceptance(1, jti(1)), "m1", "2026-12-02T10:00:00.010Z")
+            .expect("insert"));
+        assert!(
+            !store
+                .insert_peer_acceptance(&acceptance(1, jti(1)), "m1", "2026-12-02T10:00:01Z")
+                .expect("insert"),
+            "the same entry of a peer's log is held once"
+        );
+        assert_eq!(
+            store.accepted_by(jti(1).as_str(), "ENTRY").expect("query"),
+            Some(AcceptedBy::Peer("dev-west-1".into()))
+        );
+        assert_eq!(
+            store.accepted_by(jti(1).as_str(), "MEAL").expect("query"),
+            None
+        );
+        let mut copy = SyncedTicket {
+            ticket_code: "TK-1".into(),
+            status: TicketStatus::Activated,
+            channel: Channel::Ota,
+            current_jti: Some(jti(1)),
+            current_issued_at: Some(1_764_000_000),
+            entitlements: vec![],
+            redeemed_functions: vec![],
+        };
+        assert_eq!(
+            store
+                .uses_not_in_copy("TK-1", "ENTRY", Some(&copy))
+                .expect("uses"),
+            1
+        );
+        // Once the synced copy shows the pair redeemed, the central has counted it.
+        copy.redeemed_functions = vec![FunctionCode::parse("ENTRY").expect("code")];
+        assert_eq!(
+            store
+                .uses_not_in_copy("TK-1", "ENTRY", Some(&copy))
+                .expect("uses"),
+            0
+        );
+        // This gate's own acceptance of the same pair is counted once, not twice.
+        copy.redeemed_functions.clear();
+        let mut own = record("s9", Mode::Offline, "SUCCESS", Some("pending"));
+        own.jti = Some(jti(1).as_str().to_owned());
+        let announced = store
+            .record_announced(&own, Some(&|seq| format!("signed {seq}")))
+            .expect("record");
+        assert_eq!(announced.as_deref(), Some("signed 1"));
+        assert_eq!(
+            store
+                .uses_not_in_copy("TK-1", "ENTRY", Some(&copy))
+                .expect("uses"),
+            1
+        );
+        assert_eq!(
+            store.accepted_by(jti(1).as_str(), "ENTRY").expect("query"),
+            Some(AcceptedBy::Here)
+        );
+        // The own log: numbered without gaps, served after a point; a refusal is not logged.
+        let mut refusal = record("s10", Mode::Local, "INVALID_QR", None);
+        refusal.jti = Some(jti(5).as_str().to_owned());
+        assert_eq!(
+            store
+                .record_announced(&refusal, Some(&|seq| format!("signed {seq}")))
+                .expect("record"),
+            None
+        );
+        let mut second = record("s11", Mode::Online, "SUCCESS", None);
+        second.jti = Some(jti(6).as_str().to_owned());
+        store
+            .record_announced(&second, Some(&|seq| format!("signed {seq}")))
+            .expect("record");
+        assert_eq!(
+            store.own_log_after(0, 10).expect("log"),
+            (vec!["signed 1".to_owned(), "signed 2".to_owned()], 2)
+        );
+        assert_eq!(
+            store.own_log_after(1, 10).expect("log").0,
+            vec!["signed 2".to_owned()]
+        );
     }
 }

@@ -185,3 +185,39 @@ fn sigterm_stops_a_running_agent_cleanly_and_status_reads_it() {
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+/// `peer-key` makes the gate's peer key once (0600 in the state directory) and prints the
+/// public half the other gates' static lists take.
+#[test]
+fn peer_key_prints_the_same_public_key_every_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config(dir.path(), "[peers]\nlisten = \"127.0.0.1:0\"\n");
+    let run = || {
+        let output = Command::new(BINARY)
+            .args(["peer-key", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run peer-key");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let first = run();
+    assert!(
+        stile_shared::peer::PeerKey::parse(&first).is_ok(),
+        "{first}"
+    );
+    assert_eq!(run(), first);
+    let key_file = dir.path().join("state/peer-key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The private half is not what is printed.
+    let private = std::fs::read_to_string(&key_file).expect("read");
+    assert_ne!(private.trim(), first);
+}

@@ -495,4 +495,80 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
             .await,
         1
     );
+
+    // Revoking north at the central takes it out of east's list at the next sync: its
+    // messages, correctly signed, are then from an unknown device.
+    central_server::lifecycle::revoke_device(&central.pool, &id("dev-north-1"))
+        .await
+        .expect("revoke");
+    wait_status(east.base(), LIMIT, "north gone", |s| {
+        s["peers"]["peers"].as_array().is_some() && peer(s, "dev-north-1").is_none()
+    })
+    .await;
+    let after_revocation = sign(
+        &acceptance("dev-north-1", "M001", 2, &tokens[2], "TK-B2"),
+        &north,
+    );
+    let (status, answer) = push(&url, &after_revocation).await;
+    assert_eq!(
+        (status, answer["refused"][0]["reason"].as_str()),
+        (403, Some("unknown_device")),
+        "{answer}"
+    );
+}
+
+/// A peer named in the settings is trusted without the central: its key was never
+/// registered there, yet its signed acceptance blocks the ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_static_peer_is_trusted_without_the_central_knowing_its_key() {
+    let central = Central::start(&[MORE_DEVICES.to_owned(), bulk_fixture(2)]).await;
+    let uplink = Proxy::start(central.addr).await;
+    let token = central.issue_qr("TK-B0", OTA).await;
+    let north = ed25519_dalek::SigningKey::from_bytes(&[41; 32]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, peer_port) = (free_port(), free_port());
+    let peers = format!(
+        "[peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"127.0.0.1:{peer_port}\"\n\
+         [[peers.static]]\ndevice_id = \"dev-north-1\"\naddress = \"127.0.0.1:9\"\npublic_key = \"{}\"\n",
+        PeerKey::of(&north).encode()
+    );
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config(
+            "dev-east-1",
+            "dev-secret-1",
+            "GATE-EAST",
+            &uplink.url(),
+            &dir.path().join("state"),
+            port,
+            &peers,
+        ),
+    )
+    .expect("config");
+    let east = AgentProcess::start(&config, port).await;
+    let status = wait_status(&east.base, LIMIT, "synced with its static peer", |s| {
+        is_synced(s) && peer(s, "dev-north-1").is_some_and(|p| p["source"] == "static")
+    })
+    .await;
+    assert_eq!(
+        status["peers"]["merchant"], "M001",
+        "the central said the merchant"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    uplink.cut();
+    let url = format!("http://127.0.0.1:{peer_port}/peer/v1/acceptances");
+    let genuine = sign(
+        &acceptance("dev-north-1", "M001", 1, &token, "TK-B0"),
+        &north,
+    );
+    let (status, answer) = push(&url, &genuine).await;
+    assert_eq!(
+        (status, answer["taken"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    let refused = scan(&east.base, &token).await;
+    assert_eq!(code(&refused), ("ALREADY_REDEEMED", "local"), "{refused}");
+    assert_eq!(refused["accepted_at"], "dev-north-1");
 }

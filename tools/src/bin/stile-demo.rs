@@ -239,10 +239,14 @@ async fn run_gates(
         let spool = dir.join("spool");
         std::fs::create_dir_all(&spool)?;
         let port = stile_tools::free_port()?;
+        // The two gates are venue peers: what one lets in, the other refuses, central or not.
+        let peer_port = stile_tools::free_port()?;
         let config = format!(
             "device_id = \"{device}\"\ndevice_secret = \"{secret}\"\ncentral_url = \"{}\"\nvenue_code = \"{venue}\"\n\
              state_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nsync_interval_secs = 1\ndebounce_secs = 1\n\
-             [source]\nkind = \"directory\"\npath = \"{}\"\nmode = \"watch\"\n[operator]\nusername = \"op-east\"\npassword = \"correct horse\"\n",
+             [source]\nkind = \"directory\"\npath = \"{}\"\nmode = \"watch\"\n\
+             [peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"127.0.0.1:{peer_port}\"\n\
+             [operator]\nusername = \"op-east\"\npassword = \"correct horse\"\n",
             server.base_url,
             dir.join("state").display(),
             spool.display()
