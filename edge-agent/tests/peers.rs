@@ -41,12 +41,23 @@ struct PeerGate {
 
 impl PeerGate {
     async fn start(uplink: &Proxy, device: &str, secret: &str, venue: &str) -> PeerGate {
+        PeerGate::start_with(uplink, device, secret, venue, "").await
+    }
+
+    /// `extra`: more of the `[peers]` section (static peers).
+    async fn start_with(
+        uplink: &Proxy,
+        device: &str,
+        secret: &str,
+        venue: &str,
+        extra: &str,
+    ) -> PeerGate {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, peer_port) = (free_port(), free_port());
         let lan = Proxy::start(format!("127.0.0.1:{peer_port}").parse().expect("addr")).await;
         let config = dir.path().join("agent.toml");
         let peers = format!(
-            "[peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"{}\"\npull_interval_ms = 500\npush_timeout_ms = 300\n",
+            "[peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"{}\"\npull_interval_ms = 500\npush_timeout_ms = 300\n{extra}",
             lan.addr
         );
         std::fs::write(
@@ -317,6 +328,16 @@ async fn push(url: &str, message: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Pushes one message and expects it refused for `reason`.
+async fn refused_as(url: &str, message: &str, reason: &str) {
+    let (status, answer) = push(url, message).await;
+    assert_eq!(
+        (status, answer["refused"][0]["reason"].as_str()),
+        (403, Some(reason)),
+        "{answer}"
+    );
+}
+
 /// Registers a key at the central for a device whose credential the test holds.
 async fn register(central: &Central, device: &str, secret: &str, key: &ed25519_dalek::SigningKey) {
     let response = central
@@ -369,32 +390,17 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
         &acceptance("dev-north-1", "M001", 1, &tokens[0], "TK-B0"),
         &stranger,
     );
-    let (status, answer) = push(&url, &forged).await;
-    assert_eq!(
-        (status, answer["refused"][0]["reason"].as_str()),
-        (403, Some("forged")),
-        "{answer}"
-    );
+    refused_as(&url, &forged, "forged").await;
     let other_merchant = sign(
         &acceptance("dev-m2-1", "M002", 1, &tokens[0], "TK-B0"),
         &foreign,
     );
-    let (status, answer) = push(&url, &other_merchant).await;
-    assert_eq!(
-        (status, answer["refused"][0]["reason"].as_str()),
-        (403, Some("other_merchant")),
-        "{answer}"
-    );
+    refused_as(&url, &other_merchant, "other_merchant").await;
     let in_our_name = sign(
         &acceptance("dev-m2-1", "M001", 1, &tokens[0], "TK-B0"),
         &foreign,
     );
-    let (status, answer) = push(&url, &in_our_name).await;
-    assert_eq!(
-        (status, answer["refused"][0]["reason"].as_str()),
-        (403, Some("unknown_device")),
-        "{answer}"
-    );
+    refused_as(&url, &in_our_name, "unknown_device").await;
     let (status, _) = push(&url, "not.a-message").await;
     assert_eq!(status, 403);
 
@@ -409,12 +415,7 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
         (200, Some(1)),
         "{answer}"
     );
-    let (status, answer) = push(&url, &genuine).await;
-    assert_eq!(
-        (status, answer["refused"][0]["reason"].as_str()),
-        (403, Some("replayed")),
-        "{answer}"
-    );
+    refused_as(&url, &genuine, "replayed").await;
 
     // Pulls: unsigned, forged, for another gate, or replayed are refused; a fresh one is served.
     let client = reqwest::Client::new();
@@ -509,12 +510,7 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
         &acceptance("dev-north-1", "M001", 2, &tokens[2], "TK-B2"),
         &north,
     );
-    let (status, answer) = push(&url, &after_revocation).await;
-    assert_eq!(
-        (status, answer["refused"][0]["reason"].as_str()),
-        (403, Some("unknown_device")),
-        "{answer}"
-    );
+    refused_as(&url, &after_revocation, "unknown_device").await;
 }
 
 /// A peer named in the settings is trusted without the central: its key was never
@@ -525,30 +521,14 @@ async fn a_static_peer_is_trusted_without_the_central_knowing_its_key() {
     let uplink = Proxy::start(central.addr).await;
     let token = central.issue_qr("TK-B0", OTA).await;
     let north = ed25519_dalek::SigningKey::from_bytes(&[41; 32]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (port, peer_port) = (free_port(), free_port());
-    let peers = format!(
-        "[peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"127.0.0.1:{peer_port}\"\n\
-         [[peers.static]]\ndevice_id = \"dev-north-1\"\naddress = \"127.0.0.1:9\"\npublic_key = \"{}\"\n",
+    let extra = format!(
+        "[[peers.static]]\ndevice_id = \"dev-north-1\"\naddress = \"127.0.0.1:9\"\npublic_key = \"{}\"\n",
         PeerKey::of(&north).encode()
     );
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &uplink.url(),
-            &dir.path().join("state"),
-            port,
-            &peers,
-        ),
-    )
-    .expect("config");
-    let east = AgentProcess::start(&config, port).await;
-    let status = wait_status(&east.base, LIMIT, "synced with its static peer", |s| {
-        is_synced(s) && peer(s, "dev-north-1").is_some_and(|p| p["source"] == "static")
+    let east =
+        PeerGate::start_with(&uplink, "dev-east-1", "dev-secret-1", "GATE-EAST", &extra).await;
+    let status = wait_status(east.base(), LIMIT, "synced with its static peer", |s| {
+        peer(s, "dev-north-1").is_some_and(|p| p["source"] == "static")
     })
     .await;
     assert_eq!(
@@ -557,7 +537,7 @@ async fn a_static_peer_is_trusted_without_the_central_knowing_its_key() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     uplink.cut();
-    let url = format!("http://127.0.0.1:{peer_port}/peer/v1/acceptances");
+    let url = east.peer_url().await;
     let genuine = sign(
         &acceptance("dev-north-1", "M001", 1, &token, "TK-B0"),
         &north,
@@ -568,7 +548,7 @@ async fn a_static_peer_is_trusted_without_the_central_knowing_its_key() {
         (200, Some(1)),
         "{answer}"
     );
-    let refused = scan(&east.base, &token).await;
+    let refused = scan(east.base(), &token).await;
     assert_eq!(code(&refused), ("ALREADY_REDEEMED", "local"), "{refused}");
     assert_eq!(refused["accepted_at"], "dev-north-1");
 }
