@@ -132,10 +132,7 @@ async fn a_cut_link_keeps_the_gate_deciding_and_everything_reconciles_once_resto
     );
 
     proxy.restore();
-    wait_status(&gate.agent.base, LIMIT, "queue drained", |s| {
-        s["outbox"]["depth"].as_i64() == Some(0)
-    })
-    .await;
+    common::wait_drained(&gate.agent.base, LIMIT, "queue drained").await;
     assert_eq!(
         central
             .count("SELECT count(*) FROM redemption_events WHERE source = 'offline'")
@@ -220,14 +217,8 @@ async fn two_gates_accepting_one_qr_offline_leave_one_redemption_and_a_conflict_
     assert_eq!(code(&scan(&east.agent.base, &token).await), "SUCCESS");
     assert_eq!(code(&scan(&west.agent.base, &token).await), "SUCCESS");
     proxy.restore();
-    let east_status = wait_status(&east.agent.base, LIMIT, "east drained", |s| {
-        s["outbox"]["depth"].as_i64() == Some(0)
-    })
-    .await;
-    let west_status = wait_status(&west.agent.base, LIMIT, "west drained", |s| {
-        s["outbox"]["depth"].as_i64() == Some(0)
-    })
-    .await;
+    let east_status = common::wait_drained(&east.agent.base, LIMIT, "east drained").await;
+    let west_status = common::wait_drained(&west.agent.base, LIMIT, "west drained").await;
     assert_eq!(
         central
             .count("SELECT count(*) FROM redemption_events")
@@ -295,10 +286,7 @@ async fn an_unknown_outcome_is_never_shown_red_and_both_sides_agree_afterwards()
         "the central committed"
     );
     proxy.restore();
-    wait_status(&gate.agent.base, LIMIT, "reconciled", |s| {
-        s["outbox"]["depth"].as_i64() == Some(0)
-    })
-    .await;
+    common::wait_drained(&gate.agent.base, LIMIT, "reconciled").await;
     // Same scan_id: the upload replays the central's own record; one redemption stands.
     assert_eq!(
         central

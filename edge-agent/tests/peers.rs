@@ -233,10 +233,7 @@ async fn a_ticket_let_in_at_one_gate_is_refused_at_the_others_while_the_central_
     // The central is back: one redemption per ticket; a conflict only for the partitioned one.
     uplink.restore();
     for gate in [&east, &west, &north] {
-        wait_status(gate.base(), LIMIT, "drained", |s| {
-            s["outbox"]["depth"].as_i64() == Some(0)
-        })
-        .await;
+        common::wait_drained(gate.base(), LIMIT, "drained").await;
     }
     assert_eq!(
         central
@@ -328,6 +325,16 @@ async fn push(url: &str, message: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Pushes one message and expects it taken.
+async fn taken(url: &str, message: &str) {
+    let (status, answer) = push(url, message).await;
+    assert_eq!(
+        (status, answer["taken"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+}
+
 /// Pushes one message and expects it refused for `reason`.
 async fn refused_as(url: &str, message: &str, reason: &str) {
     let (status, answer) = push(url, message).await;
@@ -409,12 +416,7 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
         &acceptance("dev-north-1", "M001", 1, &tokens[1], "TK-B1"),
         &north,
     );
-    let (status, answer) = push(&url, &genuine).await;
-    assert_eq!(
-        (status, answer["taken"].as_u64()),
-        (200, Some(1)),
-        "{answer}"
-    );
+    taken(&url, &genuine).await;
     refused_as(&url, &genuine, "replayed").await;
 
     // Pulls: unsigned, forged, for another gate, or replayed are refused; a fresh one is served.
@@ -486,10 +488,7 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
     assert_eq!(second["accepted_at"], "dev-north-1");
     // Peers' records are evidence, not uploads: east uploads only its own acceptance.
     uplink.restore();
-    wait_status(east.base(), LIMIT, "drained", |s| {
-        s["outbox"]["depth"].as_i64() == Some(0)
-    })
-    .await;
+    common::wait_drained(east.base(), LIMIT, "drained").await;
     assert_eq!(
         central
             .count("SELECT count(*) FROM redemption_events")
@@ -542,12 +541,7 @@ async fn a_static_peer_is_trusted_without_the_central_knowing_its_key() {
         &acceptance("dev-north-1", "M001", 1, &token, "TK-B0"),
         &north,
     );
-    let (status, answer) = push(&url, &genuine).await;
-    assert_eq!(
-        (status, answer["taken"].as_u64()),
-        (200, Some(1)),
-        "{answer}"
-    );
+    taken(&url, &genuine).await;
     let refused = scan(east.base(), &token).await;
     assert_eq!(code(&refused), ("ALREADY_REDEEMED", "local"), "{refused}");
     assert_eq!(refused["accepted_at"], "dev-north-1");

@@ -304,6 +304,14 @@ pub async fn wait_status(
     }
 }
 
+/// Waits until the gate's upload queue is empty; returns that status.
+pub async fn wait_drained(base: &str, limit: Duration, what: &str) -> Value {
+    wait_status(base, limit, what, |s| {
+        s["outbox"]["depth"].as_i64() == Some(0)
+    })
+    .await
+}
+
 /// Synced at least once, keys loaded, an operator logged in.
 pub fn is_synced(status: &Value) -> bool {
     !status["last_sync_at"].is_null()
