@@ -47,7 +47,7 @@ pub struct PeerMetrics {
     /// Peers' acceptances taken (pushed or pulled), new ones only.
     pub received: Counter,
     /// Messages refused, by reason (`forged`, `unknown_device`, `other_merchant`, `replayed`,
-    /// `malformed`, `own`, `stale_pull`, `wrong_peer`).
+    /// `malformed`, `own`, `wrong_peer`).
     pub refused: Family<Vec<(String, String)>, Counter>,
     /// Decisions refused because a peer had accepted the pair.
     pub blocks: Counter,

@@ -14,7 +14,7 @@ use common::{
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use stile_shared::peer::{sign, AcceptMode, Acceptance, LogId, PeerKey, PeerMessage, PullRequest};
+use stile_shared::peer::{sign, AcceptMode, Acceptance, LogId, PeerKey, PeerMessage, PeerRequest};
 use stile_shared::token::Jti;
 use stile_shared::{FunctionCode, Identifier};
 
@@ -314,9 +314,50 @@ fn acceptance(device: &str, merchant: &str, seq: u64, token: &str, ticket: &str)
     })
 }
 
-async fn push(url: &str, message: &str) -> (u16, Value) {
+/// One gate the test speaks as: its device id, merchant and key.
+struct Speaker<'a> {
+    device: &'a str,
+    merchant: &'a str,
+    key: &'a ed25519_dalek::SigningKey,
+}
+
+/// A growing nonce for the test's requests.
+fn nonce() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |l| Some(now.max(l + 1)),
+        )
+        .unwrap_or(0);
+    now.max(previous + 1)
+}
+
+impl Speaker<'_> {
+    /// The signed `Authorization` value of a request to `peer`.
+    fn request(&self, peer: &str, push: bool) -> String {
+        let request = PeerRequest {
+            device: id(self.device),
+            merchant: id(self.merchant),
+            peer: id(peer),
+            nonce: nonce(),
+        };
+        let message = if push {
+            PeerMessage::Push(request)
+        } else {
+            PeerMessage::Pull(request)
+        };
+        format!("StilePeer {}", sign(&message, self.key))
+    }
+}
+
+/// A push to east with this exact `Authorization` value (so a test can replay one).
+async fn push_as(url: &str, authorization: &str, message: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(url)
+        .header("authorization", authorization)
         .json(&json!({"messages": [message]}))
         .send()
         .await
@@ -325,9 +366,13 @@ async fn push(url: &str, message: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+async fn push(url: &str, from: &Speaker<'_>, message: &str) -> (u16, Value) {
+    push_as(url, &from.request("dev-east-1", true), message).await
+}
+
 /// Pushes one message and expects it taken.
-async fn taken(url: &str, message: &str) {
-    let (status, answer) = push(url, message).await;
+async fn taken(url: &str, from: &Speaker<'_>, message: &str) {
+    let (status, answer) = push(url, from, message).await;
     assert_eq!(
         (status, answer["taken"].as_u64()),
         (200, Some(1)),
@@ -335,14 +380,17 @@ async fn taken(url: &str, message: &str) {
     );
 }
 
-/// Pushes one message and expects it refused for `reason`.
-async fn refused_as(url: &str, message: &str, reason: &str) {
-    let (status, answer) = push(url, message).await;
-    assert_eq!(
-        (status, answer["refused"][0]["reason"].as_str()),
-        (403, Some(reason)),
-        "{answer}"
-    );
+/// Why a push was refused: the request as a whole, or its first message.
+fn reason(answer: &Value) -> Option<&str> {
+    answer["refused"][0]["reason"]
+        .as_str()
+        .or(answer["message"].as_str())
+}
+
+/// Pushes one message and expects it refused for `expected`.
+async fn refused_as(url: &str, from: &Speaker<'_>, message: &str, expected: &str) {
+    let (status, answer) = push(url, from, message).await;
+    assert_eq!((status, reason(&answer)), (403, Some(expected)), "{answer}");
 }
 
 /// Registers a key at the central for a device whose credential the test holds.
@@ -393,68 +441,95 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
     );
     let url = east.peer_url().await;
 
+    let as_north = Speaker {
+        device: "dev-north-1",
+        merchant: "M001",
+        key: &north,
+    };
+    let as_impostor = Speaker {
+        device: "dev-north-1",
+        merchant: "M001",
+        key: &stranger,
+    };
+    let as_foreign = Speaker {
+        device: "dev-m2-1",
+        merchant: "M002",
+        key: &foreign,
+    };
+    let foreign_in_our_name = Speaker {
+        device: "dev-m2-1",
+        merchant: "M001",
+        key: &foreign,
+    };
+
+    // An acceptance signed by someone else in north's name, inside north's own request.
     let forged = sign(
         &acceptance("dev-north-1", "M001", 1, &tokens[0], "TK-B0"),
         &stranger,
     );
-    refused_as(&url, &forged, "forged").await;
-    let other_merchant = sign(
-        &acceptance("dev-m2-1", "M002", 1, &tokens[0], "TK-B0"),
-        &foreign,
-    );
-    refused_as(&url, &other_merchant, "other_merchant").await;
-    let in_our_name = sign(
-        &acceptance("dev-m2-1", "M001", 1, &tokens[0], "TK-B0"),
-        &foreign,
-    );
-    refused_as(&url, &in_our_name, "unknown_device").await;
-    let (status, _) = push(&url, "not.a-message").await;
-    assert_eq!(status, 403);
-
-    // A real message of north is taken once; its replay is refused.
+    refused_as(&url, &as_north, &forged, "forged").await;
+    // Requests: in north's name with another key, from another merchant's gate, from that
+    // gate claiming to be ours, unsigned, and garbage inside a good request.
     let genuine = sign(
         &acceptance("dev-north-1", "M001", 1, &tokens[1], "TK-B1"),
         &north,
     );
-    taken(&url, &genuine).await;
-    refused_as(&url, &genuine, "replayed").await;
+    refused_as(&url, &as_impostor, &genuine, "forged").await;
+    let theirs = sign(
+        &acceptance("dev-m2-1", "M002", 1, &tokens[0], "TK-B0"),
+        &foreign,
+    );
+    refused_as(&url, &as_foreign, &theirs, "other_merchant").await;
+    refused_as(&url, &foreign_in_our_name, &theirs, "unknown_device").await;
+    let (status, _) = push_as(&url, "", &genuine).await;
+    assert_eq!(status, 401, "a push without a signed request");
+    let (status, answer) = push(&url, &as_north, "not.a-message").await;
+    assert_eq!((status, reason(&answer)), (403, Some("malformed")));
+    // Another merchant's acceptance inside a good request of north.
+    refused_as(&url, &as_north, &theirs, "other_merchant").await;
+
+    // A real push of north is taken once; the same request again is a replay.
+    let authorization = as_north.request("dev-east-1", true);
+    let (status, answer) = push_as(&url, &authorization, &genuine).await;
+    assert_eq!(
+        (status, answer["taken"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    let (status, answer) = push_as(&url, &authorization, &genuine).await;
+    assert_eq!(
+        (status, reason(&answer)),
+        (403, Some("replayed")),
+        "{answer}"
+    );
+    // A new request with an entry held already: nothing refused, nothing new.
+    let (status, answer) = push(&url, &as_north, &genuine).await;
+    assert_eq!(
+        (status, answer["taken"].as_u64(), answer["held"].as_u64()),
+        (200, Some(0), Some(1))
+    );
 
     // Pulls: unsigned, forged, for another gate, or replayed are refused; a fresh one is served.
     let client = reqwest::Client::new();
-    let pull = |signed: Option<String>| {
+    let pull = |authorization: Option<String>| {
         let mut request = client.get(&url);
-        if let Some(signed) = signed {
-            request = request.header("authorization", format!("StilePeer {signed}"));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
         }
         request.send()
     };
-    let request = |peer: &str, nonce: u64, key: &ed25519_dalek::SigningKey| {
-        sign(
-            &PeerMessage::Pull(PullRequest {
-                device: id("dev-north-1"),
-                merchant: id("M001"),
-                peer: id(peer),
-                nonce,
-            }),
-            key,
-        )
-    };
     assert_eq!(pull(None).await.expect("pull").status(), 401);
+    let forged_pull = as_impostor.request("dev-east-1", false);
+    assert_eq!(pull(Some(forged_pull)).await.expect("pull").status(), 403);
+    let misdirected = as_north.request("dev-west-1", false);
+    assert_eq!(pull(Some(misdirected)).await.expect("pull").status(), 403);
+    let push_as_pull = as_north.request("dev-east-1", true);
     assert_eq!(
-        pull(Some(request("dev-east-1", 5, &stranger)))
-            .await
-            .expect("pull")
-            .status(),
-        403
+        pull(Some(push_as_pull)).await.expect("pull").status(),
+        403,
+        "a push request is no pull"
     );
-    assert_eq!(
-        pull(Some(request("dev-west-1", 6, &north)))
-            .await
-            .expect("pull")
-            .status(),
-        403
-    );
-    let good = request("dev-east-1", 7, &north);
+    let good = as_north.request("dev-east-1", false);
     let served = pull(Some(good.clone())).await.expect("pull");
     assert_eq!(served.status(), 200);
     let served: Value = served.json().await.expect("json");
@@ -470,13 +545,12 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
         let name = format!("stile_agent_peer_messages_refused_total{{reason=\"{reason}\"}}");
         async move { metric(&base, &name).await }
     };
-    assert_eq!(refused("forged").await, 2.0);
-    assert_eq!(refused("other_merchant").await, 1.0);
+    assert_eq!(refused("forged").await, 3.0);
+    assert_eq!(refused("other_merchant").await, 2.0);
     assert_eq!(refused("unknown_device").await, 1.0);
-    assert_eq!(refused("replayed").await, 1.0);
-    assert_eq!(refused("malformed").await, 1.0);
+    assert_eq!(refused("replayed").await, 2.0);
+    assert_eq!(refused("malformed").await, 2.0);
     assert_eq!(refused("wrong_peer").await, 1.0);
-    assert_eq!(refused("stale_pull").await, 1.0);
 
     // None of the refused messages changed a decision; the genuine one did.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -509,7 +583,7 @@ async fn forged_replayed_and_foreign_messages_are_refused_counted_and_change_not
         &acceptance("dev-north-1", "M001", 2, &tokens[2], "TK-B2"),
         &north,
     );
-    refused_as(&url, &after_revocation, "unknown_device").await;
+    refused_as(&url, &as_north, &after_revocation, "unknown_device").await;
 }
 
 /// A peer named in the settings is trusted without the central: its key was never
@@ -541,7 +615,12 @@ async fn a_static_peer_is_trusted_without_the_central_knowing_its_key() {
         &acceptance("dev-north-1", "M001", 1, &token, "TK-B0"),
         &north,
     );
-    taken(&url, &genuine).await;
+    let as_north = Speaker {
+        device: "dev-north-1",
+        merchant: "M001",
+        key: &north,
+    };
+    taken(&url, &as_north, &genuine).await;
     let refused = scan(east.base(), &token).await;
     assert_eq!(code(&refused), ("ALREADY_REDEEMED", "local"), "{refused}");
     assert_eq!(refused["accepted_at"], "dev-north-1");

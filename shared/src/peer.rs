@@ -7,13 +7,17 @@
 //! through the device credential and handed to the other gates in the device feed). The
 //! wire form is compact: `base64url(payload JSON) "." base64url(signature)`, the signature
 //! taken over [`DOMAIN`] and the encoded payload, so a peer signature can never pass for a
-//! QR token or the other way round. The payload names its kind, so a signed pull request
-//! cannot be replayed as an acceptance.
+//! QR token or the other way round. The payload names its kind, so a signed request
+//! cannot be replayed as an acceptance, nor a pull as a push.
+//!
+//! Every request between gates (a push of acceptances, a pull of a log) carries a signed
+//! [`PeerRequest`]: who asks, whom, and a nonce that grows with every request, so a request
+//! seen once is refused when it comes again (a replay) and a request meant for one gate is
+//! refused by another. The acceptances inside are signed by the gate that made them.
 //!
 //! [`judge`] is the one trust rule a receiving gate applies before a message has any
 //! effect: well-formed, not its own, from its merchant, from a device it knows, signed by
-//! that device's key. Replays (a `(device, log, seq)` already held) are caught by the
-//! store that keeps the records, since only it knows what it holds.
+//! that device's key. Whether a nonce is new is for the receiver's memory to say.
 
 use crate::domain::{FunctionCode, Identifier};
 use crate::token::Jti;
@@ -67,17 +71,19 @@ pub struct Acceptance {
     pub mode: AcceptMode,
 }
 
-/// A request for a peer's acceptances after a point of its log.
+/// A request of one gate to another (the `Authorization: StilePeer` header of a push or a
+/// pull).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PullRequest {
+pub struct PeerRequest {
     /// Who asks.
     pub device: Identifier,
     pub merchant: Identifier,
     /// Whom it asks (a request signed for one peer is refused by another).
     pub peer: Identifier,
-    /// The asker's clock in milliseconds: each peer takes a request only when it is newer
-    /// than the last one it took from that device.
+    /// Grows with every request of the asker (its clock in milliseconds, or one more than
+    /// the last): each peer takes a request only when it is newer than the last one of that
+    /// kind it took from that device.
     pub nonce: u64,
 }
 
@@ -86,7 +92,10 @@ pub struct PullRequest {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum PeerMessage {
     Accept(Acceptance),
-    Pull(PullRequest),
+    /// "Take these acceptances of mine" (the body of the request).
+    Push(PeerRequest),
+    /// "Give me your log after this point".
+    Pull(PeerRequest),
 }
 
 impl PeerMessage {
@@ -94,14 +103,14 @@ impl PeerMessage {
     pub fn device(&self) -> &Identifier {
         match self {
             PeerMessage::Accept(a) => &a.device,
-            PeerMessage::Pull(p) => &p.device,
+            PeerMessage::Push(r) | PeerMessage::Pull(r) => &r.device,
         }
     }
 
     pub fn merchant(&self) -> &Identifier {
         match self {
             PeerMessage::Accept(a) => &a.merchant,
-            PeerMessage::Pull(p) => &p.merchant,
+            PeerMessage::Push(r) | PeerMessage::Pull(r) => &r.merchant,
         }
     }
 }

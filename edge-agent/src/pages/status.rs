@@ -418,10 +418,20 @@ async fn api_status(State(gate): State<Arc<Gate>>) -> Response {
     }
 }
 
-/// The newest acceptances taken from peers (read-only, like the status).
-async fn api_peer_acceptances(State(gate): State<Arc<Gate>>) -> Response {
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// The newest acceptances taken from peers (read-only, like the status): `limit` 1 to
+/// 10,000, default 200.
+async fn api_peer_acceptances(
+    State(gate): State<Arc<Gate>>,
+    axum::extract::Query(query): axum::extract::Query<LimitQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(200).clamp(1, 10_000);
     match gate
-        .with_store(|store| store.recent_peer_acceptances(200))
+        .with_store(move |store| store.recent_peer_acceptances(limit))
         .await
     {
         Ok(lines) => Json(serde_json::json!({ "acceptances": lines })).into_response(),

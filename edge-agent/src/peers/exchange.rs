@@ -9,7 +9,7 @@
 //!   off knows what its neighbours let in meanwhile.
 
 use super::serve::{PullAnswer, Push, AUTH_SCHEME, MAX_PULL};
-use super::{DirectoryEntry, Peers};
+use super::{DirectoryEntry, Peers, RequestKind};
 use crate::decide::Gate;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,8 +91,16 @@ async fn pusher(
             }
         }
         let count = batch.len() as u64;
+        let Some(signed) = peers.request(&device, RequestKind::Push) else {
+            peers.contact_failed(&device, "no merchant known yet".into());
+            continue;
+        };
         let result = http
             .post(url(&entry, ""))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("{AUTH_SCHEME}{signed}"),
+            )
             .json(&Push { messages: batch })
             .send()
             .await;
@@ -136,7 +144,9 @@ pub async fn pull_once(
             .await
             .map_err(|error| error.to_string())?;
         let (log, after) = cursor.unwrap_or_default();
-        let signed = peers.pull_request(device).ok_or("no merchant known yet")?;
+        let signed = peers
+            .request(device, RequestKind::Pull)
+            .ok_or("no merchant known yet")?;
         let response = http
             .get(url(entry, ""))
             .query(&[
@@ -173,7 +183,7 @@ pub async fn pull_once(
             .with_store(move |store| {
                 let (mut new, mut last, mut refused) = (0usize, start, false);
                 for message in &answer.messages {
-                    match peers2.take(store, message, Some(&device2)) {
+                    match peers2.take(store, message, &device2) {
                         // An entry of another log than the answer names is not this log's.
                         Ok((acceptance, _)) if acceptance.log.as_str() != answer_log => {
                             refused = true;

@@ -32,7 +32,7 @@ use std::time::Instant;
 use stile_shared::api::DevicePeers;
 use stile_shared::peer::{
     judge, sign, AcceptMode, Acceptance, LogId, PeerAddress, PeerError, PeerKey, PeerMessage,
-    Receiver,
+    PeerRequest, Receiver,
 };
 use stile_shared::token::Jti;
 use stile_shared::{FunctionCode, Identifier};
@@ -155,16 +155,30 @@ impl PeersReport {
     }
 }
 
+/// The two requests between gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Push,
+    Pull,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Push => "push",
+            RequestKind::Pull => "pull",
+        }
+    }
+}
+
 /// Why a push or pull was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerRefusal {
     #[error(transparent)]
     Judged(#[from] PeerError),
-    #[error("the log entry is held already (a replay)")]
+    #[error("a request no newer than the last of its kind from that device (a replay)")]
     Replayed,
-    #[error("a pull request no newer than the last one from that device")]
-    StalePull,
-    #[error("a message meant for another gate")]
+    #[error("a request or acceptance meant for or made by another gate")]
     WrongPeer,
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -175,7 +189,6 @@ impl PeerRefusal {
         match self {
             PeerRefusal::Judged(error) => error.reason(),
             PeerRefusal::Replayed => "replayed",
-            PeerRefusal::StalePull => "stale_pull",
             PeerRefusal::WrongPeer => "wrong_peer",
             PeerRefusal::Store(_) => "store",
         }
@@ -191,8 +204,8 @@ pub struct Peers {
     pub log: LogId,
     directory: RwLock<Directory>,
     health: Mutex<HashMap<Identifier, Health>>,
-    /// The last pull request's nonce taken from each device.
-    pull_nonces: Mutex<HashMap<Identifier, u64>>,
+    /// The last request's nonce taken from each device, by kind (push, pull).
+    nonces: Mutex<HashMap<(Identifier, RequestKind), u64>>,
     last_nonce: AtomicU64,
     announcements: mpsc::Sender<String>,
     announcements_rx: Mutex<Option<mpsc::Receiver<String>>>,
@@ -238,7 +251,7 @@ impl Peers {
             settings,
             directory: RwLock::new(directory),
             health: Mutex::new(HashMap::new()),
-            pull_nonces: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(HashMap::new()),
             last_nonce: AtomicU64::new(0),
             announcements,
             announcements_rx: Mutex::new(Some(announcements_rx)),
@@ -353,8 +366,8 @@ impl Peers {
         }
     }
 
-    /// A signed pull request for `peer`.
-    pub fn pull_request(&self, peer: &Identifier) -> Option<String> {
+    /// A signed request of `kind` for `peer` (the `Authorization: StilePeer` header).
+    pub fn request(&self, peer: &Identifier, kind: RequestKind) -> Option<String> {
         let merchant = self.directory().merchant?;
         let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
         // Strictly increasing, even when the clock steps back.
@@ -364,14 +377,17 @@ impl Peers {
                 Some(now.max(last + 1))
             })
             .unwrap_or(0);
-        let nonce = now.max(previous + 1);
+        let request = PeerRequest {
+            device: self.device.clone(),
+            merchant,
+            peer: peer.clone(),
+            nonce: now.max(previous + 1),
+        };
         Some(sign(
-            &PeerMessage::Pull(stile_shared::peer::PullRequest {
-                device: self.device.clone(),
-                merchant,
-                peer: peer.clone(),
-                nonce,
-            }),
+            &match kind {
+                RequestKind::Push => PeerMessage::Push(request),
+                RequestKind::Pull => PeerMessage::Pull(request),
+            },
             &self.key,
         ))
     }
@@ -402,28 +418,37 @@ impl Peers {
         tracing::warn!(reason = refusal.reason(), error = %refusal, from = from.map(Identifier::as_str).unwrap_or("?"), "peer message refused");
     }
 
-    /// Judges a pull request: from a known peer of this merchant, for this gate, newer
-    /// than the last one from that device. Returns the asking device.
-    pub fn take_pull(&self, compact: &str) -> Result<Identifier, PeerRefusal> {
+    /// Judges a request: of `kind`, from a known peer of this merchant, for this gate,
+    /// newer than the last one of that kind from that device. Returns the asking device.
+    pub fn take_request(
+        &self,
+        compact: &str,
+        kind: RequestKind,
+    ) -> Result<Identifier, PeerRefusal> {
         let result = (|| {
-            let PeerMessage::Pull(pull) = self.receiver_judge(compact)? else {
-                return Err(PeerRefusal::Judged(PeerError::Malformed(
-                    "not a pull request".into(),
-                )));
+            let request = match (self.receiver_judge(compact)?, kind) {
+                (PeerMessage::Push(request), RequestKind::Push)
+                | (PeerMessage::Pull(request), RequestKind::Pull) => request,
+                _ => {
+                    return Err(PeerRefusal::Judged(PeerError::Malformed(format!(
+                        "not a {} request",
+                        kind.as_str()
+                    ))))
+                }
             };
-            if pull.peer != self.device {
+            if request.peer != self.device {
                 return Err(PeerRefusal::WrongPeer);
             }
             let mut nonces = self
-                .pull_nonces
+                .nonces
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let last = nonces.entry(pull.device.clone()).or_insert(0);
-            if pull.nonce <= *last {
-                return Err(PeerRefusal::StalePull);
+            let last = nonces.entry((request.device.clone(), kind)).or_insert(0);
+            if request.nonce <= *last {
+                return Err(PeerRefusal::Replayed);
             }
-            *last = pull.nonce;
-            Ok(pull.device)
+            *last = request.nonce;
+            Ok(request.device)
         })();
         if let Err(refusal) = &result {
             self.refused(None, refusal);
@@ -431,15 +456,15 @@ impl Peers {
         result
     }
 
-    /// Judges and keeps one acceptance. `pulled_from`: the peer whose log is being pulled
-    /// (entries held already are then skipped quietly, not counted as replays, since
-    /// pushes and pulls overlap by design); `None` for a push. Returns the acceptance and
-    /// whether it was new.
+    /// Judges and keeps one acceptance of `from`'s own (the peer that pushed it, or whose
+    /// log is pulled, as its signed request said). An entry held already is skipped
+    /// quietly: pushes and pulls overlap by design, and replays are refused at the request.
+    /// Returns the acceptance and whether it was new.
     pub fn take(
         &self,
         store: &mut Store,
         compact: &str,
-        pulled_from: Option<&Identifier>,
+        from: &Identifier,
     ) -> Result<(Acceptance, bool), PeerRefusal> {
         let result = (|| {
             let PeerMessage::Accept(acceptance) = self.receiver_judge(compact)? else {
@@ -447,17 +472,12 @@ impl Peers {
                     "not an acceptance".into(),
                 )));
             };
-            if pulled_from.is_some_and(|peer| *peer != acceptance.device) {
+            if *from != acceptance.device {
                 return Err(PeerRefusal::WrongPeer);
             }
             let received_at = now_rfc3339();
-            if !store.insert_peer_acceptance(&acceptance, compact, &received_at)? {
-                return match pulled_from {
-                    Some(_) => Ok((acceptance, false)),
-                    None => Err(PeerRefusal::Replayed),
-                };
-            }
-            Ok((acceptance, true))
+            let new = store.insert_peer_acceptance(&acceptance, compact, &received_at)?;
+            Ok((acceptance, new))
         })();
         match &result {
             Ok((acceptance, true)) => {
@@ -475,7 +495,7 @@ impl Peers {
                 });
             }
             Ok((_, false)) => {}
-            Err(refusal) => self.refused(pulled_from, refusal),
+            Err(refusal) => self.refused(Some(from), refusal),
         }
         result
     }

@@ -1,7 +1,10 @@
 //! The peer listener (`[peers] listen`, separate from the status page): peers push their
-//! acceptances in, and pull this gate's own log out from where they stopped. Every message
-//! is judged by [`super::Peers`] before it has any effect; nothing here trusts the LAN.
+//! acceptances in, and pull this gate's own log out from where they stopped. Every request
+//! carries a signed `Authorization: StilePeer` header (asker, this gate, a growing nonce),
+//! and every acceptance its maker's signature; both are judged by [`super::Peers`] before
+//! anything has an effect. Nothing here trusts the LAN.
 
+use super::RequestKind;
 use crate::decide::Gate;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -33,6 +36,8 @@ pub struct Refused {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct PushAnswer {
     pub taken: usize,
+    /// Entries held already (pulled before the push arrived).
+    pub held: usize,
     pub refused: Vec<Refused>,
 }
 
@@ -77,9 +82,37 @@ fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-async fn push(State(gate): State<Arc<Gate>>, body: axum::body::Bytes) -> Response {
+/// The asking gate, from the request's signed `Authorization: StilePeer` header.
+fn asker(
+    peers: &super::Peers,
+    headers: &HeaderMap,
+    kind: RequestKind,
+) -> Result<stile_shared::Identifier, (StatusCode, &'static str)> {
+    let Some(signed) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(AUTH_SCHEME))
+    else {
+        return Err((StatusCode::UNAUTHORIZED, "a signed request is required"));
+    };
+    let asker = peers
+        .take_request(signed, kind)
+        .map_err(|refusal| (StatusCode::FORBIDDEN, refusal.reason()))?;
+    peers.heard_from(&asker);
+    Ok(asker)
+}
+
+async fn push(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(peers) = gate.peers.clone() else {
         return error(StatusCode::NOT_FOUND, "peers are off");
+    };
+    let asker = match asker(&peers, &headers, RequestKind::Push) {
+        Ok(asker) => asker,
+        Err((status, why)) => return error(status, why),
     };
     let Ok(push) = serde_json::from_slice::<Push>(&body) else {
         peers
@@ -97,11 +130,9 @@ async fn push(State(gate): State<Arc<Gate>>, body: axum::body::Bytes) -> Respons
         .with_store(move |store| {
             let mut answer = PushAnswer::default();
             for (index, message) in push.messages.iter().enumerate() {
-                match taking.take(store, message, None) {
-                    Ok((acceptance, _)) => {
-                        taking.heard_from(&acceptance.device);
-                        answer.taken += 1;
-                    }
+                match taking.take(store, message, &asker) {
+                    Ok((_, true)) => answer.taken += 1,
+                    Ok((_, false)) => answer.held += 1,
                     Err(refusal) => answer.refused.push(Refused {
                         index,
                         reason: refusal.reason().to_owned(),
@@ -129,21 +160,9 @@ async fn pull(
     let Some(peers) = gate.peers.clone() else {
         return error(StatusCode::NOT_FOUND, "peers are off");
     };
-    let Some(signed) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix(AUTH_SCHEME))
-    else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "a signed pull request is required",
-        );
-    };
-    let asker = match peers.take_pull(signed) {
-        Ok(asker) => asker,
-        Err(refusal) => return error(StatusCode::FORBIDDEN, refusal.reason()),
-    };
-    peers.heard_from(&asker);
+    if let Err((status, why)) = asker(&peers, &headers, RequestKind::Pull) {
+        return error(status, why);
+    }
     let after = match query.log.as_deref() {
         Some(log) if log == peers.log.as_str() => query.after.unwrap_or(0),
         _ => 0,

@@ -323,7 +323,7 @@ async fn run(
         for agent in agents.iter() {
             let held: serde_json::Value = agent
                 .client
-                .get(format!("{}/api/peer-acceptances", agent.base))
+                .get(format!("{}/api/peer-acceptances?limit=10000", agent.base))
                 .send()
                 .await?
                 .json()
