@@ -31,6 +31,9 @@ pub struct ClusterOptions {
     /// and synchronous commit, which is fine for a throwaway test cluster.
     pub fast_and_unsafe: bool,
     pub max_connections: u32,
+    /// Load `pg_stat_statements` (top-level statements), for benchmarks that count
+    /// statements per transaction.
+    pub stat_statements: bool,
 }
 
 impl Default for ClusterOptions {
@@ -38,6 +41,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             fast_and_unsafe: true,
             max_connections: 400,
+            stat_statements: false,
         }
     }
 }
@@ -126,6 +130,11 @@ impl Cluster {
         );
         if options.fast_and_unsafe {
             settings.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        if options.stat_statements {
+            settings.push_str(
+                " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=top",
+            );
         }
         // The guard: start the postmaster, wait for our stdin to close, stop it fast, clean up.
         let script = format!(

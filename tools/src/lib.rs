@@ -2,6 +2,8 @@
 //! `DATABASE_URL`, or a private cluster), and running the real `central-server` binary as
 //! a child process on a free port.
 
+pub mod baseline;
+
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let options = ClusterOptions {
         fast_and_unsafe: false,
         max_connections: 100,
+        stat_statements: false,
     };
     let (url, _cluster) = stile_tools::database("stile_bench_log", &options).await?;
     let pool = central_server::db::connect(&url, 4).await?;
