@@ -18,7 +18,6 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use std::collections::HashMap;
 use stile_shared::Channel;
 
 const ISSUER: &str = "stile-central";
@@ -163,9 +162,17 @@ pub const OPERATOR_STANDING_TTL: std::time::Duration = std::time::Duration::from
 
 /// Each operator's current token generation and whether they are disabled, as read at most
 /// [`OPERATOR_STANDING_TTL`] ago.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OperatorStandings {
-    read: std::sync::Mutex<HashMap<i64, (Standing, std::time::Instant)>>,
+    read: crate::recent::Recent<i64, Standing>,
+}
+
+impl Default for OperatorStandings {
+    fn default() -> Self {
+        OperatorStandings {
+            read: crate::recent::Recent::new(OPERATOR_STANDING_TTL),
+        }
+    }
 }
 
 /// What decides whether an operator's token still counts.
@@ -178,13 +185,7 @@ pub struct Standing {
 impl OperatorStandings {
     /// Whether a token of `generation` for operator `id` still counts.
     pub async fn admits(&self, pool: &PgPool, id: i64, generation: i64) -> Result<bool, AppError> {
-        let cached = {
-            let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
-            read.get(&id)
-                .filter(|(_, at)| at.elapsed() < OPERATOR_STANDING_TTL)
-                .map(|(standing, _)| *standing)
-        };
-        let standing = match cached {
+        let standing = match self.read.get(&id) {
             Some(standing) => standing,
             None => {
                 let row: Option<(i64, bool)> = sqlx::query_as(
@@ -203,11 +204,7 @@ impl OperatorStandings {
                         generation: i64::MAX,
                         disabled: true,
                     });
-                let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
-                if read.len() > 100_000 {
-                    read.clear();
-                }
-                read.insert(id, (standing, std::time::Instant::now()));
+                self.read.put(id, standing);
                 standing
             }
         };
@@ -216,8 +213,7 @@ impl OperatorStandings {
 
     /// Forgets what was read of `id` (this server changed it).
     pub fn forget(&self, id: i64) {
-        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        read.remove(&id);
+        self.read.forget_where(|key| *key == id);
     }
 }
 

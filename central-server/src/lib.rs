@@ -28,6 +28,7 @@ pub mod outbox;
 pub mod params;
 pub mod peers;
 pub mod qr;
+pub mod recent;
 pub mod retention;
 pub mod scan;
 pub mod seed;

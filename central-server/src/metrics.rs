@@ -18,6 +18,7 @@ pub struct Metrics {
     login_failures: Counter,
     connections_refused: Counter,
     transaction_retries: Counter,
+    scan_paths: Family<Labels, Counter>,
     merchant_scan_success: Counter,
     merchant_scan_partial: Counter,
     merchant_scan_reject: Counter,
@@ -74,6 +75,12 @@ impl Metrics {
             "Connections answered 503 and closed because the connection limit was reached",
             connections_refused.clone(),
         );
+        let scan_paths = Family::<Labels, Counter>::default();
+        registry.register(
+            "stile_scan_paths",
+            "Scans decided by the one-statement path (a plain SUCCESS in one round trip) or the transaction path",
+            scan_paths.clone(),
+        );
         let transaction_retries = Counter::default();
         registry.register(
             "stile_transaction_retries",
@@ -112,6 +119,7 @@ impl Metrics {
             outbox_pending,
             outbox_dead,
             decisions,
+            scan_paths,
             requests,
             latency,
             login_failures,
@@ -158,6 +166,18 @@ impl Metrics {
     pub fn set_outbox(&self, pending: i64, dead: i64) {
         self.outbox_pending.set(pending);
         self.outbox_dead.set(dead);
+    }
+
+    /// Which path decided a scan: `one_statement` or `transaction`.
+    pub fn record_scan_path(&self, one_statement: bool) {
+        let path = if one_statement {
+            "one_statement"
+        } else {
+            "transaction"
+        };
+        self.scan_paths
+            .get_or_create(&vec![("path".to_owned(), path.to_owned())])
+            .inc();
     }
 
     pub fn record_transaction_retry(&self) {

@@ -1,6 +1,11 @@
 //! The redemption core of `POST /venue/scan`: one transaction per scan, under row locks,
 //! deciding with the shared decision function.
 //!
+//! A plain successful QR scan takes one round trip: `stile_redeem` (migration 0011) does
+//! steps 1 to 5 below for a SUCCESS in one statement, and raises — rolling everything back
+//! — whenever the answer could be anything else, which is then decided on the transaction
+//! path. Its SQL condition for SUCCESS is `decide`'s, checked by a property test.
+//!
 //! Inside the transaction, in this order:
 //! 1. claim the `scan_id` (a retry, even one racing the first request, waits on the unique
 //!    index and then gets the stored answer back — only if it comes from the same merchant
@@ -128,6 +133,51 @@ pub struct ScanOutcome {
     pub replayed: bool,
     /// The jti the decision was about, for logs.
     pub jti: Option<Jti>,
+    /// Decided by the one-statement path (`stile_redeem`).
+    pub one_statement: bool,
+}
+
+/// How long a server trusts a device's venue binding it read: a device revoked or moved
+/// by another server is refused within this time (by this server, at once).
+pub const DEVICE_BINDING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The devices' venue bindings, as read at most [`DEVICE_BINDING_TTL`] ago: otherwise every
+/// gate scan would spend a round trip on [`bind_device`].
+#[derive(Debug)]
+pub struct DeviceBindings {
+    read: crate::recent::Recent<(i64, String, String), Option<(i64, i64)>>,
+}
+
+impl Default for DeviceBindings {
+    fn default() -> Self {
+        DeviceBindings {
+            read: crate::recent::Recent::new(DEVICE_BINDING_TTL),
+        }
+    }
+}
+
+impl DeviceBindings {
+    /// [`bind_device`], or what it answered less than the TTL ago.
+    pub async fn bind(
+        &self,
+        pool: &PgPool,
+        merchant_id: i64,
+        device_id: &str,
+        venue_code: &str,
+    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
+        let key = (merchant_id, device_id.to_owned(), venue_code.to_owned());
+        if let Some(binding) = self.read.get(&key) {
+            return Ok(binding);
+        }
+        let binding = bind_device(pool, merchant_id, device_id, venue_code).await?;
+        self.read.put(key, binding);
+        Ok(binding)
+    }
+
+    /// Forgets the bindings of a device this server just changed (revoked).
+    pub fn forget_device(&self, device_id: &str) {
+        self.read.forget_where(|(_, device, _)| device == device_id);
+    }
 }
 
 /// Looks up the device and checks it belongs to the operator's merchant and stands at
@@ -157,6 +207,13 @@ pub async fn redeem(
     command: &ScanCommand,
     on_retry: impl Fn(),
 ) -> Result<ScanOutcome, AppError> {
+    match redeem_in_one_statement(pool, policy, context, command).await {
+        Ok(OneStatement::Redeemed(outcome)) => return Ok(*outcome),
+        Ok(OneStatement::ScanIdTaken) => return replay(pool, context, command).await,
+        Ok(OneStatement::NotPlain) => {}
+        Err(error) if retryable(&error) => on_retry(),
+        Err(error) => return Err(AppError::Database(error)),
+    }
     let mut attempt = 1;
     loop {
         let mut tx = pool.begin().await?;
@@ -183,6 +240,98 @@ pub async fn redeem(
             Err(AttemptError::Database(error)) => return Err(AppError::Database(error)),
             Err(AttemptError::Internal(message)) => return Err(AppError::Internal(message)),
         }
+    }
+}
+
+/// What the one-statement path did.
+enum OneStatement {
+    Redeemed(Box<ScanOutcome>),
+    /// Anything but a plain success, or a path the statement does not take: decide on the
+    /// transaction path.
+    NotPlain,
+    /// Another request holds this scan_id: replay its answer.
+    ScanIdTaken,
+}
+
+/// A plain successful scan in one round trip: `stile_redeem` (migration 0011) locks,
+/// checks and writes what the transaction path writes for a SUCCESS, in one statement,
+/// and raises (rolling all of it back) whenever the answer could be anything else. Taken
+/// for a gate's or the console's QR scan that passed the ticket-free checks; an order-code
+/// scan, an offline upload and a merchant with a webhook take the transaction path.
+async fn redeem_in_one_statement(
+    pool: &PgPool,
+    policy: TokenPolicy,
+    context: &ScanContext,
+    command: &ScanCommand,
+) -> Result<OneStatement, sqlx::Error> {
+    let ScanSubject::Token(Ok(verified)) = &command.subject else {
+        return Ok(OneStatement::NotPlain);
+    };
+    let claims = &verified.claims;
+    if command.decided_at.is_some()
+        || context.source == RedemptionSource::Offline
+        || check_token(
+            claims,
+            &context.merchant_code,
+            command.now.timestamp(),
+            policy,
+        )
+        .is_err()
+    {
+        return Ok(OneStatement::NotPlain);
+    }
+    let success = DecisionCode::Success;
+    let template = ScanResponse {
+        result: success,
+        code: success,
+        message: success.message(Lang::ZhCn).to_owned(),
+        ticket: None,
+        redemption: Some(RedemptionView {
+            id: 0,
+            redeemed_at: command.now.to_rfc3339_opts(SecondsFormat::Millis, false),
+            operator: OperatorRef {
+                id: context.operator_id,
+                username: context.operator_username.clone(),
+            },
+            device_id: context.device.as_ref().map(|d| d.device_id.clone()),
+            venue_code: context.location.as_ref().map(|l| l.venue_code.clone()),
+        }),
+    };
+    let template = serde_json::to_value(&template)
+        .map_err(|error| sqlx::Error::Protocol(format!("serialise the answer: {error}")))?;
+    let row: Result<(serde_json::Value,), sqlx::Error> = sqlx::query_as(
+        "SELECT answer FROM stile_redeem($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(command.scan_id)
+    .bind(context.merchant_id)
+    .bind(context.operator_id)
+    .bind(context.device.as_ref().map(|d| d.device_pk))
+    .bind(context.location.as_ref().map(|l| l.location_id))
+    .bind(command.token_sha256.as_slice())
+    .bind(command.function_code.as_str())
+    .bind(claims.jti.as_str())
+    .bind(&claims.tid)
+    .bind(context.source.as_str())
+    .bind(command.now)
+    .bind(template)
+    .fetch_one(pool)
+    .await;
+    match row {
+        Ok((answer,)) => {
+            let response: ScanResponse = serde_json::from_value(answer)
+                .map_err(|error| sqlx::Error::Protocol(format!("stile_redeem answer: {error}")))?;
+            Ok(OneStatement::Redeemed(Box::new(ScanOutcome {
+                response,
+                replayed: false,
+                jti: Some(claims.jti.clone()),
+                one_statement: true,
+            })))
+        }
+        Err(error) => match db::sqlstate(&error).as_deref() {
+            Some("STSLW") => Ok(OneStatement::NotPlain),
+            Some("STRPL") => Ok(OneStatement::ScanIdTaken),
+            _ => Err(error),
+        },
     }
 }
 
@@ -344,6 +493,7 @@ async fn attempt_redeem(
         response,
         replayed: false,
         jti,
+        one_statement: false,
     })))
 }
 
@@ -764,6 +914,7 @@ async fn replay(
         response,
         replayed: true,
         jti,
+        one_statement: false,
     })
 }
 

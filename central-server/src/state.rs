@@ -19,6 +19,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Operators' token generations and disabled flags, cached briefly.
     pub operator_standings: Arc<crate::auth::OperatorStandings>,
+    /// Devices' venue bindings, cached briefly.
+    pub device_bindings: Arc<crate::scan::DeviceBindings>,
     /// Login throttles and the bound on password hashing.
     pub login: Arc<LoginGuard>,
     /// An argon2id hash of nothing in particular: unknown usernames are checked against it
@@ -70,6 +72,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
         )),
         login: Arc::new(LoginGuard::new(&settings)),
         operator_standings: Arc::new(crate::auth::OperatorStandings::default()),
+        device_bindings: Arc::new(crate::scan::DeviceBindings::default()),
         settings: Arc::new(settings),
         keys: Arc::new(keys),
         metrics: Arc::new(Metrics::new()),

@@ -366,3 +366,43 @@ async fn english_messages_on_request() {
     );
     server.stop().await;
 }
+
+/// A plain success is decided in one statement (`stile_redeem`); a rejection on the
+/// transaction path, by the shared `decide`. Both answer as the contract says.
+#[tokio::test]
+async fn a_plain_success_takes_one_statement_and_a_rejection_the_transaction_path() {
+    let server = TestServer::start().await;
+    let operator = server.login("op-east").await;
+    let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
+    let (status, body) = server.scan(&operator, &qr.qr_token, "ENTRY").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["ticket"]["entitlements"][0]["remaining_uses"], 0,
+        "{body}"
+    );
+    assert!(
+        body["redemption"]["id"].as_i64().is_some_and(|id| id > 0),
+        "{body}"
+    );
+    let (status, body) = server.scan(&operator, &qr.qr_token, "ENTRY").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "ALREADY_REDEEMED");
+    let metrics = server
+        .client
+        .get(server.ops_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("stile_scan_paths_total{path=\"one_statement\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stile_scan_paths_total{path=\"transaction\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

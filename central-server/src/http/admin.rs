@@ -69,6 +69,7 @@ pub async fn revoke_device(
 ) -> Result<Response, AppError> {
     let device_id = identifier("device_id", &device_id)?;
     let at = lifecycle::revoke_device(&state.pool, &device_id).await?;
+    state.device_bindings.forget_device(device_id.as_str());
     Ok(Json(serde_json::json!({
         "device_id": device_id,
         "revoked_at": at.to_rfc3339_opts(SecondsFormat::Millis, false),

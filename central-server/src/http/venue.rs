@@ -46,13 +46,15 @@ pub async fn venue_scan(
         .map(Uuid::parse_str)
         .transpose()
         .map_err(|_| AppError::BadRequest("scan_id must be a UUID".into()))?;
-    let Some((device_pk, location_id)) = scan::bind_device(
-        &state.pool,
-        operator.merchant_id,
-        request.device_id.as_str(),
-        request.venue_code.as_str(),
-    )
-    .await?
+    let Some((device_pk, location_id)) = state
+        .device_bindings
+        .bind(
+            &state.pool,
+            operator.merchant_id,
+            request.device_id.as_str(),
+            request.venue_code.as_str(),
+        )
+        .await?
     else {
         tracing::warn!(operator = operator.id, device = %request.device_id, venue = %request.venue_code,
             "scan refused: device not registered to the operator's merchant at this venue");
@@ -99,6 +101,7 @@ pub async fn venue_scan(
     let code = response.code;
     if !outcome.replayed {
         state.metrics.record_decision(code.as_str());
+        state.metrics.record_scan_path(outcome.one_statement);
     }
     tracing::info!(
         decision = code.as_str(),
