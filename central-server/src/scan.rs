@@ -16,7 +16,8 @@
 //!    this jti's redemptions, and decide;
 //! 4. on success: insert the redemption event, decrement, mark the ticket `USED` when every
 //!    entitlement is exhausted;
-//! 5. write the audit row and the stored answer; commit.
+//! 5. write the audit row of a rejection (a redemption's audit record is its log row) and
+//!    the stored answer; commit.
 //!
 //! Locking the ticket row first serialises every scan of one ticket (and QR issuance for
 //! it), so "all entitlements exhausted" is judged without races; scans of different
@@ -451,8 +452,10 @@ async fn attempt_redeem(
 
     let ticket_id = ticket.as_ref().map(|(id, _)| *id);
     let ticket = ticket.map(|(_, view)| view);
-    let redemption_id = redemption.as_ref().map(|r: &RedemptionView| r.id);
-    sqlx::query(
+    // A rejection's audit row. A redemption's audit record is its reconciliation log row
+    // (who, where, when, what: written in step 4), not a second row for the same fact.
+    if code != DecisionCode::Success {
+        sqlx::query(
         "INSERT INTO scan_audit (merchant_id, operator_id, device_id, location_id, ticket_id, jti, \
          function_code, decision, scan_id, redemption_event_id, decided_at, source) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -466,11 +469,12 @@ async fn attempt_redeem(
     .bind(command.function_code.as_str())
     .bind(code.as_str())
     .bind(command.scan_id)
-    .bind(redemption_id)
+    .bind(None::<i64>)
     .bind(command.now)
     .bind(context.source.as_str())
     .execute(&mut *tx)
     .await?;
+    }
 
     let response = ScanResponse {
         result: code,

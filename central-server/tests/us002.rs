@@ -130,8 +130,9 @@ async fn b_successful_scan_redeems_one_use_and_logs_who_where_when() {
         ),
         ("op-east", "dev-east-1", "GATE-EAST", "MEAL")
     );
+    // The redemption's audit record (who, where, when, what) is its reconciliation log row.
     let (audits,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM scan_audit WHERE redemption_event_id = $1 AND decision = 'SUCCESS' \
+        "SELECT count(*) FROM merchant_redemptions WHERE redemption_event_id = $1 AND result = 'SUCCESS' \
          AND operator_id IS NOT NULL AND device_id IS NOT NULL AND location_id IS NOT NULL",
     )
     .bind(redemption.id)
