@@ -125,6 +125,9 @@ pub async fn run_pgbench(
 pub struct DbCounters {
     wal_lsn: u64,
     statements: Option<i64>,
+    /// WAL records and full-page images so far (`pg_stat_wal`, cluster-wide).
+    wal_records: i64,
+    wal_fpi: i64,
 }
 
 fn parse_lsn(text: &str) -> Option<u64> {
@@ -144,10 +147,25 @@ impl DbCounters {
         .await
         .ok()
         .flatten();
+        let (wal_records, wal_fpi): (i64, i64) =
+            sqlx::query_as("SELECT wal_records, wal_fpi FROM pg_stat_wal")
+                .fetch_one(pool)
+                .await?;
         Ok(DbCounters {
             wal_lsn: parse_lsn(&lsn).context("pg_current_wal_lsn")?,
             statements: statements.and_then(|(n,)| n),
+            wal_records,
+            wal_fpi,
         })
+    }
+
+    /// (WAL records, full-page images) per unit of work between `self` and `later`.
+    pub fn records_per(&self, later: &DbCounters, units: u64) -> (f64, f64) {
+        let units = units.max(1) as f64;
+        (
+            (later.wal_records - self.wal_records) as f64 / units,
+            (later.wal_fpi - self.wal_fpi) as f64 / units,
+        )
     }
 
     /// (WAL bytes, statements) per unit of work between `self` and `later`.
@@ -155,7 +173,7 @@ impl DbCounters {
         let units = units.max(1) as f64;
         let wal = later.wal_lsn.saturating_sub(self.wal_lsn) as f64 / units;
         let statements = match (self.statements, later.statements) {
-            // The two counter reads are statements too.
+            // The counter reads are statements too.
             (Some(a), Some(b)) => Some((b - a - own_statements).max(0) as f64 / units),
             _ => None,
         };

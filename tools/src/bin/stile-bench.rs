@@ -181,7 +181,8 @@ async fn main() -> anyhow::Result<ExitCode> {
             stile_tools::baseline::process_cpu_secs(server.pid()),
         );
         result.print(clients);
-        let (wal, statements) = before.0.per(&after.0, result.successes, 1);
+        let (wal, statements) = before.0.per(&after.0, result.successes, 2);
+        let records = before.0.records_per(&after.0, result.successes);
         let cpu = match (before.1, after.1) {
             (Some(a), Some(b)) => Some((b - a) / result.elapsed.as_secs_f64().max(1e-9)),
             _ => None,
@@ -192,6 +193,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             cpu_cores: cpu,
             wal_per_scan: wal,
             statements_per_scan: statements,
+            wal_records_per_scan: records,
         });
     }
     let throughput = &phases[0].result;
@@ -250,7 +252,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         )
         .await?;
         let after = DbCounters::read(&pool).await?;
-        let (wal, statements) = before.per(&after, result.transactions, 1);
+        let (wal, statements) = before.per(&after, result.transactions, 2);
+        let records = before.records_per(&after, result.transactions);
         println!(
             "\npgbench, the minimal transaction ({}), {clients} clients, {pgbench_secs} s: {:.0} tps, latency average {}",
             minimal_dir.join("pgbench_scan.sql").display(),
@@ -259,7 +262,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 .latency_average_ms
                 .map_or("n/a".to_owned(), |ms| format!("{ms:.2} ms"))
         );
-        minimal.push((clients, result, wal, statements));
+        minimal.push((clients, result, wal, statements, records));
     }
     let heavier = run_pgbench(&url, &fixture, args.concurrency, pgbench_secs).await?;
     println!(
@@ -714,6 +717,16 @@ fn parse_pgbench(stdout: &str) -> anyhow::Result<PgbenchResult> {
     })
 }
 
+/// One pgbench run of the minimal transaction: clients, the report, WAL bytes and
+/// statements per transaction, (WAL records, full-page images) per transaction.
+type MinimalRun = (
+    usize,
+    stile_tools::baseline::PgbenchResult,
+    f64,
+    Option<f64>,
+    (f64, f64),
+);
+
 /// One throughput phase with what it cost the server and the database.
 struct Phase {
     clients: usize,
@@ -722,19 +735,12 @@ struct Phase {
     cpu_cores: Option<f64>,
     wal_per_scan: f64,
     statements_per_scan: Option<f64>,
+    /// WAL records and full-page images per scan.
+    wal_records_per_scan: (f64, f64),
 }
 
 /// The table of every concurrency: server against the minimal transaction.
-fn print_phases(
-    phases: &[Phase],
-    minimal: &[(
-        usize,
-        stile_tools::baseline::PgbenchResult,
-        f64,
-        Option<f64>,
-    )],
-    heavier: &PgbenchResult,
-) {
+fn print_phases(phases: &[Phase], minimal: &[MinimalRun], heavier: &PgbenchResult) {
     let or_na = |value: Option<f64>, digits: usize| {
         value.map_or("n/a".to_owned(), |v| format!("{v:.digits$}"))
     };
@@ -754,7 +760,7 @@ fn print_phases(
         "WAL B/tx",
         "ratio"
     );
-    for (phase, (_, base, wal, statements)) in phases.iter().zip(minimal) {
+    for (phase, (_, base, wal, statements, _)) in phases.iter().zip(minimal) {
         println!(
             "{:>4}  {:>9.0} {:>8.2} {:>8.2} {:>6} {:>10} {:>10.0}  |  {:>9.0} {:>8} {:>10} {:>10.0}  | {:>6.2}",
             phase.clients,
@@ -769,6 +775,16 @@ fn print_phases(
             or_na(*statements, 1),
             wal,
             phase.result.scans_per_sec() / base.tps.max(1e-9),
+        );
+    }
+    for (phase, (_, _, _, _, records)) in phases.iter().zip(minimal) {
+        println!(
+            "C={:<4} WAL records / full-page images per scan {:.1} / {:.2}; per pgbench transaction {:.1} / {:.2}",
+            phase.clients,
+            phase.wal_records_per_scan.0,
+            phase.wal_records_per_scan.1,
+            records.0,
+            records.1
         );
     }
     println!(
