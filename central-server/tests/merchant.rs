@@ -91,15 +91,7 @@ async fn a_valid_ticket_redeems_with_success_and_a_log_row() {
     assert_eq!(body["tickets"][0]["code"], "ALREADY_REDEEMED");
     assert_eq!(log_rows(&server).await, 1);
 
-    let metrics = server
-        .client
-        .get(server.ops_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("merchant_scan_success_total 1"),
         "{metrics}"
@@ -615,15 +607,7 @@ async fn a_redemption_reaches_the_merchants_webhook_signed_and_a_hanging_webhook
             "{body}"
         );
     }
-    let metrics = server
-        .client
-        .get(server.ops_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     assert!(metrics.contains("stile_outbox_pending"), "{metrics}");
     server.stop().await;
 }

@@ -388,15 +388,7 @@ async fn a_plain_success_takes_one_statement_and_a_rejection_the_transaction_pat
     let (status, body) = server.scan(&operator, &qr.qr_token, "ENTRY").await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["code"], "ALREADY_REDEEMED");
-    let metrics = server
-        .client
-        .get(server.ops_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("stile_scan_paths_total{path=\"one_statement\"} 1"),
         "{metrics}"

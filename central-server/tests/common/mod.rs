@@ -149,6 +149,18 @@ impl TestServer {
         format!("{}{path}", self.ops_base)
     }
 
+    /// The text of `/metrics` on the operations listener.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.ops_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Logs in; panics unless it works.
     pub async fn login(&self, username: &str) -> String {
         let (status, body) = self

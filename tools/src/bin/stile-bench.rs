@@ -31,7 +31,6 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,7 +38,7 @@ use std::time::{Duration, Instant};
 use stile_shared::api::{LoginRequest, LoginResponse, ScanRequest};
 use stile_shared::{FunctionCode, Identifier};
 use stile_testkit::ClusterOptions;
-use stile_tools::baseline::DbCounters;
+use stile_tools::baseline::{DbCounters, PgbenchResult};
 use stile_tools::bench::{
     self, DEVICE_ID, FUNCTION, MERCHANT_CODE, OPERATOR, PASSWORD, VENUE_CODE,
 };
@@ -269,7 +268,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         "\npgbench, the server's transaction path statement for statement, {} clients, {pgbench_secs} s: {:.0} tps, latency average {}",
         args.concurrency,
         heavier.tps,
-        heavier.latency_average.as_deref().unwrap_or("n/a")
+        heavier
+            .latency_average_ms
+            .map_or("n/a".to_owned(), |ms| format!("{ms:.2} ms"))
     );
 
     print_summary(&args, throughput, &contention, memory, &minimal[0].1);
@@ -642,11 +643,6 @@ UPDATE scan_requests SET response = '{"result":"SUCCESS","code":"SUCCESS","messa
 COMMIT;
 "#;
 
-struct PgbenchResult {
-    tps: f64,
-    latency_average: Option<String>,
-}
-
 /// Runs [`PGBENCH_SCRIPT`] against the bench database with `clients` clients.
 async fn run_pgbench(
     url: &str,
@@ -654,67 +650,20 @@ async fn run_pgbench(
     clients: usize,
     secs: u64,
 ) -> anyhow::Result<PgbenchResult> {
-    let pgbench = pgbench_binary();
     let script = std::env::temp_dir().join(format!("stile-bench-{}.sql", std::process::id()));
     std::fs::write(&script, PGBENCH_SCRIPT)
         .with_context(|| format!("writing {}", script.display()))?;
-    let threads = clients.min(2);
-    let output = tokio::process::Command::new(&pgbench)
-        .args(["-n", "-M", "prepared"])
-        .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
-        .args(["-T", &secs.to_string()])
-        .args(["-D", &format!("merchant_id={}", fixture.merchant_id)])
-        .args(["-D", &format!("operator_id={}", fixture.operator_id)])
-        .args(["-D", &format!("device_pk={}", fixture.device_pk)])
-        .args(["-D", &format!("location_id={}", fixture.location_id)])
-        .args(["-D", &format!("pg_tickets={PGBENCH_TICKETS}")])
-        .arg("-f")
-        .arg(&script)
-        .arg(url)
-        .output()
-        .await
-        .with_context(|| format!("running {}", pgbench.display()));
+    let defines = [
+        ("merchant_id", fixture.merchant_id.to_string()),
+        ("operator_id", fixture.operator_id.to_string()),
+        ("device_pk", fixture.device_pk.to_string()),
+        ("location_id", fixture.location_id.to_string()),
+        ("pg_tickets", PGBENCH_TICKETS.to_string()),
+    ]
+    .map(|(name, value)| (name.to_owned(), value));
+    let result = stile_tools::baseline::run_pgbench(&script, url, clients, secs, &defines).await;
     let _ = std::fs::remove_file(&script);
-    let output = output?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        bail!(
-            "pgbench failed ({}):\n{}\n{}",
-            output.status,
-            stdout.trim(),
-            stderr.trim()
-        );
-    }
-    parse_pgbench(&stdout).with_context(|| format!("reading pgbench's report:\n{stdout}"))
-}
-
-/// pgbench of the PostgreSQL binaries the bench cluster runs on, else the one on the PATH.
-fn pgbench_binary() -> PathBuf {
-    stile_testkit::postgres_bindir()
-        .ok()
-        .map(|dir| dir.join("pgbench"))
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("pgbench"))
-}
-
-/// Reads `tps = X (without initial connection time)` and the average latency.
-fn parse_pgbench(stdout: &str) -> anyhow::Result<PgbenchResult> {
-    let tps = stdout
-        .lines()
-        .find(|line| line.starts_with("tps = ") && line.contains("without initial connection"))
-        .and_then(|line| line.trim_start_matches("tps = ").split_whitespace().next())
-        .context("no tps line")?
-        .parse::<f64>()
-        .context("tps is not a number")?;
-    let latency_average = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("latency average = "))
-        .map(str::to_owned);
-    Ok(PgbenchResult {
-        tps,
-        latency_average,
-    })
+    result
 }
 
 /// One pgbench run of the minimal transaction: clients, the report, WAL bytes and
@@ -779,7 +728,7 @@ fn print_phases(phases: &[Phase], minimal: &[MinimalRun], heavier: &PgbenchResul
     }
     for (phase, (_, _, _, _, records)) in phases.iter().zip(minimal) {
         println!(
-            "C={:<4} WAL records / full-page images per scan {:.1} / {:.2}; per pgbench transaction {:.1} / {:.2}",
+            "C={:<4} WAL records / full-page images per scan {:.1} / {:.2}; per pgbench transaction {:.1} / {:.2} (pg_stat_wal: each backend reports at most once a second, so short phases undercount)",
             phase.clients,
             phase.wal_records_per_scan.0,
             phase.wal_records_per_scan.1,
@@ -800,7 +749,7 @@ fn print_summary(
     throughput: &ThroughputResult,
     contention: &ContentionResult,
     memory: Option<(u64, u64)>,
-    baseline: &stile_tools::baseline::PgbenchResult,
+    baseline: &PgbenchResult,
 ) {
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let ratio = throughput.scans_per_sec() / baseline.tps.max(1e-9);
