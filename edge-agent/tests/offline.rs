@@ -329,7 +329,13 @@ async fn the_offline_policy_refuses_what_the_gate_may_not_decide_alone() {
     )
     .expect("config");
     let agent = AgentProcess::start(&config, port).await;
-    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    // Both tickets in the copy: a sync is complete up to the oldest transaction still open
+    // anywhere in the cluster (other tests run beside this one), so the QR issuance just
+    // before the start may only arrive with the next sync.
+    wait_status(&agent.base, LIMIT, "both tickets synced", |s| {
+        is_synced(s) && s["synced_tickets"].as_i64() >= Some(2)
+    })
+    .await;
     proxy.cut();
     let refused = scan(&agent.base, &miniapp).await;
     assert_eq!(
