@@ -31,11 +31,8 @@ fn client(timeout: Duration) -> reqwest::Client {
         .unwrap_or_default()
 }
 
-fn url(entry: &DirectoryEntry, query: &str) -> String {
-    format!(
-        "http://{}/peer/v1/acceptances{query}",
-        entry.address.as_str()
-    )
+fn url(entry: &DirectoryEntry) -> String {
+    format!("http://{}/peer/v1/acceptances", entry.address.as_str())
 }
 
 /// Fans each announcement out to the current peers' queues.
@@ -96,7 +93,7 @@ async fn pusher(
             continue;
         };
         let result = http
-            .post(url(&entry, ""))
+            .post(url(&entry))
             .header(
                 reqwest::header::AUTHORIZATION,
                 format!("{AUTH_SCHEME}{signed}"),
@@ -148,7 +145,7 @@ pub async fn pull_once(
             .request(device, RequestKind::Pull)
             .ok_or("no merchant known yet")?;
         let response = http
-            .get(url(entry, ""))
+            .get(url(entry))
             .query(&[
                 ("log", log.as_str()),
                 ("after", &after.to_string()),
