@@ -23,6 +23,9 @@ pub struct PgbenchResult {
     pub tps: f64,
     pub latency_average_ms: Option<f64>,
     pub transactions: u64,
+    /// Percentiles of the per-transaction latencies pgbench logged (`-l`), in ms.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
 }
 
 /// Reads `tps = X (without initial connection time)`, the average latency and the count.
@@ -47,7 +50,28 @@ pub fn parse_pgbench(stdout: &str) -> anyhow::Result<PgbenchResult> {
         tps,
         latency_average_ms,
         transactions,
+        latency_p50_ms: None,
+        latency_p99_ms: None,
     })
+}
+
+/// The latencies (ms) in pgbench's per-transaction logs (`-l`): each line is
+/// `client transaction latency_us script epoch_s epoch_us`.
+pub fn parse_pgbench_log(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect()
+}
+
+/// The `q` quantile (0..=1) of `values`, sorted in place.
+pub fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values.get(index).copied()
 }
 
 /// A binary of the PostgreSQL installation the bench cluster runs on, else from the PATH.
@@ -87,9 +111,11 @@ pub async fn run_pgbench(
     defines: &[(String, String)],
 ) -> anyhow::Result<PgbenchResult> {
     let pgbench = postgres_tool("pgbench");
+    let logs = tempfile::tempdir().context("a directory for pgbench's logs")?;
     let mut command = tokio::process::Command::new(&pgbench);
     command
-        .args(["-n", "-M", "prepared"])
+        .args(["-n", "-M", "prepared", "-l", "--log-prefix"])
+        .arg(logs.path().join("pgbench_log"))
         .args([
             "-c",
             &clients.to_string(),
@@ -116,7 +142,16 @@ pub async fn run_pgbench(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    parse_pgbench(&stdout).with_context(|| format!("reading pgbench's report:\n{stdout}"))
+    let mut result =
+        parse_pgbench(&stdout).with_context(|| format!("reading pgbench's report:\n{stdout}"))?;
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(logs.path()).context("pgbench's logs")? {
+        let text = std::fs::read_to_string(entry?.path()).context("a pgbench log")?;
+        latencies.extend(parse_pgbench_log(&text));
+    }
+    result.latency_p50_ms = quantile(&mut latencies, 0.50);
+    result.latency_p99_ms = quantile(&mut latencies, 0.99);
+    Ok(result)
 }
 
 /// Cluster-wide WAL position and this database's top-level statement count (from
@@ -193,6 +228,29 @@ pub fn process_cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU time the whole machine spent busy so far (user, nice, system, irq, softirq, steal:
+/// everything but idle and I/O wait), in seconds, from `/proc/stat`.
+pub fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    Some(busy / 100.0)
+}
+
+/// Cores used between two CPU-time readings `elapsed` seconds apart.
+pub fn cores(before: Option<f64>, after: Option<f64>, elapsed: f64) -> Option<f64> {
+    Some((after? - before?) / elapsed.max(1e-9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +265,16 @@ mod tests {
         assert_eq!(parsed.latency_average_ms, Some(9.95));
         assert!((parsed.tps - 3216.5).abs() < 1e-9);
         assert!(process_cpu_secs(std::process::id()).is_some());
+        assert!(machine_busy_secs().is_some_and(|secs| secs > 0.0));
+    }
+
+    #[test]
+    fn pgbench_logs_give_latency_percentiles() {
+        let log = "0 1 1500 0 1700000000 1\n0 2 2500 0 1700000000 2\n1 1 99000 0 1700000000 3\n";
+        let mut latencies = parse_pgbench_log(log);
+        assert_eq!(latencies.len(), 3);
+        assert_eq!(quantile(&mut latencies, 0.5), Some(2.5));
+        assert_eq!(quantile(&mut latencies, 0.99), Some(99.0));
+        assert_eq!(quantile(&mut [], 0.99), None);
     }
 }

@@ -169,23 +169,35 @@ async fn main() -> anyhow::Result<ExitCode> {
     let share = throughput_end / concurrencies.len();
     let mut phases = Vec::new();
     for (i, &clients) in concurrencies.iter().enumerate() {
-        let before = (
-            DbCounters::read(&pool).await?,
-            stile_tools::baseline::process_cpu_secs(server.pid()),
-        );
+        use stile_tools::baseline::{cores, machine_busy_secs, process_cpu_secs};
+        let cpu_now = || {
+            (
+                process_cpu_secs(server.pid()),
+                process_cpu_secs(std::process::id()),
+                machine_busy_secs(),
+            )
+        };
+        let before = (DbCounters::read(&pool).await?, cpu_now());
         let result =
             run_throughput(&gate, clients, i * share, (i + 1) * share, args.duration).await?;
-        let after = (
-            DbCounters::read(&pool).await?,
-            stile_tools::baseline::process_cpu_secs(server.pid()),
-        );
+        let after = (DbCounters::read(&pool).await?, cpu_now());
         result.print(clients);
         let (wal, statements) = before.0.per(&after.0, result.successes, 2);
         let records = before.0.records_per(&after.0, result.successes);
-        let cpu = match (before.1, after.1) {
-            (Some(a), Some(b)) => Some((b - a) / result.elapsed.as_secs_f64().max(1e-9)),
-            _ => None,
-        };
+        let elapsed = result.elapsed.as_secs_f64();
+        let cpu = cores(before.1 .0, after.1 .0, elapsed);
+        let client_cpu = cores(before.1 .1, after.1 .1, elapsed);
+        let machine_cpu = cores(before.1 .2, after.1 .2, elapsed);
+        println!(
+            "  cores: server {}, this load generator {}, the rest of the machine (PostgreSQL) {}, of {}",
+            or_na(cpu, 2),
+            or_na(client_cpu, 2),
+            or_na(
+                machine_cpu.zip(cpu).zip(client_cpu).map(|((m, s), c)| m - s - c),
+                2
+            ),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         phases.push(Phase {
             clients,
             result,
@@ -254,12 +266,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         let (wal, statements) = before.per(&after, result.transactions, 2);
         let records = before.records_per(&after, result.transactions);
         println!(
-            "\npgbench, the minimal transaction ({}), {clients} clients, {pgbench_secs} s: {:.0} tps, latency average {}",
+            "\npgbench, the minimal transaction ({}), {clients} clients, {pgbench_secs} s: {:.0} tps, latency average {}, p50 {}, p99 {}",
             minimal_dir.join("pgbench_scan.sql").display(),
             result.tps,
-            result
-                .latency_average_ms
-                .map_or("n/a".to_owned(), |ms| format!("{ms:.2} ms"))
+            ms(result.latency_average_ms),
+            ms(result.latency_p50_ms),
+            ms(result.latency_p99_ms),
         );
         minimal.push((clients, result, wal, statements, records));
     }
@@ -405,6 +417,8 @@ impl Gate {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
+    /// (second of the phase the scan ended in, latency).
+    timeline: Vec<(usize, u64)>,
     successes: u64,
     errors: BTreeMap<String, u64>,
 }
@@ -419,6 +433,8 @@ struct ThroughputResult {
     p99_ms: f64,
     p999_ms: f64,
     max_ms: f64,
+    /// p99 (ms) of the scans that ended in each second of the phase.
+    p99_by_second: Vec<f64>,
 }
 
 impl ThroughputResult {
@@ -452,6 +468,12 @@ impl ThroughputResult {
             self.p99_ms,
             self.p999_ms
         );
+        let seconds: Vec<String> = self
+            .p99_by_second
+            .iter()
+            .map(|ms| format!("{ms:.0}"))
+            .collect();
+        println!("  p99 ms by second: {}", seconds.join(" "));
     }
 }
 
@@ -479,6 +501,9 @@ async fn run_throughput(
                 }
                 let (micros, answer) = gate.scan(index).await;
                 tally.latencies_us.push(micros);
+                tally
+                    .timeline
+                    .push((started.elapsed().as_secs() as usize, micros));
                 if answer.is(200, "SUCCESS") {
                     tally.successes += 1;
                 } else {
@@ -492,6 +517,7 @@ async fn run_throughput(
     for task in tasks {
         let tally = task.await.context("a throughput task panicked")?;
         all.latencies_us.extend(tally.latencies_us);
+        all.timeline.extend(tally.timeline);
         all.successes += tally.successes;
         for (kind, count) in tally.errors {
             *all.errors.entry(kind).or_default() += count;
@@ -499,7 +525,22 @@ async fn run_throughput(
     }
     let elapsed = started.elapsed();
     all.latencies_us.sort_unstable();
+    let mut by_second: Vec<Vec<u64>> = Vec::new();
+    for (second, micros) in all.timeline {
+        if by_second.len() <= second {
+            by_second.resize_with(second + 1, Vec::new);
+        }
+        by_second[second].push(micros);
+    }
+    let p99_by_second = by_second
+        .iter_mut()
+        .map(|latencies| {
+            latencies.sort_unstable();
+            percentile_ms(latencies, 99.0)
+        })
+        .collect();
     Ok(ThroughputResult {
+        p99_by_second,
         requests: all.latencies_us.len(),
         successes: all.successes,
         errors: all.errors,
@@ -688,14 +729,19 @@ struct Phase {
     wal_records_per_scan: (f64, f64),
 }
 
+fn or_na(value: Option<f64>, digits: usize) -> String {
+    value.map_or("n/a".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or("n/a".to_owned(), |ms| format!("{ms:.2} ms"))
+}
+
 /// The table of every concurrency: server against the minimal transaction.
 fn print_phases(phases: &[Phase], minimal: &[MinimalRun], heavier: &PgbenchResult) {
-    let or_na = |value: Option<f64>, digits: usize| {
-        value.map_or("n/a".to_owned(), |v| format!("{v:.digits$}"))
-    };
     println!("\n== /venue/scan against the minimal transaction (pgbench, same cluster) ==");
     println!(
-        "{:>4}  {:>9} {:>8} {:>8} {:>6} {:>10} {:>10}  |  {:>9} {:>8} {:>10} {:>10}  | {:>6}",
+        "{:>4}  {:>9} {:>8} {:>8} {:>6} {:>10} {:>10}  |  {:>9} {:>8} {:>8} {:>10} {:>10}  | {:>6}",
         "C",
         "scans/s",
         "p50 ms",
@@ -704,14 +750,15 @@ fn print_phases(phases: &[Phase], minimal: &[MinimalRun], heavier: &PgbenchResul
         "stmts/scan",
         "WAL B/scan",
         "pgb tps",
-        "avg ms",
+        "p50 ms",
+        "p99 ms",
         "stmts/tx",
         "WAL B/tx",
         "ratio"
     );
     for (phase, (_, base, wal, statements, _)) in phases.iter().zip(minimal) {
         println!(
-            "{:>4}  {:>9.0} {:>8.2} {:>8.2} {:>6} {:>10} {:>10.0}  |  {:>9.0} {:>8} {:>10} {:>10.0}  | {:>6.2}",
+            "{:>4}  {:>9.0} {:>8.2} {:>8.2} {:>6} {:>10} {:>10.0}  |  {:>9.0} {:>8} {:>8} {:>10} {:>10.0}  | {:>6.2}",
             phase.clients,
             phase.result.scans_per_sec(),
             phase.result.p50_ms,
@@ -720,7 +767,8 @@ fn print_phases(phases: &[Phase], minimal: &[MinimalRun], heavier: &PgbenchResul
             or_na(phase.statements_per_scan, 1),
             phase.wal_per_scan,
             base.tps,
-            or_na(base.latency_average_ms, 2),
+            or_na(base.latency_p50_ms, 2),
+            or_na(base.latency_p99_ms, 2),
             or_na(*statements, 1),
             wal,
             phase.result.scans_per_sec() / base.tps.max(1e-9),
