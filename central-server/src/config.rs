@@ -71,6 +71,10 @@ pub struct Settings {
     pub retention_interval_secs: u64,
     /// How often the webhook worker looks for due notifications, in milliseconds.
     pub outbox_poll_ms: u64,
+    /// Group commit: redemption statements running at once, each on its own connection.
+    pub group_commit_workers: usize,
+    /// Group commit: the most scans one redemption statement takes.
+    pub group_commit_max_batch: usize,
 }
 
 impl Settings {
@@ -153,6 +157,8 @@ pub struct SettingsLayer {
     pub retention_days: Option<i64>,
     pub retention_interval_secs: Option<u64>,
     pub outbox_poll_ms: Option<u64>,
+    pub group_commit_workers: Option<usize>,
+    pub group_commit_max_batch: Option<usize>,
 }
 
 macro_rules! merge_fields {
@@ -231,6 +237,12 @@ impl SettingsLayer {
                     layer.retention_interval_secs = Some(number(key, &value)?)
                 }
                 "STILE_OUTBOX_POLL_MS" => layer.outbox_poll_ms = Some(number(key, &value)?),
+                "STILE_GROUP_COMMIT_WORKERS" => {
+                    layer.group_commit_workers = Some(number(key, &value)?)
+                }
+                "STILE_GROUP_COMMIT_MAX_BATCH" => {
+                    layer.group_commit_max_batch = Some(number(key, &value)?)
+                }
                 "STILE_LOG_FORMAT" => {
                     layer.log_format = Some(match value.as_str() {
                         "text" => LogFormat::Text,
@@ -279,7 +291,9 @@ impl SettingsLayer {
             log_format,
             retention_days,
             retention_interval_secs,
-            outbox_poll_ms
+            outbox_poll_ms,
+            group_commit_workers,
+            group_commit_max_batch
         );
         self
     }
@@ -336,6 +350,8 @@ impl SettingsLayer {
             retention_days: self.retention_days.unwrap_or(400),
             retention_interval_secs: self.retention_interval_secs.unwrap_or(0),
             outbox_poll_ms: self.outbox_poll_ms.unwrap_or(1000),
+            group_commit_workers: self.group_commit_workers.unwrap_or(4),
+            group_commit_max_batch: self.group_commit_max_batch.unwrap_or(32),
         };
         if settings.retention_days < crate::retention::MIN_RETENTION_DAYS {
             return Err(ConfigError::Invalid {
@@ -363,6 +379,25 @@ impl SettingsLayer {
                     message: format!("must be 1 to 3600 seconds, got {value}"),
                 });
             }
+        }
+        if settings.group_commit_workers == 0
+            || settings.group_commit_workers >= settings.db_max_connections as usize
+        {
+            return Err(ConfigError::Invalid {
+                name: "group_commit_workers",
+                message: format!(
+                    "must be 1 to db_max_connections - 1 ({}), got {}: each worker holds a \
+                     connection while it runs, and other requests need one too",
+                    settings.db_max_connections.saturating_sub(1),
+                    settings.group_commit_workers
+                ),
+            });
+        }
+        if !(1..=1000).contains(&settings.group_commit_max_batch) {
+            return Err(ConfigError::Invalid {
+                name: "group_commit_max_batch",
+                message: format!("must be 1 to 1000, got {}", settings.group_commit_max_batch),
+            });
         }
         if settings.outbox_poll_ms == 0 {
             return Err(ConfigError::Invalid {
@@ -492,6 +527,18 @@ mod tests {
             (
                 vec![("DATABASE_URL", DB), ("STILE_RETENTION_DAYS", "364")],
                 "retention_days",
+            ),
+            (
+                vec![
+                    ("DATABASE_URL", DB),
+                    ("STILE_DB_MAX_CONNECTIONS", "4"),
+                    ("STILE_GROUP_COMMIT_WORKERS", "4"),
+                ],
+                "group_commit_workers",
+            ),
+            (
+                vec![("DATABASE_URL", DB), ("STILE_GROUP_COMMIT_MAX_BATCH", "0")],
+                "group_commit_max_batch",
             ),
         ];
         for (vars, name) in cases {

@@ -270,7 +270,7 @@ async fn upload_one(
         clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
     };
     let outcome = match scan::redeem(
-        &state.pool,
+        &state.redeemer,
         state.settings.token_policy(),
         &context,
         &command,

@@ -49,6 +49,9 @@ pub enum AppError {
     WrongMerchant,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A database failure shared by every scan of a group-committed batch.
+    #[error("database: {0}")]
+    SharedDatabase(std::sync::Arc<sqlx::Error>),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -68,7 +71,9 @@ impl AppError {
             AppError::ScanIdReused => ApiCode::ScanIdReused,
             AppError::InvalidQr(_) => ApiCode::InvalidQr,
             AppError::WrongMerchant => ApiCode::WrongMerchant,
-            AppError::Database(_) | AppError::Internal(_) => ApiCode::Internal,
+            AppError::Database(_) | AppError::SharedDatabase(_) | AppError::Internal(_) => {
+                ApiCode::Internal
+            }
         }
     }
 
@@ -124,6 +129,10 @@ impl IntoResponse for AppError {
         let detail = match &self {
             AppError::BadRequest(detail) | AppError::Http { detail, .. } => Some(detail.clone()),
             AppError::Database(error) => {
+                tracing::error!(error = %error, "database failure answered with 500");
+                None
+            }
+            AppError::SharedDatabase(error) => {
                 tracing::error!(error = %error, "database failure answered with 500");
                 None
             }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod device;
 pub mod error;
+pub mod group_commit;
 pub mod http;
 pub mod kek;
 pub mod keys;

@@ -248,7 +248,7 @@ async fn redeem_one(
         clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
     };
     let outcome = scan::redeem(
-        &state.pool,
+        &state.redeemer,
         state.settings.token_policy(),
         context,
         &command,

@@ -19,6 +19,7 @@ pub struct Metrics {
     connections_refused: Counter,
     transaction_retries: Counter,
     scan_paths: Family<Labels, Counter>,
+    batch_sizes: Histogram,
     merchant_scan_success: Counter,
     merchant_scan_partial: Counter,
     merchant_scan_reject: Counter,
@@ -78,8 +79,14 @@ impl Metrics {
         let scan_paths = Family::<Labels, Counter>::default();
         registry.register(
             "stile_scan_paths",
-            "Scans decided by the one-statement path (a plain SUCCESS in one round trip) or the transaction path",
+            "Scans decided by the group-commit path (a plain SUCCESS, many scans to one statement and one commit) or the transaction path",
             scan_paths.clone(),
+        );
+        let batch_sizes = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "stile_group_commit_batch_size",
+            "Scans per group-commit redemption statement",
+            batch_sizes.clone(),
         );
         let transaction_retries = Counter::default();
         registry.register(
@@ -120,6 +127,7 @@ impl Metrics {
             outbox_dead,
             decisions,
             scan_paths,
+            batch_sizes,
             requests,
             latency,
             login_failures,
@@ -168,16 +176,21 @@ impl Metrics {
         self.outbox_dead.set(dead);
     }
 
-    /// Which path decided a scan: `one_statement` or `transaction`.
-    pub fn record_scan_path(&self, one_statement: bool) {
-        let path = if one_statement {
-            "one_statement"
+    /// Which path decided a scan: `group_commit` or `transaction`.
+    pub fn record_scan_path(&self, group_commit: bool) {
+        let path = if group_commit {
+            "group_commit"
         } else {
             "transaction"
         };
         self.scan_paths
             .get_or_create(&vec![("path".to_owned(), path.to_owned())])
             .inc();
+    }
+
+    /// The size of one group-commit batch.
+    pub fn record_batch(&self, scans: usize) {
+        self.batch_sizes.observe(scans as f64);
     }
 
     pub fn record_transaction_retry(&self) {

@@ -27,9 +27,11 @@
 
 use crate::db;
 use crate::error::AppError;
+use crate::group_commit::{BatchError, BatchOutcome, BatchScan, GroupCommit};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
 use stile_shared::api::{EntitlementView, OperatorRef, RedemptionView, ScanResponse, TicketView};
 use stile_shared::decision::{check_decision_time, check_token, decide, Decision, DecisionInput};
 use stile_shared::token::{Jti, QrClaims, TokenError, VerifiedToken};
@@ -134,8 +136,8 @@ pub struct ScanOutcome {
     pub replayed: bool,
     /// The jti the decision was about, for logs.
     pub jti: Option<Jti>,
-    /// Decided by the one-statement path (`stile_redeem`).
-    pub one_statement: bool,
+    /// Decided by the group-commit path (`stile_redeem_batch`).
+    pub group_commit: bool,
 }
 
 /// How long a server trusts a device's venue binding it read: a device revoked or moved
@@ -200,20 +202,33 @@ pub async fn bind_device(
     .await
 }
 
+/// Where scans are redeemed: the pool, and the group-commit queue of plain successes.
+#[derive(Debug, Clone)]
+pub struct Redeemer {
+    pub pool: PgPool,
+    pub group: GroupCommit,
+}
+
 /// Decides and applies one scan, running the transaction again on transient failures.
 pub async fn redeem(
-    pool: &PgPool,
+    redeemer: &Redeemer,
     policy: TokenPolicy,
     context: &ScanContext,
     command: &ScanCommand,
     on_retry: impl Fn(),
 ) -> Result<ScanOutcome, AppError> {
-    match redeem_in_one_statement(pool, policy, context, command).await {
+    let pool = &redeemer.pool;
+    match redeem_in_group(&redeemer.group, policy, context, command).await {
         Ok(OneStatement::Redeemed(outcome)) => return Ok(*outcome),
         Ok(OneStatement::ScanIdTaken) => return replay(pool, context, command).await,
         Ok(OneStatement::NotPlain) => {}
-        Err(error) if retryable(&error) => on_retry(),
-        Err(error) => return Err(AppError::Database(error)),
+        Err(BatchError::Retry(_)) => on_retry(),
+        Err(BatchError::Database(error)) => return Err(AppError::SharedDatabase(error)),
+        Err(BatchError::Stopped) => {
+            return Err(AppError::Internal(
+                "the group-commit workers stopped".into(),
+            ))
+        }
     }
     let mut attempt = 1;
     loop {
@@ -244,7 +259,7 @@ pub async fn redeem(
     }
 }
 
-/// What the one-statement path did.
+/// What the group-commit path did.
 enum OneStatement {
     Redeemed(Box<ScanOutcome>),
     /// Anything but a plain success, or a path the statement does not take: decide on the
@@ -254,17 +269,17 @@ enum OneStatement {
     ScanIdTaken,
 }
 
-/// A plain successful scan in one round trip: `stile_redeem` (migration 0011) locks,
-/// checks and writes what the transaction path writes for a SUCCESS, in one statement,
-/// and raises (rolling all of it back) whenever the answer could be anything else. Taken
-/// for a gate's or the console's QR scan that passed the ticket-free checks; an order-code
-/// scan, an offline upload and a merchant with a webhook take the transaction path.
-async fn redeem_in_one_statement(
-    pool: &PgPool,
+/// A plain successful scan, group-committed: `stile_redeem_batch` (migration 0014) locks,
+/// checks and writes what the transaction path writes for a SUCCESS, and writes nothing
+/// for a scan whose answer could be anything else. Taken for a gate's or the console's QR
+/// scan that passed the ticket-free checks; an order-code scan, an offline upload and a
+/// merchant with a webhook take the transaction path.
+async fn redeem_in_group(
+    group: &GroupCommit,
     policy: TokenPolicy,
     context: &ScanContext,
     command: &ScanCommand,
-) -> Result<OneStatement, sqlx::Error> {
+) -> Result<OneStatement, BatchError> {
     let ScanSubject::Token(Ok(verified)) = &command.subject else {
         return Ok(OneStatement::NotPlain);
     };
@@ -298,41 +313,40 @@ async fn redeem_in_one_statement(
             venue_code: context.location.as_ref().map(|l| l.venue_code.clone()),
         }),
     };
-    let template = serde_json::to_value(&template)
-        .map_err(|error| sqlx::Error::Protocol(format!("serialise the answer: {error}")))?;
-    let row: Result<(serde_json::Value,), sqlx::Error> = sqlx::query_as(
-        "SELECT answer FROM stile_redeem($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(command.scan_id)
-    .bind(context.merchant_id)
-    .bind(context.operator_id)
-    .bind(context.device.as_ref().map(|d| d.device_pk))
-    .bind(context.location.as_ref().map(|l| l.location_id))
-    .bind(command.token_sha256.as_slice())
-    .bind(command.function_code.as_str())
-    .bind(claims.jti.as_str())
-    .bind(&claims.tid)
-    .bind(context.source.as_str())
-    .bind(command.now)
-    .bind(template)
-    .fetch_one(pool)
-    .await;
-    match row {
-        Ok((answer,)) => {
-            let response: ScanResponse = serde_json::from_value(answer)
-                .map_err(|error| sqlx::Error::Protocol(format!("stile_redeem answer: {error}")))?;
+    let answer = serde_json::to_value(&template)
+        .map_err(|error| BatchError::Retry(format!("serialise the answer: {error}")))?;
+    let outcome = group
+        .redeem(BatchScan {
+            scan_id: command.scan_id,
+            merchant_id: context.merchant_id,
+            operator_id: context.operator_id,
+            device_pk: context.device.as_ref().map(|d| d.device_pk),
+            location_id: context.location.as_ref().map(|l| l.location_id),
+            token_sha256: command.token_sha256,
+            function_code: command.function_code.as_str().to_owned(),
+            jti: claims.jti.as_str().to_owned(),
+            ticket_code: claims.tid.clone(),
+            source: context.source.as_str(),
+            now: command.now,
+            answer,
+        })
+        .await?;
+    match outcome {
+        BatchOutcome::Redeemed(answer) => {
+            let response: ScanResponse = serde_json::from_value(answer).map_err(|error| {
+                BatchError::Database(Arc::new(sqlx::Error::Protocol(format!(
+                    "stile_redeem_batch answer: {error}"
+                ))))
+            })?;
             Ok(OneStatement::Redeemed(Box::new(ScanOutcome {
                 response,
                 replayed: false,
                 jti: Some(claims.jti.clone()),
-                one_statement: true,
+                group_commit: true,
             })))
         }
-        Err(error) => match db::sqlstate(&error).as_deref() {
-            Some("STSLW") => Ok(OneStatement::NotPlain),
-            Some("STRPL") => Ok(OneStatement::ScanIdTaken),
-            _ => Err(error),
-        },
+        BatchOutcome::Decide => Ok(OneStatement::NotPlain),
+        BatchOutcome::Replay => Ok(OneStatement::ScanIdTaken),
     }
 }
 
@@ -497,7 +511,7 @@ async fn attempt_redeem(
         response,
         replayed: false,
         jti,
-        one_statement: false,
+        group_commit: false,
     })))
 }
 
@@ -918,7 +932,7 @@ async fn replay(
         response,
         replayed: true,
         jti,
-        one_statement: false,
+        group_commit: false,
     })
 }
 

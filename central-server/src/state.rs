@@ -13,6 +13,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The pool and the group-commit queue redemptions go through.
+    pub redeemer: crate::scan::Redeemer,
     pub settings: Arc<Settings>,
     pub keys: Arc<KeyStore>,
     pub operator_tokens: Arc<OperatorTokens>,
@@ -63,7 +65,21 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
         .map_err(|error| ServerError::Internal(error.to_string()))?
         .map_err(|error| ServerError::Internal(error.to_string()))?;
     let cursor_key = derive_key(&secret, b"stile reconciliation cursor v1");
+    let metrics = Arc::new(Metrics::new());
+    let batch_metrics = metrics.clone();
+    let group = crate::group_commit::GroupCommit::start(
+        pool.clone(),
+        crate::group_commit::GroupCommitSettings {
+            workers: settings.group_commit_workers,
+            max_batch: settings.group_commit_max_batch,
+        },
+        move |scans| batch_metrics.record_batch(scans),
+    );
     Ok(AppState {
+        redeemer: crate::scan::Redeemer {
+            pool: pool.clone(),
+            group,
+        },
         cursor_key: Arc::new(cursor_key),
         pool,
         operator_tokens: Arc::new(OperatorTokens::new(
@@ -75,7 +91,7 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
         device_bindings: Arc::new(crate::scan::DeviceBindings::default()),
         settings: Arc::new(settings),
         keys: Arc::new(keys),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         dummy_hash: dummy_hash.into(),
         openapi: Arc::new(openapi::document()),
     })

@@ -1,9 +1,11 @@
-//! The one-statement redemption (`stile_redeem`, migration 0011) against the shared Rust
-//! `decide`, over random ticket states in a real PostgreSQL: the statement answers SUCCESS
-//! exactly when `decide` redeems (otherwise it raises and writes nothing), and when it
-//! does, it writes what the transaction path writes.
+//! The group-commit redemption (`stile_redeem_batch`, migration 0014) against the shared
+//! Rust `decide`, over batches of random ticket states in a real PostgreSQL: the statement
+//! redeems a scan exactly when `decide` does (otherwise it writes nothing for it), and when
+//! it does, it writes what the transaction path writes. Batches also hold a second scan of
+//! a QR already in the batch (redeemed once only) and a resent scan_id (replayed).
 
 use central_server::db;
+use central_server::group_commit::{redeem_batch, BatchOutcome, BatchScan};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,8 +61,7 @@ fn parse_status(raw: &str) -> TicketStatus {
 }
 
 #[test]
-fn the_one_statement_redeems_exactly_when_decide_does_and_writes_what_the_transaction_path_writes()
-{
+fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_path_writes() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -87,31 +88,132 @@ fn the_one_statement_redeems_exactly_when_decide_does_and_writes_what_the_transa
     });
     let counter = AtomicU32::new(0);
     let mut runner = TestRunner::new(Config {
-        cases: 200,
+        cases: 80,
         failure_persistence: None,
         ..Config::default()
     });
-    let (successes, refusals) = (AtomicU32::new(0), AtomicU32::new(0));
-    let result = runner.run(&state(), |state| {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        let redeemed = runtime.block_on(case(&pool, n, &state));
-        let tally = if redeemed { &successes } else { &refusals };
-        tally.fetch_add(1, Ordering::SeqCst);
+    let tally = Tally::default();
+    let batches = (
+        prop::collection::vec(state(), 1..6),
+        prop_oneof![2 => Just(Extra::None), 1 => Just(Extra::SameQr), 1 => Just(Extra::SameScanId)],
+    );
+    let result = runner.run(&batches, |(states, extra)| {
+        runtime.block_on(batch(&pool, &counter, &states, extra, &tally));
         Ok(())
     });
-    let (successes, refusals) = (successes.into_inner(), refusals.into_inner());
     if let Err(error) = result {
         panic!("{error}");
     }
-    println!("{successes} plain successes, {refusals} other answers");
+    let (redeemed, decided, replayed) = (
+        tally.redeemed.into_inner(),
+        tally.decided.into_inner(),
+        tally.replayed.into_inner(),
+    );
+    println!("{redeemed} redeemed, {decided} left to the transaction path, {replayed} replayed");
     assert!(
-        successes > 10 && refusals > 10,
-        "both sides were tried: {successes} / {refusals}"
+        redeemed > 10 && decided > 10 && replayed > 3,
+        "every outcome was tried: {redeemed} / {decided} / {replayed}"
     );
 }
 
-/// Sets up one state, runs the statement and `decide`, compares; returns whether it redeemed.
-async fn case(pool: &sqlx::PgPool, n: u32, state: &State) -> bool {
+#[derive(Debug, Default)]
+struct Tally {
+    redeemed: AtomicU32,
+    decided: AtomicU32,
+    replayed: AtomicU32,
+}
+
+/// What the batch holds besides one scan per state.
+#[derive(Debug, Clone, Copy)]
+enum Extra {
+    None,
+    /// A QR of the batch again, under a new scan_id: at most one of the two redeems.
+    SameQr,
+    /// A scan of the batch again, same scan_id: replayed if the first redeemed.
+    SameScanId,
+}
+
+/// One state in the database, its scan, and what `decide` says of it.
+struct Prepared {
+    state: State,
+    ticket_id: i64,
+    entitlements: Vec<EntitlementSnapshot>,
+    verdict: Decision,
+    scan: BatchScan,
+}
+
+async fn batch(
+    pool: &sqlx::PgPool,
+    counter: &AtomicU32,
+    states: &[State],
+    extra: Extra,
+    tally: &Tally,
+) {
+    let mut prepared = Vec::new();
+    for state in states {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        prepared.push(prepare(pool, n, state).await);
+    }
+    let mut scans: Vec<&BatchScan> = prepared.iter().map(|p| &p.scan).collect();
+    // The extra scan repeats the first scan decide would redeem (or the first scan).
+    let target = prepared
+        .iter()
+        .position(|p| matches!(p.verdict, Decision::Redeem { .. }) && !p.state.webhook)
+        .unwrap_or(0);
+    let mut again = prepared[target].scan.clone();
+    match extra {
+        Extra::None => {}
+        Extra::SameQr => {
+            again.scan_id = Some(uuid::Uuid::new_v4());
+            scans.push(&again);
+        }
+        Extra::SameScanId => scans.push(&again),
+    }
+    let outcomes = redeem_batch(pool, &scans).await.expect("the batch runs");
+    assert_eq!(outcomes.len(), scans.len());
+    for (p, outcome) in prepared.iter().zip(&outcomes) {
+        let outcome = outcome.clone().expect("every scan has an outcome");
+        let redeemed = check(pool, p, &outcome).await;
+        let counter = if redeemed {
+            &tally.redeemed
+        } else {
+            &tally.decided
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+    if let Some(outcome) = outcomes.get(prepared.len()) {
+        let first_redeemed = matches!(outcomes[target], Some(BatchOutcome::Redeemed(_)));
+        let outcome = outcome.clone().expect("the extra scan has an outcome");
+        match (extra, first_redeemed, outcome) {
+            (Extra::SameQr, _, BatchOutcome::Decide) => {}
+            (Extra::SameScanId, true, BatchOutcome::Replay) => {
+                tally.replayed.fetch_add(1, Ordering::SeqCst);
+            }
+            (Extra::SameScanId, false, BatchOutcome::Decide) => {}
+            (extra, first, outcome) => panic!(
+                "{extra:?} after a first scan that redeemed: {first}, answered {outcome:?}: {:?}",
+                prepared[target].state
+            ),
+        }
+        // Whatever the extra scan was, the first state's pair is redeemed at most once.
+        let (events,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM redemption_events WHERE ticket_id = $1 AND scan_id IS NOT NULL",
+        )
+        .bind(prepared[target].ticket_id)
+        .fetch_one(pool)
+        .await
+        .expect("events");
+        assert_eq!(
+            events,
+            i64::from(first_redeemed),
+            "{:?}",
+            prepared[target].state
+        );
+    }
+}
+
+/// Sets up one state and asks `decide` about its scan.
+async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
     let merchant_code = if state.webhook { "MW" } else { "MP" };
     let (merchant_id, operator_id): (i64, i64) = sqlx::query_as(
         "SELECT m.id, o.id FROM merchants m JOIN operators o ON o.merchant_id = m.id WHERE m.code = $1",
@@ -205,24 +307,36 @@ async fn case(pool: &sqlx::PgPool, n: u32, state: &State) -> bool {
         now: now.timestamp(),
         policy: TokenPolicy::default(),
     });
-    let scan_id = uuid::Uuid::new_v4();
-    let template = serde_json::json!({"result": "SUCCESS", "code": "SUCCESS", "message": "核销成功",
+    let answer = serde_json::json!({"result": "SUCCESS", "code": "SUCCESS", "message": "核销成功",
         "ticket": null, "redemption": {"id": 0, "redeemed_at": "x", "operator": {"id": operator_id, "username": "u"},
         "device_id": null, "venue_code": null}});
-    let answer: Result<(i64, serde_json::Value), sqlx::Error> = sqlx::query_as(
-        "SELECT redemption_id, answer FROM stile_redeem($1, $2, $3, NULL, NULL, $4, $5, $6, $7, 'merchant', $8, $9)",
-    )
-    .bind(scan_id)
-    .bind(merchant_id)
-    .bind(operator_id)
-    .bind(&[7u8; 32][..])
-    .bind(asked.as_str())
-    .bind(jti.as_str())
-    .bind(&ticket_code)
-    .bind(now)
-    .bind(template)
-    .fetch_one(pool)
-    .await;
+    Prepared {
+        state: state.clone(),
+        ticket_id,
+        entitlements,
+        verdict,
+        scan: BatchScan {
+            scan_id: Some(uuid::Uuid::new_v4()),
+            merchant_id,
+            operator_id,
+            device_pk: None,
+            location_id: None,
+            token_sha256: [7u8; 32],
+            function_code: asked.as_str().to_owned(),
+            jti: jti.as_str().to_owned(),
+            ticket_code,
+            source: "merchant",
+            now,
+            answer,
+        },
+    }
+}
+
+/// Compares what the batch did with one scan to `decide`; returns whether it redeemed.
+async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome) -> bool {
+    let (state, ticket_id, entitlements, verdict) =
+        (&p.state, p.ticket_id, &p.entitlements, &p.verdict);
+    let scan_id = p.scan.scan_id.expect("scan_id");
     let remaining: Vec<(String, i32)> = sqlx::query_as(
         "SELECT function_code, remaining_uses FROM entitlements WHERE ticket_id = $1 ORDER BY id",
     )
@@ -241,14 +355,14 @@ async fn case(pool: &sqlx::PgPool, n: u32, state: &State) -> bool {
         .await
         .expect("stored");
     let expect_redeem = matches!(verdict, Decision::Redeem { .. }) && !state.webhook;
-    match (answer, expect_redeem) {
-        (Ok((event, answer)), true) => {
+    match (outcome, expect_redeem) {
+        (BatchOutcome::Redeemed(answer), true) => {
             // What the transaction path writes for a SUCCESS.
             let Decision::Redeem { entitlement_index } = verdict else {
                 unreachable!("checked above")
             };
             let mut after = entitlements.clone();
-            after[entitlement_index].remaining_uses -= 1;
+            after[*entitlement_index].remaining_uses -= 1;
             let expected: Vec<(String, i32)> = after
                 .iter()
                 .map(|e| (e.function_code.to_string(), e.remaining_uses))
@@ -262,22 +376,26 @@ async fn case(pool: &sqlx::PgPool, n: u32, state: &State) -> bool {
             };
             assert_eq!(status_after, status_expected, "{state:?}");
             assert_eq!(stored, 1);
-            let rows: (i64, i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM redemption_events WHERE id = $1 AND jti = $2 AND function_code = $3), \
+            let response: stile_shared::api::ScanResponse =
+                serde_json::from_value(answer.clone()).expect("the answer is a ScanResponse");
+            let event = response.redemption.as_ref().expect("redemption").id;
+            let rows: (i64, i64, i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM redemption_events WHERE id = $1 AND jti = $2 AND function_code = $3 AND scan_id = $4), \
                         (SELECT count(*) FROM merchant_redemptions WHERE redemption_event_id = $1 AND result = 'SUCCESS'), \
-                        (SELECT count(*) FROM scan_audit WHERE scan_id = $4)",
+                        (SELECT count(*) FROM scan_audit WHERE scan_id = $4), \
+                        (SELECT count(*) FROM scan_requests WHERE scan_id = $4 AND response = $5)",
             )
             .bind(event)
-            .bind(jti.as_str())
-            .bind(asked.as_str())
+            .bind(p.scan.jti.as_str())
+            .bind(p.scan.function_code.as_str())
             .bind(scan_id)
+            .bind(answer)
             .fetch_one(pool)
             .await
             .expect("rows");
-            // One record per redemption: the log row is its audit record.
-            assert_eq!(rows, (1, 1, 0), "{state:?}");
-            let response: stile_shared::api::ScanResponse =
-                serde_json::from_value(answer.clone()).expect("the answer is a ScanResponse");
+            // One record per redemption: the log row is its audit record; the stored
+            // answer is the one given.
+            assert_eq!(rows, (1, 1, 0, 1), "{state:?}");
             let ticket = response.ticket.expect("ticket view");
             assert_eq!(ticket.status.as_str(), status_expected);
             assert_eq!(
@@ -288,15 +406,9 @@ async fn case(pool: &sqlx::PgPool, n: u32, state: &State) -> bool {
                     .collect::<Vec<_>>(),
                 expected
             );
-            assert_eq!(response.redemption.expect("redemption").id, event);
             true
         }
-        (Err(error), false) => {
-            assert_eq!(
-                db::sqlstate(&error).as_deref(),
-                Some("STSLW"),
-                "{error} {state:?}"
-            );
+        (BatchOutcome::Decide, false) => {
             // Nothing written.
             let before: Vec<(String, i32)> = entitlements
                 .iter()
@@ -307,7 +419,66 @@ async fn case(pool: &sqlx::PgPool, n: u32, state: &State) -> bool {
             assert_eq!(stored, 0);
             false
         }
-        (Ok(_), false) => panic!("the statement redeemed where decide says {verdict:?}: {state:?}"),
-        (Err(error), true) => panic!("the statement refused ({error}) a plain success: {state:?}"),
+        (outcome, expected) => {
+            panic!("the batch answered {outcome:?} where decide says {verdict:?} (redeem expected: {expected}): {state:?}")
+        }
+    }
+}
+
+/// A redemption takes no lock beyond its ticket's: its records refer to the merchant,
+/// operator, device, location, order, ticket, entitlement and event without foreign keys
+/// (migration 0015), and those rows cannot be deleted instead.
+#[tokio::test]
+async fn redemption_records_take_no_lock_and_what_they_refer_to_cannot_be_deleted() {
+    let url = Cluster::shared()
+        .fresh_database(&db::MIGRATOR)
+        .await
+        .expect("database");
+    let pool = db::connect(&url, 2).await.expect("connect");
+    let references: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c \
+         WHERE c.contype = 'f' \
+           AND c.conrelid::regclass::text IN ('redemption_events', 'merchant_redemptions', 'scan_requests') \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("constraints");
+    let references: Vec<(&str, &str)> = references
+        .iter()
+        .map(|(from, to)| (from.as_str(), to.as_str()))
+        .collect();
+    assert_eq!(references, Vec::<(&str, &str)>::new());
+    sqlx::query("INSERT INTO merchants (code, name) VALUES ('MD', 'delete me')")
+        .execute(&pool)
+        .await
+        .expect("merchant");
+    let refused = sqlx::query("DELETE FROM merchants WHERE code = 'MD'")
+        .execute(&pool)
+        .await
+        .expect_err("a merchant cannot be deleted");
+    assert_eq!(
+        db::sqlstate(&refused).as_deref(),
+        Some("23001"),
+        "{refused}"
+    );
+    for table in [
+        "operators",
+        "devices",
+        "locations",
+        "orders",
+        "tickets",
+        "entitlements",
+        "redemption_events",
+    ] {
+        let (guarded,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass \
+             AND tgfoid = 'stile_refuse_delete'::regproc)",
+        )
+        .bind(table)
+        .fetch_one(&pool)
+        .await
+        .expect("trigger");
+        assert!(guarded, "{table} rows can be deleted");
     }
 }

@@ -368,10 +368,10 @@ async fn english_messages_on_request() {
     server.stop().await;
 }
 
-/// A plain success is decided in one statement (`stile_redeem`); a rejection on the
-/// transaction path, by the shared `decide`. Both answer as the contract says.
+/// A plain success is group-committed (`stile_redeem_batch`); a rejection is decided on
+/// the transaction path, by the shared `decide`. Both answer as the contract says.
 #[tokio::test]
-async fn a_plain_success_takes_one_statement_and_a_rejection_the_transaction_path() {
+async fn a_plain_success_is_group_committed_and_a_rejection_takes_the_transaction_path() {
     let server = TestServer::start().await;
     let operator = server.login("op-east").await;
     let qr = server.issue_qr("TK-1001-1", MINIAPP_KEY).await;
@@ -390,7 +390,12 @@ async fn a_plain_success_takes_one_statement_and_a_rejection_the_transaction_pat
     assert_eq!(body["code"], "ALREADY_REDEEMED");
     let metrics = server.metrics().await;
     assert!(
-        metrics.contains("stile_scan_paths_total{path=\"one_statement\"} 1"),
+        metrics.contains("stile_scan_paths_total{path=\"group_commit\"} 1"),
+        "{metrics}"
+    );
+    // Both scans went through a batch: the second was left to the transaction path.
+    assert!(
+        metrics.contains("stile_group_commit_batch_size_count 2"),
         "{metrics}"
     );
     assert!(

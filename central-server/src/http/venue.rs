@@ -89,7 +89,7 @@ pub async fn venue_scan(
     };
     let metrics = state.metrics.clone();
     let outcome = scan::redeem(
-        &state.pool,
+        &state.redeemer,
         state.settings.token_policy(),
         &context,
         &command,
@@ -101,7 +101,7 @@ pub async fn venue_scan(
     let code = response.code;
     if !outcome.replayed {
         state.metrics.record_decision(code.as_str());
-        state.metrics.record_scan_path(outcome.one_statement);
+        state.metrics.record_scan_path(outcome.group_commit);
     }
     tracing::info!(
         decision = code.as_str(),
