@@ -32,6 +32,13 @@ pub struct Settings {
     pub ops_listen: SocketAddr,
     pub database_url: String,
     pub db_max_connections: u32,
+    /// Waiting for a pooled connection fails after this (ms).
+    pub db_acquire_timeout_ms: u64,
+    /// PostgreSQL cancels any statement of the serving pool after this (ms).
+    pub db_statement_timeout_ms: u64,
+    /// A request not answered within this (ms) because the database has not answered is
+    /// `SERVICE_UNAVAILABLE` 503 (offline uploads, logins and the admin API excepted).
+    pub db_deadline_ms: u64,
     /// Lifetime of an operator JWT (`expires_in`), one shift by default.
     pub operator_token_ttl_secs: i64,
     /// HMAC key of operator JWTs; when unset, one is generated once and kept in the database
@@ -78,6 +85,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The serving pool's size and timeouts.
+    pub fn pool_limits(&self) -> crate::db::PoolLimits {
+        crate::db::PoolLimits {
+            max_connections: self.db_max_connections,
+            acquire_timeout: std::time::Duration::from_millis(self.db_acquire_timeout_ms),
+            statement_timeout: std::time::Duration::from_millis(self.db_statement_timeout_ms),
+        }
+    }
+
+    /// How long a request may wait for the database before it is answered 503.
+    pub fn db_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.db_deadline_ms)
+    }
+
     pub fn token_policy(&self) -> stile_shared::TokenPolicy {
         stile_shared::TokenPolicy {
             miniapp_ttl_secs: self.qr_ttl_miniapp_secs,
@@ -137,6 +158,9 @@ pub struct SettingsLayer {
     pub previous_key_encryption_key_file: Option<std::path::PathBuf>,
     pub database_url: Option<String>,
     pub db_max_connections: Option<u32>,
+    pub db_acquire_timeout_ms: Option<u64>,
+    pub db_statement_timeout_ms: Option<u64>,
+    pub db_deadline_ms: Option<u64>,
     pub operator_token_ttl_secs: Option<i64>,
     pub jwt_secret: Option<String>,
     pub admin_token: Option<String>,
@@ -200,6 +224,13 @@ impl SettingsLayer {
                     layer.previous_key_encryption_key_file = Some(value.into())
                 }
                 "STILE_DB_MAX_CONNECTIONS" => layer.db_max_connections = Some(number(key, &value)?),
+                "STILE_DB_ACQUIRE_TIMEOUT_MS" => {
+                    layer.db_acquire_timeout_ms = Some(number(key, &value)?)
+                }
+                "STILE_DB_STATEMENT_TIMEOUT_MS" => {
+                    layer.db_statement_timeout_ms = Some(number(key, &value)?)
+                }
+                "STILE_DB_DEADLINE_MS" => layer.db_deadline_ms = Some(number(key, &value)?),
                 "STILE_OPERATOR_TOKEN_TTL_SECS" => {
                     layer.operator_token_ttl_secs = Some(number(key, &value)?)
                 }
@@ -272,6 +303,9 @@ impl SettingsLayer {
             previous_key_encryption_key_file,
             database_url,
             db_max_connections,
+            db_acquire_timeout_ms,
+            db_statement_timeout_ms,
+            db_deadline_ms,
             operator_token_ttl_secs,
             jwt_secret,
             admin_token,
@@ -330,6 +364,9 @@ impl SettingsLayer {
             previous_key_encryption_key_file: self.previous_key_encryption_key_file,
             database_url,
             db_max_connections: self.db_max_connections.unwrap_or(16),
+            db_acquire_timeout_ms: self.db_acquire_timeout_ms.unwrap_or(500),
+            db_statement_timeout_ms: self.db_statement_timeout_ms.unwrap_or(2000),
+            db_deadline_ms: self.db_deadline_ms.unwrap_or(900),
             operator_token_ttl_secs: self.operator_token_ttl_secs.unwrap_or(43_200),
             jwt_secret: self.jwt_secret,
             admin_token: self.admin_token,
@@ -377,6 +414,26 @@ impl SettingsLayer {
                 return Err(ConfigError::Invalid {
                     name,
                     message: format!("must be 1 to 3600 seconds, got {value}"),
+                });
+            }
+        }
+        for (name, value, max) in [
+            (
+                "db_acquire_timeout_ms",
+                settings.db_acquire_timeout_ms,
+                60_000,
+            ),
+            ("db_deadline_ms", settings.db_deadline_ms, 60_000),
+            (
+                "db_statement_timeout_ms",
+                settings.db_statement_timeout_ms,
+                3_600_000,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: format!("must be 1 to {max} ms, got {value}"),
                 });
             }
         }

@@ -9,14 +9,68 @@ use std::time::Duration;
 /// The migrations in `migrations/` at the repository root, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Opens a pool on `database_url`.
+/// How the server's pool meets a database that is away.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    pub max_connections: u32,
+    /// Waiting for a connection (opening one included) fails after this.
+    pub acquire_timeout: Duration,
+    /// Each statement is cancelled by PostgreSQL after this (`statement_timeout`); zero:
+    /// no limit.
+    pub statement_timeout: Duration,
+}
+
+impl PoolLimits {
+    /// `max_connections`, the defaults otherwise (tests and tools).
+    pub fn with_connections(max_connections: u32) -> PoolLimits {
+        PoolLimits {
+            max_connections,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::ZERO,
+        }
+    }
+}
+
+/// Opens a pool on `database_url` with the default limits.
 pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(database_url)?.application_name("stile-central");
+    connect_with(database_url, PoolLimits::with_connections(max_connections)).await
+}
+
+/// Opens a pool on `database_url` (one connection at once, the rest when needed; a
+/// connection found broken is replaced on the next acquire, so the pool recovers by itself
+/// once the database answers again).
+pub async fn connect_with(database_url: &str, limits: PoolLimits) -> Result<PgPool, sqlx::Error> {
+    let mut options = PgConnectOptions::from_str(database_url)?.application_name("stile-central");
+    if !limits.statement_timeout.is_zero() {
+        options = options.options([(
+            "statement_timeout",
+            limits.statement_timeout.as_millis().to_string(),
+        )]);
+    }
     PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(limits.max_connections)
+        .acquire_timeout(limits.acquire_timeout)
         .connect_with(options)
         .await
+}
+
+/// The database is away rather than refusing this statement: it cannot be reached, is
+/// shutting down or starting, is a standby (read-only), or cancelled the statement at
+/// `statement_timeout`. Answered 503: retrying shortly may succeed.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(_) => matches!(
+            sqlstate(error).as_deref(),
+            Some(code) if code.starts_with("08")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "57014" | "53300" | "25006")
+        ),
+        _ => false,
+    }
 }
 
 /// Applies every embedded migration not applied yet. Safe to run from several processes at

@@ -4,7 +4,9 @@
 //! its response carries the code and detail as an extension, and the [`localize`] middleware
 //! writes the body in the language the request asked for. Database and internal failures
 //! are logged with their context and answered with a generic `INTERNAL` body: no SQL, no
-//! stack trace, no path ever reaches a client.
+//! stack trace, no path ever reaches a client. A database that is away (unreachable, shut
+//! down, a standby, too slow for the deadline) is `SERVICE_UNAVAILABLE` 503 with
+//! `Retry-After: 1`: the client may retry, a gate decides offline.
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -52,6 +54,9 @@ pub enum AppError {
     /// A database failure shared by every scan of a group-committed batch.
     #[error("database: {0}")]
     SharedDatabase(std::sync::Arc<sqlx::Error>),
+    /// The database did not answer within the request's deadline.
+    #[error("the database did not answer in time")]
+    Unavailable,
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -71,6 +76,13 @@ impl AppError {
             AppError::ScanIdReused => ApiCode::ScanIdReused,
             AppError::InvalidQr(_) => ApiCode::InvalidQr,
             AppError::WrongMerchant => ApiCode::WrongMerchant,
+            AppError::Unavailable => ApiCode::ServiceUnavailable,
+            AppError::Database(error) if crate::db::is_unavailable(error) => {
+                ApiCode::ServiceUnavailable
+            }
+            AppError::SharedDatabase(error) if crate::db::is_unavailable(error) => {
+                ApiCode::ServiceUnavailable
+            }
             AppError::Database(_) | AppError::SharedDatabase(_) | AppError::Internal(_) => {
                 ApiCode::Internal
             }
@@ -109,6 +121,7 @@ pub fn status_of(code: ApiCode) -> StatusCode {
         ApiCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ApiCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ApiCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ApiCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -128,6 +141,18 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let detail = match &self {
             AppError::BadRequest(detail) | AppError::Http { detail, .. } => Some(detail.clone()),
+            AppError::Database(error) if crate::db::is_unavailable(error) => {
+                tracing::warn!(error = %error, "database unavailable: answered 503");
+                None
+            }
+            AppError::SharedDatabase(error) if crate::db::is_unavailable(error) => {
+                tracing::warn!(error = %error, "database unavailable: answered 503");
+                None
+            }
+            AppError::Unavailable => {
+                tracing::warn!("the database did not answer within the deadline: answered 503");
+                None
+            }
             AppError::Database(error) => {
                 tracing::error!(error = %error, "database failure answered with 500");
                 None
@@ -145,6 +170,7 @@ impl IntoResponse for AppError {
         let code = self.code();
         let retry_after = match &self {
             AppError::TooManyRequests { retry_after_secs } => Some(*retry_after_secs),
+            _ if code == ApiCode::ServiceUnavailable => Some(1),
             _ => None,
         };
         let status = match &self {

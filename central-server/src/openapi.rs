@@ -83,7 +83,8 @@ impl utoipa::ToSchema for MerchantAnswerOrError {}
 /// What every operation can answer besides its own statuses, written into the document so
 /// it describes the wire: the error body is exactly `{code, message}`; any operation may be
 /// refused by the HTTP layer (400 malformed request, 408 too slow, 413 body over the limit,
-/// 414 target too long, 431 headers too large, 503 over the connection limit) or fail (500);
+/// 414 target too long, 431 headers too large, 503 over the connection limit or with the
+/// database away) or fail (500);
 /// an operation with a JSON body answers 415 for another media type.
 struct WireErrors;
 
@@ -150,7 +151,7 @@ impl Modify for WireErrors {
                 );
                 add(
                     "503",
-                    "TOO_MANY_REQUESTS: the server is at its connection limit (Retry-After)",
+                    "SERVICE_UNAVAILABLE: the database is away (unreachable, shutting down, a standby, or no answer within db_deadline_ms); or TOO_MANY_REQUESTS: the server is at its connection limit. Both carry Retry-After; retry, a gate decides offline",
                 );
                 if has_body {
                     add(

@@ -36,8 +36,12 @@ pub struct AppState {
 
 /// Connects, migrates, makes sure a signing key exists, and loads what handlers need.
 pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
-    let pool = db::connect(&settings.database_url, settings.db_max_connections).await?;
-    db::migrate(&pool).await?;
+    // Migrations may run longer than any request may wait: their own connection, without
+    // the serving pool's statement timeout.
+    let migrations = db::connect(&settings.database_url, 1).await?;
+    db::migrate(&migrations).await?;
+    migrations.close().await;
+    let pool = db::connect_with(&settings.database_url, settings.pool_limits()).await?;
     let encryption = crate::kek::KeyEncryption::load(
         settings.key_encryption_key_file.as_deref(),
         settings.previous_key_encryption_key_file.as_deref(),

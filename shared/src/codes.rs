@@ -127,6 +127,7 @@ codes! {
         PayloadTooLarge = "PAYLOAD_TOO_LARGE", "请求体过大", "Request body too large";
         UnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE", "不支持的内容类型", "Unsupported media type";
         Internal = "INTERNAL", "服务器内部错误", "Internal server error";
+        ServiceUnavailable = "SERVICE_UNAVAILABLE", "服务暂不可用，请稍后重试", "Service temporarily unavailable, please retry shortly";
     }
 }
 

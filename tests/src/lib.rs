@@ -54,6 +54,8 @@ pub struct Cluster {
     /// The guard process; dropping the cluster (or exiting) closes its stdin and stops it.
     guard: Mutex<Option<Child>>,
     templates: tokio::sync::Mutex<Vec<(usize, String)>>,
+    /// The data directory of a cluster this process started.
+    data_dir: Option<PathBuf>,
 }
 
 static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -76,6 +78,7 @@ impl Cluster {
             admin_url: url,
             guard: Mutex::new(None),
             templates: tokio::sync::Mutex::new(Vec::new()),
+            data_dir: None,
         }
     }
 
@@ -156,6 +159,7 @@ impl Cluster {
             admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             guard: Mutex::new(Some(guard)),
             templates: tokio::sync::Mutex::new(Vec::new()),
+            data_dir: Some(data.clone()),
         };
         wait_until_ready(&bin, port, &dir.join("postgres.log"))?;
         Ok(cluster)
@@ -222,6 +226,61 @@ impl Cluster {
         conn.close().await?;
         templates.push((key, name.clone()));
         Ok(name)
+    }
+
+    /// The postmaster's process id (first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        let dir = self
+            .data_dir
+            .as_ref()
+            .context("not a cluster this process started")?;
+        let text = std::fs::read_to_string(dir.join("postmaster.pid"))
+            .context("reading postmaster.pid")?;
+        text.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .context("postmaster.pid has no pid")
+    }
+
+    /// The postmaster and every process it started (backends, WAL writer, ...).
+    fn server_processes(&self) -> anyhow::Result<Vec<u32>> {
+        let postmaster = self.postmaster_pid()?;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The parent is the second field after the command name (which may hold spaces).
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|field| field.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Freezes the whole server (SIGSTOP to the postmaster and all its processes): it keeps
+    /// its connections and accepts new ones into the kernel's backlog, and answers nothing —
+    /// a database host that hangs.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        for pid in self.server_processes()? {
+            send_signal(pid, "STOP")?;
+        }
+        Ok(())
+    }
+
+    /// Resumes a frozen server.
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        for pid in self.server_processes()? {
+            send_signal(pid, "CONT")?;
+        }
+        Ok(())
     }
 
     /// Stops the cluster now (it also stops when the process exits).
@@ -321,6 +380,8 @@ fn wait_until_ready(bin: &Path, port: u16, log: &Path) -> anyhow::Result<()> {
     let log = std::fs::read_to_string(log).unwrap_or_default();
     bail!("PostgreSQL did not become ready within 60 s; its log:\n{log}")
 }
+
+pub mod proxy;
 
 /// Sends signal `name` (`STOP`, `CONT`, `TERM`, ...) to process `pid`: how fault tests and
 /// benchmarks freeze, resume or stop a real process.

@@ -1,7 +1,7 @@
-//! A TCP proxy on loopback between an agent and the central, for network faults: `cut`
-//! drops every connection and refuses new ones (the uplink is down), `blackhole_responses`
-//! forwards requests but never returns the answers (the central commits, the gate hears
-//! nothing), `restore` heals it.
+//! A TCP proxy on loopback between a client and a server, for network faults: `cut` drops
+//! every connection and refuses new ones (a gate's uplink down, a database stopped or cut
+//! off), `blackhole_responses` forwards requests but never returns the answers (the server
+//! commits, the client hears nothing), `restore` heals it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -22,6 +22,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts a proxy to `upstream` on a free loopback port (panics if it cannot bind: a
+    /// test helper).
     pub async fn start(upstream: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
@@ -90,11 +92,12 @@ impl Proxy {
         }
     }
 
+    /// `http://` and the proxy's address.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// The link is down: existing connections drop, new ones are refused.
+    /// The link is down: existing connections drop, new ones are closed at once.
     pub fn cut(&self) {
         self.mode.store(CUT, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
@@ -106,6 +109,7 @@ impl Proxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// The link is up again.
     pub fn restore(&self) {
         self.mode.store(OPEN, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);

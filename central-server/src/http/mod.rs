@@ -213,8 +213,9 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 
 /// What is refused before a handler runs, each with the contract's error body: a target or
 /// headers over their limits (414, 431), a body whose announced `Content-Length` is over the
-/// route's limit (413 at once, before a byte of it arrives), and a request not answered
-/// within `http_request_timeout_secs` (408: a body that trickles in, say).
+/// route's limit (413 at once, before a byte of it arrives), a request not answered within
+/// `http_request_timeout_secs` (408: a body that trickles in, say), and a handler that
+/// waited `db_deadline_ms` for the database (503 `SERVICE_UNAVAILABLE`).
 async fn request_limits(
     State(state): State<AppState>,
     request: Request,
@@ -254,17 +255,45 @@ async fn request_limits(
             }
         }
     }
-    if request.uri().path().starts_with("/admin/") {
+    let path = request.uri().path().to_owned();
+    if path.starts_with("/admin/") {
         // A seed load of 16 MiB may take longer; the admin API is behind its own token.
         return Ok(next.run(request).await);
     }
-    let deadline = std::time::Duration::from_secs(state.settings.http_request_timeout_secs);
+    // First the body, within the request timeout (408: a body that trickles in), so that
+    // the database deadline below counts only the handler's own time.
+    let started = Instant::now();
+    let request_deadline = std::time::Duration::from_secs(state.settings.http_request_timeout_secs);
+    let (parts, body) = request.into_parts();
+    let too_slow = || AppError::Http {
+        status: StatusCode::REQUEST_TIMEOUT,
+        detail: "the request was not complete in time".into(),
+    };
+    let bytes = match tokio::time::timeout(
+        request_deadline,
+        axum::body::to_bytes(body, body_limit(&path)),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return Err(AppError::PayloadTooLarge),
+        Err(_) => return Err(too_slow()),
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    let left = request_deadline.saturating_sub(started.elapsed());
+    // A handler waiting on the database answers 503 at the deadline, so a gate decides
+    // offline within its budget. Offline uploads (long batches, idempotent by scan_id) and
+    // logins (a queue for the password hash) keep the request timeout.
+    let own_pace = path == "/device/decisions" || path == "/operators/login";
+    let deadline = if own_pace {
+        left
+    } else {
+        left.min(state.settings.db_deadline())
+    };
     match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => Ok(response),
-        Err(_) => Err(AppError::Http {
-            status: StatusCode::REQUEST_TIMEOUT,
-            detail: "the request was not complete in time".into(),
-        }),
+        Err(_) if deadline < left => Err(AppError::Unavailable),
+        Err(_) => Err(too_slow()),
     }
 }
 

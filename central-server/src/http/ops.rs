@@ -1,13 +1,13 @@
 //! Operations: health, readiness, metrics, the OpenAPI document and the published keys.
 
+use crate::error::AppError;
 use crate::AppState;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use stile_shared::api::ErrorBody;
 use stile_shared::token::JwkSet;
-use stile_shared::ApiCode;
 
 /// The published QR verification keys (JWK Set, RFC 7517/8037).
 #[utoipa::path(get, path = "/keys", tag = "keys",
@@ -30,22 +30,16 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: the database answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Database unreachable", body = ErrorBody)))]
+    responses((status = 200, description = "Ready"), (status = 503, description = "SERVICE_UNAVAILABLE: the database did not answer within db_deadline_ms, or refused", body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(error) => {
-            tracing::warn!(error = %error, "not ready: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(ErrorBody {
-                    code: ApiCode::Internal,
-                    message: "database unreachable".into(),
-                }),
-            )
-                .into_response()
-        }
-    }
+    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    let failure = match tokio::time::timeout(state.settings.db_deadline(), probe).await {
+        Ok(Ok(_)) => return Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no answer within the deadline".to_owned(),
+    };
+    tracing::warn!(error = %failure, "not ready: database unreachable");
+    AppError::Unavailable.into_response()
 }
 
 /// Prometheus metrics (OpenMetrics text).

@@ -3,7 +3,7 @@
 //! and agents run in-process or as real processes of the `edge-agent` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
-pub mod proxy;
+pub use stile_testkit::proxy;
 
 use central_server::{db, seed, AppState};
 use serde_json::{json, Value};
