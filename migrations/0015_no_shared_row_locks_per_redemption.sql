@@ -42,19 +42,15 @@ BEGIN
         HINT = 'revoke a device, disable an operator, void a ticket';
 END
 $$;
-CREATE TRIGGER merchants_keep BEFORE DELETE ON merchants
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
-CREATE TRIGGER operators_keep BEFORE DELETE ON operators
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
-CREATE TRIGGER devices_keep BEFORE DELETE ON devices
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
-CREATE TRIGGER locations_keep BEFORE DELETE ON locations
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
-CREATE TRIGGER orders_keep BEFORE DELETE ON orders
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
-CREATE TRIGGER tickets_keep BEFORE DELETE ON tickets
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
-CREATE TRIGGER entitlements_keep BEFORE DELETE ON entitlements
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
-CREATE TRIGGER redemption_events_keep BEFORE DELETE ON redemption_events
-    FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete();
+DO $$
+DECLARE
+    kept text;
+BEGIN
+    FOREACH kept IN ARRAY ARRAY['merchants', 'operators', 'devices', 'locations', 'orders',
+                                'tickets', 'entitlements', 'redemption_events'] LOOP
+        EXECUTE format('CREATE TRIGGER %I BEFORE DELETE ON %I '
+                       'FOR EACH ROW EXECUTE FUNCTION stile_refuse_delete()',
+                       kept || '_keep', kept);
+    END LOOP;
+END
+$$;
