@@ -92,6 +92,13 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     matches!(sqlstate(error).as_deref(), Some("40001") | Some("40P01"))
 }
 
+/// A redemption that failed with this rolled back whole and can be run again: a transient
+/// failure, or a race on `(jti, function_code)` (the rerun sees the winner's event). The
+/// one rule of the transaction path and of the group-commit batches.
+pub fn redemption_may_rerun(error: &sqlx::Error) -> bool {
+    is_transient(error) || is_unique_violation(error, "redemption_events_jti_function_code_key")
+}
+
 /// A unique violation on the named constraint.
 pub fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
     match error {

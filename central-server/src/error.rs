@@ -62,6 +62,16 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// For a database failure (one request's or a batch's): whether the database is away
+    /// ([`crate::db::is_unavailable`]) rather than refusing.
+    fn database_away(&self) -> Option<bool> {
+        match self {
+            AppError::Database(error) => Some(crate::db::is_unavailable(error)),
+            AppError::SharedDatabase(error) => Some(crate::db::is_unavailable(error)),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> ApiCode {
         match self {
             AppError::BadRequest(_) | AppError::Http { .. } => ApiCode::BadRequest,
@@ -77,15 +87,11 @@ impl AppError {
             AppError::InvalidQr(_) => ApiCode::InvalidQr,
             AppError::WrongMerchant => ApiCode::WrongMerchant,
             AppError::Unavailable => ApiCode::ServiceUnavailable,
-            AppError::Database(error) if crate::db::is_unavailable(error) => {
-                ApiCode::ServiceUnavailable
-            }
-            AppError::SharedDatabase(error) if crate::db::is_unavailable(error) => {
-                ApiCode::ServiceUnavailable
-            }
-            AppError::Database(_) | AppError::SharedDatabase(_) | AppError::Internal(_) => {
-                ApiCode::Internal
-            }
+            AppError::Database(_) | AppError::SharedDatabase(_) => match self.database_away() {
+                Some(true) => ApiCode::ServiceUnavailable,
+                _ => ApiCode::Internal,
+            },
+            AppError::Internal(_) => ApiCode::Internal,
         }
     }
 
@@ -141,24 +147,16 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let detail = match &self {
             AppError::BadRequest(detail) | AppError::Http { detail, .. } => Some(detail.clone()),
-            AppError::Database(error) if crate::db::is_unavailable(error) => {
-                tracing::warn!(error = %error, "database unavailable: answered 503");
-                None
-            }
-            AppError::SharedDatabase(error) if crate::db::is_unavailable(error) => {
-                tracing::warn!(error = %error, "database unavailable: answered 503");
+            AppError::Database(_) | AppError::SharedDatabase(_) => {
+                if self.database_away() == Some(true) {
+                    tracing::warn!(error = %self, "database unavailable: answered 503");
+                } else {
+                    tracing::error!(error = %self, "database failure answered with 500");
+                }
                 None
             }
             AppError::Unavailable => {
                 tracing::warn!("the database did not answer within the deadline: answered 503");
-                None
-            }
-            AppError::Database(error) => {
-                tracing::error!(error = %error, "database failure answered with 500");
-                None
-            }
-            AppError::SharedDatabase(error) => {
-                tracing::error!(error = %error, "database failure answered with 500");
                 None
             }
             AppError::Internal(error) => {

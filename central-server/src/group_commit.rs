@@ -146,9 +146,7 @@ async fn run_batch(pool: &PgPool, batch: Vec<Job>) {
             }
         }
         Err(error) => {
-            let error = if crate::db::is_transient(&error)
-                || crate::db::is_unique_violation(&error, "redemption_events_jti_function_code_key")
-            {
+            let error = if crate::db::redemption_may_rerun(&error) {
                 BatchError::Retry(error.to_string())
             } else {
                 BatchError::Database(Arc::new(error))

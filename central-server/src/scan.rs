@@ -219,9 +219,9 @@ pub async fn redeem(
 ) -> Result<ScanOutcome, AppError> {
     let pool = &redeemer.pool;
     match redeem_in_group(&redeemer.group, policy, context, command).await {
-        Ok(OneStatement::Redeemed(outcome)) => return Ok(*outcome),
-        Ok(OneStatement::ScanIdTaken) => return replay(pool, context, command).await,
-        Ok(OneStatement::NotPlain) => {}
+        Ok(GroupOutcome::Redeemed(outcome)) => return Ok(*outcome),
+        Ok(GroupOutcome::ScanIdTaken) => return replay(pool, context, command).await,
+        Ok(GroupOutcome::NotPlain) => {}
         Err(BatchError::Retry(_)) => on_retry(),
         Err(BatchError::Database(error)) => return Err(AppError::SharedDatabase(error)),
         Err(BatchError::Stopped) => {
@@ -236,7 +236,7 @@ pub async fn redeem(
         match attempt_redeem(&mut tx, policy, context, command).await {
             Ok(Attempt::Decided(outcome)) => match tx.commit().await {
                 Ok(()) => return Ok(*outcome),
-                Err(error) if retryable(&error) && attempt < MAX_ATTEMPTS => {
+                Err(error) if db::redemption_may_rerun(&error) && attempt < MAX_ATTEMPTS => {
                     on_retry();
                     attempt += 1;
                 }
@@ -246,7 +246,9 @@ pub async fn redeem(
                 drop(tx);
                 return replay(pool, context, command).await;
             }
-            Err(AttemptError::Database(error)) if retryable(&error) && attempt < MAX_ATTEMPTS => {
+            Err(AttemptError::Database(error))
+                if db::redemption_may_rerun(&error) && attempt < MAX_ATTEMPTS =>
+            {
                 drop(tx);
                 on_retry();
                 attempt += 1;
@@ -260,7 +262,7 @@ pub async fn redeem(
 }
 
 /// What the group-commit path did.
-enum OneStatement {
+enum GroupOutcome {
     Redeemed(Box<ScanOutcome>),
     /// Anything but a plain success, or a path the statement does not take: decide on the
     /// transaction path.
@@ -279,9 +281,9 @@ async fn redeem_in_group(
     policy: TokenPolicy,
     context: &ScanContext,
     command: &ScanCommand,
-) -> Result<OneStatement, BatchError> {
+) -> Result<GroupOutcome, BatchError> {
     let ScanSubject::Token(Ok(verified)) = &command.subject else {
-        return Ok(OneStatement::NotPlain);
+        return Ok(GroupOutcome::NotPlain);
     };
     let claims = &verified.claims;
     if command.decided_at.is_some()
@@ -294,7 +296,7 @@ async fn redeem_in_group(
         )
         .is_err()
     {
-        return Ok(OneStatement::NotPlain);
+        return Ok(GroupOutcome::NotPlain);
     }
     let success = DecisionCode::Success;
     let template = ScanResponse {
@@ -338,21 +340,16 @@ async fn redeem_in_group(
                     "stile_redeem_batch answer: {error}"
                 ))))
             })?;
-            Ok(OneStatement::Redeemed(Box::new(ScanOutcome {
+            Ok(GroupOutcome::Redeemed(Box::new(ScanOutcome {
                 response,
                 replayed: false,
                 jti: Some(claims.jti.clone()),
                 group_commit: true,
             })))
         }
-        BatchOutcome::Decide => Ok(OneStatement::NotPlain),
-        BatchOutcome::Replay => Ok(OneStatement::ScanIdTaken),
+        BatchOutcome::Decide => Ok(GroupOutcome::NotPlain),
+        BatchOutcome::Replay => Ok(GroupOutcome::ScanIdTaken),
     }
-}
-
-fn retryable(error: &sqlx::Error) -> bool {
-    db::is_transient(error)
-        || db::is_unique_violation(error, "redemption_events_jti_function_code_key")
 }
 
 enum Attempt {
