@@ -55,23 +55,23 @@ pub fn parse_pgbench(stdout: &str) -> anyhow::Result<PgbenchResult> {
     })
 }
 
-/// The latencies (ms) in pgbench's per-transaction logs (`-l`): each line is
+/// The latencies (µs) in pgbench's per-transaction logs (`-l`): each line is
 /// `client transaction latency_us script epoch_s epoch_us`.
-pub fn parse_pgbench_log(text: &str) -> Vec<f64> {
+pub fn parse_pgbench_log(text: &str) -> Vec<u64> {
     text.lines()
-        .filter_map(|line| line.split_whitespace().nth(2)?.parse::<f64>().ok())
-        .map(|us| us / 1000.0)
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok())
         .collect()
 }
 
-/// The `q` quantile (0..=1) of `values`, sorted in place.
-pub fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
+/// The `pct` percentile (nearest rank) of latencies in µs, sorted, in ms; `None` for no
+/// latencies. The one rule for the server's figures and pgbench's, so their p99s compare.
+pub fn percentile_ms(sorted_us: &[u64], pct: f64) -> Option<f64> {
+    if sorted_us.is_empty() {
         return None;
     }
-    values.sort_by(|a, b| a.total_cmp(b));
-    let index = ((values.len() - 1) as f64 * q).round() as usize;
-    values.get(index).copied()
+    let rank = ((pct / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, sorted_us.len()) - 1;
+    Some(sorted_us[index] as f64 / 1000.0)
 }
 
 /// A binary of the PostgreSQL installation the bench cluster runs on, else from the PATH.
@@ -149,8 +149,9 @@ pub async fn run_pgbench(
         let text = std::fs::read_to_string(entry?.path()).context("a pgbench log")?;
         latencies.extend(parse_pgbench_log(&text));
     }
-    result.latency_p50_ms = quantile(&mut latencies, 0.50);
-    result.latency_p99_ms = quantile(&mut latencies, 0.99);
+    latencies.sort_unstable();
+    result.latency_p50_ms = percentile_ms(&latencies, 50.0);
+    result.latency_p99_ms = percentile_ms(&latencies, 99.0);
     Ok(result)
 }
 
@@ -273,8 +274,9 @@ mod tests {
         let log = "0 1 1500 0 1700000000 1\n0 2 2500 0 1700000000 2\n1 1 99000 0 1700000000 3\n";
         let mut latencies = parse_pgbench_log(log);
         assert_eq!(latencies.len(), 3);
-        assert_eq!(quantile(&mut latencies, 0.5), Some(2.5));
-        assert_eq!(quantile(&mut latencies, 0.99), Some(99.0));
-        assert_eq!(quantile(&mut [], 0.99), None);
+        latencies.sort_unstable();
+        assert_eq!(percentile_ms(&latencies, 50.0), Some(2.5));
+        assert_eq!(percentile_ms(&latencies, 99.0), Some(99.0));
+        assert_eq!(percentile_ms(&[], 99.0), None);
     }
 }

@@ -416,8 +416,7 @@ impl Gate {
 /// What one throughput task saw.
 #[derive(Default)]
 struct Tally {
-    latencies_us: Vec<u64>,
-    /// (second of the phase the scan ended in, latency).
+    /// (second of the phase the scan ended in, latency in µs) of every scan.
     timeline: Vec<(usize, u64)>,
     successes: u64,
     errors: BTreeMap<String, u64>,
@@ -500,7 +499,6 @@ async fn run_throughput(
                     break;
                 }
                 let (micros, answer) = gate.scan(index).await;
-                tally.latencies_us.push(micros);
                 tally
                     .timeline
                     .push((started.elapsed().as_secs() as usize, micros));
@@ -516,7 +514,6 @@ async fn run_throughput(
     let mut all = Tally::default();
     for task in tasks {
         let tally = task.await.context("a throughput task panicked")?;
-        all.latencies_us.extend(tally.latencies_us);
         all.timeline.extend(tally.timeline);
         all.successes += tally.successes;
         for (kind, count) in tally.errors {
@@ -524,7 +521,8 @@ async fn run_throughput(
         }
     }
     let elapsed = started.elapsed();
-    all.latencies_us.sort_unstable();
+    let mut latencies_us: Vec<u64> = all.timeline.iter().map(|(_, micros)| *micros).collect();
+    latencies_us.sort_unstable();
     let mut by_second: Vec<Vec<u64>> = Vec::new();
     for (second, micros) in all.timeline {
         if by_second.len() <= second {
@@ -541,15 +539,15 @@ async fn run_throughput(
         .collect();
     Ok(ThroughputResult {
         p99_by_second,
-        requests: all.latencies_us.len(),
+        requests: latencies_us.len(),
         successes: all.successes,
         errors: all.errors,
         elapsed,
         ran_out_of_tickets: next.load(Ordering::Relaxed) >= end,
-        p50_ms: percentile_ms(&all.latencies_us, 50.0),
-        p99_ms: percentile_ms(&all.latencies_us, 99.0),
-        p999_ms: percentile_ms(&all.latencies_us, 99.9),
-        max_ms: percentile_ms(&all.latencies_us, 100.0),
+        p50_ms: percentile_ms(&latencies_us, 50.0),
+        p99_ms: percentile_ms(&latencies_us, 99.0),
+        p999_ms: percentile_ms(&latencies_us, 99.9),
+        max_ms: percentile_ms(&latencies_us, 100.0),
     })
 }
 
@@ -964,13 +962,9 @@ async fn run_login_flood(
 }
 
 /// Nearest-rank percentile of sorted microsecond samples, in milliseconds.
+/// [`stile_tools::baseline::percentile_ms`], 0 for a phase without scans.
 fn percentile_ms(sorted_us: &[u64], pct: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    let rank = ((pct / 100.0) * sorted_us.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted_us.len()) - 1;
-    sorted_us[index] as f64 / 1000.0
+    stile_tools::baseline::percentile_ms(sorted_us, pct).unwrap_or(0.0)
 }
 
 fn mb(kib: u64) -> f64 {
