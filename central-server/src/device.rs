@@ -19,10 +19,12 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use stile_shared::api::{
     DeviceHistory, EntitlementView, OfflineDecision, OfflineOperator, OfflineOperators,
-    SyncedTicket, TicketFeedPage, UploadOutcome, UploadResult,
+    SyncedRules, SyncedTicket, TicketFeedPage, UploadOutcome, UploadResult,
 };
 use stile_shared::token::Jti;
-use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, TicketStatus};
+use stile_shared::{
+    ApiCode, Channel, DecisionCode, EntitlementRules, FunctionCode, Lang, TicketStatus,
+};
 use uuid::Uuid;
 
 /// Most tickets in one feed page.
@@ -107,13 +109,44 @@ pub async fn ticket_feed(
         .max_with(after),
     };
     let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
-    let entitlements: Vec<(i64, String, String, i32, i32)> = sqlx::query_as(
-        "SELECT ticket_id, function_code, name, total_uses, remaining_uses FROM entitlements \
+    type EntitlementRow = (
+        i64,
+        String,
+        String,
+        i32,
+        i32,
+        i64,
+        Option<sqlx::types::Json<EntitlementRules>>,
+    );
+    let entitlements: Vec<EntitlementRow> = sqlx::query_as(
+        "SELECT ticket_id, function_code, name, total_uses, remaining_uses, id, rules FROM entitlements \
          WHERE ticket_id = ANY($1) ORDER BY ticket_id, id",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
+    // The newest uses each rule set needs, as the central's decision reads them.
+    let (needing, counts): (Vec<i64>, Vec<i32>) = entitlements
+        .iter()
+        .filter_map(|e| {
+            let needed = e.6.as_ref().map_or(0, |rules| rules.0.uses_needed());
+            (needed > 0).then(|| (e.5, i32::try_from(needed).unwrap_or(i32::MAX)))
+        })
+        .unzip();
+    let uses: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT x.id, floor(extract(epoch FROM r.redeemed_at))::bigint \
+         FROM unnest($1::bigint[], $2::int[]) AS x(id, n) \
+         CROSS JOIN LATERAL (SELECT redeemed_at FROM redemption_events \
+                             WHERE entitlement_id = x.id ORDER BY redeemed_at DESC LIMIT x.n) r",
+    )
+    .bind(&needing)
+    .bind(&counts)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (time_zone,): (String,) = sqlx::query_as("SELECT timezone FROM merchants WHERE id = $1")
+        .bind(device.merchant_id)
+        .fetch_one(&mut *tx)
+        .await?;
     let redeemed: Vec<(i64, String)> = sqlx::query_as(
         "SELECT t.id, r.function_code FROM tickets t \
          JOIN redemption_events r ON r.jti = t.current_jti AND r.ticket_id = t.id \
@@ -138,7 +171,7 @@ pub async fn ticket_feed(
             entitlements: entitlements
                 .iter()
                 .filter(|e| e.0 == id)
-                .map(|(_, code, name, total, remaining)| {
+                .map(|(_, code, name, total, remaining, _, _)| {
                     Ok(EntitlementView {
                         function_code: FunctionCode::parse(code)
                             .map_err(|_| bad("function code"))?,
@@ -153,6 +186,28 @@ pub async fn ticket_feed(
                 .filter(|r| r.0 == id)
                 .map(|(_, code)| FunctionCode::parse(code).map_err(|_| bad("function code")))
                 .collect::<Result<_, _>>()?,
+            rules: entitlements
+                .iter()
+                .filter(|e| e.0 == id)
+                .filter_map(|(_, code, _, _, _, entitlement, rules)| {
+                    let rules = rules.as_ref()?.0.clone();
+                    let mut recent_uses: Vec<i64> = uses
+                        .iter()
+                        .filter(|(of, _)| of == entitlement)
+                        .map(|(_, at)| *at)
+                        .collect();
+                    recent_uses.sort_unstable_by(|a, b| b.cmp(a));
+                    Some(
+                        FunctionCode::parse(code)
+                            .map_err(|_| bad("function code"))
+                            .map(|function_code| SyncedRules {
+                                function_code,
+                                rules,
+                                recent_uses,
+                            }),
+                    )
+                })
+                .collect::<Result<_, _>>()?,
         });
     }
     if complete {
@@ -163,6 +218,7 @@ pub async fn ticket_feed(
         tickets,
         next_cursor: next.encode(),
         complete,
+        time_zone: Some(time_zone),
     })
 }
 

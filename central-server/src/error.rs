@@ -116,6 +116,11 @@ pub fn status_of(code: ApiCode) -> StatusCode {
         | ApiCode::TicketVoid
         | ApiCode::OfflineUnverifiable
         | ApiCode::ImpossibleTime
+        | ApiCode::NotYetValid
+        | ApiCode::NoLongerValid
+        | ApiCode::OutsideHours
+        | ApiCode::DailyLimit
+        | ApiCode::TooSoon
         | ApiCode::StoreFailed => StatusCode::CONFLICT,
         ApiCode::InvalidQr | ApiCode::BadRequest => StatusCode::BAD_REQUEST,
         ApiCode::WrongMerchant | ApiCode::Forbidden => StatusCode::FORBIDDEN,

@@ -310,7 +310,15 @@ async fn ticket_outcome(
 }
 
 /// (ticket id, function code, name, total, remaining, last redeemed at).
-type OrderEntitlementRow = (i64, String, String, i32, i32, Option<DateTime<Utc>>);
+type OrderEntitlementRow = (
+    i64,
+    String,
+    String,
+    i32,
+    i32,
+    Option<DateTime<Utc>>,
+    Option<sqlx::types::Json<stile_shared::EntitlementRules>>,
+);
 
 /// An order's entitlements grouped by passenger. Another merchant's order is `NotFound`,
 /// exactly like a missing one.
@@ -335,7 +343,7 @@ pub async fn order_view(
     let ids: Vec<i64> = tickets.iter().map(|t| t.0).collect();
     let entitlements: Vec<OrderEntitlementRow> = sqlx::query_as(
         "SELECT e.ticket_id, e.function_code, e.name, e.total_uses, e.remaining_uses, \
-         (SELECT max(r.redeemed_at) FROM redemption_events r WHERE r.entitlement_id = e.id) \
+         (SELECT max(r.redeemed_at) FROM redemption_events r WHERE r.entitlement_id = e.id), e.rules \
          FROM entitlements e WHERE e.ticket_id = ANY($1) ORDER BY e.ticket_id, e.id",
     )
     .bind(&ids)
@@ -352,7 +360,7 @@ pub async fn order_view(
             entitlements: entitlements
                 .iter()
                 .filter(|e| e.0 == ticket_id)
-                .map(|(_, code, name, total, remaining, last)| {
+                .map(|(_, code, name, total, remaining, last, rules)| {
                     FunctionCode::parse(code)
                         .map(|function_code| OrderEntitlementView {
                             function_code,
@@ -360,6 +368,7 @@ pub async fn order_view(
                             total_uses: *total,
                             remaining_uses: *remaining,
                             last_redeemed_at: last.map(rfc3339),
+                            rules: rules.as_ref().map(|rules| rules.0.clone()),
                         })
                         .map_err(|_| {
                             AppError::Internal(format!("ticket {ticket_id}: bad function code"))

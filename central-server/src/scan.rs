@@ -36,8 +36,8 @@ use stile_shared::api::{EntitlementView, OperatorRef, RedemptionView, ScanRespon
 use stile_shared::decision::{check_decision_time, check_token, decide, Decision, DecisionInput};
 use stile_shared::token::{Jti, QrClaims, TokenError, VerifiedToken};
 use stile_shared::{
-    Channel, DecisionCode, EntitlementSnapshot, FunctionCode, Lang, TicketSnapshot, TicketStatus,
-    TokenPolicy,
+    Channel, DecisionCode, EntitlementRules, EntitlementSnapshot, FunctionCode, Lang, MerchantZone,
+    TicketSnapshot, TicketStatus, TokenPolicy,
 };
 use uuid::Uuid;
 
@@ -377,6 +377,8 @@ struct LockedTicket {
     order_code: String,
     /// Whether the merchant wants a webhook for each redemption.
     notify: bool,
+    /// The merchant's time zone, in which the check-in rules are read.
+    zone: MerchantZone,
     snapshot: TicketSnapshot,
     entitlement_ids: Vec<i64>,
     names: Vec<String>,
@@ -521,6 +523,7 @@ type LockedRow = (
     i64,
     String,
     bool,
+    String,
 );
 
 /// A decision and what it produced, before the audit row and the stored answer.
@@ -562,6 +565,7 @@ async fn decide_and_apply(
         function_code: &command.function_code,
         now,
         policy,
+        zone: locked.as_ref().map(|t| t.zone).unwrap_or_default(),
     });
     let jti = Some(claims.jti.clone());
     match (decision, locked) {
@@ -601,7 +605,7 @@ async fn lock_ticket(
 ) -> Result<Option<LockedTicket>, AttemptError> {
     let row: Option<LockedRow> = sqlx::query_as(
         "SELECT t.id, t.ticket_code, t.status, t.current_jti, t.channel, t.order_id, o.order_code, \
-         m.webhook_url IS NOT NULL FROM tickets t JOIN orders o ON o.id = t.order_id \
+         m.webhook_url IS NOT NULL, m.timezone FROM tickets t JOIN orders o ON o.id = t.order_id \
          JOIN merchants m ON m.id = t.merchant_id \
          WHERE t.ticket_code = $1 AND t.merchant_id = $2 FOR NO KEY UPDATE OF t",
     )
@@ -609,16 +613,28 @@ async fn lock_ticket(
     .bind(merchant_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, ticket_code, status, current_jti, channel, order_id, order_code, notify)) = row
+    let Some((id, ticket_code, status, current_jti, channel, order_id, order_code, notify, zone)) =
+        row
     else {
         return Ok(None);
     };
+    let zone = MerchantZone::parse(&zone).ok_or_else(|| {
+        AttemptError::Internal(format!("ticket {id}'s merchant has zone {zone:?}"))
+    })?;
     let channel = Channel::parse(&channel)
         .ok_or_else(|| AttemptError::Internal(format!("ticket {id} has channel {channel:?}")))?;
     let status = TicketStatus::parse(&status)
         .ok_or_else(|| AttemptError::Internal(format!("ticket {id} has status {status:?}")))?;
-    let rows: Vec<(i64, String, String, i32, i32)> = sqlx::query_as(
-        "SELECT id, function_code, name, total_uses, remaining_uses FROM entitlements \
+    type EntitlementRow = (
+        i64,
+        String,
+        String,
+        i32,
+        i32,
+        Option<sqlx::types::Json<EntitlementRules>>,
+    );
+    let rows: Vec<EntitlementRow> = sqlx::query_as(
+        "SELECT id, function_code, name, total_uses, remaining_uses, rules FROM entitlements \
          WHERE ticket_id = $1 ORDER BY id FOR UPDATE",
     )
     .bind(id)
@@ -627,14 +643,18 @@ async fn lock_ticket(
     let mut entitlements = Vec::with_capacity(rows.len());
     let mut entitlement_ids = Vec::with_capacity(rows.len());
     let mut names = Vec::with_capacity(rows.len());
-    for (entitlement_id, function_code, name, total_uses, remaining_uses) in rows {
+    for (entitlement_id, function_code, name, total_uses, remaining_uses, rules) in rows {
         let function_code = FunctionCode::parse(&function_code).map_err(|_| {
             AttemptError::Internal(format!("entitlement {entitlement_id} has a malformed code"))
         })?;
+        let rules = rules.map(|json| json.0).unwrap_or_default();
+        let recent_uses = recent_uses(tx, entitlement_id, rules.uses_needed()).await?;
         entitlements.push(EntitlementSnapshot {
             function_code,
             total_uses,
             remaining_uses,
+            rules,
+            recent_uses,
         });
         entitlement_ids.push(entitlement_id);
         names.push(name);
@@ -646,6 +666,7 @@ async fn lock_ticket(
         order_id,
         order_code,
         notify,
+        zone,
         snapshot: TicketSnapshot {
             status,
             current_jti: current_jti.and_then(|jti| Jti::parse(&jti).ok()),
@@ -657,6 +678,27 @@ async fn lock_ticket(
         entitlement_ids,
         names,
     }))
+}
+
+/// An entitlement's newest `needed` uses, Unix seconds, newest first (under its ticket's
+/// lock, so no use can be added meanwhile): what its check-in rules need to be decided.
+pub async fn recent_uses(
+    connection: &mut PgConnection,
+    entitlement_id: i64,
+    needed: usize,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if needed == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(DateTime<Utc>,)> = sqlx::query_as(
+        "SELECT redeemed_at FROM redemption_events WHERE entitlement_id = $1 \
+         ORDER BY redeemed_at DESC LIMIT $2",
+    )
+    .bind(entitlement_id)
+    .bind(i64::try_from(needed).unwrap_or(i64::MAX))
+    .fetch_all(connection)
+    .await?;
+    Ok(rows.into_iter().map(|(at,)| at.timestamp()).collect())
 }
 
 /// One row of the reconciliation log.

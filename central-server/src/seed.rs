@@ -119,6 +119,9 @@ pub struct SeedEntitlement {
     /// Defaults to `total_uses`.
     #[serde(default)]
     pub remaining_uses: Option<i32>,
+    /// Check-in rules; none when absent. A reload replaces them (they are not use).
+    #[serde(default)]
+    pub rules: stile_shared::EntitlementRules,
 }
 
 /// Why a seed file was refused or could not be loaded.
@@ -346,6 +349,10 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
                             "must be between 0 and total_uses",
                         ));
                     }
+                    entitlement
+                        .rules
+                        .validate()
+                        .map_err(|error| invalid(format!("{epath}.rules"), error.to_string()))?;
                 }
             }
         }
@@ -761,13 +768,16 @@ async fn upsert_ticket(
     };
     for entitlement in &ticket.entitlements {
         let remaining = entitlement.remaining_uses.unwrap_or(entitlement.total_uses);
-        // An existing entitlement keeps its counts (use may have changed them); only its
-        // name follows the file.
+        // An existing entitlement keeps its counts (use may have changed them); its name and
+        // its rules follow the file.
+        let rules =
+            (!entitlement.rules.is_empty()).then_some(sqlx::types::Json(&entitlement.rules));
         let changed: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (ticket_id, function_code) DO UPDATE SET name = EXCLUDED.name \
-             WHERE entitlements.name IS DISTINCT FROM EXCLUDED.name RETURNING id",
+            "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses, rules) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (ticket_id, function_code) DO UPDATE SET name = EXCLUDED.name, rules = EXCLUDED.rules \
+             WHERE (entitlements.name, entitlements.rules) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.rules) \
+             RETURNING id",
         )
         .bind(ticket_id)
         .bind(merchant_id)
@@ -775,6 +785,7 @@ async fn upsert_ticket(
         .bind(&entitlement.name)
         .bind(entitlement.total_uses)
         .bind(remaining)
+        .bind(rules)
         .fetch_optional(&mut *tx)
         .await?;
         counter.add("entitlements", changed.is_some());

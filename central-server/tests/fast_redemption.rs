@@ -286,6 +286,8 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
             function_code: FunctionCode::parse(function).expect("code"),
             total_uses: *total,
             remaining_uses: *remaining,
+            rules: Default::default(),
+            recent_uses: vec![],
         });
     }
     let asked = FunctionCode::parse(FUNCTIONS[state.asked]).expect("code");
@@ -313,6 +315,7 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
         function_code: &asked,
         now: now.timestamp(),
         policy: TokenPolicy::default(),
+        zone: Default::default(),
     });
     let answer = serde_json::json!({"result": "SUCCESS", "code": "SUCCESS", "message": "核销成功",
         "ticket": null, "redemption": {"id": 0, "redeemed_at": "x", "operator": {"id": operator_id, "username": "u"},

@@ -428,24 +428,25 @@ impl Store {
         Ok(peer.map(AcceptedBy::Peer))
     }
 
-    /// Uses of this ticket's entitlement that the synced copy may not show yet: this gate's
-    /// own ([`Store::unsynced_uses`]) and its peers' acceptances of other jtis than this
-    /// gate's, except those the copy shows redeemed (its current jti with the function among
-    /// `redeemed_functions`).
+    /// Uses of this ticket's entitlement that the synced copy may not show yet, as the Unix
+    /// seconds they were decided at: this gate's own ([`Store::unsynced_uses`]) and its peers'
+    /// acceptances of other jtis than this gate's, except those the copy shows redeemed (its
+    /// current jti with the function among `redeemed_functions`).
     pub fn uses_not_in_copy(
         &self,
         ticket_code: &str,
         function_code: &str,
         copy: Option<&SyncedTicket>,
-    ) -> Result<i64, StoreError> {
-        let own = self.unsynced_uses(ticket_code, function_code)?;
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut uses = self.unsynced_uses(ticket_code, function_code)?;
         let mut statement = self.connection.prepare_cached(
-            "SELECT DISTINCT p.jti FROM peer_acceptances p WHERE p.ticket_code = ?1 AND p.function_code = ?2 \
-             AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.jti = p.jti AND a.function_code = p.function_code)",
+            "SELECT p.jti, min(p.decided_at) FROM peer_acceptances p WHERE p.ticket_code = ?1 AND p.function_code = ?2 \
+             AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.jti = p.jti AND a.function_code = p.function_code) \
+             GROUP BY p.jti",
         )?;
-        let jtis = statement
+        let peers = statement
             .query_map(params![ticket_code, function_code], |row| {
-                row.get::<_, String>(0)
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let shown = |jti: &str| {
@@ -460,7 +461,12 @@ impl Store {
                         .any(|f| f.as_str() == function_code)
             })
         };
-        Ok(own + jtis.iter().filter(|jti| !shown(jti)).count() as i64)
+        for (jti, decided_at) in peers {
+            if !shown(&jti) {
+                uses.push(unix_seconds(&decided_at)?);
+            }
+        }
+        Ok(uses)
     }
 
     /// What this gate holds of each peer's log: entries and the highest number.
@@ -500,14 +506,22 @@ impl Store {
 
     /// Uses of this ticket's entitlement accepted here that the synced state may not show
     /// yet: queued, or uploaded after the last ticket sync.
-    pub fn unsynced_uses(&self, ticket_code: &str, function_code: &str) -> Result<i64, StoreError> {
+    pub fn unsynced_uses(
+        &self,
+        ticket_code: &str,
+        function_code: &str,
+    ) -> Result<Vec<i64>, StoreError> {
         let last_sync = self.get_state("last_ticket_sync_at")?.unwrap_or_default();
-        Ok(self.connection.query_row(
-            "SELECT count(*) FROM decisions WHERE ticket_code = ?1 AND function_code = ?2 AND code = 'SUCCESS' \
+        let mut statement = self.connection.prepare_cached(
+            "SELECT decided_at FROM decisions WHERE ticket_code = ?1 AND function_code = ?2 AND code = 'SUCCESS' \
              AND mode = 'offline' AND (upload_state = 'pending' OR uploaded_at > ?3)",
-            params![ticket_code, function_code, last_sync],
-            |row| row.get(0),
-        )?)
+        )?;
+        let times = statement
+            .query_map(params![ticket_code, function_code, last_sync], |row| {
+                row.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        times.iter().map(|at| unix_seconds(at)).collect()
     }
 
     /// The synced state of one ticket.
@@ -552,6 +566,22 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Keeps the merchant's time zone the feed named.
+    pub fn set_merchant_zone(&self, name: &str) -> Result<(), StoreError> {
+        set_state(&self.connection, "merchant_time_zone", name)
+    }
+
+    /// The merchant's time zone as the feed last named it; the contract's default
+    /// (`Asia/Shanghai`) before any feed named one. A name this build does not know is the
+    /// store's fault to report, not a zone to guess.
+    pub fn merchant_zone(&self) -> Result<stile_shared::MerchantZone, StoreError> {
+        match self.get_state("merchant_time_zone")? {
+            None => Ok(stile_shared::MerchantZone::default()),
+            Some(name) => stile_shared::MerchantZone::parse(&name)
+                .ok_or_else(|| StoreError::Malformed(format!("time zone {name:?}"))),
+        }
     }
 
     pub fn ticket_count(&self) -> Result<i64, StoreError> {
@@ -700,12 +730,20 @@ fn set_state(connection: &Connection, name: &str, value: &str) -> Result<(), Sto
     Ok(())
 }
 
-/// A synced ticket's snapshot for the shared decision function, with this device's own
-/// not-yet-synced acceptances applied.
+/// An RFC 3339 instant this store wrote, as Unix seconds.
+fn unix_seconds(at: &str) -> Result<i64, StoreError> {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .map(|at| at.timestamp())
+        .map_err(|error| StoreError::Malformed(format!("instant {at:?}: {error}")))
+}
+
+/// A synced ticket's snapshot for the shared decision function, with the uses the copy does
+/// not show yet (this device's own and its peers', Unix seconds) applied: taken off the
+/// counts, and added to the entitlement's recent uses its rules read.
 pub fn snapshot_for_decision(
     ticket: &SyncedTicket,
     function_code: &FunctionCode,
-    unsynced_uses: i64,
+    unsynced_uses: &[i64],
 ) -> stile_shared::TicketSnapshot {
     stile_shared::TicketSnapshot {
         status: ticket.status,
@@ -715,14 +753,24 @@ pub fn snapshot_for_decision(
         entitlements: ticket
             .entitlements
             .iter()
-            .map(|e: &EntitlementView| stile_shared::EntitlementSnapshot {
-                function_code: e.function_code.clone(),
-                total_uses: e.total_uses,
-                remaining_uses: if &e.function_code == function_code {
-                    (i64::from(e.remaining_uses) - unsynced_uses).max(0) as i32
-                } else {
-                    e.remaining_uses
-                },
+            .map(|e: &EntitlementView| {
+                let chosen = &e.function_code == function_code;
+                let synced = ticket
+                    .rules
+                    .iter()
+                    .find(|rules| rules.function_code == e.function_code);
+                let mut recent_uses = synced.map(|r| r.recent_uses.clone()).unwrap_or_default();
+                if chosen {
+                    recent_uses.extend_from_slice(unsynced_uses);
+                }
+                let unsynced = if chosen { unsynced_uses.len() } else { 0 };
+                stile_shared::EntitlementSnapshot {
+                    function_code: e.function_code.clone(),
+                    total_uses: e.total_uses,
+                    remaining_uses: (i64::from(e.remaining_uses) - unsynced as i64).max(0) as i32,
+                    rules: synced.map(|r| r.rules.clone()).unwrap_or_default(),
+                    recent_uses,
+                }
             })
             .collect(),
     }
@@ -775,7 +823,7 @@ mod tests {
             .expect("query"));
         let pending = store.pending_uploads(10).expect("pending");
         assert_eq!(pending.len(), 1);
-        assert_eq!(store.unsynced_uses("TK-1", "ENTRY").expect("uses"), 1);
+        assert_eq!(store.unsynced_uses("TK-1", "ENTRY").expect("uses").len(), 1);
         store
             .mark_uploaded("s1", "conflict", "ALREADY_REDEEMED", "2026-11-24T10:01:00Z")
             .expect("mark");
@@ -807,6 +855,14 @@ mod tests {
                 remaining_uses: 2,
             }],
             redeemed_functions: vec![],
+            rules: vec![stile_shared::api::SyncedRules {
+                function_code: FunctionCode::parse("ENTRY").expect("code"),
+                rules: stile_shared::EntitlementRules {
+                    uses_per_day: Some(1),
+                    ..Default::default()
+                },
+                recent_uses: vec![1_763_000_000],
+            }],
         };
         store
             .apply_feed(
@@ -821,9 +877,18 @@ mod tests {
             store.get_state("ticket_cursor").expect("cursor").as_deref(),
             Some("c1")
         );
-        let snapshot =
-            snapshot_for_decision(&ticket, &FunctionCode::parse("ENTRY").expect("code"), 1);
+        let snapshot = snapshot_for_decision(
+            &ticket,
+            &FunctionCode::parse("ENTRY").expect("code"),
+            &[1_764_000_100],
+        );
         assert_eq!(snapshot.entitlements[0].remaining_uses, 1);
+        assert_eq!(snapshot.entitlements[0].rules.uses_per_day, Some(1));
+        assert_eq!(
+            snapshot.entitlements[0].recent_uses,
+            [1_763_000_000, 1_764_000_100],
+            "the synced uses and this gate's own"
+        );
     }
 
     #[test]
@@ -869,11 +934,13 @@ mod tests {
             current_issued_at: Some(1_764_000_000),
             entitlements: vec![],
             redeemed_functions: vec![],
+            rules: vec![],
         };
         assert_eq!(
             store
                 .uses_not_in_copy("TK-1", "ENTRY", Some(&copy))
-                .expect("uses"),
+                .expect("uses")
+                .len(),
             1
         );
         // Once the synced copy shows the pair redeemed, the central has counted it.
@@ -881,7 +948,8 @@ mod tests {
         assert_eq!(
             store
                 .uses_not_in_copy("TK-1", "ENTRY", Some(&copy))
-                .expect("uses"),
+                .expect("uses")
+                .len(),
             0
         );
         // This gate's own acceptance of the same pair is counted once, not twice.
@@ -895,7 +963,8 @@ mod tests {
         assert_eq!(
             store
                 .uses_not_in_copy("TK-1", "ENTRY", Some(&copy))
-                .expect("uses"),
+                .expect("uses")
+                .len(),
             1
         );
         assert_eq!(

@@ -229,6 +229,9 @@ pub struct OrderEntitlementView {
     /// RFC 3339; null when never redeemed.
     #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_redeemed_at: Option<String>,
+    /// Its check-in rules; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::rules::EntitlementRules>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +313,22 @@ pub struct SyncedTicket {
     pub entitlements: Vec<EntitlementView>,
     /// Function codes already redeemed under `current_jti`.
     pub redeemed_functions: Vec<FunctionCode>,
+    /// The check-in rules of those entitlements that have any, with the uses they need.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<SyncedRules>,
+}
+
+/// The check-in rules of one entitlement of a synced ticket, and its newest uses: what a gate
+/// needs to decide the rules offline exactly as the central does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SyncedRules {
+    pub function_code: FunctionCode,
+    pub rules: crate::rules::EntitlementRules,
+    /// When the entitlement was used, Unix seconds, newest first: at least as many as its
+    /// rules need (the day's uses up to `uses_per_day`, the last one for the interval).
+    #[serde(default)]
+    pub recent_uses: Vec<i64>,
 }
 
 /// One page of the device's change feed.
@@ -321,6 +340,9 @@ pub struct TicketFeedPage {
     pub next_cursor: String,
     /// True when the device has caught up (for now).
     pub complete: bool,
+    /// The merchant's time zone (IANA name), in which daily windows and days are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// `POST /device/enroll`: a new device exchanges its one-time code for its credential.

@@ -97,6 +97,11 @@ codes! {
         WrongMerchant = "WRONG_MERCHANT", "无权核销该票券", "Not allowed to redeem this ticket";
         OfflineUnverifiable = "OFFLINE_UNVERIFIABLE", "网络异常，无法离线核验，请稍后重试", "Network problem: cannot verify offline, please retry later";
         ImpossibleTime = "IMPOSSIBLE_TIME", "离线核验时间不可信，已记录待对账", "Offline decision time is impossible: recorded for reconciliation";
+        NotYetValid = "NOT_YET_VALID", "未到可用时间", "Not valid yet";
+        NoLongerValid = "NO_LONGER_VALID", "已过有效期", "No longer valid";
+        OutsideHours = "OUTSIDE_HOURS", "不在可用时段", "Outside the hours of use";
+        DailyLimit = "DAILY_LIMIT", "今日次数已用完", "No uses left today";
+        TooSoon = "TOO_SOON", "刚刚已核销，请稍后再试", "Used just now, please try again later";
     }
 }
 
@@ -115,6 +120,11 @@ codes! {
         WrongMerchant = "WRONG_MERCHANT", "无权核销该票券", "Not allowed to redeem this ticket";
         OfflineUnverifiable = "OFFLINE_UNVERIFIABLE", "网络异常，无法离线核验，请稍后重试", "Network problem: cannot verify offline, please retry later";
         ImpossibleTime = "IMPOSSIBLE_TIME", "离线核验时间不可信，已记录待对账", "Offline decision time is impossible: recorded for reconciliation";
+        NotYetValid = "NOT_YET_VALID", "未到可用时间", "Not valid yet";
+        NoLongerValid = "NO_LONGER_VALID", "已过有效期", "No longer valid";
+        OutsideHours = "OUTSIDE_HOURS", "不在可用时段", "Outside the hours of use";
+        DailyLimit = "DAILY_LIMIT", "今日次数已用完", "No uses left today";
+        TooSoon = "TOO_SOON", "刚刚已核销，请稍后再试", "Used just now, please try again later";
         StoreFailed = "STORE_FAILED", "设备存储故障，无法离线核验，请联系技术人员", "Device storage failure: cannot decide offline, call a technician";
         Unauthorized = "UNAUTHORIZED", "登录已失效，请重新登录", "Session expired, please log in again";
         InvalidCredentials = "INVALID_CREDENTIALS", "用户名或密码错误", "Wrong username or password";
@@ -159,6 +169,11 @@ mod tests {
                 DecisionCode::OfflineUnverifiable,
                 "网络异常，无法离线核验，请稍后重试",
             ),
+            (DecisionCode::NotYetValid, "未到可用时间"),
+            (DecisionCode::NoLongerValid, "已过有效期"),
+            (DecisionCode::OutsideHours, "不在可用时段"),
+            (DecisionCode::DailyLimit, "今日次数已用完"),
+            (DecisionCode::TooSoon, "刚刚已核销，请稍后再试"),
         ];
         for (code, message) in expected {
             assert_eq!(code.message(Lang::ZhCn), message, "{code}");

@@ -2,14 +2,22 @@
 //! transaction) and the gate agent (offline, against its synced state) call, so the two can
 //! never disagree because they run different code.
 //!
-//! Order of checks (contract): token format and signature (`INVALID_QR`, done by
-//! [`crate::token::verify`] before this) → expiry → merchant → ticket status → supersession
-//! → entitlement present → this (`jti`, `function_code`) already redeemed → remaining uses →
-//! redeem.
+//! Order of checks (contract, then the check-in rules of [`crate::rules`]): token format and
+//! signature (`INVALID_QR`, done by [`crate::token::verify`] before this) → expiry → merchant
+//! → ticket status → supersession → entitlement present → this (`jti`, `function_code`)
+//! already redeemed → validity period (`NOT_YET_VALID`, `NO_LONGER_VALID`) → daily window
+//! (`OUTSIDE_HOURS`) → remaining uses (`EXHAUSTED`) → uses today (`DAILY_LIMIT`) → interval
+//! since the last use (`TOO_SOON`) → redeem.
+//!
+//! Why this order: a rescan of a QR just redeemed says `ALREADY_REDEEMED` whatever the hour;
+//! a ticket outside its period or hours says so before it says anything about counts; a
+//! ticket with no uses left says `EXHAUSTED`, truer than "today's are used up"; and
+//! `TOO_SOON` ("try again later") comes last, when waiting would really help.
 
 use crate::api::TokenState;
 use crate::codes::DecisionCode;
 use crate::domain::{FunctionCode, TicketStatus};
+use crate::rules::{EntitlementRules, MerchantZone};
 use crate::token::{Jti, QrClaims, TokenPolicy};
 
 /// One entitlement of a ticket as the decider sees it.
@@ -18,6 +26,11 @@ pub struct EntitlementSnapshot {
     pub function_code: FunctionCode,
     pub total_uses: i32,
     pub remaining_uses: i32,
+    /// Its check-in rules (empty: a plain count of uses).
+    pub rules: EntitlementRules,
+    /// When it was used (Unix seconds, any order): at least its newest
+    /// [`EntitlementRules::uses_needed`] uses, when there are so many.
+    pub recent_uses: Vec<i64>,
 }
 
 /// The ticket's state at decision time (under the row lock on the central server).
@@ -79,6 +92,8 @@ pub struct DecisionInput<'a> {
     /// The deciding process's clock, Unix seconds.
     pub now: i64,
     pub policy: TokenPolicy,
+    /// The ticket's merchant's time zone: daily windows and days are read in it.
+    pub zone: MerchantZone,
 }
 
 /// What to do with a scan.
@@ -191,8 +206,18 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     if input.redeemed_with_this_jti.contains(input.function_code) {
         return Decision::Reject(AlreadyRedeemed);
     }
-    if ticket.entitlements[entitlement_index].remaining_uses <= 0 {
+    let entitlement = &ticket.entitlements[entitlement_index];
+    if let Err(code) = entitlement.rules.check_time(input.now, input.zone) {
+        return Decision::Reject(code);
+    }
+    if entitlement.remaining_uses <= 0 {
         return Decision::Reject(Exhausted);
+    }
+    if let Err(code) = entitlement
+        .rules
+        .check_uses(&entitlement.recent_uses, input.now, input.zone)
+    {
+        return Decision::Reject(code);
     }
     Decision::Redeem { entitlement_index }
 }
@@ -247,11 +272,15 @@ mod tests {
                     function_code: fc("ENTRY"),
                     total_uses: 1,
                     remaining_uses: 1,
+                    rules: EntitlementRules::default(),
+                    recent_uses: vec![],
                 },
                 EntitlementSnapshot {
                     function_code: fc("MEAL"),
                     total_uses: 2,
                     remaining_uses: 0,
+                    rules: EntitlementRules::default(),
+                    recent_uses: vec![],
                 },
             ],
         }
@@ -347,6 +376,7 @@ mod tests {
             function_code: &function,
             now: NOW,
             policy: TokenPolicy::default(),
+            zone: MerchantZone::default(),
         })
     }
 
@@ -448,6 +478,26 @@ mod tests {
             };
             assert_eq!(is_superseded(&token, &snapshot), superseded, "{what}");
         }
+    }
+
+    fn instant(at: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(at, 0).expect("instant")
+    }
+
+    fn window(start: u32, end: u32) -> crate::rules::DailyWindow {
+        let time = |h| chrono::NaiveTime::from_hms_opt(h, 0, 0).expect("time");
+        crate::rules::DailyWindow {
+            start: time(start),
+            end: time(end),
+        }
+    }
+
+    /// The ticket with rules (and past uses) on its ENTRY entitlement.
+    fn with_rules(rules: EntitlementRules, uses: &[i64]) -> Option<TicketSnapshot> {
+        let mut t = ticket();
+        t.entitlements[0].rules = rules;
+        t.entitlements[0].recent_uses = uses.to_vec();
+        Some(t)
     }
 
     #[test]
@@ -563,6 +613,141 @@ mod tests {
                 function: "MEAL",
                 ..base("used ticket, newer qr", Decision::Reject(Exhausted))
             },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        valid_from: Some(instant(NOW + 1)),
+                        ..EntitlementRules::default()
+                    },
+                    &[],
+                ),
+                ..base("not yet valid", Decision::Reject(NotYetValid))
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        valid_from: Some(instant(NOW + 1)),
+                        ..EntitlementRules::default()
+                    },
+                    &[],
+                ),
+                redeemed: vec![fc("ENTRY")],
+                ..base(
+                    "already redeemed before the period",
+                    Decision::Reject(AlreadyRedeemed),
+                )
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        valid_until: Some(instant(NOW)),
+                        ..EntitlementRules::default()
+                    },
+                    &[],
+                ),
+                ..base(
+                    "the end of the period is exclusive",
+                    Decision::Reject(NoLongerValid),
+                )
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        valid_from: Some(instant(NOW)),
+                        valid_until: Some(instant(NOW + 1)),
+                        ..EntitlementRules::default()
+                    },
+                    &[],
+                ),
+                ..base(
+                    "inside the period",
+                    Decision::Redeem {
+                        entitlement_index: 0,
+                    },
+                )
+            },
+            Case {
+                // NOW is 2025-11-24 16:00 UTC, 00:00 in Shanghai.
+                ticket: with_rules(
+                    EntitlementRules {
+                        daily_window: Some(window(11, 14)),
+                        ..EntitlementRules::default()
+                    },
+                    &[],
+                ),
+                ..base("outside hours", Decision::Reject(OutsideHours))
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        daily_window: Some(window(22, 2)),
+                        ..EntitlementRules::default()
+                    },
+                    &[],
+                ),
+                ..base(
+                    "a window across midnight",
+                    Decision::Redeem {
+                        entitlement_index: 0,
+                    },
+                )
+            },
+            Case {
+                ticket: {
+                    let mut t = ticket();
+                    t.entitlements[1].rules.valid_until = Some(instant(NOW));
+                    Some(t)
+                },
+                function: "MEAL",
+                ..base("period before exhausted", Decision::Reject(NoLongerValid))
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        uses_per_day: Some(1),
+                        ..EntitlementRules::default()
+                    },
+                    &[NOW],
+                ),
+                ..base("daily limit", Decision::Reject(DailyLimit))
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        uses_per_day: Some(1),
+                        ..EntitlementRules::default()
+                    },
+                    &[NOW - 1],
+                ),
+                ..base(
+                    "yesterday's use in Shanghai",
+                    Decision::Redeem {
+                        entitlement_index: 0,
+                    },
+                )
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        uses_per_day: Some(2),
+                        min_interval_secs: Some(300),
+                        ..EntitlementRules::default()
+                    },
+                    &[NOW - 120],
+                ),
+                ..base("too soon", Decision::Reject(TooSoon))
+            },
+            Case {
+                ticket: with_rules(
+                    EntitlementRules {
+                        uses_per_day: Some(1),
+                        min_interval_secs: Some(300),
+                        ..EntitlementRules::default()
+                    },
+                    &[NOW],
+                ),
+                ..base("daily limit before too soon", Decision::Reject(DailyLimit))
+            },
         ];
         for case in &cases {
             assert_eq!(run(case), case.expected, "{}", case.name);
@@ -607,6 +792,7 @@ mod tests {
                 knowledge: QrKnowledge::Complete,
                 entitlements: remaining.iter().enumerate().map(|(i, r)| EntitlementSnapshot {
                     function_code: fc(codes[i]), total_uses: 2, remaining_uses: *r,
+                    rules: EntitlementRules::default(), recent_uses: vec![],
                 }).collect(),
             };
             let decision = decide(&DecisionInput {
@@ -617,6 +803,7 @@ mod tests {
                 function_code: &function,
                 now: NOW,
                 policy: TokenPolicy::default(),
+                zone: MerchantZone::default(),
             });
             if let Decision::Redeem { entitlement_index } = decision {
                 prop_assert!(matches!(status, TicketStatus::Activated | TicketStatus::Used));

@@ -7,6 +7,8 @@
 //! - [`decision`]: the one scan decision function, used by the central server and the agent.
 //! - [`api`]: request and response bodies of the HTTP API.
 //! - [`domain`]: small validated value types (function codes, ticket status, channels).
+//! - [`rules`]: an entitlement's check-in rules (validity period, daily window, uses per
+//!   day, least interval) and the merchant's time zone they are read in.
 //! - [`peer`]: the gates' signed peer messages and the trust rule a gate judges them by.
 //!
 //! Architecture invariant: this crate does no I/O, reads no clock and spawns nothing. Every
@@ -18,6 +20,7 @@ pub mod credentials;
 pub mod decision;
 pub mod domain;
 pub mod peer;
+pub mod rules;
 pub mod token;
 
 pub use codes::{ApiCode, DecisionCode, Lang};
@@ -26,4 +29,5 @@ pub use decision::{
     EntitlementSnapshot, QrKnowledge, TicketSnapshot,
 };
 pub use domain::{Channel, FunctionCode, Identifier, TicketStatus};
+pub use rules::{EntitlementRules, MerchantZone};
 pub use token::{KeySet, QrClaims, TokenError, TokenPolicy, VerifiedToken};

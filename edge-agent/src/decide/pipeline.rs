@@ -15,7 +15,16 @@ use std::time::{Duration, Instant};
 use stile_shared::api::{ScanRequest, TicketView};
 use stile_shared::decision::{check_token, decide, remaining_after, Decision, DecisionInput};
 use stile_shared::token::{verify, QrClaims};
-use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, TokenError};
+use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, MerchantZone, TokenError};
+
+/// The synced copy of a ticket as the gate decides on it: the copy, the uses it does not
+/// show yet (Unix seconds), and the merchant's time zone the feed named.
+#[derive(Clone, Copy)]
+struct SyncedCopy<'a> {
+    ticket: &'a stile_shared::api::SyncedTicket,
+    unsynced: &'a [i64],
+    zone: MerchantZone,
+}
 
 impl Gate {
     /// Decides one decoded code, end to end: the stages decide, then the one place below
@@ -265,19 +274,24 @@ impl Gate {
             function_code.to_string(),
             claims.tid.clone(),
         );
-        let (accepted, ticket, unsynced) = self
+        let (accepted, ticket, unsynced, zone) = self
             .with_store(move |store| {
                 let Some(accepted) = store.accepted_by(&jti, &function)? else {
-                    return Ok((None, None, 0));
+                    return Ok((None, None, Vec::new(), MerchantZone::default()));
                 };
                 let ticket = store.ticket(&ticket_code)?;
                 let unsynced = store.uses_not_in_copy(&ticket_code, &function, ticket.as_ref())?;
-                Ok((Some(accepted), ticket, unsynced))
+                Ok((Some(accepted), ticket, unsynced, store.merchant_zone()?))
             })
             .await?;
         if let Some(by) = &accepted {
             let verdict = ticket.as_ref().map(|ticket| {
-                self.decide_on_copy(&claims, function_code, &session, ticket, unsynced, true)
+                let copy = SyncedCopy {
+                    ticket,
+                    unsynced: &unsynced,
+                    zone,
+                };
+                self.decide_on_copy(&claims, function_code, &session, copy, true)
             });
             if verdict.is_none_or(|(verdict, _)| {
                 verdict == Decision::Reject(DecisionCode::AlreadyRedeemed)
@@ -406,11 +420,16 @@ impl Gate {
         accepted: Option<&AcceptedBy>,
     ) -> Result<Outcome, StoreError> {
         let (ticket_code, function) = (claims.tid.clone(), function_code.to_string());
-        let (ticket, unsynced, last_sync) = self
+        let (ticket, unsynced, last_sync, zone) = self
             .with_store(move |store| {
                 let ticket = store.ticket(&ticket_code)?;
                 let unsynced = store.uses_not_in_copy(&ticket_code, &function, ticket.as_ref())?;
-                Ok((ticket, unsynced, store.get_state("last_ticket_sync_at")?))
+                Ok((
+                    ticket,
+                    unsynced,
+                    store.get_state("last_ticket_sync_at")?,
+                    store.merchant_zone()?,
+                ))
             })
             .await?;
         let operator = Some(session.operator_id);
@@ -437,14 +456,13 @@ impl Gate {
         else {
             return Ok(offline(ApiCode::OfflineUnverifiable));
         };
-        let (verdict, snapshot) = self.decide_on_copy(
-            claims,
-            function_code,
-            session,
-            &ticket,
-            unsynced,
-            accepted.is_some(),
-        );
+        let copy = SyncedCopy {
+            ticket: &ticket,
+            unsynced: &unsynced,
+            zone,
+        };
+        let (verdict, snapshot) =
+            self.decide_on_copy(claims, function_code, session, copy, accepted.is_some());
         let code: ApiCode = verdict.code().into();
         let mut outcome = offline(code);
         if let (ApiCode::AlreadyRedeemed, Some(by)) = (code, accepted) {
@@ -473,11 +491,11 @@ impl Gate {
         claims: &QrClaims,
         function_code: &FunctionCode,
         session: &OperatorSession,
-        ticket: &stile_shared::api::SyncedTicket,
-        unsynced: i64,
+        copy: SyncedCopy<'_>,
         accepted_here: bool,
     ) -> (Decision, stile_shared::TicketSnapshot) {
-        let snapshot = snapshot_for_decision(ticket, function_code, unsynced);
+        let ticket = copy.ticket;
+        let snapshot = snapshot_for_decision(ticket, function_code, copy.unsynced);
         let mut redeemed = if ticket.current_jti.as_ref() == Some(&claims.jti) {
             ticket.redeemed_functions.clone()
         } else {
@@ -494,6 +512,7 @@ impl Gate {
             function_code,
             now: self.trusted_now(),
             policy: self.config.token_policy,
+            zone: copy.zone,
         });
         (verdict, snapshot)
     }

@@ -145,6 +145,9 @@ pub async fn tickets_once(gate: &Arc<Gate>, page_size: u32) -> Result<usize, Syn
         let complete = page.complete;
         let synced_at = now_rfc3339();
         gate.with_store(move |store| {
+            if let Some(zone) = &page.time_zone {
+                store.set_merchant_zone(zone)?;
+            }
             store.apply_feed(&page.tickets, &page.next_cursor, &synced_at, page.complete)
         })
         .await?;
