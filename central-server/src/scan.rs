@@ -427,7 +427,16 @@ async fn attempt_redeem(
             match checked {
                 Err(code) => Decided::without_ticket(code, Some(claims.jti.clone())),
                 Ok(()) => {
-                    let locked = lock_ticket(tx, context.merchant_id, &claims.tid).await?;
+                    let mut locked = lock_ticket(tx, context.merchant_id, &claims.tid).await?;
+                    // An offline decision's token counts as current when it is the ticket's
+                    // QR now or was when the gate decided.
+                    if let (Some(decided_at), Some(ticket)) = (command.decided_at, locked.as_mut())
+                    {
+                        if ticket.snapshot.current_jti.as_ref() != Some(&claims.jti) {
+                            ticket.snapshot.current_jti =
+                                current_qr_at(tx, ticket.id, decided_at).await?;
+                        }
+                    }
                     decide_and_apply(tx, policy, context, command, claims, locked).await?
                 }
             }
@@ -678,6 +687,27 @@ async fn lock_ticket(
         entitlement_ids,
         names,
     }))
+}
+
+/// The ticket's QR that was current at `at`: an offline decision is judged against the QR
+/// the customer held then too, so a QR refreshed after the gate let them in (for their next
+/// use, say) does not turn that entry into a conflict. Issuance times are the central's
+/// clock, `at` the gate's (corrected by the offset it measured); a token that is current
+/// now is never looked up, so a gate clock a little behind costs nothing.
+async fn current_qr_at(
+    connection: &mut PgConnection,
+    ticket_id: i64,
+    at: DateTime<Utc>,
+) -> Result<Option<Jti>, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT jti FROM qr_issuances WHERE ticket_id = $1 AND issued_at <= $2 \
+         ORDER BY issued_at DESC, jti DESC LIMIT 1",
+    )
+    .bind(ticket_id)
+    .bind(at)
+    .fetch_optional(connection)
+    .await?;
+    Ok(row.and_then(|(jti,)| Jti::parse(&jti).ok()))
 }
 
 /// An entitlement's newest `needed` uses, Unix seconds, newest first (under its ticket's

@@ -278,13 +278,16 @@ async fn an_unknown_outcome_is_never_shown_red_and_both_sides_agree_afterwards()
     // The central applied it, but the gate never heard: it must not show red.
     assert_eq!(code(&decision), "SUCCESS", "{decision}");
     assert_eq!(decision["mode"], "offline");
-    assert_eq!(
-        central
+    // The central's commit may land after the gate gave up waiting (a loaded machine).
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut committed = 0;
+    while committed == 0 && std::time::Instant::now() < deadline {
+        committed = central
             .count("SELECT count(*) FROM redemption_events")
-            .await,
-        1,
-        "the central committed"
-    );
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(committed, 1, "the central committed");
     proxy.restore();
     common::wait_drained(&gate.agent.base, LIMIT, "reconciled").await;
     // Same scan_id: the upload replays the central's own record; one redemption stands.

@@ -166,7 +166,13 @@ async fn main() -> anyhow::Result<ExitCode> {
     let concurrencies: Vec<usize> = std::iter::once(args.concurrency)
         .chain(args.also_concurrency.iter().copied().filter(|c| *c > 0))
         .collect();
-    let share = throughput_end / concurrencies.len();
+    // One share per concurrency, and one more for the phase with check-in rules.
+    let share = throughput_end / (concurrencies.len() + 1);
+    let rules_range = (
+        concurrencies.len() * share,
+        (concurrencies.len() + 1) * share,
+    );
+    put_rules_on(&pool, rules_range).await?;
     let mut phases = Vec::new();
     for (i, &clients) in concurrencies.iter().enumerate() {
         use stile_tools::baseline::{cores, machine_busy_secs, process_cpu_secs};
@@ -208,6 +214,28 @@ async fn main() -> anyhow::Result<ExitCode> {
         });
     }
     let throughput = &phases[0].result;
+    // The same scans at the first concurrency, every entitlement carrying check-in rules
+    // that allow the use (a period around now, a window of the whole day, one use a day, a
+    // least interval): what rules cost a plain successful scan.
+    let with_rules = run_throughput(
+        &gate,
+        phases[0].clients,
+        rules_range.0,
+        rules_range.1,
+        args.duration,
+    )
+    .await?;
+    println!("\nwith check-in rules on every entitlement:");
+    with_rules.print(phases[0].clients);
+    println!(
+        "  rules vs none, {} clients: {:.0} vs {:.0} scans/s, ratio {:.2} (target >= 0.95); p99 {:.1} vs {:.1} ms",
+        phases[0].clients,
+        with_rules.scans_per_sec(),
+        throughput.scans_per_sec(),
+        with_rules.scans_per_sec() / throughput.scans_per_sec().max(1e-9),
+        with_rules.p99_ms,
+        throughput.p99_ms
+    );
     let flood = if args.flood_logins > 0 {
         let middle = throughput_end + flood_tickets / 2;
         Some(
@@ -478,6 +506,37 @@ impl ThroughputResult {
 
 /// `concurrency` tasks scan tickets `0..end`, each ticket once, until `secs` have passed or
 /// the tickets run out.
+/// Puts check-in rules that allow one use now on the entitlements of the tickets of
+/// `range` (token indexes; ticket `B{n}` is index n - 1).
+async fn put_rules_on(pool: &sqlx::PgPool, range: (usize, usize)) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let rules = serde_json::json!({
+        "valid_from": (now - chrono::Duration::days(1)).to_rfc3339(),
+        "valid_until": (now + chrono::Duration::days(1)).to_rfc3339(),
+        "daily_window": {"start": "00:00", "end": "23:59:59"},
+        "uses_per_day": 1,
+        "min_interval_secs": 60,
+    });
+    let (first, last) = (i64::try_from(range.0 + 1)?, i64::try_from(range.1)?);
+    sqlx::query(
+        "UPDATE entitlements e SET rules = $1 FROM tickets t \
+         WHERE t.id = e.ticket_id AND t.ticket_code IN \
+               (SELECT 'B' || g FROM generate_series($2::bigint, $3::bigint) AS g)",
+    )
+    .bind(&rules)
+    .bind(first)
+    .bind(last)
+    .execute(pool)
+    .await
+    .context("putting rules on the rules phase's tickets")?;
+    // The update stamped those tickets too: leave both tables as the seed left them.
+    sqlx::query("VACUUM ANALYZE entitlements, tickets")
+        .execute(pool)
+        .await
+        .context("VACUUM")?;
+    Ok(())
+}
+
 async fn run_throughput(
     gate: &Arc<Gate>,
     concurrency: usize,
