@@ -1,12 +1,19 @@
 //! Group commit of plain successful scans: the scans that arrive while a redemption
-//! statement runs are redeemed together by the next one (`stile_redeem_batch`, migration
-//! 0014), in one transaction, one round trip and one WAL flush.
+//! statement runs are redeemed together by the next one (`stile_redeem_batch`, migrations
+//! 0014 and 0016), in one transaction and one WAL flush.
 //!
 //! A scan is handed to a queue; `workers` tasks each take the first waiting scan and every
 //! other one queued behind it (at most `max_batch`), run one statement, and answer each
 //! scan. Nobody waits for a batch to fill: under light load a batch is one scan, under
 //! heavy load it is what queued during the previous statement, so the wait a scan adds is
 //! at most one statement's time and the flushes per second fall as the load rises.
+//!
+//! A scan of an entitlement with check-in rules is locked and read by the statement but not
+//! written: it answers `rules` with the state the rules need, the worker decides it with the
+//! shared `decide` (at most one scan per entitlement a batch; any other goes to the
+//! transaction path) and redeems what it allows with `stile_redeem_write`, in the same
+//! transaction, before the commit. So the batch runs in an explicit transaction: one round
+//! trip more at each end, still one WAL flush.
 //!
 //! Exactly once holds per scan as on the one-scan path: a scan the statement does not
 //! redeem writes nothing (no scan's writes depend on another's), the statement commits or
@@ -16,7 +23,14 @@
 //! an unknown commit outcome must be: the client retries with its scan_id.
 
 use sqlx::PgPool;
+use std::collections::HashSet;
 use std::sync::Arc;
+use stile_shared::decision::{decide, Decision, DecisionInput};
+use stile_shared::token::QrClaims;
+use stile_shared::{
+    EntitlementRules, EntitlementSnapshot, FunctionCode, MerchantZone, QrKnowledge, TicketSnapshot,
+    TicketStatus, TokenPolicy,
+};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
@@ -36,6 +50,57 @@ pub struct BatchScan {
     pub now: chrono::DateTime<chrono::Utc>,
     /// The SUCCESS answer without its ticket view and redemption id.
     pub answer: serde_json::Value,
+    /// The verified token's claims, the asking merchant and the token policy: what `decide`
+    /// needs for a scan of an entitlement with rules.
+    pub claims: QrClaims,
+    pub merchant_code: String,
+    pub policy: TokenPolicy,
+}
+
+/// What the statement read, under the ticket's lock, of a scan of an entitlement with rules.
+#[derive(Debug, serde::Deserialize)]
+struct RulesState {
+    ticket: i64,
+    entitlement: i64,
+    order: i64,
+    status: String,
+    remaining_uses: i32,
+    rules: EntitlementRules,
+    time_zone: String,
+    recent_uses: Vec<i64>,
+}
+
+impl RulesState {
+    /// The shared decision over what was read: the statement has already found the ticket's
+    /// current QR to be this token, the entitlement present with uses left and this jti not
+    /// redeemed, so the snapshot holds just that entitlement. `None` when the state cannot
+    /// be read as a snapshot (the transaction path decides then).
+    fn decide(&self, scan: &BatchScan) -> Option<Decision> {
+        let function_code = FunctionCode::parse(&scan.function_code).ok()?;
+        let snapshot = TicketSnapshot {
+            status: TicketStatus::parse(&self.status)?,
+            current_jti: Some(scan.claims.jti.clone()),
+            current_issued_at: None,
+            knowledge: QrKnowledge::Complete,
+            entitlements: vec![EntitlementSnapshot {
+                function_code: function_code.clone(),
+                total_uses: self.remaining_uses,
+                remaining_uses: self.remaining_uses,
+                rules: self.rules.clone(),
+                recent_uses: self.recent_uses.clone(),
+            }],
+        };
+        Some(decide(&DecisionInput {
+            claims: &scan.claims,
+            operator_merchant: &scan.merchant_code,
+            ticket: Some(&snapshot),
+            redeemed_with_this_jti: &[],
+            function_code: &function_code,
+            now: scan.now.timestamp(),
+            policy: scan.policy,
+            zone: MerchantZone::parse(&self.time_zone)?,
+        }))
+    }
 }
 
 /// What the statement did with one scan.
@@ -158,11 +223,13 @@ async fn run_batch(pool: &PgPool, batch: Vec<Job>) {
     }
 }
 
-/// One `stile_redeem_batch` statement: the outcome of each scan, by position.
+/// One batch: `stile_redeem_batch`, then the scans with rules that `decide` allows written
+/// by `stile_redeem_write`, in one transaction. The outcome of each scan, by position.
 pub async fn redeem_batch(
     pool: &PgPool,
     scans: &[&BatchScan],
 ) -> Result<Vec<Option<BatchOutcome>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     let rows: Vec<(i32, String, Option<serde_json::Value>)> = sqlx::query_as(
         "SELECT item, outcome, answer FROM stile_redeem_batch($1, $2, $3, $4, $5, $6, $7, $8, \
          $9, $10, $11, $12)",
@@ -194,19 +261,37 @@ pub async fn redeem_batch(
     .bind(scans.iter().map(|s| s.source).collect::<Vec<_>>())
     .bind(scans.iter().map(|s| s.now).collect::<Vec<_>>())
     .bind(scans.iter().map(|s| s.answer.clone()).collect::<Vec<_>>())
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
     let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; scans.len()];
+    let mut allowed: Vec<(usize, RulesState)> = Vec::new();
+    let mut entitlements_taken = HashSet::new();
     for (item, outcome, answer) in rows {
-        let slot = usize::try_from(item)
+        let index = usize::try_from(item)
             .ok()
             .and_then(|n| n.checked_sub(1))
-            .and_then(|index| outcomes.get_mut(index))
+            .filter(|index| *index < scans.len())
             .ok_or_else(|| sqlx::Error::Protocol(format!("stile_redeem_batch item {item}")))?;
-        *slot = Some(match (outcome.as_str(), answer) {
+        outcomes[index] = Some(match (outcome.as_str(), answer) {
             ("redeemed", Some(answer)) => BatchOutcome::Redeemed(answer),
             ("decide", _) => BatchOutcome::Decide,
             ("replay", _) => BatchOutcome::Replay,
+            ("rules", Some(state)) => {
+                let state: RulesState = serde_json::from_value(state).map_err(|error| {
+                    sqlx::Error::Protocol(format!("stile_redeem_batch rules state: {error}"))
+                })?;
+                // One decision per entitlement a batch: a second scan of it would be decided
+                // on a state the first one changes.
+                let first = entitlements_taken.insert(state.entitlement);
+                match state.decide(scans[index]) {
+                    Some(Decision::Redeem { .. }) if first => {
+                        allowed.push((index, state));
+                        continue;
+                    }
+                    // A refusal is decided and recorded on the transaction path.
+                    _ => BatchOutcome::Decide,
+                }
+            }
             (other, _) => {
                 return Err(sqlx::Error::Protocol(format!(
                     "stile_redeem_batch outcome {other}"
@@ -214,5 +299,74 @@ pub async fn redeem_batch(
             }
         });
     }
+    if !allowed.is_empty() {
+        let written: Vec<(i64, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT x.i, stile_redeem_write(x.scan_id, x.merchant_id, x.operator_id, x.device_pk, \
+                    x.location_id, x.token_sha256, x.function_code, x.jti, x.ticket_code, x.source, \
+                    x.now, x.answer, x.ticket, x.entitlement, x.status, x.order_id) \
+             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                         $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                         $11::timestamptz[], $12::jsonb[], $13::bigint[], $14::bigint[], \
+                         $15::text[], $16::bigint[], $17::bigint[]) \
+                  AS x(scan_id, merchant_id, operator_id, device_pk, location_id, token_sha256, \
+                       function_code, jti, ticket_code, source, now, answer, ticket, \
+                       entitlement, status, order_id, i)",
+        )
+        .bind(allowed.iter().map(|(i, _)| scans[*i].scan_id).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(i, _)| scans[*i].merchant_id).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(i, _)| scans[*i].operator_id).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(i, _)| scans[*i].device_pk).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(i, _)| scans[*i].location_id).collect::<Vec<_>>())
+        .bind(
+            allowed
+                .iter()
+                .map(|(i, _)| scans[*i].token_sha256.to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            allowed
+                .iter()
+                .map(|(i, _)| scans[*i].function_code.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(allowed.iter().map(|(i, _)| scans[*i].jti.as_str()).collect::<Vec<_>>())
+        .bind(
+            allowed
+                .iter()
+                .map(|(i, _)| scans[*i].ticket_code.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(allowed.iter().map(|(i, _)| scans[*i].source).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(i, _)| scans[*i].now).collect::<Vec<_>>())
+        .bind(
+            allowed
+                .iter()
+                .map(|(i, _)| scans[*i].answer.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(allowed.iter().map(|(_, s)| s.ticket).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(_, s)| s.entitlement).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
+        .bind(allowed.iter().map(|(_, s)| s.order).collect::<Vec<_>>())
+        .bind(
+            allowed
+                .iter()
+                .map(|(i, _)| i64::try_from(*i).unwrap_or(i64::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (index, answer) in written {
+            let slot = usize::try_from(index)
+                .ok()
+                .and_then(|index| outcomes.get_mut(index))
+                .ok_or_else(|| sqlx::Error::Protocol(format!("stile_redeem_write item {index}")))?;
+            *slot = Some(match answer {
+                Some(answer) => BatchOutcome::Redeemed(answer),
+                None => BatchOutcome::Replay,
+            });
+        }
+    }
+    tx.commit().await?;
     Ok(outcomes)
 }

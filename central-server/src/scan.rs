@@ -1,10 +1,12 @@
 //! The redemption core of `POST /venue/scan`: one transaction per scan, under row locks,
 //! deciding with the shared decision function.
 //!
-//! A plain successful QR scan takes one round trip: `stile_redeem` (migration 0011) does
-//! steps 1 to 5 below for a SUCCESS in one statement, and raises — rolling everything back
-//! — whenever the answer could be anything else, which is then decided on the transaction
-//! path. Its SQL condition for SUCCESS is `decide`'s, checked by a property test.
+//! A plain successful QR scan is group-committed (`group_commit`): `stile_redeem_batch` does
+//! steps 1 to 5 below for a SUCCESS, many scans to one statement, writes nothing for a scan
+//! whose answer could be anything else, which is then decided on the transaction path, and
+//! hands the scans of entitlements with check-in rules back to be decided with `decide` in
+//! the batch's transaction. Its SQL condition for SUCCESS is `decide`'s, checked by a
+//! property test.
 //!
 //! Inside the transaction, in this order:
 //! 1. claim the `scan_id` (a retry, even one racing the first request, waits on the unique
@@ -331,6 +333,9 @@ async fn redeem_in_group(
             source: context.source.as_str(),
             now: command.now,
             answer,
+            claims: claims.clone(),
+            merchant_code: context.merchant_code.clone(),
+            policy,
         })
         .await?;
     match outcome {

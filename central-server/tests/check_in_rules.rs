@@ -136,6 +136,14 @@ async fn every_rule_answers_its_code_online() {
     assert_eq!(body["message"], "刚刚已核销，请稍后再试");
     assert_eq!(server.remaining("TK-SOON", "ENTRY").await, 2);
 
+    // The four successes above were group-committed, rules and all: decided by `decide`
+    // in the batch's transaction. The refusals were decided on the transaction path.
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("stile_scan_paths_total{path=\"group_commit\"} 4"),
+        "{metrics}"
+    );
+
     // English, on request.
     let qr = server.issue_qr("TK-FUT", OTA_KEY).await;
     let response = server

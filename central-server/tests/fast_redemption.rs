@@ -2,7 +2,10 @@
 //! Rust `decide`, over batches of random ticket states in a real PostgreSQL: the statement
 //! redeems a scan exactly when `decide` does (otherwise it writes nothing for it), and when
 //! it does, it writes what the transaction path writes. Batches also hold a second scan of
-//! a QR already in the batch (redeemed once only) and a resent scan_id (replayed).
+//! a QR already in the batch (redeemed once only) and a resent scan_id (replayed). The asked
+//! entitlement may carry check-in rules (allowing, or refusing for each rule), with an
+//! earlier use of another QR: the worker decides those with `decide` in the batch's
+//! transaction, and must land where `decide` over the whole ticket does.
 
 use central_server::db;
 use central_server::group_commit::{redeem_batch, BatchOutcome, BatchScan};
@@ -12,8 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use stile_shared::decision::{decide, Decision, DecisionInput};
 use stile_shared::token::{Jti, QrClaims};
 use stile_shared::{
-    Channel, EntitlementSnapshot, FunctionCode, QrKnowledge, TicketSnapshot, TicketStatus,
-    TokenPolicy,
+    Channel, EntitlementRules, EntitlementSnapshot, FunctionCode, QrKnowledge, TicketSnapshot,
+    TicketStatus, TokenPolicy,
 };
 use stile_testkit::Cluster;
 
@@ -31,6 +34,62 @@ struct State {
     entitlements: [Option<(i32, i32, bool)>; 3],
     asked: usize,
     webhook: bool,
+    /// Rules on the asked entitlement: 0 none, 1 a period around now (allows), 2 not yet
+    /// valid, 3 no longer valid, 4 one use a day and one a minute ago, 5 an hour between
+    /// uses and one a minute ago, 6 two a day and one a minute ago (allows).
+    rules: usize,
+}
+
+/// The rule set of [`State::rules`], and whether it comes with an earlier use.
+fn rules_of(kind: usize, now: chrono::DateTime<chrono::Utc>) -> (EntitlementRules, bool) {
+    let hours = chrono::Duration::hours;
+    let none = EntitlementRules::default();
+    match kind {
+        1 => (
+            EntitlementRules {
+                valid_from: Some(now - hours(1)),
+                valid_until: Some(now + hours(1)),
+                ..none
+            },
+            false,
+        ),
+        2 => (
+            EntitlementRules {
+                valid_from: Some(now + hours(1)),
+                ..none
+            },
+            false,
+        ),
+        3 => (
+            EntitlementRules {
+                valid_until: Some(now - hours(1)),
+                ..none
+            },
+            false,
+        ),
+        4 => (
+            EntitlementRules {
+                uses_per_day: Some(1),
+                ..none
+            },
+            true,
+        ),
+        5 => (
+            EntitlementRules {
+                min_interval_secs: Some(3600),
+                ..none
+            },
+            true,
+        ),
+        6 => (
+            EntitlementRules {
+                uses_per_day: Some(2),
+                ..none
+            },
+            true,
+        ),
+        _ => (none, false),
+    }
 }
 
 fn state() -> impl Strategy<Value = State> {
@@ -46,14 +105,18 @@ fn state() -> impl Strategy<Value = State> {
         [entitlement.clone(), entitlement.clone(), entitlement],
         0..FUNCTIONS.len(),
         prop::bool::weighted(0.15),
+        prop_oneof![4 => Just(0usize), 3 => 1..7usize],
     )
-        .prop_map(|(status, current, entitlements, asked, webhook)| State {
-            status,
-            current,
-            entitlements,
-            asked,
-            webhook,
-        })
+        .prop_map(
+            |(status, current, entitlements, asked, webhook, rules)| State {
+                status,
+                current,
+                entitlements,
+                asked,
+                webhook,
+                rules,
+            },
+        )
 }
 
 fn parse_status(raw: &str) -> TicketStatus {
@@ -116,16 +179,21 @@ fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_pa
         tally.decided.into_inner(),
         tally.replayed.into_inner(),
     );
-    println!("{redeemed} redeemed, {decided} left to the transaction path, {replayed} replayed");
+    let with_rules = tally.redeemed_with_rules.into_inner();
+    println!(
+        "{redeemed} redeemed ({with_rules} with rules), {decided} left to the transaction path, {replayed} replayed"
+    );
     assert!(
-        redeemed > 10 && decided > 10 && replayed > 3,
-        "every outcome was tried: {redeemed} / {decided} / {replayed}"
+        redeemed > 10 && decided > 10 && replayed > 3 && with_rules > 3,
+        "every outcome was tried: {redeemed} ({with_rules}) / {decided} / {replayed}"
     );
 }
 
 #[derive(Debug, Default)]
 struct Tally {
     redeemed: AtomicU32,
+    /// Redeemed with rules on the entitlement: decided by the worker in the transaction.
+    redeemed_with_rules: AtomicU32,
     decided: AtomicU32,
     replayed: AtomicU32,
 }
@@ -181,6 +249,9 @@ async fn batch(
     for (p, outcome) in prepared.iter().zip(&outcomes) {
         let outcome = outcome.clone().expect("every scan has an outcome");
         let redeemed = check(pool, p, &outcome).await;
+        if redeemed && p.state.rules > 0 && p.state.entitlements[p.state.asked].is_some() {
+            tally.redeemed_with_rules.fetch_add(1, Ordering::SeqCst);
+        }
         let counter = if redeemed {
             &tally.redeemed
         } else {
@@ -197,6 +268,10 @@ async fn batch(
                 tally.replayed.fetch_add(1, Ordering::SeqCst);
             }
             (Extra::SameScanId, false, BatchOutcome::Decide) => {}
+            // A scan with rules is written after the batch's loop, so its resent scan_id is
+            // not seen taken there: it goes to the transaction path, which replays it.
+            (Extra::SameScanId, true, BatchOutcome::Decide) if prepared[target].state.rules > 0 => {
+            }
             (extra, first, outcome) => panic!(
                 "{extra:?} after a first scan that redeemed: {first}, answered {outcome:?}: {:?}",
                 prepared[target].state
@@ -251,22 +326,48 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
     .expect("ticket");
     let mut entitlements = Vec::new();
     let mut already = Vec::new();
-    for (function, entitlement) in FUNCTIONS.iter().zip(&state.entitlements) {
+    let now = chrono::Utc::now();
+    for (position, (function, entitlement)) in FUNCTIONS.iter().zip(&state.entitlements).enumerate()
+    {
         let Some((total, remaining, redeemed)) = entitlement else {
             continue;
         };
+        let (rules, earlier_use) = if position == state.asked {
+            rules_of(state.rules, now)
+        } else {
+            (EntitlementRules::default(), false)
+        };
         let (entitlement_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses) \
-             VALUES ($1, $2, $3, $3, $4, $5) RETURNING id",
+            "INSERT INTO entitlements (ticket_id, merchant_id, function_code, name, total_uses, remaining_uses, rules) \
+             VALUES ($1, $2, $3, $3, $4, $5, $6) RETURNING id",
         )
         .bind(ticket_id)
         .bind(merchant_id)
         .bind(function)
         .bind(total)
         .bind(remaining)
+        .bind((!rules.is_empty()).then_some(sqlx::types::Json(&rules)))
         .fetch_one(pool)
         .await
         .expect("entitlement");
+        let mut recent_uses = Vec::new();
+        if earlier_use {
+            let at = now - chrono::Duration::seconds(60);
+            sqlx::query(
+                "INSERT INTO redemption_events (jti, function_code, ticket_id, entitlement_id, merchant_id, redeemed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(format!("earlier-{ticket_id}"))
+            .bind(function)
+            .bind(ticket_id)
+            .bind(entitlement_id)
+            .bind(merchant_id)
+            .bind(at)
+            .execute(pool)
+            .await
+            .expect("earlier use");
+            recent_uses.push(at.timestamp());
+        }
         if *redeemed {
             sqlx::query(
                 "INSERT INTO redemption_events (jti, function_code, ticket_id, entitlement_id, merchant_id, redeemed_at) \
@@ -286,12 +387,11 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
             function_code: FunctionCode::parse(function).expect("code"),
             total_uses: *total,
             remaining_uses: *remaining,
-            rules: Default::default(),
-            recent_uses: vec![],
+            rules,
+            recent_uses,
         });
     }
     let asked = FunctionCode::parse(FUNCTIONS[state.asked]).expect("code");
-    let now = chrono::Utc::now();
     let claims = QrClaims {
         jti: jti.clone(),
         tid: ticket_code.clone(),
@@ -338,6 +438,9 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
             source: "merchant",
             now,
             answer,
+            claims,
+            merchant_code: merchant_code.to_owned(),
+            policy: TokenPolicy::default(),
         },
     }
 }

@@ -11,7 +11,7 @@ mod common;
 
 use chrono::{DateTime, Duration, NaiveTime, SecondsFormat, Timelike, Utc};
 use common::proxy::Proxy;
-use common::{agent_config, free_port, is_synced, scan, wait_status, AgentProcess, Central};
+use common::{is_synced, scan, start_agent, wait_status, Central};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -167,23 +167,8 @@ async fn the_gate_offline_and_the_central_decide_every_rule_alike() {
     }
 
     let proxy = Proxy::start(central.addr).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &proxy.url(),
-            &dir.path().join("state"),
-            port,
-            "",
-        ),
-    )
-    .expect("config");
-    let gate = AgentProcess::start(&config, port).await;
+    let (gate, _dir) =
+        start_agent("dev-east-1", "dev-secret-1", "GATE-EAST", &proxy.url(), "").await;
     wait_status(&gate.base, LIMIT, "first sync", is_synced).await;
     proxy.cut();
     // A QR issued in the same second as the copy's current one is not newer to the gate:

@@ -6,7 +6,7 @@ mod common;
 
 use common::proxy::Proxy;
 use common::{
-    agent_config, bulk_fixture, free_port, is_synced, scan, wait_status, AgentProcess, Central,
+    bulk_fixture, free_port, is_synced, scan, start_agent, wait_status, AgentProcess, Central,
 };
 use std::time::Duration;
 
@@ -20,23 +20,7 @@ struct Gate {
 }
 
 async fn start_gate(proxy: &Proxy, device: &str, secret: &str, venue: &str) -> Gate {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        agent_config(
-            device,
-            secret,
-            venue,
-            &proxy.url(),
-            &dir.path().join("state"),
-            port,
-            "",
-        ),
-    )
-    .expect("config");
-    let agent = AgentProcess::start(&config, port).await;
+    let (agent, dir) = start_agent(device, secret, venue, &proxy.url(), "").await;
     wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
     Gate { agent, _dir: dir }
 }
@@ -314,24 +298,15 @@ async fn the_offline_policy_refuses_what_the_gate_may_not_decide_alone() {
     let proxy = Proxy::start(central.addr).await;
     let miniapp = central.issue_qr("TK-MINI", MINIAPP).await;
     let ota = central.issue_qr("TK-MULTI", OTA).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("agent.toml");
     let policy = "[offline]\nallow_miniapp = false\nallow_ota = true\n";
-    std::fs::write(
-        &config,
-        agent_config(
-            "dev-east-1",
-            "dev-secret-1",
-            "GATE-EAST",
-            &proxy.url(),
-            &dir.path().join("state"),
-            port,
-            policy,
-        ),
+    let (agent, _dir) = start_agent(
+        "dev-east-1",
+        "dev-secret-1",
+        "GATE-EAST",
+        &proxy.url(),
+        policy,
     )
-    .expect("config");
-    let agent = AgentProcess::start(&config, port).await;
+    .await;
     // Both tickets in the copy: a sync is complete up to the oldest transaction still open
     // anywhere in the cluster (other tests run beside this one), so the QR issuance just
     // before the start may only arrive with the next sync.

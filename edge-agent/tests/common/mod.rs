@@ -173,6 +173,34 @@ password = "correct horse"
     )
 }
 
+/// An agent process for `device` at `venue` talking to `central_url`, with `extra` settings,
+/// its state in a temporary directory kept as long as the returned guard lives.
+pub async fn start_agent(
+    device: &str,
+    secret: &str,
+    venue: &str,
+    central_url: &str,
+    extra: &str,
+) -> (AgentProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config(
+            device,
+            secret,
+            venue,
+            central_url,
+            &dir.path().join("state"),
+            port,
+            extra,
+        ),
+    )
+    .expect("config");
+    (AgentProcess::start(&config, port).await, dir)
+}
+
 /// An agent config without its `[operator]` section: nobody logs in by configuration.
 pub fn without_operator(config: &str) -> &str {
     config
