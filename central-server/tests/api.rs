@@ -767,3 +767,28 @@ async fn the_admin_api_loads_seed_files_with_the_same_rules() {
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     off.stop().await;
 }
+
+#[test]
+fn the_openapi_document_describes_the_check_in_rules() {
+    let doc = central_server::openapi::document();
+    let schemas = &doc["components"]["schemas"];
+    for name in ["EntitlementRules", "DailyWindow", "SyncedRules"] {
+        assert!(schemas.get(name).is_some(), "{name} in the document");
+    }
+    let codes = doc.to_string();
+    for code in [
+        "NOT_YET_VALID",
+        "NO_LONGER_VALID",
+        "OUTSIDE_HOURS",
+        "DAILY_LIMIT",
+        "TOO_SOON",
+    ] {
+        assert!(codes.contains(code), "{code} in the document");
+    }
+    assert!(schemas["TicketFeedPage"]["properties"]
+        .get("time_zone")
+        .is_some());
+    assert!(schemas["OrderEntitlementView"]["properties"]
+        .get("rules")
+        .is_some());
+}
