@@ -223,6 +223,42 @@ async fn run_batch(pool: &PgPool, batch: Vec<Job>) {
     }
 }
 
+/// Binds the scans as the first twelve parameters, one array each, in the order both
+/// `stile_redeem_batch` and `stile_redeem_write` take them.
+fn bind_scans<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    scans: &[&'q BatchScan],
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(scans.iter().map(|s| s.scan_id).collect::<Vec<_>>())
+        .bind(scans.iter().map(|s| s.merchant_id).collect::<Vec<_>>())
+        .bind(scans.iter().map(|s| s.operator_id).collect::<Vec<_>>())
+        .bind(scans.iter().map(|s| s.device_pk).collect::<Vec<_>>())
+        .bind(scans.iter().map(|s| s.location_id).collect::<Vec<_>>())
+        .bind(
+            scans
+                .iter()
+                .map(|s| s.token_sha256.to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            scans
+                .iter()
+                .map(|s| s.function_code.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(scans.iter().map(|s| s.jti.as_str()).collect::<Vec<_>>())
+        .bind(
+            scans
+                .iter()
+                .map(|s| s.ticket_code.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(scans.iter().map(|s| s.source).collect::<Vec<_>>())
+        .bind(scans.iter().map(|s| s.now).collect::<Vec<_>>())
+        .bind(scans.iter().map(|s| s.answer.clone()).collect::<Vec<_>>())
+}
+
 /// One batch: `stile_redeem_batch`, then the scans with rules that `decide` allows written
 /// by `stile_redeem_write`, in one transaction. The outcome of each scan, by position.
 pub async fn redeem_batch(
@@ -230,37 +266,13 @@ pub async fn redeem_batch(
     scans: &[&BatchScan],
 ) -> Result<Vec<Option<BatchOutcome>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(i32, String, Option<serde_json::Value>)> = sqlx::query_as(
-        "SELECT item, outcome, answer FROM stile_redeem_batch($1, $2, $3, $4, $5, $6, $7, $8, \
-         $9, $10, $11, $12)",
+    let rows: Vec<(i32, String, Option<serde_json::Value>)> = bind_scans(
+        sqlx::query_as(
+            "SELECT item, outcome, answer FROM stile_redeem_batch($1, $2, $3, $4, $5, $6, $7, \
+             $8, $9, $10, $11, $12)",
+        ),
+        scans,
     )
-    .bind(scans.iter().map(|s| s.scan_id).collect::<Vec<_>>())
-    .bind(scans.iter().map(|s| s.merchant_id).collect::<Vec<_>>())
-    .bind(scans.iter().map(|s| s.operator_id).collect::<Vec<_>>())
-    .bind(scans.iter().map(|s| s.device_pk).collect::<Vec<_>>())
-    .bind(scans.iter().map(|s| s.location_id).collect::<Vec<_>>())
-    .bind(
-        scans
-            .iter()
-            .map(|s| s.token_sha256.to_vec())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        scans
-            .iter()
-            .map(|s| s.function_code.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(scans.iter().map(|s| s.jti.as_str()).collect::<Vec<_>>())
-    .bind(
-        scans
-            .iter()
-            .map(|s| s.ticket_code.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(scans.iter().map(|s| s.source).collect::<Vec<_>>())
-    .bind(scans.iter().map(|s| s.now).collect::<Vec<_>>())
-    .bind(scans.iter().map(|s| s.answer.clone()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; scans.len()];
@@ -300,53 +312,36 @@ pub async fn redeem_batch(
         });
     }
     if !allowed.is_empty() {
-        let written: Vec<(i64, Option<serde_json::Value>)> = sqlx::query_as(
-            "SELECT x.i, stile_redeem_write(x.scan_id, x.merchant_id, x.operator_id, x.device_pk, \
-                    x.location_id, x.token_sha256, x.function_code, x.jti, x.ticket_code, x.source, \
-                    x.now, x.answer, x.ticket, x.entitlement, x.status, x.order_id) \
-             FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                         $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                         $11::timestamptz[], $12::jsonb[], $13::bigint[], $14::bigint[], \
-                         $15::text[], $16::bigint[], $17::bigint[]) \
-                  AS x(scan_id, merchant_id, operator_id, device_pk, location_id, token_sha256, \
-                       function_code, jti, ticket_code, source, now, answer, ticket, \
-                       entitlement, status, order_id, i)",
-        )
-        .bind(allowed.iter().map(|(i, _)| scans[*i].scan_id).collect::<Vec<_>>())
-        .bind(allowed.iter().map(|(i, _)| scans[*i].merchant_id).collect::<Vec<_>>())
-        .bind(allowed.iter().map(|(i, _)| scans[*i].operator_id).collect::<Vec<_>>())
-        .bind(allowed.iter().map(|(i, _)| scans[*i].device_pk).collect::<Vec<_>>())
-        .bind(allowed.iter().map(|(i, _)| scans[*i].location_id).collect::<Vec<_>>())
-        .bind(
-            allowed
-                .iter()
-                .map(|(i, _)| scans[*i].token_sha256.to_vec())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            allowed
-                .iter()
-                .map(|(i, _)| scans[*i].function_code.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(allowed.iter().map(|(i, _)| scans[*i].jti.as_str()).collect::<Vec<_>>())
-        .bind(
-            allowed
-                .iter()
-                .map(|(i, _)| scans[*i].ticket_code.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(allowed.iter().map(|(i, _)| scans[*i].source).collect::<Vec<_>>())
-        .bind(allowed.iter().map(|(i, _)| scans[*i].now).collect::<Vec<_>>())
-        .bind(
-            allowed
-                .iter()
-                .map(|(i, _)| scans[*i].answer.clone())
-                .collect::<Vec<_>>(),
+        let allowed_scans: Vec<&BatchScan> = allowed.iter().map(|(i, _)| scans[*i]).collect();
+        let written: Vec<(i64, Option<serde_json::Value>)> = bind_scans(
+            sqlx::query_as(
+                "SELECT x.i, stile_redeem_write(x.scan_id, x.merchant_id, x.operator_id, \
+                        x.device_pk, x.location_id, x.token_sha256, x.function_code, x.jti, \
+                        x.ticket_code, x.source, x.now, x.answer, x.ticket, x.entitlement, \
+                        x.status, x.order_id) \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                             $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                             $11::timestamptz[], $12::jsonb[], $13::bigint[], $14::bigint[], \
+                             $15::text[], $16::bigint[], $17::bigint[]) \
+                      AS x(scan_id, merchant_id, operator_id, device_pk, location_id, \
+                           token_sha256, function_code, jti, ticket_code, source, now, answer, \
+                           ticket, entitlement, status, order_id, i)",
+            ),
+            &allowed_scans,
         )
         .bind(allowed.iter().map(|(_, s)| s.ticket).collect::<Vec<_>>())
-        .bind(allowed.iter().map(|(_, s)| s.entitlement).collect::<Vec<_>>())
-        .bind(allowed.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
+        .bind(
+            allowed
+                .iter()
+                .map(|(_, s)| s.entitlement)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            allowed
+                .iter()
+                .map(|(_, s)| s.status.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(allowed.iter().map(|(_, s)| s.order).collect::<Vec<_>>())
         .bind(
             allowed
