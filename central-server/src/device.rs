@@ -126,23 +126,11 @@ pub async fn ticket_feed(
     .fetch_all(&mut *tx)
     .await?;
     // The newest uses each rule set needs, as the central's decision reads them.
-    let (needing, counts): (Vec<i64>, Vec<i32>) = entitlements
+    let needs: Vec<(i64, usize)> = entitlements
         .iter()
-        .filter_map(|e| {
-            let needed = e.6.as_ref().map_or(0, |rules| rules.0.uses_needed());
-            (needed > 0).then(|| (e.5, i32::try_from(needed).unwrap_or(i32::MAX)))
-        })
-        .unzip();
-    let uses: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT x.id, floor(extract(epoch FROM r.redeemed_at))::bigint \
-         FROM unnest($1::bigint[], $2::int[]) AS x(id, n) \
-         CROSS JOIN LATERAL (SELECT redeemed_at FROM redemption_events \
-                             WHERE entitlement_id = x.id ORDER BY redeemed_at DESC LIMIT x.n) r",
-    )
-    .bind(&needing)
-    .bind(&counts)
-    .fetch_all(&mut *tx)
-    .await?;
+        .filter_map(|e| Some((e.5, e.6.as_ref()?.0.uses_needed())))
+        .collect();
+    let mut uses = crate::scan::recent_uses(&mut tx, &needs).await?;
     let (time_zone,): (String,) = sqlx::query_as("SELECT timezone FROM merchants WHERE id = $1")
         .bind(device.merchant_id)
         .fetch_one(&mut *tx)
@@ -191,12 +179,7 @@ pub async fn ticket_feed(
                 .filter(|e| e.0 == id)
                 .filter_map(|(_, code, _, _, _, entitlement, rules)| {
                     let rules = rules.as_ref()?.0.clone();
-                    let mut recent_uses: Vec<i64> = uses
-                        .iter()
-                        .filter(|(of, _)| of == entitlement)
-                        .map(|(_, at)| *at)
-                        .collect();
-                    recent_uses.sort_unstable_by(|a, b| b.cmp(a));
+                    let recent_uses = uses.remove(entitlement).unwrap_or_default();
                     Some(
                         FunctionCode::parse(code)
                             .map_err(|_| bad("function code"))

@@ -33,6 +33,7 @@ use crate::group_commit::{BatchError, BatchOutcome, BatchScan, GroupCommit};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
 use std::sync::Arc;
 use stile_shared::api::{EntitlementView, OperatorRef, RedemptionView, ScanResponse, TicketView};
 use stile_shared::decision::{check_decision_time, check_token, decide, Decision, DecisionInput};
@@ -657,12 +658,17 @@ async fn lock_ticket(
     let mut entitlements = Vec::with_capacity(rows.len());
     let mut entitlement_ids = Vec::with_capacity(rows.len());
     let mut names = Vec::with_capacity(rows.len());
+    let needs: Vec<(i64, usize)> = rows
+        .iter()
+        .filter_map(|row| Some((row.0, row.5.as_ref()?.0.uses_needed())))
+        .collect();
+    let mut uses = recent_uses(tx, &needs).await?;
     for (entitlement_id, function_code, name, total_uses, remaining_uses, rules) in rows {
         let function_code = FunctionCode::parse(&function_code).map_err(|_| {
             AttemptError::Internal(format!("entitlement {entitlement_id} has a malformed code"))
         })?;
         let rules = rules.map(|json| json.0).unwrap_or_default();
-        let recent_uses = recent_uses(tx, entitlement_id, rules.uses_needed()).await?;
+        let recent_uses = uses.remove(&entitlement_id).unwrap_or_default();
         entitlements.push(EntitlementSnapshot {
             function_code,
             total_uses,
@@ -715,25 +721,38 @@ async fn current_qr_at(
     Ok(row.and_then(|(jti,)| Jti::parse(&jti).ok()))
 }
 
-/// An entitlement's newest `needed` uses, Unix seconds, newest first (under its ticket's
-/// lock, so no use can be added meanwhile): what its check-in rules need to be decided.
+/// The newest uses of each entitlement of `needs` (`(entitlement id, how many)`, as many
+/// as its check-in rules need), Unix seconds, newest first: one statement for them all.
+/// Under the ticket's lock no use can be added meanwhile; the device feed reads them in
+/// its snapshot.
 pub async fn recent_uses(
     connection: &mut PgConnection,
-    entitlement_id: i64,
-    needed: usize,
-) -> Result<Vec<i64>, sqlx::Error> {
-    if needed == 0 {
-        return Ok(Vec::new());
+    needs: &[(i64, usize)],
+) -> Result<HashMap<i64, Vec<i64>>, sqlx::Error> {
+    let mut uses: HashMap<i64, Vec<i64>> = HashMap::new();
+    let needs: Vec<(i64, i32)> = needs
+        .iter()
+        .filter(|(_, needed)| *needed > 0)
+        .map(|(id, needed)| (*id, i32::try_from(*needed).unwrap_or(i32::MAX)))
+        .collect();
+    if needs.is_empty() {
+        return Ok(uses);
     }
-    let rows: Vec<(DateTime<Utc>,)> = sqlx::query_as(
-        "SELECT redeemed_at FROM redemption_events WHERE entitlement_id = $1 \
-         ORDER BY redeemed_at DESC LIMIT $2",
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT x.id, floor(extract(epoch FROM r.redeemed_at))::bigint \
+         FROM unnest($1::bigint[], $2::int[]) AS x(id, n) \
+         CROSS JOIN LATERAL (SELECT redeemed_at FROM redemption_events \
+                             WHERE entitlement_id = x.id ORDER BY redeemed_at DESC LIMIT x.n) r \
+         ORDER BY x.id, r.redeemed_at DESC",
     )
-    .bind(entitlement_id)
-    .bind(i64::try_from(needed).unwrap_or(i64::MAX))
+    .bind(needs.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(needs.iter().map(|(_, n)| *n).collect::<Vec<_>>())
     .fetch_all(connection)
     .await?;
-    Ok(rows.into_iter().map(|(at,)| at.timestamp()).collect())
+    for (id, at) in rows {
+        uses.entry(id).or_default().push(at);
+    }
+    Ok(uses)
 }
 
 /// One row of the reconciliation log.
