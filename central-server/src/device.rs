@@ -17,13 +17,15 @@ use crate::AppState;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
+use std::collections::HashMap;
 use stile_shared::api::{
     DeviceHistory, EntitlementView, OfflineDecision, OfflineOperator, OfflineOperators,
-    SyncedRules, SyncedTicket, TicketFeedPage, UploadOutcome, UploadResult,
+    SyncedRules, SyncedTicket, SyncedVenue, TicketFeedPage, UploadOutcome, UploadResult,
 };
 use stile_shared::token::Jti;
+use stile_shared::Passage;
 use stile_shared::{
-    ApiCode, Channel, DecisionCode, EntitlementRules, FunctionCode, Lang, TicketStatus,
+    ApiCode, Channel, DecisionCode, Direction, EntitlementRules, FunctionCode, Lang, TicketStatus,
 };
 use uuid::Uuid;
 
@@ -131,10 +133,71 @@ pub async fn ticket_feed(
         .filter_map(|e| Some((e.5, e.6.as_ref()?.0.uses_needed())))
         .collect();
     let mut uses = crate::scan::recent_uses(&mut tx, &needs).await?;
-    let (time_zone,): (String,) = sqlx::query_as("SELECT timezone FROM merchants WHERE id = $1")
-        .bind(device.merchant_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    #[allow(clippy::type_complexity)]
+    let (time_zone, venue_id, venue_code, venue_name, entry_function, capacity, inside, inside_on): (
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<chrono::NaiveDate>,
+    ) = sqlx::query_as(
+        "SELECT m.timezone, v.id, v.code, v.name, v.entry_function, v.capacity, v.inside, v.inside_on \
+         FROM merchants m LEFT JOIN locations l ON l.id = $2 LEFT JOIN venues v ON v.id = l.venue_id \
+         WHERE m.id = $1",
+    )
+    .bind(device.merchant_id)
+    .bind(device.location_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let as_of = Utc::now().timestamp();
+    let zone = stile_shared::MerchantZone::parse(&time_zone)
+        .ok_or_else(|| AppError::Internal(format!("merchant zone {time_zone:?}")))?;
+    let venue = match (venue_code, venue_name, entry_function) {
+        (Some(venue_code), Some(name), Some(entry_function)) => Some(SyncedVenue {
+            venue_code,
+            name,
+            entry_function: FunctionCode::parse(&entry_function)
+                .map_err(|_| AppError::Internal("venue entry function".into()))?,
+            capacity,
+            // The running count is of its day; another day's is 0.
+            inside: match inside_on {
+                Some(day) if zone.local_date(as_of) == Some(day) => inside.unwrap_or(0),
+                _ => 0,
+            },
+            as_of,
+        }),
+        _ => None,
+    };
+    // Each ticket's latest passage at the device's venue: its presence there.
+    let passages: Vec<(i64, String, i64)> = match venue_id {
+        Some(venue_id) => {
+            sqlx::query_as(
+                "SELECT DISTINCT ON (ticket_id) ticket_id, direction, floor(extract(epoch FROM at))::bigint \
+                 FROM passages WHERE venue_id = $1 AND ticket_id = ANY($2) \
+                 ORDER BY ticket_id, at DESC, id DESC",
+            )
+            .bind(venue_id)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let mut passages: HashMap<i64, Passage> = passages
+        .into_iter()
+        .filter_map(|(ticket, direction, at)| {
+            Some((
+                ticket,
+                Passage {
+                    direction: Direction::parse(&direction)?,
+                    at,
+                },
+            ))
+        })
+        .collect();
     let redeemed: Vec<(i64, String)> = sqlx::query_as(
         "SELECT t.id, r.function_code FROM tickets t \
          JOIN redemption_events r ON r.jti = t.current_jti AND r.ticket_id = t.id \
@@ -191,6 +254,7 @@ pub async fn ticket_feed(
                     )
                 })
                 .collect::<Result<_, _>>()?,
+            passage: passages.remove(&id),
         });
     }
     if complete {
@@ -202,6 +266,7 @@ pub async fn ticket_feed(
         next_cursor: next.encode(),
         complete,
         time_zone: Some(time_zone),
+        venue,
     })
 }
 
@@ -282,6 +347,18 @@ async fn upload_one(
             lang,
         ));
     };
+    let venue = scan::venue_of_location(&state.pool, device.location_id).await?;
+    let function_code = match (decision.direction, &venue) {
+        (Direction::Entry, _) => decision.function_code.clone(),
+        (Direction::Exit, Some(venue)) => venue.entry_function.clone(),
+        (Direction::Exit, None) => {
+            return Ok(invalid(
+                decision,
+                "direction: exit needs a location of a venue",
+                lang,
+            ))
+        }
+    };
     let context = ScanContext {
         merchant_id: device.merchant_id,
         merchant_code: device.merchant_code.clone(),
@@ -294,19 +371,21 @@ async fn upload_one(
         location: Some(LocationAt {
             location_id: device.location_id,
             venue_code: device.venue_code.clone(),
+            venue,
         }),
         source: RedemptionSource::Offline,
     };
     let verified = state.keys.verify(&decision.qr_token).await;
     let ticket_code = verified.as_ref().ok().map(|v| v.claims.tid.clone());
     let command = ScanCommand {
-        token_sha256: ScanCommand::token_digest(&decision.qr_token),
+        token_sha256: ScanCommand::token_digest(&decision.qr_token, decision.direction),
         subject: ScanSubject::Token(verified),
-        function_code: decision.function_code.clone(),
+        function_code,
         scan_id: Some(scan_id),
         now: Utc::now(),
         decided_at: Some(decided_at),
         clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
+        direction: decision.direction,
     };
     let outcome = match scan::redeem(
         &state.redeemer,
@@ -328,7 +407,9 @@ async fn upload_one(
         Err(error) => return Err(error),
     };
     let code = outcome.response.code;
-    if code != DecisionCode::Success && !outcome.replayed {
+    // A refused exit redeemed nothing: it is no conflict of the redemption log.
+    if code != DecisionCode::Success && !outcome.replayed && decision.direction == Direction::Entry
+    {
         record_conflict(state, &context, &command, ticket_code.as_deref(), code).await?;
     }
     tracing::info!(

@@ -121,6 +121,8 @@ pub fn status_of(code: ApiCode) -> StatusCode {
         | ApiCode::OutsideHours
         | ApiCode::DailyLimit
         | ApiCode::TooSoon
+        | ApiCode::VenueFull
+        | ApiCode::NotInside
         | ApiCode::StoreFailed => StatusCode::CONFLICT,
         ApiCode::InvalidQr | ApiCode::BadRequest => StatusCode::BAD_REQUEST,
         ApiCode::WrongMerchant | ApiCode::Forbidden => StatusCode::FORBIDDEN,

@@ -99,6 +99,8 @@ impl RulesState {
             now: scan.now.timestamp(),
             policy: scan.policy,
             zone: MerchantZone::parse(&self.time_zone)?,
+            // Passages of a venue never join a batch.
+            venue: None,
         }))
     }
 }

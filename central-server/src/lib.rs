@@ -24,6 +24,7 @@ pub mod listener;
 pub mod login;
 pub mod merchant;
 pub mod metrics;
+pub mod occupancy;
 pub mod openapi;
 pub mod outbox;
 pub mod params;

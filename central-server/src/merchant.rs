@@ -24,7 +24,9 @@ use stile_shared::api::{
     PassengerView, RedemptionItem, RedemptionPage,
 };
 use stile_shared::decision::{check_token, is_own_ticket};
-use stile_shared::{ApiCode, DecisionCode, FunctionCode, Identifier, Lang, TicketStatus};
+use stile_shared::{
+    ApiCode, DecisionCode, Direction, FunctionCode, Identifier, Lang, TicketStatus,
+};
 
 /// Largest page of the reconciliation log.
 pub const MAX_PAGE: i64 = 200;
@@ -57,19 +59,29 @@ pub async fn scan(
     let location = match &request.location_id {
         None => None,
         Some(venue_code) => {
-            let row: Option<(i64,)> = sqlx::query_as(
-                "SELECT id FROM locations WHERE merchant_id = $1 AND venue_code = $2",
+            let row: Option<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT l.id, v.id, v.entry_function FROM locations l \
+                 LEFT JOIN venues v ON v.id = l.venue_id \
+                 WHERE l.merchant_id = $1 AND l.venue_code = $2",
             )
             .bind(operator.merchant_id)
             .bind(venue_code.as_str())
             .fetch_optional(&state.pool)
             .await?;
-            let (location_id,) = row.ok_or_else(|| {
+            let (location_id, venue_id, entry_function) = row.ok_or_else(|| {
                 AppError::Forbidden("location_id is not a location of your merchant".into())
             })?;
             Some(LocationAt {
                 location_id,
                 venue_code: venue_code.to_string(),
+                venue: venue_id
+                    .zip(entry_function)
+                    .and_then(|(venue_id, function)| {
+                        Some(crate::scan::VenueRef {
+                            venue_id,
+                            entry_function: FunctionCode::parse(&function).ok()?,
+                        })
+                    }),
             })
         }
     };
@@ -125,7 +137,7 @@ pub async fn scan(
         }
         let ticket_code = verified.claims.tid.clone();
         let subject = ScanSubject::Token(Ok(verified));
-        let digest = ScanCommand::token_digest(&request.code);
+        let digest = ScanCommand::token_digest(&request.code, Direction::Entry);
         outcomes.push(
             redeem_one(
                 state,
@@ -163,7 +175,7 @@ pub async fn scan(
             let subject = ScanSubject::Ticket {
                 ticket_code: ticket_code.clone(),
             };
-            let digest = ScanCommand::token_digest(&ticket_code);
+            let digest = ScanCommand::token_digest(&ticket_code, Direction::Entry);
             outcomes.push(
                 redeem_one(
                     state,
@@ -246,6 +258,7 @@ async fn redeem_one(
         now: Utc::now(),
         decided_at: None,
         clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
+        direction: Direction::Entry,
     };
     let outcome = scan::redeem(
         &state.redeemer,

@@ -25,6 +25,8 @@ pub struct Metrics {
     merchant_scan_reject: Counter,
     outbox_pending: Gauge,
     outbox_dead: Gauge,
+    venue_inside: Family<Labels, Gauge>,
+    venue_capacity: Family<Labels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,8 +120,22 @@ impl Metrics {
             "Webhook notifications parked as dead after their last attempt",
             outbox_dead.clone(),
         );
+        let venue_inside = Family::<Labels, Gauge>::default();
+        registry.register(
+            "stile_venue_occupancy",
+            "Tickets inside a venue now, by merchant and venue code",
+            venue_inside.clone(),
+        );
+        let venue_capacity = Family::<Labels, Gauge>::default();
+        registry.register(
+            "stile_venue_capacity",
+            "A venue's capacity, for venues that have one",
+            venue_capacity.clone(),
+        );
         Metrics {
             registry,
+            venue_inside,
+            venue_capacity,
             merchant_scan_success,
             merchant_scan_partial,
             merchant_scan_reject,
@@ -174,6 +190,20 @@ impl Metrics {
     pub fn set_outbox(&self, pending: i64, dead: i64) {
         self.outbox_pending.set(pending);
         self.outbox_dead.set(dead);
+    }
+
+    /// Each venue's occupancy as `/metrics` is scraped.
+    pub fn set_occupancy(&self, venues: &[crate::occupancy::VenueCount]) {
+        for venue in venues {
+            let labels = vec![
+                ("merchant".to_owned(), venue.merchant_code.clone()),
+                ("venue".to_owned(), venue.venue_code.clone()),
+            ];
+            self.venue_inside.get_or_create(&labels).set(venue.inside);
+            if let Some(capacity) = venue.capacity {
+                self.venue_capacity.get_or_create(&labels).set(capacity);
+            }
+        }
     }
 
     /// Which path decided a scan: `group_commit` or `transaction`.

@@ -38,9 +38,10 @@ use std::sync::Arc;
 use stile_shared::api::{EntitlementView, OperatorRef, RedemptionView, ScanResponse, TicketView};
 use stile_shared::decision::{check_decision_time, check_token, decide, Decision, DecisionInput};
 use stile_shared::token::{Jti, QrClaims, TokenError, VerifiedToken};
+use stile_shared::venue::{decide_exit, presence, Direction, ExitDecision, Passage, Presence};
 use stile_shared::{
     Channel, DecisionCode, EntitlementRules, EntitlementSnapshot, FunctionCode, Lang, MerchantZone,
-    TicketSnapshot, TicketStatus, TokenPolicy,
+    TicketSnapshot, TicketStatus, TokenPolicy, VenueSnapshot,
 };
 use uuid::Uuid;
 
@@ -80,6 +81,45 @@ pub struct DeviceAt {
 pub struct LocationAt {
     pub location_id: i64,
     pub venue_code: String,
+    /// The venue the location belongs to, if any.
+    pub venue: Option<VenueRef>,
+}
+
+/// A venue, as a scan at one of its locations needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VenueRef {
+    pub venue_id: i64,
+    /// Scans of this function at the venue's locations are its entries.
+    pub entry_function: FunctionCode,
+}
+
+/// A device bound to a location, as [`bind_device`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundDevice {
+    pub device_pk: i64,
+    pub location_id: i64,
+    pub venue: Option<VenueRef>,
+}
+
+/// The venue of a location, if it belongs to one.
+pub async fn venue_of_location(
+    pool: &PgPool,
+    location_id: i64,
+) -> Result<Option<VenueRef>, sqlx::Error> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT v.id, v.entry_function FROM locations l JOIN venues v ON v.id = l.venue_id          WHERE l.id = $1",
+    )
+    .bind(location_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(venue_id, function)| venue_ref(venue_id, &function)))
+}
+
+fn venue_ref(venue_id: i64, entry_function: &str) -> Option<VenueRef> {
+    Some(VenueRef {
+        venue_id,
+        entry_function: FunctionCode::parse(entry_function).ok()?,
+    })
 }
 
 /// Who is scanning, where: the operator (from the JWT), the device (gates) and the
@@ -124,11 +164,21 @@ pub struct ScanCommand {
     /// How far a gate's clock may be off: an offline decision before the token's `iat` or
     /// after its upload by more than this is `IMPOSSIBLE_TIME`.
     pub clock_tolerance_secs: i64,
+    /// An entry (the default) or an exit: an exit needs a location of a venue, and its
+    /// `function_code` is the venue's entry function.
+    pub direction: Direction,
 }
 
 impl ScanCommand {
-    pub fn token_digest(token: &str) -> [u8; 32] {
-        Sha256::digest(token.as_bytes()).into()
+    /// The digest a retried scan_id must match: of the token, and of the direction for an
+    /// exit (a scan_id used for an entry is not an exit's).
+    pub fn token_digest(token: &str, direction: Direction) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(token.as_bytes());
+        if direction == Direction::Exit {
+            digest.update(b"\0exit");
+        }
+        digest.finalize().into()
     }
 }
 
@@ -151,7 +201,7 @@ pub const DEVICE_BINDING_TTL: std::time::Duration = std::time::Duration::from_se
 /// gate scan would spend a round trip on [`bind_device`].
 #[derive(Debug)]
 pub struct DeviceBindings {
-    read: crate::recent::Recent<(i64, String, String), Option<(i64, i64)>>,
+    read: crate::recent::Recent<(i64, String, String), Option<BoundDevice>>,
 }
 
 impl Default for DeviceBindings {
@@ -170,13 +220,13 @@ impl DeviceBindings {
         merchant_id: i64,
         device_id: &str,
         venue_code: &str,
-    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    ) -> Result<Option<BoundDevice>, sqlx::Error> {
         let key = (merchant_id, device_id.to_owned(), venue_code.to_owned());
         if let Some(binding) = self.read.get(&key) {
             return Ok(binding);
         }
         let binding = bind_device(pool, merchant_id, device_id, venue_code).await?;
-        self.read.put(key, binding);
+        self.read.put(key, binding.clone());
         Ok(binding)
     }
 
@@ -187,22 +237,33 @@ impl DeviceBindings {
 }
 
 /// Looks up the device and checks it belongs to the operator's merchant and stands at
-/// `venue_code`. `None` when it does not (the caller answers 403).
+/// `venue_code`. `None` when it does not (the caller answers 403). With it, the venue of
+/// its location: a change of venues takes effect within [`DEVICE_BINDING_TTL`] too.
 pub async fn bind_device(
     pool: &PgPool,
     merchant_id: i64,
     device_id: &str,
     venue_code: &str,
-) -> Result<Option<(i64, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT d.id, l.id FROM devices d JOIN locations l ON l.id = d.location_id \
+) -> Result<Option<BoundDevice>, sqlx::Error> {
+    let row: Option<(i64, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT d.id, l.id, v.id, v.entry_function FROM devices d \
+         JOIN locations l ON l.id = d.location_id LEFT JOIN venues v ON v.id = l.venue_id \
          WHERE d.device_id = $1 AND d.merchant_id = $2 AND l.venue_code = $3 AND d.revoked_at IS NULL",
     )
     .bind(device_id)
     .bind(merchant_id)
     .bind(venue_code)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(
+        row.map(|(device_pk, location_id, venue_id, function)| BoundDevice {
+            device_pk,
+            location_id,
+            venue: venue_id
+                .zip(function)
+                .and_then(|(id, function)| venue_ref(id, &function)),
+        }),
+    )
 }
 
 /// Where scans are redeemed: the pool, and the group-commit queue of plain successes.
@@ -277,8 +338,9 @@ enum GroupOutcome {
 /// A plain successful scan, group-committed: `stile_redeem_batch` (migration 0014) locks,
 /// checks and writes what the transaction path writes for a SUCCESS, and writes nothing
 /// for a scan whose answer could be anything else. Taken for a gate's or the console's QR
-/// scan that passed the ticket-free checks; an order-code scan, an offline upload and a
-/// merchant with a webhook take the transaction path.
+/// scan that passed the ticket-free checks; an order-code scan, an offline upload, a
+/// passage of a venue (an entry or an exit: it takes the venue's lock) and a merchant with
+/// a webhook take the transaction path.
 async fn redeem_in_group(
     group: &GroupCommit,
     policy: TokenPolicy,
@@ -289,7 +351,14 @@ async fn redeem_in_group(
         return Ok(GroupOutcome::NotPlain);
     };
     let claims = &verified.claims;
+    let at_venue = context
+        .location
+        .as_ref()
+        .and_then(|l| l.venue.as_ref())
+        .is_some_and(|v| v.entry_function == command.function_code);
     if command.decided_at.is_some()
+        || at_venue
+        || command.direction == Direction::Exit
         || context.source == RedemptionSource::Offline
         || check_token(
             claims,
@@ -561,7 +630,8 @@ impl Decided {
     }
 }
 
-/// Decides with the shared function over the locked ticket, and applies a redemption.
+/// Decides with the shared function over the locked ticket, and applies a redemption, a
+/// re-entry or an exit.
 async fn decide_and_apply(
     tx: &mut PgConnection,
     policy: TokenPolicy,
@@ -571,8 +641,26 @@ async fn decide_and_apply(
     locked: Option<LockedTicket>,
 ) -> Result<Decided, AttemptError> {
     let now = command.decided_at.unwrap_or(command.now).timestamp();
+    let zone = locked.as_ref().map(|t| t.zone).unwrap_or_default();
+    let venue = match (
+        context.location.as_ref().and_then(|l| l.venue.as_ref()),
+        locked.as_ref(),
+    ) {
+        (Some(venue), Some(ticket))
+            if command.direction == Direction::Exit
+                || venue.entry_function == command.function_code =>
+        {
+            Some(lock_venue(tx, venue, ticket, command, now, zone).await?)
+        }
+        (None, _) if command.direction == Direction::Exit => {
+            return Err(AttemptError::Internal(
+                "an exit at a location of no venue".into(),
+            ))
+        }
+        _ => None,
+    };
     let redeemed = redeemed_functions(tx, &claims.jti).await?;
-    let decision = decide(&DecisionInput {
+    let input = DecisionInput {
         claims,
         operator_merchant: &context.merchant_code,
         ticket: locked.as_ref().map(|t| &t.snapshot),
@@ -580,9 +668,26 @@ async fn decide_and_apply(
         function_code: &command.function_code,
         now,
         policy,
-        zone: locked.as_ref().map(|t| t.zone).unwrap_or_default(),
-    });
+        zone,
+        venue: venue.as_ref().map(|v| &v.snapshot),
+    };
     let jti = Some(claims.jti.clone());
+    if command.direction == Direction::Exit {
+        let presence = venue
+            .as_ref()
+            .map_or(Presence::Outside, |v| v.snapshot.presence);
+        let decision = decide_exit(&input, presence);
+        if let (ExitDecision::Exit, Some(venue), Some(ticket)) = (decision, &venue, &locked) {
+            record_passage(tx, context, command, ticket, venue, Direction::Exit, None).await?;
+        }
+        return Ok(Decided {
+            code: decision.code(),
+            ticket: locked.as_ref().map(|t| (t.id, ticket_view(t))),
+            redemption: None,
+            jti,
+        });
+    }
+    let decision = decide(&input);
     match (decision, locked) {
         (Decision::Redeem { entitlement_index }, Some(mut locked)) => {
             let redemption = apply_redemption(
@@ -594,6 +699,19 @@ async fn decide_and_apply(
                 entitlement_index,
             )
             .await?;
+            if let Some(venue) = &venue {
+                let event = Some(redemption.id);
+                record_passage(
+                    tx,
+                    context,
+                    command,
+                    &locked,
+                    venue,
+                    Direction::Entry,
+                    event,
+                )
+                .await?;
+            }
             Ok(Decided {
                 code: DecisionCode::Success,
                 ticket: Some((locked.id, ticket_view(&locked))),
@@ -601,7 +719,21 @@ async fn decide_and_apply(
                 jti,
             })
         }
-        (Decision::Redeem { .. }, None) => Err(AttemptError::Internal(
+        (Decision::Reenter { .. }, Some(locked)) => {
+            let Some(venue) = &venue else {
+                return Err(AttemptError::Internal(
+                    "a re-entry decided away from a venue".into(),
+                ));
+            };
+            record_passage(tx, context, command, &locked, venue, Direction::Entry, None).await?;
+            Ok(Decided {
+                code: DecisionCode::Success,
+                ticket: Some((locked.id, ticket_view(&locked))),
+                redemption: None,
+                jti,
+            })
+        }
+        (Decision::Redeem { .. } | Decision::Reenter { .. }, None) => Err(AttemptError::Internal(
             "decision redeemed a ticket that was not found".into(),
         )),
         (Decision::Reject(code), locked) => Ok(Decided {
@@ -611,6 +743,122 @@ async fn decide_and_apply(
             jti,
         }),
     }
+}
+
+/// A venue under its lock, for one passage of one (locked) ticket.
+struct LockedVenue {
+    venue_id: i64,
+    snapshot: VenueSnapshot,
+    /// The merchant-local day of the central's clock: the day the running count is of.
+    today: chrono::NaiveDate,
+    /// Whether this passage is of that day (an offline one uploaded later may not be): only
+    /// then does it change the running count.
+    counts_today: bool,
+}
+
+/// Locks the venue row (after the ticket's, always in this order) and reads the ticket's
+/// presence: its latest passage at the venue up to the decision time. An offline entry
+/// uploaded later is not refused for capacity: the person is in, and is counted.
+async fn lock_venue(
+    tx: &mut PgConnection,
+    venue: &VenueRef,
+    ticket: &LockedTicket,
+    command: &ScanCommand,
+    now: i64,
+    zone: MerchantZone,
+) -> Result<LockedVenue, AttemptError> {
+    let latest: Option<(String, i64)> = sqlx::query_as(
+        "SELECT direction, floor(extract(epoch FROM at))::bigint FROM passages \
+         WHERE venue_id = $1 AND ticket_id = $2 AND at <= $3 ORDER BY at DESC, id DESC LIMIT 1",
+    )
+    .bind(venue.venue_id)
+    .bind(ticket.id)
+    .bind(command.decided_at.unwrap_or(command.now))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let latest = latest.and_then(|(direction, at)| {
+        Some(Passage {
+            direction: Direction::parse(&direction)?,
+            at,
+        })
+    });
+    let today = zone
+        .local_date(command.now.timestamp())
+        .ok_or_else(|| AttemptError::Internal("the clock is beyond the calendar".into()))?;
+    let (capacity, inside): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT capacity, CASE WHEN inside_on = $2 THEN inside ELSE 0 END FROM venues \
+         WHERE id = $1 FOR UPDATE",
+    )
+    .bind(venue.venue_id)
+    .bind(today)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(LockedVenue {
+        venue_id: venue.venue_id,
+        snapshot: VenueSnapshot {
+            presence: presence(latest, now, zone),
+            inside,
+            capacity: if command.decided_at.is_some() {
+                None
+            } else {
+                capacity
+            },
+        },
+        today,
+        counts_today: zone.local_date(now) == Some(today),
+    })
+}
+
+/// Records a passage and its change to the venue's running count.
+async fn record_passage(
+    tx: &mut PgConnection,
+    context: &ScanContext,
+    command: &ScanCommand,
+    ticket: &LockedTicket,
+    venue: &LockedVenue,
+    direction: Direction,
+    redemption_event_id: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let change: i16 = match direction {
+        Direction::Exit => -1,
+        Direction::Entry => i16::from(venue.snapshot.takes_place()),
+    };
+    let reentry = direction == Direction::Entry
+        && redemption_event_id.is_none()
+        && venue.snapshot.presence == Presence::Left;
+    sqlx::query(
+        "INSERT INTO passages (merchant_id, venue_id, ticket_id, direction, reentry, delta, at, \
+         recorded_at, location_id, device_id, operator_id, redemption_event_id, scan_id, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(context.merchant_id)
+    .bind(venue.venue_id)
+    .bind(ticket.id)
+    .bind(direction.as_str())
+    .bind(reentry)
+    .bind(change)
+    .bind(command.decided_at.unwrap_or(command.now))
+    .bind(command.now)
+    .bind(context.location.as_ref().map(|l| l.location_id))
+    .bind(context.device.as_ref().map(|d| d.device_pk))
+    .bind(context.operator_id)
+    .bind(redemption_event_id)
+    .bind(command.scan_id)
+    .bind(context.source.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if venue.counts_today && change != 0 {
+        sqlx::query(
+            "UPDATE venues SET inside = GREATEST(CASE WHEN inside_on = $2 THEN inside ELSE 0 END + $3, 0), \
+             inside_on = $2 WHERE id = $1",
+        )
+        .bind(venue.venue_id)
+        .bind(venue.today)
+        .bind(i64::from(change))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn lock_ticket(

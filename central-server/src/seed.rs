@@ -57,6 +57,27 @@ pub struct SeedMerchant {
     pub operators: Vec<SeedOperator>,
     #[serde(default)]
     pub devices: Vec<SeedDevice>,
+    /// Groups of this merchant's locations with an entry function and an optional capacity.
+    /// A reload replaces them: a location no venue lists belongs to none.
+    #[serde(default)]
+    pub venues: Vec<SeedVenue>,
+}
+
+/// A venue: its locations' scans of `entry_function` are its entries (see
+/// `stile_shared::venue`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedVenue {
+    pub code: String,
+    pub name: String,
+    /// Tickets inside at most; none: no limit.
+    #[serde(default)]
+    pub capacity: Option<i64>,
+    /// Defaults to `ENTRY`.
+    #[serde(default)]
+    pub entry_function: Option<FunctionCode>,
+    /// `venue_code`s of this merchant's locations; each in one venue at most.
+    pub locations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +291,35 @@ pub fn validate(file: &SeedFile) -> Result<(), SeedError> {
             )?;
             check_text(&format!("{lpath}.name"), &location.name)?;
         }
+        let mut venue_codes = HashSet::new();
+        let mut grouped = HashSet::new();
+        for (j, venue) in merchant.venues.iter().enumerate() {
+            let vpath = format!("{path}.venues[{j}]");
+            check_code(&format!("{vpath}.code"), &venue.code, 64)?;
+            unique(&mut venue_codes, &format!("{vpath}.code"), &venue.code)?;
+            check_text(&format!("{vpath}.name"), &venue.name)?;
+            if venue.capacity.is_some_and(|capacity| capacity < 0) {
+                return Err(invalid(
+                    format!("{vpath}.capacity"),
+                    "must not be negative (leave it out for no limit)",
+                ));
+            }
+            for (k, location) in venue.locations.iter().enumerate() {
+                let lpath = format!("{vpath}.locations[{k}]");
+                if !venues.contains(location.as_str()) {
+                    return Err(invalid(
+                        lpath,
+                        format!("no location {location:?} in merchants[{i}].locations"),
+                    ));
+                }
+                if !grouped.insert(location.as_str()) {
+                    return Err(invalid(
+                        lpath,
+                        format!("location {location:?} is already in a venue"),
+                    ));
+                }
+            }
+        }
         for (j, operator) in merchant.operators.iter().enumerate() {
             let opath = format!("{path}.operators[{j}]");
             check_code(&format!("{opath}.username"), &operator.username, 64)?;
@@ -389,6 +439,51 @@ impl Counter {
     }
 }
 
+/// Upserts a merchant's venues and puts each of its locations in the venue that lists it (or
+/// in none).
+async fn load_venues(
+    tx: &mut sqlx::PgConnection,
+    merchant_id: i64,
+    merchant: &SeedMerchant,
+    counter: &mut Counter,
+) -> Result<(), SeedError> {
+    let mut venue_of: Vec<(String, i64)> = Vec::new();
+    for venue in &merchant.venues {
+        let entry_function = venue
+            .entry_function
+            .as_ref()
+            .map_or("ENTRY", FunctionCode::as_str);
+        let changed: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO venues (merchant_id, code, name, capacity, entry_function)              VALUES ($1, $2, $3, $4, $5)              ON CONFLICT (merchant_id, code) DO UPDATE SET name = EXCLUDED.name,              capacity = EXCLUDED.capacity, entry_function = EXCLUDED.entry_function              WHERE (venues.name, venues.capacity, venues.entry_function)              IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.capacity, EXCLUDED.entry_function)              RETURNING id",
+        )
+        .bind(merchant_id)
+        .bind(&venue.code)
+        .bind(&venue.name)
+        .bind(venue.capacity)
+        .bind(entry_function)
+        .fetch_optional(&mut *tx)
+        .await?;
+        counter.add("venues", changed.is_some());
+        let (venue_id,): (i64,) =
+            sqlx::query_as("SELECT id FROM venues WHERE merchant_id = $1 AND code = $2")
+                .bind(merchant_id)
+                .bind(&venue.code)
+                .fetch_one(&mut *tx)
+                .await?;
+        venue_of.extend(venue.locations.iter().map(|l| (l.clone(), venue_id)));
+    }
+    let (codes, ids): (Vec<String>, Vec<i64>) = venue_of.into_iter().unzip();
+    sqlx::query(
+        "UPDATE locations l SET venue_id = v.venue_id          FROM (SELECT l2.id, x.venue_id FROM locations l2                LEFT JOIN unnest($2::text[], $3::bigint[]) AS x(code, venue_id) ON x.code = l2.venue_code                WHERE l2.merchant_id = $1) v          WHERE l.id = v.id AND l.venue_id IS DISTINCT FROM v.venue_id",
+    )
+    .bind(merchant_id)
+    .bind(codes)
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Serialises seed loads across processes.
 const SEED_LOCK: i64 = 0x5354_494c_4553_4544; // "STILESED"
 
@@ -463,6 +558,7 @@ pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedEr
             .await?;
             counter.add("locations", changed.is_some());
         }
+        load_venues(&mut tx, merchant_id, merchant, &mut counter).await?;
         for (j, operator) in merchant.operators.iter().enumerate() {
             let changed = upsert_operator(&mut tx, merchant_id, operator)
                 .await

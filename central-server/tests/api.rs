@@ -458,7 +458,7 @@ async fn operations_endpoints_answer() {
         .keys()
         .filter(|p| p.starts_with("/merchant/") && !p.ends_with(".csv"))
         .collect();
-    assert_eq!(merchant_paths.len(), 3, "{merchant_paths:?}");
+    assert_eq!(merchant_paths.len(), 4, "{merchant_paths:?}");
     for status in ["200", "400", "401", "403", "409", "413", "415", "422"] {
         assert!(
             doc["paths"]["/venue/scan"]["post"]["responses"][status].is_object(),
@@ -791,4 +791,39 @@ fn the_openapi_document_describes_the_check_in_rules() {
     assert!(schemas["OrderEntitlementView"]["properties"]
         .get("rules")
         .is_some());
+}
+
+#[test]
+fn the_openapi_document_describes_venues_exits_and_occupancy() {
+    let doc = central_server::openapi::document();
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "Direction",
+        "Passage",
+        "SyncedVenue",
+        "VenueOccupancy",
+        "OccupancyPoint",
+        "OccupancyReport",
+    ] {
+        assert!(schemas.get(name).is_some(), "{name} in the document");
+    }
+    let text = doc.to_string();
+    for code in ["VENUE_FULL", "NOT_INSIDE"] {
+        assert!(text.contains(code), "{code} in the document");
+    }
+    for (schema, field) in [
+        ("ScanRequest", "direction"),
+        ("OfflineDecision", "direction"),
+        ("TicketFeedPage", "venue"),
+        ("SyncedTicket", "passage"),
+        ("EntitlementRules", "reentry"),
+    ] {
+        assert!(
+            schemas[schema]["properties"].get(field).is_some(),
+            "{schema}.{field}"
+        );
+    }
+    for path in ["/merchant/occupancy", "/device/occupancy"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path}");
+    }
 }

@@ -416,6 +416,7 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
         now: now.timestamp(),
         policy: TokenPolicy::default(),
         zone: Default::default(),
+        venue: None,
     });
     let answer = serde_json::json!({"result": "SUCCESS", "code": "SUCCESS", "message": "核销成功",
         "ticket": null, "redemption": {"id": 0, "redeemed_at": "x", "operator": {"id": operator_id, "username": "u"},

@@ -60,6 +60,10 @@ pub struct ScanRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(format = Uuid))]
     pub scan_id: Option<String>,
+    /// `entry` (the default) or `exit`: a gate in exit mode records exits of tickets inside
+    /// its venue (`NOT_INSIDE` otherwise). An exit needs a location of a venue.
+    #[serde(default)]
+    pub direction: crate::venue::Direction,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +320,10 @@ pub struct SyncedTicket {
     /// The check-in rules of those entitlements that have any, with the uses they need.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<SyncedRules>,
+    /// The ticket's latest passage (entry or exit) at the device's venue, if any: its
+    /// presence there, for exits and re-entry offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passage: Option<crate::venue::Passage>,
 }
 
 /// The check-in rules of one entitlement of a synced ticket, and its newest uses: what a gate
@@ -343,6 +351,66 @@ pub struct TicketFeedPage {
     /// The merchant's time zone (IANA name), in which daily windows and days are read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// The venue of the device's location, with its occupancy as this page was read; absent
+    /// when the location belongs to no venue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue: Option<SyncedVenue>,
+}
+
+/// A venue as a gate keeps it: which scans are its entries, its capacity, and the occupancy
+/// the central counted at `as_of`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SyncedVenue {
+    pub venue_code: String,
+    pub name: String,
+    /// Scans of this function at the venue's locations are its entries.
+    pub entry_function: FunctionCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<i64>,
+    /// Tickets inside when the central read this page.
+    pub inside: i64,
+    /// When that was, Unix seconds, the central's clock.
+    pub as_of: i64,
+}
+
+/// Occupancy of one venue over five minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OccupancyPoint {
+    /// Start of the five minutes (RFC 3339, the merchant's offset).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
+    pub at: String,
+    pub entries: i64,
+    pub exits: i64,
+    /// Tickets inside at the end of the five minutes.
+    pub inside: i64,
+}
+
+/// A venue's occupancy: now, and through one merchant-local day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct VenueOccupancy {
+    pub venue_code: String,
+    pub name: String,
+    /// Tickets inside now (for today; at the end of the day for an earlier `date`).
+    pub inside: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<i64>,
+    /// Entries (first entries, re-entries and entries of tickets already inside) that day.
+    pub entries: i64,
+    pub exits: i64,
+    /// The merchant-local day, `YYYY-MM-DD`.
+    pub date: String,
+    /// Every five minutes of the day with a passage, in time order.
+    pub series: Vec<OccupancyPoint>,
+}
+
+/// `GET /merchant/occupancy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct OccupancyReport {
+    pub venues: Vec<VenueOccupancy>,
 }
 
 /// `POST /device/enroll`: a new device exchanges its one-time code for its credential.
@@ -406,6 +474,9 @@ pub struct OfflineDecision {
     /// The operator logged in at the gate (a JSON integer; `12.0` is the same number).
     #[serde(deserialize_with = "crate::api::whole_number")]
     pub operator_id: i64,
+    /// `entry` (the default) or `exit`, as the gate decided it.
+    #[serde(default)]
+    pub direction: crate::venue::Direction,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -102,6 +102,8 @@ codes! {
         OutsideHours = "OUTSIDE_HOURS", "不在可用时段", "Outside the hours of use";
         DailyLimit = "DAILY_LIMIT", "今日次数已用完", "No uses left today";
         TooSoon = "TOO_SOON", "刚刚已核销，请稍后再试", "Used just now, please try again later";
+        VenueFull = "VENUE_FULL", "场馆已满，请稍候", "The venue is full, please wait";
+        NotInside = "NOT_INSIDE", "未入场，无法离场", "Not inside: cannot exit";
     }
 }
 
@@ -125,6 +127,8 @@ codes! {
         OutsideHours = "OUTSIDE_HOURS", "不在可用时段", "Outside the hours of use";
         DailyLimit = "DAILY_LIMIT", "今日次数已用完", "No uses left today";
         TooSoon = "TOO_SOON", "刚刚已核销，请稍后再试", "Used just now, please try again later";
+        VenueFull = "VENUE_FULL", "场馆已满，请稍候", "The venue is full, please wait";
+        NotInside = "NOT_INSIDE", "未入场，无法离场", "Not inside: cannot exit";
         StoreFailed = "STORE_FAILED", "设备存储故障，无法离线核验，请联系技术人员", "Device storage failure: cannot decide offline, call a technician";
         Unauthorized = "UNAUTHORIZED", "登录已失效，请重新登录", "Session expired, please log in again";
         InvalidCredentials = "INVALID_CREDENTIALS", "用户名或密码错误", "Wrong username or password";
@@ -174,6 +178,8 @@ mod tests {
             (DecisionCode::OutsideHours, "不在可用时段"),
             (DecisionCode::DailyLimit, "今日次数已用完"),
             (DecisionCode::TooSoon, "刚刚已核销，请稍后再试"),
+            (DecisionCode::VenueFull, "场馆已满，请稍候"),
+            (DecisionCode::NotInside, "未入场，无法离场"),
         ];
         for (code, message) in expected {
             assert_eq!(code.message(Lang::ZhCn), message, "{code}");

@@ -7,18 +7,26 @@
 //! → ticket status → supersession → entitlement present → this (`jti`, `function_code`)
 //! already redeemed → validity period (`NOT_YET_VALID`, `NO_LONGER_VALID`) → daily window
 //! (`OUTSIDE_HOURS`) → remaining uses (`EXHAUSTED`) → uses today (`DAILY_LIMIT`) → interval
-//! since the last use (`TOO_SOON`) → redeem.
+//! since the last use (`TOO_SOON`) → room at the venue (`VENUE_FULL`) → redeem.
+//!
+//! An entry at a venue ([`crate::venue`]) of a ticket that left today, with an entitlement
+//! that allows `reentry`, re-enters instead, right after the entitlement is found: validity
+//! period, daily window, then room at the venue, and nothing is used. Exits are decided by
+//! [`crate::venue::decide_exit`].
 //!
 //! Why this order: a rescan of a QR just redeemed says `ALREADY_REDEEMED` whatever the hour;
 //! a ticket outside its period or hours says so before it says anything about counts; a
 //! ticket with no uses left says `EXHAUSTED`, truer than "today's are used up"; and
-//! `TOO_SOON` ("try again later") comes last, when waiting would really help.
+//! `TOO_SOON` ("try again later") and `VENUE_FULL` ("please wait") come last, when waiting
+//! would really help; `VENUE_FULL` last of all, as it is the one check that depends on other
+//! tickets.
 
 use crate::api::TokenState;
 use crate::codes::DecisionCode;
 use crate::domain::{FunctionCode, TicketStatus};
 use crate::rules::{EntitlementRules, MerchantZone};
 use crate::token::{Jti, QrClaims, TokenPolicy};
+use crate::venue::{Presence, VenueSnapshot};
 
 /// One entitlement of a ticket as the decider sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +102,9 @@ pub struct DecisionInput<'a> {
     pub policy: TokenPolicy,
     /// The ticket's merchant's time zone: daily windows and days are read in it.
     pub zone: MerchantZone,
+    /// For an entry at a venue (the venue's entry function at one of its locations): the
+    /// ticket's presence there and the venue's occupancy. `None` anywhere else.
+    pub venue: Option<&'a VenueSnapshot>,
 }
 
 /// What to do with a scan.
@@ -103,13 +114,17 @@ pub enum Decision {
     Redeem {
         entitlement_index: usize,
     },
+    /// Let a ticket that left its venue today back in, using nothing.
+    Reenter {
+        entitlement_index: usize,
+    },
     Reject(DecisionCode),
 }
 
 impl Decision {
     pub fn code(self) -> DecisionCode {
         match self {
-            Decision::Redeem { .. } => DecisionCode::Success,
+            Decision::Redeem { .. } | Decision::Reenter { .. } => DecisionCode::Success,
             Decision::Reject(code) => code,
         }
     }
@@ -203,10 +218,22 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     else {
         return Decision::Reject(NotEntitled);
     };
+    let entitlement = &ticket.entitlements[entitlement_index];
+    if let Some(venue) = input.venue {
+        if venue.presence == Presence::Left && entitlement.rules.reentry {
+            if let Err(code) = entitlement
+                .rules
+                .check_time(input.now, input.zone)
+                .and_then(|()| venue.check_capacity())
+            {
+                return Decision::Reject(code);
+            }
+            return Decision::Reenter { entitlement_index };
+        }
+    }
     if input.redeemed_with_this_jti.contains(input.function_code) {
         return Decision::Reject(AlreadyRedeemed);
     }
-    let entitlement = &ticket.entitlements[entitlement_index];
     if let Err(code) = entitlement.rules.check_time(input.now, input.zone) {
         return Decision::Reject(code);
     }
@@ -217,6 +244,9 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         .rules
         .check_uses(&entitlement.recent_uses, input.now, input.zone)
     {
+        return Decision::Reject(code);
+    }
+    if let Err(code) = input.venue.map_or(Ok(()), VenueSnapshot::check_capacity) {
         return Decision::Reject(code);
     }
     Decision::Redeem { entitlement_index }
@@ -377,6 +407,7 @@ mod tests {
             now: NOW,
             policy: TokenPolicy::default(),
             zone: MerchantZone::default(),
+            venue: None,
         })
     }
 
@@ -754,6 +785,168 @@ mod tests {
         }
     }
 
+    #[test]
+    fn entries_at_a_venue_reenter_or_wait_for_room() {
+        use crate::venue::{decide_exit, ExitDecision};
+        let venue = |presence, inside| VenueSnapshot {
+            presence,
+            inside,
+            capacity: Some(10),
+        };
+        let reentry = EntitlementRules {
+            reentry: true,
+            ..EntitlementRules::default()
+        };
+        let with_rules = |rules: EntitlementRules, remaining| {
+            let mut t = ticket();
+            t.entitlements[0].rules = rules;
+            t.entitlements[0].remaining_uses = remaining;
+            t
+        };
+        let entry = fc("ENTRY");
+        let at = |t: &TicketSnapshot, redeemed: &[FunctionCode], v: Option<&VenueSnapshot>| {
+            decide(&DecisionInput {
+                claims: &claims(),
+                operator_merchant: "M001",
+                ticket: Some(t),
+                redeemed_with_this_jti: redeemed,
+                function_code: &entry,
+                now: NOW,
+                policy: TokenPolicy::default(),
+                zone: MerchantZone::default(),
+                venue: v,
+            })
+        };
+        let used = [entry.clone()];
+        let back = Decision::Reenter {
+            entitlement_index: 0,
+        };
+        let redeem = Decision::Redeem {
+            entitlement_index: 0,
+        };
+        let plain = with_rules(EntitlementRules::default(), 1);
+        let full = DecisionCode::VenueFull;
+        let cases: [(
+            &str,
+            TicketSnapshot,
+            &[FunctionCode],
+            VenueSnapshot,
+            Decision,
+        ); 9] = [
+            (
+                "first entry",
+                plain.clone(),
+                &[],
+                venue(Presence::Outside, 9),
+                redeem,
+            ),
+            (
+                "full",
+                plain.clone(),
+                &[],
+                venue(Presence::Outside, 10),
+                Decision::Reject(full),
+            ),
+            (
+                "already inside takes no place",
+                plain.clone(),
+                &[],
+                venue(Presence::Inside, 10),
+                redeem,
+            ),
+            (
+                "left, no reentry: same qr",
+                plain.clone(),
+                &used,
+                venue(Presence::Left, 0),
+                Decision::Reject(DecisionCode::AlreadyRedeemed),
+            ),
+            (
+                "left, reentry: same qr, nothing left",
+                with_rules(reentry.clone(), 0),
+                &used,
+                venue(Presence::Left, 0),
+                back,
+            ),
+            (
+                "left, reentry, full",
+                with_rules(reentry.clone(), 0),
+                &used,
+                venue(Presence::Left, 10),
+                Decision::Reject(full),
+            ),
+            (
+                "inside, reentry: a rescan is still a rescan",
+                with_rules(reentry.clone(), 0),
+                &used,
+                venue(Presence::Inside, 0),
+                Decision::Reject(DecisionCode::AlreadyRedeemed),
+            ),
+            (
+                "outside, reentry: a first entry uses a count",
+                with_rules(reentry.clone(), 0),
+                &[],
+                venue(Presence::Outside, 0),
+                Decision::Reject(DecisionCode::Exhausted),
+            ),
+            (
+                "left, reentry, past its period",
+                with_rules(
+                    EntitlementRules {
+                        valid_until: Some(instant(NOW)),
+                        ..reentry.clone()
+                    },
+                    0,
+                ),
+                &used,
+                venue(Presence::Left, 0),
+                Decision::Reject(DecisionCode::NoLongerValid),
+            ),
+        ];
+        for (name, t, redeemed, v, expected) in &cases {
+            assert_eq!(at(t, redeemed, Some(v)), *expected, "{name}");
+        }
+        assert_eq!(at(&plain, &[], None), redeem, "no venue: no capacity");
+        let exit = |t: &TicketSnapshot, presence| {
+            decide_exit(
+                &DecisionInput {
+                    claims: &claims(),
+                    operator_merchant: "M001",
+                    ticket: Some(t),
+                    redeemed_with_this_jti: &[],
+                    function_code: &entry,
+                    now: NOW,
+                    policy: TokenPolicy::default(),
+                    zone: MerchantZone::default(),
+                    venue: None,
+                },
+                presence,
+            )
+        };
+        assert_eq!(exit(&plain, Presence::Inside), ExitDecision::Exit);
+        assert_eq!(
+            exit(&plain, Presence::Left),
+            ExitDecision::Reject(DecisionCode::NotInside)
+        );
+        assert_eq!(
+            exit(&plain, Presence::Outside),
+            ExitDecision::Reject(DecisionCode::NotInside)
+        );
+        let mut void = plain.clone();
+        void.status = TicketStatus::Void;
+        assert_eq!(
+            exit(&void, Presence::Inside),
+            ExitDecision::Exit,
+            "whoever is inside may leave"
+        );
+        let mut superseded = plain.clone();
+        superseded.current_jti = Some(Jti::from_bytes([7; 16]));
+        assert_eq!(
+            exit(&superseded, Presence::Inside),
+            ExitDecision::Reject(DecisionCode::QrSuperseded)
+        );
+    }
+
     fn arb_status() -> impl Strategy<Value = TicketStatus> {
         prop_oneof![
             Just(TicketStatus::PreGenerated),
@@ -804,6 +997,7 @@ mod tests {
                 now: NOW,
                 policy: TokenPolicy::default(),
                 zone: MerchantZone::default(),
+                venue: None,
             });
             if let Decision::Redeem { entitlement_index } = decision {
                 prop_assert!(matches!(status, TicketStatus::Activated | TicketStatus::Used));

@@ -9,6 +9,8 @@
 //! - [`domain`]: small validated value types (function codes, ticket status, channels).
 //! - [`rules`]: an entitlement's check-in rules (validity period, daily window, uses per
 //!   day, least interval) and the merchant's time zone they are read in.
+//! - [`venue`]: venues, passages (entries, exits), presence and occupancy: exits,
+//!   re-entry and capacity.
 //! - [`peer`]: the gates' signed peer messages and the trust rule a gate judges them by.
 //!
 //! Architecture invariant: this crate does no I/O, reads no clock and spawns nothing. Every
@@ -22,6 +24,7 @@ pub mod domain;
 pub mod peer;
 pub mod rules;
 pub mod token;
+pub mod venue;
 
 pub use codes::{ApiCode, DecisionCode, Lang};
 pub use decision::{
@@ -31,3 +34,4 @@ pub use decision::{
 pub use domain::{Channel, FunctionCode, Identifier, TicketStatus};
 pub use rules::{EntitlementRules, MerchantZone};
 pub use token::{KeySet, QrClaims, TokenError, TokenPolicy, VerifiedToken};
+pub use venue::{Direction, Passage, Presence, VenueSnapshot};

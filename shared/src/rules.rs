@@ -44,6 +44,12 @@ impl MerchantZone {
         self.local(at).map(|local| local.date_naive())
     }
 
+    /// An instant as RFC 3339 with the merchant's offset (`2026-12-02T09:05:00+08:00`).
+    pub fn to_local_rfc3339(&self, at: i64) -> Option<String> {
+        self.local(at)
+            .map(|local| local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false))
+    }
+
     /// The merchant-local time of day of an instant.
     pub fn local_time(&self, at: i64) -> Option<NaiveTime> {
         self.local(at).map(|local| local.time())
@@ -109,6 +115,10 @@ pub struct EntitlementRules {
     /// Least seconds between two uses (anti-passback); sooner: `TOO_SOON`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_interval_secs: Option<u32>,
+    /// After an exit today, the ticket may enter its venue again without using a count
+    /// (see [`crate::venue`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reentry: bool,
 }
 
 impl EntitlementRules {

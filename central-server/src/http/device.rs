@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use stile_shared::api::{
     DecisionUpload, DeviceHistory, DevicePeer, DevicePeers, EnrollRequest, EnrollResponse,
-    ErrorBody, OfflineOperators, PeerRegistration, TicketFeedPage, UploadResponse,
+    ErrorBody, OfflineOperators, PeerRegistration, TicketFeedPage, UploadResponse, VenueOccupancy,
 };
 use stile_shared::token::JwkSet;
 
@@ -25,6 +25,32 @@ use stile_shared::token::JwkSet;
     ))]
 pub async fn device_keys(State(state): State<AppState>, _device: AuthenticatedDevice) -> Response {
     super::ops::published_keys(State(state)).await
+}
+
+/// The occupancy of the device's venue today, for the gate's status page.
+#[utoipa::path(get, path = "/device/occupancy", tag = "devices",
+    security(("device_credential" = [])),
+    responses(
+        (status = 200, description = "The venue of the device's location: inside now, capacity, today's entries and exits and five-minute series", body = VenueOccupancy),
+        (status = 401, description = "UNAUTHORIZED: bad device credential", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: the device's location belongs to no venue", body = ErrorBody),
+    ))]
+pub async fn device_occupancy(
+    State(state): State<AppState>,
+    device: AuthenticatedDevice,
+) -> Result<Response, AppError> {
+    let venue = crate::occupancy::report(
+        &state.pool,
+        crate::occupancy::Venues::OfLocation {
+            location_id: device.location_id,
+        },
+        None,
+    )
+    .await?
+    .into_iter()
+    .next()
+    .ok_or(AppError::NotFound)?;
+    Ok(no_store(Json(venue).into_response()))
 }
 
 /// What the central knows of the device's past.

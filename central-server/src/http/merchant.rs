@@ -11,7 +11,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use stile_shared::api::{
-    ErrorBody, MerchantScanRequest, MerchantScanResponse, OrderView, RedemptionPage,
+    ErrorBody, MerchantScanRequest, MerchantScanResponse, OccupancyReport, OrderView,
+    RedemptionPage,
 };
 use stile_shared::Identifier;
 
@@ -87,6 +88,51 @@ pub async fn merchant_redemptions(
     let request = crate::merchant::page_request(&state, &operator, &query).await?;
     let page = crate::merchant::redemptions(&state, &operator, &request).await?;
     Ok(no_store(Json(page).into_response()))
+}
+
+/// `GET /merchant/occupancy`'s query.
+#[derive(Debug, serde::Deserialize)]
+pub struct OccupancyQuery {
+    pub date: Option<String>,
+    pub venue: Option<String>,
+}
+
+/// Occupancy of the merchant's venues: inside now, capacity, the day's entries and exits,
+/// and the day in five-minute steps.
+#[utoipa::path(get, path = "/merchant/occupancy", tag = "merchant",
+    params(
+        ("date" = Option<String>, Query, format = Date, description = "YYYY-MM-DD in the merchant's time zone; default today there"),
+        ("venue" = Option<String>, Query, description = "One venue's code; default every venue of the merchant"),
+    ),
+    security(("operator_jwt" = [])),
+    responses(
+        (status = 200, description = "Every venue of the merchant (or the one asked for), by code; `inside` is the count entries are decided against today, and the end of the day for another date", body = OccupancyReport),
+        (status = 400, description = "BAD_REQUEST: bad date", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such venue of this merchant", body = ErrorBody),
+    ))]
+pub async fn merchant_occupancy(
+    State(state): State<AppState>,
+    operator: AuthenticatedOperator,
+    query: Result<Query<OccupancyQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|rejection| AppError::BadRequest(rejection.body_text()))?;
+    let date = crate::params::date(query.date.as_deref()).map_err(AppError::BadRequest)?;
+    let venues = crate::occupancy::report(
+        &state.pool,
+        crate::occupancy::Venues::OfMerchant {
+            merchant_id: operator.merchant_id,
+            code: query.venue.as_deref(),
+        },
+        date,
+    )
+    .await?;
+    if query.venue.is_some() && venues.is_empty() {
+        return Err(AppError::NotFound);
+    }
+    Ok(no_store(
+        Json(stile_shared::api::OccupancyReport { venues }).into_response(),
+    ))
 }
 
 /// The same day's log as CSV, streamed.

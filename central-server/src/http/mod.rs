@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/merchant/tickets/scan", post(merchant::merchant_scan))
         .route("/merchant/orders/{orderId}", get(merchant::merchant_order))
         .route("/merchant/redemptions", get(merchant::merchant_redemptions))
+        .route("/merchant/occupancy", get(merchant::merchant_occupancy))
         .route(
             "/merchant/redemptions.csv",
             get(merchant::merchant_redemptions_csv),
@@ -66,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/device/tickets", get(device::device_tickets))
         .route("/device/operators", get(device::device_operators))
         .route("/device/history", get(device::device_history))
+        .route("/device/occupancy", get(device::device_occupancy))
         .route(
             "/device/peer",
             axum::routing::put(device::device_register_peer),

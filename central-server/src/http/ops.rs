@@ -51,6 +51,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Ok((pending, dead)) => state.metrics.set_outbox(pending, dead),
         Err(error) => tracing::warn!(error = %error, "outbox depth unavailable for /metrics"),
     }
+    match crate::occupancy::counts(&state.pool).await {
+        Ok(venues) => state.metrics.set_occupancy(&venues),
+        Err(error) => tracing::warn!(error = %error, "occupancy unavailable for /metrics"),
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -15,7 +15,7 @@ use axum::Json;
 use chrono::Utc;
 use std::time::Instant;
 use stile_shared::api::{DecryptRequest, DecryptResponse, ErrorBody, ScanRequest, ScanResponse};
-use stile_shared::ApiCode;
+use stile_shared::{ApiCode, Direction};
 use uuid::Uuid;
 
 /// Scan a QR token and redeem one entitlement, atomically.
@@ -24,11 +24,11 @@ use uuid::Uuid;
     security(("operator_jwt" = [])),
     params(("Accept-Language" = Option<String>, Header, description = "`en*` for English messages; zh-CN otherwise")),
     responses(
-        (status = 200, description = "SUCCESS: one use redeemed", body = ScanResponse),
-        (status = 400, description = "INVALID_QR (a decision body), or BAD_REQUEST for a malformed body (an error body)", body = DecisionOrError),
+        (status = 200, description = "SUCCESS: one use redeemed (an entry), a re-entry, or an exit recorded (`direction: exit`)", body = ScanResponse),
+        (status = 400, description = "INVALID_QR (a decision body), or BAD_REQUEST for a malformed body or an exit at a location of no venue (an error body)", body = DecisionOrError),
         (status = 401, description = "UNAUTHORIZED: missing, invalid or expired operator token", body = ErrorBody),
         (status = 403, description = "WRONG_MERCHANT (a decision body), or FORBIDDEN (an error body): the device is not registered to the operator's merchant at venue_code", body = DecisionOrError),
-        (status = 409, description = "A refusal: ALREADY_REDEEMED, NOT_ENTITLED, EXHAUSTED, QR_EXPIRED, QR_SUPERSEDED, TICKET_NOT_ACTIVE, TICKET_VOID", body = ScanResponse),
+        (status = 409, description = "A refusal: ALREADY_REDEEMED, NOT_ENTITLED, EXHAUSTED, QR_EXPIRED, QR_SUPERSEDED, TICKET_NOT_ACTIVE, TICKET_VOID, NOT_YET_VALID, NO_LONGER_VALID, OUTSIDE_HOURS, DAILY_LIMIT, TOO_SOON, VENUE_FULL (an entry at a venue at capacity), NOT_INSIDE (an exit of a ticket not inside)", body = ScanResponse),
         (status = 413, description = "PAYLOAD_TOO_LARGE: body over 64 KiB", body = ErrorBody),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: not application/json", body = ErrorBody),
         (status = 422, description = "SCAN_ID_REUSED: this scan_id was used for a different token or function, or by another merchant, operator and device (its stored answer is only replayed to whoever made it)", body = ErrorBody),
@@ -46,7 +46,7 @@ pub async fn venue_scan(
         .map(Uuid::parse_str)
         .transpose()
         .map_err(|_| AppError::BadRequest("scan_id must be a UUID".into()))?;
-    let Some((device_pk, location_id)) = state
+    let Some(bound) = state
         .device_bindings
         .bind(
             &state.pool,
@@ -62,6 +62,18 @@ pub async fn venue_scan(
             "device is not registered to your merchant at this venue_code".into(),
         ));
     };
+    let direction = request.direction;
+    // An exit redeems nothing: it is a passage of the venue's entry entitlement.
+    let function_code = match (direction, &bound.venue) {
+        (Direction::Entry, _) => request.function_code.clone(),
+        (Direction::Exit, Some(venue)) => venue.entry_function.clone(),
+        (Direction::Exit, None) => {
+            return Err(AppError::BadRequest(format!(
+                "direction: exit needs a location of a venue; {} belongs to none",
+                request.venue_code
+            )))
+        }
+    };
     let verified = state.keys.verify(&request.qr_token).await;
     let context = ScanContext {
         merchant_id: operator.merchant_id,
@@ -69,23 +81,25 @@ pub async fn venue_scan(
         operator_id: operator.id,
         operator_username: operator.username.clone(),
         device: Some(DeviceAt {
-            device_pk,
+            device_pk: bound.device_pk,
             device_id: request.device_id.to_string(),
         }),
         location: Some(LocationAt {
-            location_id,
+            location_id: bound.location_id,
             venue_code: request.venue_code.to_string(),
+            venue: bound.venue.clone(),
         }),
         source: RedemptionSource::Venue,
     };
     let command = ScanCommand {
-        token_sha256: ScanCommand::token_digest(&request.qr_token),
+        token_sha256: ScanCommand::token_digest(&request.qr_token, direction),
         subject: ScanSubject::Token(verified),
-        function_code: request.function_code.clone(),
+        function_code,
         scan_id,
         now: Utc::now(),
         decided_at: None,
         clock_tolerance_secs: state.settings.device_clock_tolerance_secs,
+        direction,
     };
     let metrics = state.metrics.clone();
     let outcome = scan::redeem(
@@ -109,6 +123,7 @@ pub async fn venue_scan(
         device = %request.device_id,
         operator = context.operator_id,
         function = %command.function_code,
+        direction = direction.as_str(),
         replayed = outcome.replayed,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "scan decided"
