@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         crate::http::ops::healthz,
         crate::http::ops::readyz,
         crate::http::ops::openapi,
+        crate::http::docs::docs,
         crate::http::merchant::merchant_scan,
         crate::http::merchant::merchant_order,
         crate::http::merchant::merchant_redemptions,

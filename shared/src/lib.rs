@@ -6,6 +6,7 @@
 //!   a key set built from the central's JWK Set, and the TTL policy.
 //! - [`decision`]: the one scan decision function, used by the central server and the agent.
 //! - [`api`]: request and response bodies of the HTTP API.
+//! - [`html`]: the one HTML escape of every rendered page.
 //! - [`domain`]: small validated value types (function codes, ticket status, channels).
 //! - [`rules`]: an entitlement's check-in rules (validity period, daily window, uses per
 //!   day, least interval) and the merchant's time zone they are read in.
@@ -21,6 +22,7 @@ pub mod codes;
 pub mod credentials;
 pub mod decision;
 pub mod domain;
+pub mod html;
 pub mod peer;
 pub mod rules;
 pub mod token;

@@ -11,6 +11,8 @@
 //!   and deletes its directory. Nothing is left behind.
 //! - [`Cluster::fresh_database`] gives each test its own database, cloned from a template
 //!   migrated once per process, so tests never see each other's rows.
+//! - [`browser`] runs headless Chromium on a page for the page tests (`--dump-dom`,
+//!   screenshots).
 //! - [`corpus`] renders reproducible camera-like frames of QR codes (clean and degraded) for
 //!   the agent's tests, the demo and the decoding benchmark.
 
@@ -381,6 +383,7 @@ fn wait_until_ready(bin: &Path, port: u16, log: &Path) -> anyhow::Result<()> {
     bail!("PostgreSQL did not become ready within 60 s; its log:\n{log}")
 }
 
+pub mod browser;
 pub mod proxy;
 
 /// Sends signal `name` (`STOP`, `CONT`, `TERM`, ...) to process `pid`: how fault tests and

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod channel;
 pub mod device;
+pub mod docs;
 pub mod merchant;
 pub mod operator;
 pub mod ops;
@@ -86,7 +87,8 @@ pub fn router(state: AppState) -> Router {
         .route("/keys", get(ops::published_keys))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(ops::openapi))
+        .route("/docs", get(docs::docs));
     with_layers(routes, state)
 }
 
