@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use stile_shared::peer::{PeerAddress, PeerKey};
+use stile_shared::venue::Direction;
 use stile_shared::Identifier;
 
 /// Where frames come from.
@@ -91,6 +92,10 @@ pub struct OfflinePolicy {
     pub allow_ota: bool,
     /// Largest |clock offset| from the central still trusted to judge expiry.
     pub max_clock_offset_secs: i64,
+    /// Oldest occupancy figure of the venue (the feed's `venue.as_of`) on which an entry
+    /// that takes a place at a venue with a capacity is still decided offline; older, such
+    /// an entry is `OFFLINE_UNVERIFIABLE` (the gate cannot know whether there is room).
+    pub occupancy_max_age_secs: u64,
 }
 
 impl Default for OfflinePolicy {
@@ -100,6 +105,7 @@ impl Default for OfflinePolicy {
             allow_miniapp: true,
             allow_ota: true,
             max_clock_offset_secs: 30,
+            occupancy_max_age_secs: 300,
         }
     }
 }
@@ -260,6 +266,7 @@ struct FileConfig {
     central_url: Option<String>,
     venue_code: Option<String>,
     function_code: Option<String>,
+    direction: Option<String>,
     state_dir: Option<PathBuf>,
     listen: Option<String>,
     online_deadline_ms: Option<u64>,
@@ -289,6 +296,10 @@ pub struct AgentConfig {
     pub venue_code: Identifier,
     /// The gate's entitlement (switchable on the device).
     pub function_code: stile_shared::FunctionCode,
+    /// Which way this gate lets people through its venue (`direction = "entry"`, the
+    /// default, or `"exit"`): an exit gate records exits of tickets inside and redeems
+    /// nothing.
+    pub direction: Direction,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     pub online_deadline: Duration,
@@ -432,6 +443,7 @@ impl AgentConfig {
                 "STILE_AGENT_CENTRAL_URL" => file.central_url = Some(value),
                 "STILE_AGENT_VENUE_CODE" => file.venue_code = Some(value),
                 "STILE_AGENT_FUNCTION_CODE" => file.function_code = Some(value),
+                "STILE_AGENT_DIRECTION" => file.direction = Some(value),
                 "STILE_AGENT_STATE_DIR" => file.state_dir = Some(value.into()),
                 "STILE_AGENT_LISTEN" => file.listen = Some(value),
                 "STILE_AGENT_API_TOKEN" => file.api_token = Some(value),
@@ -490,6 +502,15 @@ impl AgentConfig {
         let function_raw = file.function_code.unwrap_or_else(|| "ENTRY".into());
         let function_code = stile_shared::FunctionCode::parse(&function_raw)
             .map_err(|error| invalid("function_code", error.to_string()))?;
+        let direction = match file.direction.as_deref().map(str::trim) {
+            None => Direction::Entry,
+            Some(raw) => Direction::parse(raw).ok_or_else(|| {
+                invalid(
+                    "direction",
+                    format!("{raw:?} is neither \"entry\" nor \"exit\""),
+                )
+            })?,
+        };
         let listen_raw = file.listen.unwrap_or_else(|| "127.0.0.1:9090".into());
         let listen = listen_raw.parse().map_err(|_| {
             invalid(
@@ -516,6 +537,12 @@ impl AgentConfig {
             30 * 86_400,
             "offline.max_state_age_secs",
         )?;
+        in_range(
+            offline.occupancy_max_age_secs,
+            1,
+            86_400,
+            "offline.occupancy_max_age_secs",
+        )?;
         let source = file.source.unwrap_or(SourceConfig::None);
         check_source(&source)?;
         let api_token = file.api_token.filter(|token| !token.is_empty());
@@ -533,6 +560,7 @@ impl AgentConfig {
             central_url,
             venue_code,
             function_code,
+            direction,
             state_dir: file
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/stile-agent")),
@@ -613,13 +641,14 @@ impl AgentConfig {
     /// The settings as `check-config` prints them, secrets masked.
     pub fn describe(&self) -> String {
         format!(
-            "device_id = {}\ncredential = {:?}\napi_token = {}\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\npeers = {}\n",
+            "device_id = {}\ncredential = {:?}\napi_token = {}\ncentral_url = {}\nvenue_code = {}\nfunction_code = {}\ndirection = {}\nstate_dir = {}\nlisten = {}\nonline_deadline_ms = {}\nsync_interval_secs = {}\ndecoders = {:?}\nsource = {:?}\noffline = {:?}\noperator = {}\npeers = {}\n",
             self.device_id,
             self.credential,
             if self.api_token.is_some() { "(set)" } else { "(unset: POST /api/scan is closed)" },
             self.central_url,
             self.venue_code,
             self.function_code,
+            self.direction.as_str(),
             self.state_dir.display(),
             self.listen,
             self.online_deadline.as_millis(),
@@ -668,6 +697,42 @@ mod tests {
             !config.describe().contains("dev-secret-1"),
             "secrets are masked"
         );
+        assert_eq!(config.direction, Direction::Entry);
+        assert_eq!(config.offline.occupancy_max_age_secs, 300);
+        assert!(config.describe().contains("direction = entry\n"));
+        assert!(config.describe().contains("occupancy_max_age_secs: 300"));
+    }
+
+    #[test]
+    fn an_exit_gate_is_set_in_the_file_or_the_environment() {
+        let cases = [
+            (
+                format!("{MINIMAL}\ndirection = \"exit\""),
+                None,
+                Direction::Exit,
+            ),
+            (
+                format!("{MINIMAL}\ndirection = \"exit\""),
+                Some("entry"),
+                Direction::Entry,
+            ),
+            (MINIMAL.to_owned(), Some("exit"), Direction::Exit),
+        ];
+        for (text, env, expected) in cases {
+            let env: Vec<(&str, &str)> = env
+                .map(|value| ("STILE_AGENT_DIRECTION", value))
+                .into_iter()
+                .collect();
+            let config = AgentConfig::parse(&text, env).expect("valid");
+            assert_eq!(config.direction, expected, "{text}");
+        }
+        let config = AgentConfig::parse(
+            &format!("{MINIMAL}\n[offline]\noccupancy_max_age_secs = 60"),
+            Vec::<(String, String)>::new(),
+        )
+        .expect("valid");
+        assert_eq!(config.offline.occupancy_max_age_secs, 60);
+        assert_eq!(config.offline.max_state_age_secs, 3600, "the rest defaults");
     }
 
     #[test]
@@ -705,6 +770,14 @@ mod tests {
                 "offline.max_clock_offset_secs",
             ),
             (&format!("{MINIMAL}\ndebounce_secs = 0"), "debounce_secs"),
+            (
+                &format!("{MINIMAL}\ndirection = \"out\""),
+                "setting direction: \"out\" is neither",
+            ),
+            (
+                &format!("{MINIMAL}\n[offline]\noccupancy_max_age_secs = 0"),
+                "offline.occupancy_max_age_secs",
+            ),
             (&MINIMAL.replace("dev-secret-1", "x"), "device_secret"),
             (
                 &MINIMAL.replace(

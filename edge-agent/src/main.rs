@@ -147,7 +147,18 @@ fn status(url: &str) -> anyhow::Result<()> {
         get("/device_id"),
         get("/venue_code")
     );
-    println!("function      {}", get("/function_code"));
+    println!(
+        "function      {} direction={}",
+        get("/function_code"),
+        get("/direction")
+    );
+    println!(
+        "venue         {} inside={} capacity={} figure_age_s={}",
+        get("/venue/venue_code"),
+        get("/venue/inside"),
+        get("/venue/capacity"),
+        get("/venue/figure_age_secs")
+    );
     println!(
         "uplink        {} rtt_ms={} clock_offset_s={}",
         get("/uplink/state"),

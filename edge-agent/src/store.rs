@@ -1,16 +1,19 @@
-//! The agent's local SQLite store: every decision, the (jti, function_code) pairs this
-//! device accepted, the synced ticket state, the key set, the upload queue, and for the
+//! The agent's local SQLite store: every decision (with its direction and, for a passage at
+//! the venue, the occupancy change it made), the (jti, function_code) pairs this device
+//! accepted, the synced ticket state and venue, the key set, the upload queue, and for the
 //! venue peers this gate's own signed log, what its peers announced and how far each
 //! peer's log has been pulled.
 //!
 //! Opened in WAL mode with `synchronous = FULL`: an offline acceptance is on disk before the
-//! gate shows green, and survives a SIGKILL or a power cut. The schema is created at open
-//! (`PRAGMA user_version` tracks it).
+//! gate shows green, and survives a SIGKILL or a power cut. The schema is brought up to date
+//! at open, one step per version ([`MIGRATIONS`]; `PRAGMA user_version` tracks it), so a
+//! gate updated in the field upgrades the store it has.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
-use stile_shared::api::{EntitlementView, SyncedTicket};
+use stile_shared::api::{EntitlementView, SyncedTicket, SyncedVenue, TicketFeedPage};
 use stile_shared::token::JwkSet;
+use stile_shared::venue::Direction;
 use stile_shared::FunctionCode;
 
 /// What went wrong with the local store.
@@ -37,6 +40,9 @@ pub enum StoreError {
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// The store's key of the device's venue as the feed last named it.
+const VENUE_STATE: &str = "venue";
 
 /// Present while a new store waits for the central's word on the device's past.
 pub const HISTORY_CHECK_STATE: &str = "history_check";
@@ -92,6 +98,37 @@ pub struct DecisionRecord {
     pub upload_code: Option<String>,
     /// For a refusal because another gate accepted the pair: that gate.
     pub peer_device: Option<String>,
+    /// Which way the scan went (the gate's direction).
+    pub direction: Direction,
+    /// For a success at the venue (an entry of its entry function, or an exit): what it
+    /// changed its occupancy by: +1 an entry that took a place, 0 an entry of a ticket
+    /// already inside, -1 an exit. `None` for anything else.
+    pub occupancy_change: Option<i64>,
+    /// Whether this success used a count of its entitlement: what blocks the
+    /// (jti, function_code) here, goes to the peers and comes off the counts offline. An exit
+    /// and a re-entry use none.
+    pub redeemed: bool,
+}
+
+/// One of this gate's passages at its venue (a success with an occupancy change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnPassage {
+    pub ticket_code: Option<String>,
+    pub direction: Direction,
+    /// Unix seconds, this gate's clock.
+    pub at: i64,
+    pub change: i64,
+    /// Since when the central has it (Unix seconds, this gate's clock): an online passage
+    /// from its decision, an offline one from its upload; `None` while it waits for upload.
+    pub central_since: Option<i64>,
+}
+
+/// An acceptance of the venue's entry function at a peer gate: an entry there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub ticket_code: String,
+    /// Unix seconds, the peer's clock; `None` when its time cannot be read.
+    pub at: Option<i64>,
 }
 
 /// Who accepted a (jti, function_code) before.
@@ -123,6 +160,7 @@ pub struct PendingUpload {
     pub function_code: String,
     pub decided_at: String,
     pub operator_id: i64,
+    pub direction: Direction,
 }
 
 /// The upload queue at a glance.
@@ -143,10 +181,81 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const SCHEMA_VERSION: i64 = 2;
+/// The schema, one step per version: step `i` brings a store of version `i` to `i + 1`, in
+/// one transaction with the version it reaches, so a step is applied once and whole. A landed
+/// step is never edited; every change is a new step.
+pub const MIGRATIONS: [&str; 3] = [
+    // 1: decisions, accepted pairs, synced tickets, small state.
+    "CREATE TABLE IF NOT EXISTS decisions (
+         scan_id TEXT PRIMARY KEY,
+         jti TEXT,
+         ticket_code TEXT,
+         function_code TEXT NOT NULL,
+         code TEXT NOT NULL,
+         mode TEXT NOT NULL,
+         decided_at TEXT NOT NULL,
+         latency_ms REAL NOT NULL,
+         qr_token TEXT,
+         operator_id INTEGER,
+         upload_state TEXT,
+         upload_code TEXT,
+         uploaded_at TEXT
+     );
+     CREATE INDEX IF NOT EXISTS decisions_pending ON decisions (decided_at) WHERE upload_state = 'pending';
+     CREATE INDEX IF NOT EXISTS decisions_ticket ON decisions (ticket_code, function_code);
+     CREATE TABLE IF NOT EXISTS accepted (
+         jti TEXT NOT NULL,
+         function_code TEXT NOT NULL,
+         scan_id TEXT NOT NULL,
+         PRIMARY KEY (jti, function_code)
+     );
+     CREATE TABLE IF NOT EXISTS tickets (
+         ticket_code TEXT PRIMARY KEY,
+         body TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS sync_state (
+         name TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     );",
+    // 2: venue peers: this gate's own signed log of acceptances, what its peers announced,
+    // and how far each peer's log has been pulled.
+    "ALTER TABLE decisions ADD COLUMN peer_device TEXT;
+     CREATE TABLE peer_log (
+         seq INTEGER PRIMARY KEY,
+         message TEXT NOT NULL
+     );
+     CREATE TABLE peer_acceptances (
+         device TEXT NOT NULL,
+         log TEXT NOT NULL,
+         seq INTEGER NOT NULL,
+         jti TEXT NOT NULL,
+         function_code TEXT NOT NULL,
+         ticket_code TEXT NOT NULL,
+         decided_at TEXT NOT NULL,
+         mode TEXT NOT NULL,
+         received_at TEXT NOT NULL,
+         message TEXT NOT NULL,
+         PRIMARY KEY (device, log, seq)
+     );
+     CREATE INDEX peer_acceptances_pair ON peer_acceptances (jti, function_code);
+     CREATE INDEX peer_acceptances_ticket ON peer_acceptances (ticket_code, function_code);
+     CREATE TABLE peer_cursors (
+         device TEXT PRIMARY KEY,
+         log TEXT NOT NULL,
+         seq INTEGER NOT NULL
+     );",
+    // 3: venues: each decision's direction, the occupancy change of a passage, and whether
+    // a success used a count (every success before venues did).
+    "ALTER TABLE decisions ADD COLUMN direction TEXT NOT NULL DEFAULT 'entry';
+     ALTER TABLE decisions ADD COLUMN occupancy_change INTEGER;
+     ALTER TABLE decisions ADD COLUMN redeemed INTEGER NOT NULL DEFAULT 0;
+     UPDATE decisions SET redeemed = 1 WHERE code = 'SUCCESS';
+     CREATE INDEX decisions_passages ON decisions (decided_at) WHERE occupancy_change IS NOT NULL;
+     CREATE INDEX peer_acceptances_received ON peer_acceptances (received_at);",
+];
 
 impl Store {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`, bringing its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir {
@@ -169,77 +278,13 @@ impl Store {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(unreadable)?;
         let created = version == 0;
-        if version < SCHEMA_VERSION {
-            connection.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS decisions (
-                     scan_id TEXT PRIMARY KEY,
-                     jti TEXT,
-                     ticket_code TEXT,
-                     function_code TEXT NOT NULL,
-                     code TEXT NOT NULL,
-                     mode TEXT NOT NULL,
-                     decided_at TEXT NOT NULL,
-                     latency_ms REAL NOT NULL,
-                     qr_token TEXT,
-                     operator_id INTEGER,
-                     upload_state TEXT,
-                     upload_code TEXT,
-                     uploaded_at TEXT
-                 );
-                 CREATE INDEX IF NOT EXISTS decisions_pending ON decisions (decided_at) WHERE upload_state = 'pending';
-                 CREATE INDEX IF NOT EXISTS decisions_ticket ON decisions (ticket_code, function_code);
-                 CREATE TABLE IF NOT EXISTS accepted (
-                     jti TEXT NOT NULL,
-                     function_code TEXT NOT NULL,
-                     scan_id TEXT NOT NULL,
-                     PRIMARY KEY (jti, function_code)
-                 );
-                 CREATE TABLE IF NOT EXISTS tickets (
-                     ticket_code TEXT PRIMARY KEY,
-                     body TEXT NOT NULL
-                 );
-                 CREATE TABLE IF NOT EXISTS sync_state (
-                     name TEXT PRIMARY KEY,
-                     value TEXT NOT NULL
-                 );
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )?;
-        }
-        if version < 2 {
-            // Venue peers: this gate's own signed log of acceptances, what its peers
-            // announced, and how far each peer's log has been pulled.
-            connection.execute_batch(
-                "BEGIN;
-                 ALTER TABLE decisions ADD COLUMN peer_device TEXT;
-                 CREATE TABLE peer_log (
-                     seq INTEGER PRIMARY KEY,
-                     message TEXT NOT NULL
-                 );
-                 CREATE TABLE peer_acceptances (
-                     device TEXT NOT NULL,
-                     log TEXT NOT NULL,
-                     seq INTEGER NOT NULL,
-                     jti TEXT NOT NULL,
-                     function_code TEXT NOT NULL,
-                     ticket_code TEXT NOT NULL,
-                     decided_at TEXT NOT NULL,
-                     mode TEXT NOT NULL,
-                     received_at TEXT NOT NULL,
-                     message TEXT NOT NULL,
-                     PRIMARY KEY (device, log, seq)
-                 );
-                 CREATE INDEX peer_acceptances_pair ON peer_acceptances (jti, function_code);
-                 CREATE INDEX peer_acceptances_ticket ON peer_acceptances (ticket_code, function_code);
-                 CREATE TABLE peer_cursors (
-                     device TEXT PRIMARY KEY,
-                     log TEXT NOT NULL,
-                     seq INTEGER NOT NULL
-                 );
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )?;
+        for (from, step) in MIGRATIONS.iter().enumerate() {
+            let to = from as i64 + 1;
+            if version < to {
+                connection.execute_batch(&format!(
+                    "BEGIN;\n{step}\nPRAGMA user_version = {to};\nCOMMIT;"
+                ))?;
+            }
         }
         let mut store = Store { connection };
         if created {
@@ -268,14 +313,14 @@ impl Store {
             .is_some())
     }
 
-    /// Records a decision. An accepted one (online or offline) also blocks its
-    /// (jti, function_code) on this device from now on; an offline acceptance is queued for
-    /// upload. One transaction, durable on return.
+    /// Records a decision. A redemption (online or offline) also blocks its
+    /// (jti, function_code) on this device from now on; an offline success (exits and
+    /// re-entries too) is queued for upload. One transaction, durable on return.
     pub fn record(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
         self.record_announced(decision, None).map(|_| ())
     }
 
-    /// [`Store::record`], and for an acceptance with an `announce`, the next entry of this
+    /// [`Store::record`], and for a redemption with an `announce`, the next entry of this
     /// gate's peer log in the same transaction: `announce(seq)` signs the message. Returns
     /// the message for the peers (only once it is durable).
     pub fn record_announced(
@@ -286,8 +331,9 @@ impl Store {
         let tx = self.connection.transaction()?;
         tx.execute(
             "INSERT OR REPLACE INTO decisions (scan_id, jti, ticket_code, function_code, code, mode, decided_at, \
-             latency_ms, qr_token, operator_id, upload_state, upload_code, peer_device) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             latency_ms, qr_token, operator_id, upload_state, upload_code, peer_device, direction, \
+             occupancy_change, redeemed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 decision.scan_id,
                 decision.jti,
@@ -302,10 +348,13 @@ impl Store {
                 decision.upload_state,
                 decision.upload_code,
                 decision.peer_device,
+                decision.direction.as_str(),
+                decision.occupancy_change,
+                decision.redeemed && decision.code == "SUCCESS",
             ],
         )?;
         let mut message = None;
-        if decision.code == "SUCCESS" {
+        if decision.code == "SUCCESS" && decision.redeemed {
             if let Some(jti) = &decision.jti {
                 let new = tx.execute(
                     "INSERT OR IGNORE INTO accepted (jti, function_code, scan_id) VALUES (?1, ?2, ?3)",
@@ -514,7 +563,7 @@ impl Store {
         let last_sync = self.get_state("last_ticket_sync_at")?.unwrap_or_default();
         let mut statement = self.connection.prepare_cached(
             "SELECT decided_at FROM decisions WHERE ticket_code = ?1 AND function_code = ?2 AND code = 'SUCCESS' \
-             AND mode = 'offline' AND (upload_state = 'pending' OR uploaded_at > ?3)",
+             AND redeemed = 1 AND mode = 'offline' AND (upload_state = 'pending' OR uploaded_at > ?3)",
         )?;
         let times = statement
             .query_map(params![ticket_code, function_code, last_sync], |row| {
@@ -549,23 +598,141 @@ impl Store {
         complete: bool,
     ) -> Result<(), StoreError> {
         let tx = self.connection.transaction()?;
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO tickets (ticket_code, body) VALUES (?1, ?2) \
-                 ON CONFLICT (ticket_code) DO UPDATE SET body = excluded.body",
-            )?;
-            for ticket in tickets {
-                let body = serde_json::to_string(ticket)
-                    .map_err(|error| StoreError::Malformed(error.to_string()))?;
-                upsert.execute(params![ticket.ticket_code, body])?;
-            }
-        }
+        upsert_tickets(&tx, tickets)?;
         set_state(&tx, "ticket_cursor", next_cursor)?;
         if complete {
             set_state(&tx, "last_ticket_sync_at", synced_at)?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Applies one page of the central's feed as [`Store::apply_feed`] does, and in the same
+    /// transaction the merchant's time zone and the device's venue it names (the latest page
+    /// wins: a page without a venue says the device's location belongs to none).
+    pub fn apply_page(&mut self, page: &TicketFeedPage, synced_at: &str) -> Result<(), StoreError> {
+        let venue = page
+            .venue
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|error| StoreError::Malformed(error.to_string()))?;
+        let tx = self.connection.transaction()?;
+        upsert_tickets(&tx, &page.tickets)?;
+        if let Some(zone) = &page.time_zone {
+            set_state(&tx, "merchant_time_zone", zone)?;
+        }
+        match venue {
+            Some(venue) => set_state(&tx, VENUE_STATE, &venue)?,
+            None => {
+                tx.execute(
+                    "DELETE FROM sync_state WHERE name = ?1",
+                    params![VENUE_STATE],
+                )?;
+            }
+        }
+        set_state(&tx, "ticket_cursor", &page.next_cursor)?;
+        if page.complete {
+            set_state(&tx, "last_ticket_sync_at", synced_at)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The device's venue with the occupancy the central counted, as the feed last named it.
+    pub fn venue(&self) -> Result<Option<SyncedVenue>, StoreError> {
+        self.get_state(VENUE_STATE)?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|error| StoreError::Malformed(format!("venue: {error}")))
+            })
+            .transpose()
+    }
+
+    /// This gate's passages at its venue decided at or after `since` (Unix seconds, this
+    /// gate's clock), of one ticket or of all, oldest first.
+    pub fn own_passages(
+        &self,
+        ticket_code: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<OwnPassage>, StoreError> {
+        // (One statement each way, so that one ticket's passages are found by its index.)
+        let mut statement = self.connection.prepare_cached(match ticket_code {
+            Some(_) => {
+                "SELECT ticket_code, direction, decided_at, occupancy_change, mode, upload_state, uploaded_at \
+                 FROM decisions WHERE ticket_code = ?2 AND occupancy_change IS NOT NULL AND code = 'SUCCESS' \
+                 AND decided_at >= ?1 ORDER BY decided_at"
+            }
+            None => {
+                "SELECT ticket_code, direction, decided_at, occupancy_change, mode, upload_state, uploaded_at \
+                 FROM decisions WHERE occupancy_change IS NOT NULL AND code = 'SUCCESS' AND decided_at >= ?1 \
+                 AND ?2 IS NULL ORDER BY decided_at"
+            }
+        })?;
+        let rows = statement
+            .query_map(params![rfc3339_at(since), ticket_code], |row| {
+                Ok((
+                    row.get::<_, Option<String>>(0)?,
+                    direction_column(row, 1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(
+                |(ticket_code, direction, decided_at, change, mode, upload_state, uploaded_at)| {
+                    let at = unix_seconds(&decided_at)?;
+                    let central_since = match (Mode::parse(&mode), upload_state.as_deref()) {
+                        (Mode::Offline, Some("pending")) => None,
+                        (Mode::Offline, _) => {
+                            uploaded_at.as_deref().map(unix_seconds).transpose()?
+                        }
+                        _ => Some(at),
+                    };
+                    Ok(OwnPassage {
+                        ticket_code,
+                        direction,
+                        at,
+                        change,
+                        central_since,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Peers' acceptances of `entry_function` (entries at their gates) received at or after
+    /// `since` (Unix seconds, this gate's clock), of one ticket or of all.
+    pub fn peer_entries(
+        &self,
+        entry_function: &str,
+        ticket_code: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<PeerEntry>, StoreError> {
+        let mut statement = self.connection.prepare_cached(match ticket_code {
+            Some(_) => {
+                "SELECT ticket_code, decided_at FROM peer_acceptances WHERE ticket_code = ?3 \
+                 AND function_code = ?1 AND received_at >= ?2"
+            }
+            None => {
+                "SELECT ticket_code, decided_at FROM peer_acceptances WHERE function_code = ?1 \
+                 AND received_at >= ?2 AND ?3 IS NULL"
+            }
+        })?;
+        let rows = statement.query_map(
+            params![entry_function, rfc3339_at(since), ticket_code],
+            |row| {
+                Ok(PeerEntry {
+                    ticket_code: row.get(0)?,
+                    at: unix_seconds(&row.get::<_, String>(1)?).ok(),
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Keeps the merchant's time zone the feed named.
@@ -624,7 +791,7 @@ impl Store {
     /// The oldest queued offline acceptances.
     pub fn pending_uploads(&self, limit: usize) -> Result<Vec<PendingUpload>, StoreError> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT scan_id, qr_token, function_code, decided_at, operator_id FROM decisions \
+            "SELECT scan_id, qr_token, function_code, decided_at, operator_id, direction FROM decisions \
              WHERE upload_state = 'pending' ORDER BY decided_at LIMIT ?1",
         )?;
         let rows = statement.query_map(params![limit as i64], |row| {
@@ -634,6 +801,7 @@ impl Store {
                 function_code: row.get(2)?,
                 decided_at: row.get(3)?,
                 operator_id: row.get::<_, Option<i64>>(4)?.unwrap_or_default(),
+                direction: direction_column(row, 5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -691,7 +859,8 @@ impl Store {
     ) -> Result<Vec<DecisionRecord>, StoreError> {
         let mut statement = self.connection.prepare(&format!(
             "SELECT scan_id, jti, ticket_code, function_code, code, mode, decided_at, latency_ms, operator_id, \
-             upload_state, upload_code, peer_device FROM decisions WHERE {filter} ORDER BY decided_at DESC, rowid DESC LIMIT ?1"
+             upload_state, upload_code, peer_device, direction, occupancy_change, redeemed FROM decisions \
+             WHERE {filter} ORDER BY decided_at DESC, rowid DESC LIMIT ?1"
         ))?;
         let rows = statement.query_map(params![limit as i64], |row| {
             Ok(DecisionRecord {
@@ -708,6 +877,9 @@ impl Store {
                 upload_state: row.get(9)?,
                 upload_code: row.get(10)?,
                 peer_device: row.get(11)?,
+                direction: direction_column(row, 12)?,
+                occupancy_change: row.get(13)?,
+                redeemed: row.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -719,6 +891,39 @@ impl Store {
             .connection
             .query_row("SELECT count(*) FROM accepted", [], |row| row.get(0))?)
     }
+}
+
+fn upsert_tickets(connection: &Connection, tickets: &[SyncedTicket]) -> Result<(), StoreError> {
+    let mut upsert = connection.prepare_cached(
+        "INSERT INTO tickets (ticket_code, body) VALUES (?1, ?2) \
+         ON CONFLICT (ticket_code) DO UPDATE SET body = excluded.body",
+    )?;
+    for ticket in tickets {
+        let body = serde_json::to_string(ticket)
+            .map_err(|error| StoreError::Malformed(error.to_string()))?;
+        upsert.execute(params![ticket.ticket_code, body])?;
+    }
+    Ok(())
+}
+
+/// A direction column (written by this store as `entry` or `exit`).
+fn direction_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Direction> {
+    let text: String = row.get(index)?;
+    Direction::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("direction {text:?}").into(),
+        )
+    })
+}
+
+/// Unix seconds as the store writes times (RFC 3339 UTC with milliseconds, so a bound
+/// compares as text with the stored times).
+fn rfc3339_at(at: i64) -> String {
+    chrono::DateTime::from_timestamp(at, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn set_state(connection: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
@@ -797,6 +1002,9 @@ mod tests {
             upload_state: upload.map(str::to_owned),
             upload_code: None,
             peer_device: None,
+            direction: Direction::Entry,
+            occupancy_change: None,
+            redeemed: true,
         }
     }
 
@@ -839,6 +1047,259 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_an_earlier_version_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        {
+            // A gate's store as the previous release left it: schema 2, an offline
+            // acceptance waiting for upload and a refusal.
+            let old = Connection::open(&path).expect("open");
+            for (from, step) in MIGRATIONS[..2].iter().enumerate() {
+                old.execute_batch(&format!(
+                    "BEGIN;\n{step}\nPRAGMA user_version = {};\nCOMMIT;",
+                    from + 1
+                ))
+                .expect("old schema");
+            }
+            old.execute_batch(
+                "INSERT INTO decisions (scan_id, jti, ticket_code, function_code, code, mode, decided_at, latency_ms, \
+                 qr_token, operator_id, upload_state) VALUES \
+                 ('old-1', 'J1', 'TK-1', 'ENTRY', 'SUCCESS', 'offline', '2026-11-24T10:00:00.000Z', 1.0, 'token', 7, 'pending'), \
+                 ('old-2', 'J2', 'TK-2', 'ENTRY', 'EXHAUSTED', 'offline', '2026-11-24T10:00:01.000Z', 1.0, NULL, 7, NULL);
+                 INSERT INTO accepted (jti, function_code, scan_id) VALUES ('J1', 'ENTRY', 'old-1');",
+            )
+            .expect("old rows");
+        }
+        for _ in 0..2 {
+            // Opened twice: the upgrade runs once, the second open finds it done.
+            let store = Store::open(&path).expect("upgrade");
+            let version: i64 = store
+                .connection
+                .pragma_query_value(None, "user_version", |row| row.get(0))
+                .expect("version");
+            assert_eq!(version, MIGRATIONS.len() as i64);
+            let recent = store.recent(5).expect("recent");
+            let old = recent.iter().find(|r| r.scan_id == "old-1").expect("kept");
+            assert_eq!(
+                (old.direction, old.occupancy_change, old.redeemed),
+                (Direction::Entry, None, true),
+                "an old success was a redemption, and no passage"
+            );
+            let refusal = recent.iter().find(|r| r.scan_id == "old-2").expect("kept");
+            assert!(!refusal.redeemed);
+            assert_eq!(store.unsynced_uses("TK-1", "ENTRY").expect("uses").len(), 1);
+            let pending = store.pending_uploads(5).expect("pending");
+            assert_eq!((pending.len(), pending[0].direction), (1, Direction::Entry));
+            assert!(store.own_passages(None, 0).expect("passages").is_empty());
+        }
+    }
+
+    #[test]
+    fn exits_and_reentries_are_passages_that_use_no_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("open");
+        let at = |s: &str| format!("2026-12-02T04:00:{s}.000Z");
+        let passage = |scan_id: &str, mode, direction, change, redeemed, second: &str| {
+            let mut r = record(
+                scan_id,
+                mode,
+                "SUCCESS",
+                (mode == Mode::Offline).then_some("pending"),
+            );
+            r.decided_at = at(second);
+            r.direction = direction;
+            r.occupancy_change = Some(change);
+            r.redeemed = redeemed;
+            r.jti = Some(format!("J-{scan_id}"));
+            r
+        };
+        let announce = |seq: u64| format!("signed {seq}");
+        // An online first entry, an offline exit, an offline re-entry: one peer message.
+        for (decision, announced) in [
+            (
+                passage("in", Mode::Online, Direction::Entry, 1, true, "10"),
+                true,
+            ),
+            (
+                passage("out", Mode::Offline, Direction::Exit, -1, false, "20"),
+                false,
+            ),
+            (
+                passage("back", Mode::Offline, Direction::Entry, 1, false, "30"),
+                false,
+            ),
+        ] {
+            let message = store
+                .record_announced(&decision, Some(&announce))
+                .expect("record");
+            assert_eq!(message.is_some(), announced, "{}", decision.scan_id);
+        }
+        let mut refusal = record("no", Mode::Offline, "NOT_INSIDE", None);
+        refusal.direction = Direction::Exit;
+        store.record(&refusal).expect("record");
+        assert!(store.is_accepted("J-in", "ENTRY").expect("query"));
+        assert!(!store.is_accepted("J-out", "ENTRY").expect("query"));
+        assert!(!store.is_accepted("J-back", "ENTRY").expect("query"));
+        assert!(
+            store
+                .unsynced_uses("TK-1", "ENTRY")
+                .expect("uses")
+                .is_empty(),
+            "neither the exit nor the re-entry comes off the counts"
+        );
+        let pending = store.pending_uploads(10).expect("pending");
+        assert_eq!(
+            pending
+                .iter()
+                .map(|p| (p.scan_id.as_str(), p.direction))
+                .collect::<Vec<_>>(),
+            [("out", Direction::Exit), ("back", Direction::Entry)],
+            "offline exits and re-entries are uploaded, with their direction"
+        );
+        store
+            .mark_uploaded("out", "applied", "SUCCESS", &at("25"))
+            .expect("mark");
+        let t = |s: &str| unix_seconds(&at(s)).expect("time");
+        let passages = store.own_passages(Some("TK-1"), t("15")).expect("passages");
+        assert_eq!(
+            passages,
+            [
+                OwnPassage {
+                    ticket_code: Some("TK-1".into()),
+                    direction: Direction::Exit,
+                    at: t("20"),
+                    change: -1,
+                    central_since: Some(t("25")),
+                },
+                OwnPassage {
+                    ticket_code: Some("TK-1".into()),
+                    direction: Direction::Entry,
+                    at: t("30"),
+                    change: 1,
+                    central_since: None,
+                },
+            ],
+            "since a bound, in time order; the refusal is no passage"
+        );
+        let all = store.own_passages(None, 0).expect("passages");
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[0].central_since,
+            Some(t("10")),
+            "online: from its decision"
+        );
+        assert!(store
+            .own_passages(Some("TK-2"), 0)
+            .expect("passages")
+            .is_empty());
+    }
+
+    #[test]
+    fn the_latest_feed_page_names_the_venue_and_peers_entries_are_read_by_function() {
+        use stile_shared::peer::{AcceptMode, Acceptance, LogId};
+        use stile_shared::Identifier;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("open");
+        let park = SyncedVenue {
+            venue_code: "PARK".into(),
+            name: "乐园".into(),
+            entry_function: FunctionCode::parse("ENTRY").expect("code"),
+            capacity: Some(500),
+            inside: 42,
+            as_of: 1_796_180_000,
+        };
+        let page = |venue: Option<SyncedVenue>| TicketFeedPage {
+            tickets: vec![],
+            next_cursor: "c1".into(),
+            complete: true,
+            time_zone: Some("Asia/Shanghai".into()),
+            venue,
+        };
+        assert_eq!(store.venue().expect("venue"), None);
+        store
+            .apply_page(&page(Some(park.clone())), "2026-12-02T04:00:00.000Z")
+            .expect("apply");
+        assert_eq!(store.venue().expect("venue"), Some(park.clone()));
+        let later = SyncedVenue {
+            inside: 43,
+            as_of: park.as_of + 5,
+            ..park.clone()
+        };
+        store
+            .apply_page(&page(Some(later.clone())), "2026-12-02T04:00:05.000Z")
+            .expect("apply");
+        assert_eq!(
+            store.venue().expect("venue"),
+            Some(later),
+            "the latest page wins"
+        );
+        assert_eq!(
+            store
+                .get_state("last_ticket_sync_at")
+                .expect("state")
+                .as_deref(),
+            Some("2026-12-02T04:00:05.000Z")
+        );
+        store
+            .apply_page(&page(None), "2026-12-02T04:00:10.000Z")
+            .expect("apply");
+        assert_eq!(
+            store.venue().expect("venue"),
+            None,
+            "the location left its venue"
+        );
+
+        let acceptance = |seq: u64, function: &str, ticket: &str, decided_at: &str| Acceptance {
+            device: Identifier::parse("dev-west-1").expect("id"),
+            merchant: Identifier::parse("M001").expect("id"),
+            log: LogId::from_bytes([2; 16]),
+            seq,
+            jti: Jti::from_bytes([seq as u8; 16]),
+            function_code: FunctionCode::parse(function).expect("code"),
+            ticket: Identifier::parse(ticket).expect("id"),
+            decided_at: decided_at.into(),
+            mode: AcceptMode::Offline,
+        };
+        for (seq, function, ticket, decided_at) in [
+            (1, "ENTRY", "TK-1", "2026-12-02T04:00:00.000Z"),
+            (2, "MEAL", "TK-1", "2026-12-02T04:00:01.000Z"),
+            (3, "ENTRY", "TK-2", "garbled"),
+        ] {
+            store
+                .insert_peer_acceptance(
+                    &acceptance(seq, function, ticket, decided_at),
+                    "m",
+                    "2026-12-02T04:00:02.000Z",
+                )
+                .expect("insert");
+        }
+        let entries = store.peer_entries("ENTRY", None, 0).expect("entries");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            store
+                .peer_entries("ENTRY", Some("TK-1"), 0)
+                .expect("entries"),
+            [PeerEntry {
+                ticket_code: "TK-1".into(),
+                at: unix_seconds("2026-12-02T04:00:00.000Z").ok(),
+            }]
+        );
+        assert_eq!(
+            store
+                .peer_entries("ENTRY", Some("TK-2"), 0)
+                .expect("entries")[0]
+                .at,
+            None,
+            "an unreadable time is kept as unknown"
+        );
+        let received = unix_seconds("2026-12-02T04:00:02.000Z").expect("time");
+        assert!(store
+            .peer_entries("ENTRY", None, received + 1)
+            .expect("entries")
+            .is_empty());
+    }
+
+    #[test]
     fn the_feed_moves_the_cursor_with_the_rows() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = Store::open(&dir.path().join("agent.db")).expect("open");
@@ -863,6 +1324,7 @@ mod tests {
                 },
                 recent_uses: vec![1_763_000_000],
             }],
+            passage: None,
         };
         store
             .apply_feed(
@@ -935,6 +1397,7 @@ mod tests {
             entitlements: vec![],
             redeemed_functions: vec![],
             rules: vec![],
+            passage: None,
         };
         assert_eq!(
             store

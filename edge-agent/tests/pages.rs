@@ -396,7 +396,7 @@ async fn chromium_shows_the_status_page_and_the_gate_with_real_values() {
     let shown: Vec<[&str; 4]> = rows
         .iter()
         .map(|cells| {
-            assert_eq!(cells.len(), 8, "a decision row has 8 cells: {cells:?}");
+            assert_eq!(cells.len(), 9, "a decision row has 9 cells: {cells:?}");
             [&*cells[1], &*cells[2], &*cells[3], &*cells[4]]
         })
         .collect();

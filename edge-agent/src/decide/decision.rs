@@ -5,6 +5,7 @@
 use crate::store::Mode;
 use std::time::{Duration, Instant};
 use stile_shared::token::QrClaims;
+use stile_shared::venue::Direction;
 use stile_shared::ApiCode;
 
 /// The whole time a scan may take, the online attempt and the scan lookup included: the gate
@@ -44,6 +45,11 @@ pub struct GateDecision {
     /// For a refusal because another gate of the venue accepted the pair: that gate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accepted_at: Option<String>,
+    /// Which way the gate lets people through (its setting).
+    pub direction: Direction,
+    /// A success that let a ticket back in after it left today, using no count.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reentry: bool,
 }
 
 impl GateDecision {
@@ -79,6 +85,11 @@ pub(super) struct Outcome {
     pub(super) operator_id: Option<i64>,
     /// The peer gate whose acceptance this refusal rests on.
     pub(super) peer: Option<String>,
+    /// For a success at the venue: what it changed the occupancy by (see
+    /// [`crate::store::DecisionRecord::occupancy_change`]).
+    pub(super) passage: Option<i64>,
+    /// Whether a success used a count (not an exit, not a re-entry).
+    pub(super) redeemed: bool,
 }
 
 impl Outcome {
@@ -92,6 +103,8 @@ impl Outcome {
             upload_token: None,
             operator_id: None,
             peer: None,
+            passage: None,
+            redeemed: true,
         }
     }
 

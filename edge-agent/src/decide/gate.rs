@@ -1,6 +1,7 @@
 //! The gate's state and what changes it: the store, the keys, the operator session (kept
 //! across reboots, opened offline against provisioned verifiers), the uplink as calls see
-//! it, the store alarm and a detected store loss, and the metrics. The decision pipeline
+//! it, the store alarm and a detected store loss, the venue's occupancy chart as the central
+//! last answered it, and the metrics. The decision pipeline
 //! over this state is [`super::pipeline`].
 
 use super::decision::GateDecision;
@@ -61,6 +62,18 @@ pub struct Gate {
     pub(super) logged_out: std::sync::atomic::AtomicBool,
     /// The venue peers, when `[peers]` is on.
     pub peers: Option<Arc<crate::peers::Peers>>,
+    /// The venue's occupancy of today, as the central last answered (in memory: fetched
+    /// again every sync).
+    pub(super) occupancy: Mutex<Option<OccupancyChart>>,
+}
+
+/// The occupancy of the gate's venue today as `GET /device/occupancy` answered it, for the
+/// status page's chart.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OccupancyChart {
+    pub occupancy: stile_shared::api::VenueOccupancy,
+    /// When it was fetched (RFC 3339, this gate's clock).
+    pub fetched_at: String,
 }
 
 impl std::fmt::Debug for Gate {
@@ -180,6 +193,7 @@ impl Gate {
             sync_now: tokio::sync::Notify::new(),
             logged_out: std::sync::atomic::AtomicBool::new(false),
             peers,
+            occupancy: Mutex::new(None),
         })
     }
 
@@ -356,6 +370,18 @@ impl Gate {
     pub fn set_function_code(&self, code: FunctionCode) {
         if let Ok(mut guard) = self.function_code.write() {
             *guard = code;
+        }
+    }
+
+    /// The venue's occupancy chart as last fetched.
+    pub fn occupancy_chart(&self) -> Option<OccupancyChart> {
+        self.occupancy.lock().ok().and_then(|chart| chart.clone())
+    }
+
+    /// Keeps the central's latest answer (`None`: the gate's location belongs to no venue).
+    pub fn set_occupancy_chart(&self, chart: Option<OccupancyChart>) {
+        if let Ok(mut guard) = self.occupancy.lock() {
+            *guard = chart;
         }
     }
 

@@ -1,29 +1,78 @@
 //! Where the gate decides: [`Gate::decide_code`] runs the stages, each of which answers or
 //! hands on, then records and shows the outcome in one place (see the module doc of
 //! [`crate::decide`]).
+//!
+//! At a venue ([`super::venue`]), an entry gate's scan of the venue's entry function is
+//! decided with the ticket's presence and the venue's occupancy, and an exit gate's scans
+//! are exits (`decide_exit`); both record the passage's occupancy change with the decision.
 
 use super::decision::{mask_ticket_code, GateDecision, Origin, Outcome, Staged, DECISION_BUDGET};
 use super::gate::Gate;
 use super::session::OperatorSession;
+use super::venue::{self, VenueClock, VenueRecords};
 use crate::store::{
-    now_rfc3339, snapshot_for_decision, AcceptedBy, DecisionRecord, Mode, StoreError,
+    now_rfc3339, snapshot_for_decision, AcceptedBy, DecisionRecord, Mode, Store, StoreError,
 };
 use crate::uplink::central::CallError;
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stile_shared::api::{ScanRequest, TicketView};
+use stile_shared::api::{ScanRequest, ScanResponse, SyncedTicket, TicketView};
 use stile_shared::decision::{check_token, decide, remaining_after, Decision, DecisionInput};
 use stile_shared::token::{verify, QrClaims};
+use stile_shared::venue::{decide_exit, Direction, ExitDecision, VenueSnapshot};
 use stile_shared::{ApiCode, Channel, DecisionCode, FunctionCode, Lang, MerchantZone, TokenError};
 
 /// The synced copy of a ticket as the gate decides on it: the copy, the uses it does not
-/// show yet (Unix seconds), and the merchant's time zone the feed named.
+/// show yet (Unix seconds), the merchant's time zone the feed named, and for an entry at
+/// the venue its presence and occupancy.
 #[derive(Clone, Copy)]
 struct SyncedCopy<'a> {
-    ticket: &'a stile_shared::api::SyncedTicket,
+    ticket: &'a SyncedTicket,
     unsynced: &'a [i64],
     zone: MerchantZone,
+    venue: Option<&'a VenueSnapshot>,
+}
+
+/// What the store holds for deciding one ticket on its copy.
+struct CopyRead {
+    ticket: Option<SyncedTicket>,
+    unsynced: Vec<i64>,
+    zone: MerchantZone,
+    last_sync: Option<String>,
+    /// The venue, when the scan is one of its passages.
+    venue: Option<VenueRecords>,
+}
+
+impl CopyRead {
+    fn read(
+        store: &Store,
+        ticket_code: &str,
+        function_code: &FunctionCode,
+        direction: Direction,
+        since_local: i64,
+    ) -> Result<CopyRead, StoreError> {
+        let ticket = store.ticket(ticket_code)?;
+        let unsynced =
+            store.uses_not_in_copy(ticket_code, function_code.as_str(), ticket.as_ref())?;
+        Ok(CopyRead {
+            unsynced,
+            zone: store.merchant_zone()?,
+            last_sync: store.get_state("last_ticket_sync_at")?,
+            venue: VenueRecords::read(store, ticket_code, function_code, direction, since_local)?,
+            ticket,
+        })
+    }
+
+    /// The snapshot an entry at the venue is decided on (`None` for any other scan).
+    fn entry_snapshot(&self, clock: &VenueClock, direction: Direction) -> Option<VenueSnapshot> {
+        let records = self
+            .venue
+            .as_ref()
+            .filter(|_| direction == Direction::Entry)?;
+        let synced = self.ticket.as_ref().and_then(|t| t.passage);
+        Some(records.snapshot(synced, clock))
+    }
 }
 
 impl Gate {
@@ -141,6 +190,11 @@ impl Gate {
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             repeated: false,
             accepted_at: outcome.peer.clone(),
+            direction: self.config.direction,
+            reentry: outcome.code == ApiCode::Success
+                && self.config.direction == Direction::Entry
+                && outcome.passage.is_some()
+                && !outcome.redeemed,
         }
     }
 
@@ -165,6 +219,11 @@ impl Gate {
             upload_state: upload.then(|| "pending".to_owned()),
             upload_code: None,
             peer_device: outcome.peer.clone(),
+            direction: self.config.direction,
+            occupancy_change: outcome
+                .passage
+                .filter(|_| decision.code == ApiCode::Success),
+            redeemed: outcome.redeemed,
         };
         let announce = self.announcement(decision, outcome);
         let message = self
@@ -182,12 +241,16 @@ impl Gate {
         Ok(())
     }
 
-    /// For an acceptance, with peers on: what signs its entry of this gate's peer log.
+    /// For a redemption, with peers on: what signs its entry of this gate's peer log (exits
+    /// and re-entries use no count, and the peer protocol carries redemptions only).
     fn announcement(
         &self,
         decision: &GateDecision,
         outcome: &Outcome,
     ) -> Option<impl Fn(u64) -> String + Send + 'static> {
+        if !outcome.redeemed {
+            return None;
+        }
         let peers = self.peers.as_ref()?;
         let claims = outcome.claims.as_ref()?;
         let mode = match (decision.code, decision.mode) {
@@ -267,29 +330,37 @@ impl Gate {
         }
         // Acceptances of this pair, this gate's own or a peer's: the central may not have
         // them yet (offline ones wait for upload), so such a pair is decided on the synced
-        // copy with them, by the shared function and in its order of checks; only its
-        // ALREADY_REDEEMED is answered here, anything else goes on to the central.
-        let (jti, function, ticket_code) = (
-            claims.jti.to_string(),
-            function_code.to_string(),
-            claims.tid.clone(),
-        );
-        let (accepted, ticket, unsynced, zone) = self
-            .with_store(move |store| {
-                let Some(accepted) = store.accepted_by(&jti, &function)? else {
-                    return Ok((None, None, Vec::new(), MerchantZone::default()));
+        // copy with them, by the shared function and in its order of checks (a ticket that
+        // left the venue may re-enter); only its ALREADY_REDEEMED is answered here, anything
+        // else goes on to the central. (An exit redeems nothing: it has no such stage.)
+        let direction = self.config.direction;
+        let (accepted, read) = if direction == Direction::Entry {
+            let (jti, function, ticket_code) = (
+                claims.jti.to_string(),
+                function_code.clone(),
+                claims.tid.clone(),
+            );
+            let since = self.venue_clock(MerchantZone::default()).since_local();
+            self.with_store(move |store| {
+                let Some(accepted) = store.accepted_by(&jti, function.as_str())? else {
+                    return Ok((None, None));
                 };
-                let ticket = store.ticket(&ticket_code)?;
-                let unsynced = store.uses_not_in_copy(&ticket_code, &function, ticket.as_ref())?;
-                Ok((Some(accepted), ticket, unsynced, store.merchant_zone()?))
+                let read = CopyRead::read(store, &ticket_code, &function, direction, since)?;
+                Ok((Some(accepted), Some(read)))
             })
-            .await?;
-        if let Some(by) = &accepted {
-            let verdict = ticket.as_ref().map(|ticket| {
+            .await?
+        } else {
+            (None, None)
+        };
+        if let (Some(by), Some(read)) = (&accepted, &read) {
+            let clock = self.venue_clock(read.zone);
+            let snapshot = read.entry_snapshot(&clock, direction);
+            let verdict = read.ticket.as_ref().map(|ticket| {
                 let copy = SyncedCopy {
                     ticket,
-                    unsynced: &unsynced,
-                    zone,
+                    unsynced: &read.unsynced,
+                    zone: read.zone,
+                    venue: snapshot.as_ref(),
                 };
                 self.decide_on_copy(&claims, function_code, &session, copy, true)
             });
@@ -348,6 +419,7 @@ impl Gate {
             venue_code: self.config.venue_code.clone(),
             device_id: self.config.device_id.clone(),
             scan_id: Some(scan_id.to_owned()),
+            direction: self.config.direction,
         };
         let operator = Some(session.operator_id);
         let token = session.token.as_deref()?;
@@ -385,6 +457,10 @@ impl Gate {
         match answer {
             Ok(answer) => {
                 let mut outcome = online(answer.code.into());
+                if outcome.code == ApiCode::Success {
+                    (outcome.passage, outcome.redeemed) =
+                        self.online_passage(claims, function_code, &answer).await;
+                }
                 outcome.entitlements = answer
                     .ticket
                     .map(|t: TicketView| t.entitlements)
@@ -405,10 +481,63 @@ impl Gate {
         }
     }
 
+    /// What a success the central decided did at the venue: its occupancy change (from the
+    /// ticket's presence as this gate knows it) and whether it used a count (an exit never
+    /// does; an entry at the venue did when the central answered with a redemption, a
+    /// re-entry has none).
+    async fn online_passage(
+        self: &Arc<Self>,
+        claims: &QrClaims,
+        function_code: &FunctionCode,
+        answer: &ScanResponse,
+    ) -> (Option<i64>, bool) {
+        let direction = self.config.direction;
+        if direction == Direction::Exit {
+            return (Some(-1), false);
+        }
+        let (ticket_code, function) = (claims.tid.clone(), function_code.clone());
+        let since = self.venue_clock(MerchantZone::default()).since_local();
+        let read = self
+            .with_store(move |store| {
+                CopyRead::read(store, &ticket_code, &function, direction, since)
+            })
+            .await;
+        match read {
+            Ok(read) => {
+                let clock = self.venue_clock(read.zone);
+                match read.entry_snapshot(&clock, direction) {
+                    Some(snapshot) => (
+                        Some(venue::occupancy_change(direction, &snapshot)),
+                        answer.redemption.is_some(),
+                    ),
+                    None => (None, true),
+                }
+            }
+            Err(error) => {
+                // The central's decision stands; only this gate's estimate misses it.
+                self.store_result::<()>(&Err(error));
+                (None, true)
+            }
+        }
+    }
+
     /// Now, on the central's clock when the offset is known.
     fn trusted_now(&self) -> i64 {
-        let offset = self.uplink().clock_offset_secs.unwrap_or(0.0);
-        Utc::now().timestamp() + offset.round() as i64
+        Utc::now().timestamp() + self.clock_offset()
+    }
+
+    /// Central minus local, whole seconds (0 while unknown).
+    fn clock_offset(&self) -> i64 {
+        self.uplink().clock_offset_secs.unwrap_or(0.0).round() as i64
+    }
+
+    /// The clock the venue is read by, now.
+    pub(crate) fn venue_clock(&self, zone: MerchantZone) -> VenueClock {
+        VenueClock {
+            now: self.trusted_now(),
+            offset: self.clock_offset(),
+            zone,
+        }
     }
 
     async fn decide_offline(
@@ -419,17 +548,12 @@ impl Gate {
         session: &OperatorSession,
         accepted: Option<&AcceptedBy>,
     ) -> Result<Outcome, StoreError> {
-        let (ticket_code, function) = (claims.tid.clone(), function_code.to_string());
-        let (ticket, unsynced, last_sync, zone) = self
+        let direction = self.config.direction;
+        let (ticket_code, function) = (claims.tid.clone(), function_code.clone());
+        let since = self.venue_clock(MerchantZone::default()).since_local();
+        let read = self
             .with_store(move |store| {
-                let ticket = store.ticket(&ticket_code)?;
-                let unsynced = store.uses_not_in_copy(&ticket_code, &function, ticket.as_ref())?;
-                Ok((
-                    ticket,
-                    unsynced,
-                    store.get_state("last_ticket_sync_at")?,
-                    store.merchant_zone()?,
-                ))
+                CopyRead::read(store, &ticket_code, &function, direction, since)
             })
             .await?;
         let operator = Some(session.operator_id);
@@ -440,7 +564,7 @@ impl Gate {
                 .showing_ticket(claims)
         };
         let policy = &self.config.offline;
-        let state_age = super::gate::age_secs(last_sync.as_deref());
+        let state_age = super::gate::age_secs(read.last_sync.as_deref());
         let clock_trusted = self
             .uplink()
             .clock_offset_secs
@@ -452,17 +576,56 @@ impl Gate {
         let fresh =
             state_age.is_some_and(|age| age >= 0 && age as u64 <= policy.max_state_age_secs);
         let resynced = !self.awaiting_resync();
-        let Some(ticket) = ticket.filter(|_| fresh && clock_trusted && channel_allowed && resynced)
+        let Some(ticket) = read
+            .ticket
+            .as_ref()
+            .filter(|_| fresh && clock_trusted && channel_allowed && resynced)
         else {
             return Ok(offline(ApiCode::OfflineUnverifiable));
         };
+        let clock = self.venue_clock(read.zone);
+        if direction == Direction::Exit {
+            return Ok(self.exit_offline(
+                token,
+                claims,
+                function_code,
+                session,
+                &read,
+                ticket,
+                &clock,
+            ));
+        }
+        let venue = read.entry_snapshot(&clock, direction);
         let copy = SyncedCopy {
-            ticket: &ticket,
-            unsynced: &unsynced,
-            zone,
+            ticket,
+            unsynced: &read.unsynced,
+            zone: read.zone,
+            venue: venue.as_ref(),
         };
         let (verdict, snapshot) =
             self.decide_on_copy(claims, function_code, session, copy, accepted.is_some());
+        // Whether there is room is known only from a recent enough figure: an entry that
+        // would take a place (or be refused for the lack of one) on an older figure is
+        // unverifiable. Every other refusal stands whatever the occupancy.
+        let room_unknown =
+            read.venue
+                .as_ref()
+                .zip(venue.as_ref())
+                .is_some_and(|(records, snapshot)| {
+                    snapshot.capacity.is_some()
+                        && snapshot.takes_place()
+                        && !records.figure_is_fresh(&clock, policy.occupancy_max_age_secs)
+                });
+        if room_unknown
+            && matches!(
+                verdict,
+                Decision::Redeem { .. }
+                    | Decision::Reenter { .. }
+                    | Decision::Reject(DecisionCode::VenueFull)
+            )
+        {
+            return Ok(offline(ApiCode::OfflineUnverifiable));
+        }
         let code: ApiCode = verdict.code().into();
         let mut outcome = offline(code);
         if let (ApiCode::AlreadyRedeemed, Some(by)) = (code, accepted) {
@@ -478,14 +641,73 @@ impl Gate {
         }
         if code == ApiCode::Success {
             outcome.upload_token = Some(token.to_owned());
+            outcome.passage = venue
+                .as_ref()
+                .map(|snapshot| venue::occupancy_change(Direction::Entry, snapshot));
+            outcome.redeemed = matches!(verdict, Decision::Redeem { .. });
         }
         Ok(outcome)
     }
 
+    /// An exit decided on the synced copy: the shared `decide_exit` with the ticket's
+    /// presence, judged on the venue's entry function. A gate whose location belongs to no
+    /// venue cannot record exits (the central refuses them too): a configuration problem.
+    #[allow(clippy::too_many_arguments)]
+    fn exit_offline(
+        &self,
+        token: &str,
+        claims: &QrClaims,
+        function_code: &FunctionCode,
+        session: &OperatorSession,
+        read: &CopyRead,
+        ticket: &SyncedTicket,
+        clock: &VenueClock,
+    ) -> Outcome {
+        let operator = Some(session.operator_id);
+        let offline = |code: ApiCode| {
+            Outcome::local(code)
+                .in_mode(Mode::Offline)
+                .about(claims, operator)
+                .showing_ticket(claims)
+        };
+        let Some(records) = &read.venue else {
+            tracing::warn!(device = %self.config.device_id, "an exit gate at a location of no venue: exits cannot be recorded");
+            return offline(ApiCode::Forbidden);
+        };
+        let presence = venue::presence(ticket.passage, &records.own, &records.peers, clock);
+        let snapshot = snapshot_for_decision(ticket, function_code, &read.unsynced);
+        let verdict = decide_exit(
+            &DecisionInput {
+                claims,
+                operator_merchant: &session.merchant_code,
+                ticket: Some(&snapshot),
+                redeemed_with_this_jti: &[],
+                function_code: &records.venue.entry_function,
+                now: clock.now,
+                policy: self.config.token_policy,
+                zone: clock.zone,
+                venue: None,
+            },
+            presence,
+        );
+        let mut outcome = offline(verdict.code().into());
+        outcome.entitlements = ticket.entitlements.clone();
+        for (entitlement, now) in outcome.entitlements.iter_mut().zip(&snapshot.entitlements) {
+            entitlement.remaining_uses = now.remaining_uses.max(0);
+        }
+        if verdict == ExitDecision::Exit {
+            outcome.upload_token = Some(token.to_owned());
+            outcome.passage = Some(-1);
+            outcome.redeemed = false;
+        }
+        outcome
+    }
+
     /// The shared decision over the synced copy of the ticket, with the acceptances the copy
     /// may not show yet applied (this gate's own and its peers'): their uses taken off the
-    /// counts, and the pair counted as redeemed when this gate or a peer accepted it.
-    /// Returns the snapshot it decided on.
+    /// counts, and the pair counted as redeemed when this gate or a peer accepted it; for an
+    /// entry at the venue, with its presence and occupancy. Returns the snapshot it decided
+    /// on.
     fn decide_on_copy(
         &self,
         claims: &QrClaims,
@@ -513,6 +735,7 @@ impl Gate {
             now: self.trusted_now(),
             policy: self.config.token_policy,
             zone: copy.zone,
+            venue: copy.venue,
         });
         (verdict, snapshot)
     }

@@ -1,11 +1,15 @@
 //! The agent's own HTTP listener: the technician's status page, the operator's gate display,
 //! and the machine-readable endpoints (`/api/status`, `/api/scan`, `/metrics`, `/healthz`,
 //! `/readyz`). Pages are plain server-rendered HTML that refresh themselves: they work on any
-//! browser a technician has, with no script.
+//! browser a technician has, with no script. Both show the gate's direction (entry or exit);
+//! the status page shows its venue: the occupancy estimate by part, the age of the central's
+//! figure, and the day's chart ([`super::chart`]).
 
 use crate::decide::{age_secs, mask_ticket_code, Gate, GateDecision, OperatorSession};
 use crate::pages::access;
 
+use crate::decide::venue::{occupancy, Occupancy};
+use crate::decide::OccupancyChart;
 use crate::store::{DecisionRecord, QueueState};
 use axum::extract::{Form, State};
 use axum::http::{header, StatusCode};
@@ -15,6 +19,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use stile_shared::venue::Direction;
 use stile_shared::{ApiCode, FunctionCode, Lang};
 
 /// How a reading looks to a technician.
@@ -63,6 +68,9 @@ pub struct Grades {
     pub sync_age: Grade,
     pub key_age: Grade,
     pub disk: Grade,
+    /// The age of the central's occupancy figure, against `offline.occupancy_max_age_secs`
+    /// (`Ok` where it decides nothing: no venue, or no capacity).
+    pub occupancy_age: Grade,
 }
 
 /// Free space below which the disk is a warning, and a problem.
@@ -104,6 +112,13 @@ fn judge(report: &StatusReport, policy: &crate::config::OfflinePolicy) -> (Verdi
             Some(free) if free >= DISK_WARN_BYTES => Grade::Ok,
             Some(free) if free >= DISK_BAD_BYTES => Grade::Warn,
             _ => Grade::Bad,
+        },
+        occupancy_age: match &report.venue {
+            Some(venue) if venue.capacity.is_some() => {
+                let max_age = policy.occupancy_max_age_secs as f64;
+                Grade::of(Some(venue.figure_age_secs as f64), max_age / 2.0, max_age)
+            }
+            _ => Grade::Ok,
         },
     };
     let mut blockers = Vec::new();
@@ -151,6 +166,12 @@ fn judge(report: &StatusReport, policy: &crate::config::OfflinePolicy) -> (Verdi
     }
     if grades.disk == Grade::Bad {
         problems.push("disk nearly full".to_owned());
+    }
+    if report.direction == Direction::Exit
+        && report.venue.is_none()
+        && report.last_sync_at.is_some()
+    {
+        problems.push("exit gate at a location of no venue: exits cannot be recorded".to_owned());
     }
     let grade = if (!online && !offline_ready) || report.store_alarm.is_some() {
         Grade::Bad
@@ -205,6 +226,10 @@ pub struct StatusReport {
     pub device_id: String,
     pub venue_code: String,
     pub function_code: String,
+    /// Which way the gate lets people through.
+    pub direction: Direction,
+    /// The venue of the gate's location, as the feed last named it.
+    pub venue: Option<VenueReport>,
     pub operator: Option<OperatorSession>,
     /// `online` (the session has a token) or `offline` (logged in against the provisioned
     /// verifier; scans are decided offline until it is exchanged for a token).
@@ -229,6 +254,26 @@ pub struct StatusReport {
     pub sqlite_bytes: u64,
     /// The venue peers: each with its link state, last message age and lag.
     pub peers: crate::peers::PeersReport,
+}
+
+/// The gate's venue: the central's figure, this gate's estimate by part, and the chart.
+#[derive(Debug, Clone, Serialize)]
+pub struct VenueReport {
+    pub venue_code: String,
+    pub name: String,
+    pub entry_function: String,
+    pub capacity: Option<i64>,
+    /// Tickets inside as the central counted them, at `as_of` (Unix seconds, the central's
+    /// clock), `figure_age_secs` ago.
+    pub synced_inside: i64,
+    pub as_of: i64,
+    pub figure_age_secs: i64,
+    /// The estimate by part (see [`crate::decide::venue`]), and in all.
+    pub estimate: Occupancy,
+    pub inside: i64,
+    /// The day's occupancy as the central last answered it, fetched `chart_age_secs` ago.
+    pub chart: Option<OccupancyChart>,
+    pub chart_age_secs: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -269,6 +314,9 @@ pub struct DecisionLine {
     pub upload: Option<String>,
     /// For a refusal because another gate accepted the pair: that gate.
     pub accepted_at: Option<String>,
+    pub direction: Direction,
+    /// For a success at the venue: what it changed the occupancy by.
+    pub occupancy_change: Option<i64>,
 }
 
 impl From<&DecisionRecord> for DecisionLine {
@@ -290,14 +338,36 @@ impl From<&DecisionRecord> for DecisionLine {
                 _ => None,
             },
             accepted_at: record.peer_device.clone(),
+            direction: record.direction,
+            occupancy_change: record.occupancy_change,
         }
+    }
+}
+
+/// The gate's direction as staff read it.
+pub fn direction_label(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Entry => "入口 Entry",
+        Direction::Exit => "出口 Exit",
     }
 }
 
 /// Gathers the report.
 pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::StoreError> {
-    let (recent, conflicts, queue, last_sync, tickets, keys_at, (cursors, log_head)) = gate
-        .with_store(|store| {
+    let since = gate
+        .venue_clock(stile_shared::MerchantZone::default())
+        .since_local();
+    let (recent, conflicts, queue, last_sync, tickets, keys_at, (cursors, log_head), venue) = gate
+        .with_store(move |store| {
+            let venue = match store.venue()? {
+                Some(venue) => {
+                    let entry = venue.entry_function.as_str();
+                    let own = store.own_passages(None, since)?;
+                    let peers = store.peer_entries(entry, None, since)?;
+                    Some((venue, own, peers, store.merchant_zone()?))
+                }
+                None => None,
+            };
             Ok((
                 store.recent(20)?,
                 store.conflicts(20)?,
@@ -306,9 +376,28 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
                 store.ticket_count()?,
                 store.get_state("jwks_fetched_at")?,
                 (store.peer_cursors()?, store.own_log_head()?),
+                venue,
             ))
         })
         .await?;
+    let venue = venue.map(|(venue, own, peers, zone)| {
+        let clock = gate.venue_clock(zone);
+        let estimate = occupancy(&venue, &own, &peers, &clock);
+        let chart = gate.occupancy_chart();
+        VenueReport {
+            figure_age_secs: clock.now - venue.as_of,
+            inside: estimate.inside(),
+            estimate,
+            chart_age_secs: chart.as_ref().and_then(|c| age_secs(Some(&c.fetched_at))),
+            chart,
+            venue_code: venue.venue_code,
+            name: venue.name,
+            entry_function: venue.entry_function.to_string(),
+            capacity: venue.capacity,
+            synced_inside: venue.inside,
+            as_of: venue.as_of,
+        }
+    });
     let seen = gate.capture.frames_seen.load(Ordering::Relaxed);
     let dropped = gate.capture.frames_dropped.load(Ordering::Relaxed);
     let decoded = gate.capture.frames_decoded.load(Ordering::Relaxed);
@@ -332,6 +421,8 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
         device_id: gate.config.device_id.to_string(),
         venue_code: gate.config.venue_code.to_string(),
         function_code: gate.function_code().to_string(),
+        direction: gate.config.direction,
+        venue,
         operator_session: gate
             .session()
             .map(|s| if s.is_offline() { "offline" } else { "online" }),
@@ -608,14 +699,7 @@ fn latency(ms: f64) -> String {
     }
 }
 
-/// Escapes text for HTML.
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
+pub use stile_shared::html::escape;
 
 fn or_dash(value: Option<impl ToString>) -> String {
     value
@@ -645,6 +729,7 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         sync_age: Grade::Bad,
         key_age: Grade::Bad,
         disk: Grade::Bad,
+        occupancy_age: Grade::Bad,
     });
     let flag = |good: bool, yes: &str, no: &str| {
         if good {
@@ -680,7 +765,7 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
             .iter()
             .map(|d| {
                 format!(
-                    "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     escape(&d.decided_at),
                     if is_conflict(d) { "warn" } else if d.code == "SUCCESS" { "ok" } else { "bad" },
                     if is_conflict(d) {
@@ -697,6 +782,10 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
                     d.mode.as_str(),
                     latency(d.latency_ms),
                     or_dash(d.upload.as_ref()),
+                    match d.occupancy_change {
+                        Some(change) => format!("{} {change:+}", d.direction.as_str()),
+                        None => d.direction.as_str().to_owned(),
+                    },
                 )
             })
             .collect()
@@ -712,10 +801,10 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
 <div class=card><h2>Uplink</h2><div id=uplink>{uplink}</div><div>round trip {rtt}</div><div>last ok {last_ok}</div><div>last error {last_error}</div></div>\
 <div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age class={sync_class}>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
 <div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched <b id=key-age class={key_class}>{keys_age}</b> s ago</div><div>clock offset <b id=clock-offset class={clock_class}>{offset}</b> s</div><div>SQLite {sqlite} KiB, disk free <b id=disk-free class={disk_class}>{disk}</b></div></div>\
-<div class=card><h2>Gate</h2><div>function <b id=function>{function}</b></div><div>operator {operator}</div></div>\
+<div class=card><h2>Gate</h2><div>direction <b id=direction>{direction}</b></div><div>function <b id=function>{function}</b></div><div>operator {operator}</div></div>\
 <div class=card><h2>Peers</h2><div id=peers-summary>{peers_summary}</div></div>\
-</div>{peers_table}<h2>Last decisions</h2><table id=decisions><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{recent}</table>\
-<h2>Conflicts</h2><table id=conflict-list><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th></tr>{conflict_rows}</table>\
+</div>{venue_card}{peers_table}<h2>Last decisions</h2><table id=decisions><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th><th>passage</th></tr>{recent}</table>\
+<h2>Conflicts</h2><table id=conflict-list><tr><th>time</th><th>code</th><th>message</th><th>ticket</th><th>function</th><th>mode</th><th>latency</th><th>upload</th><th>passage</th></tr>{conflict_rows}</table>\
 </body></html>",
         device = escape(&report.device_id),
         venue = escape(&report.venue_code),
@@ -781,6 +870,12 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         offset = or_dash(report.uplink.clock_offset_secs.map(|s| format!("{s:+.1}"))),
         sqlite = report.sqlite_bytes / 1024,
         function = escape(&report.function_code),
+        direction = direction_label(report.direction),
+        venue_card = venue_card(
+            &report,
+            grades.occupancy_age,
+            gate.config.offline.occupancy_max_age_secs
+        ),
         operator = or_dash(report.operator.as_ref().map(|o| format!("{} ({})", o.username, o.merchant_code))),
         recent = rows(&report.last_decisions),
         conflict_rows = rows(&report.conflicts),
@@ -788,6 +883,57 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         peers_table = peers_table(&report.peers),
     );
     Html(body).into_response()
+}
+
+/// The venue block: the estimate by part with the age of the central's figure, the
+/// capacity, and the day's chart with its age.
+fn venue_card(report: &StatusReport, figure_grade: Grade, max_age_secs: u64) -> String {
+    let Some(venue) = &report.venue else {
+        let class = if report.direction == Direction::Exit {
+            "bad"
+        } else {
+            "warn"
+        };
+        return format!(
+            "<div class=card id=venue-block><h2>Venue</h2><span class={class}>this gate's location belongs to no venue (as the feed last said): no presence, occupancy or exits</span></div>"
+        );
+    };
+    let chart = match &venue.chart {
+        Some(chart) => format!(
+            "<div id=chart>{}</div><div>{} of {}: {} entries, {} exits, fetched <b id=chart-age>{}</b> s ago</div>",
+            super::chart::occupancy_svg(&chart.occupancy),
+            escape(&chart.occupancy.name),
+            escape(&chart.occupancy.date),
+            chart.occupancy.entries,
+            chart.occupancy.exits,
+            or_dash(venue.chart_age_secs),
+        ),
+        None => "<div id=chart class=warn>no occupancy chart from the central yet</div>".to_owned(),
+    };
+    let capacity_note = match venue.capacity {
+        Some(_) if figure_grade == Grade::Bad => {
+            " — too old: offline, entries that need a place are refused (OFFLINE_UNVERIFIABLE)"
+        }
+        _ => "",
+    };
+    format!(
+        "<div class=card id=venue-block><h2>Venue</h2>\
+<div>venue <b id=venue-name>{name}</b> ({code}), entries are scans of <b>{entry}</b></div>\
+<div>inside ≈ <b id=inside>{inside}</b> of capacity <b id=capacity>{capacity}</b></div>\
+<div>= central's <b id=inside-synced>{synced}</b> counted <b id=figure-age class={figure_class}>{age}</b> s ago (offline policy for capacity entries: {max_age_secs} s){capacity_note}, \
+this gate since <b id=inside-own>{own:+}</b>, peers' entries since <b id=inside-peers>{peers:+}</b></div>\
+{chart}</div>",
+        name = escape(&venue.name),
+        code = escape(&venue.venue_code),
+        entry = escape(&venue.entry_function),
+        inside = venue.inside,
+        capacity = or_dash(venue.capacity),
+        synced = venue.estimate.synced,
+        age = venue.figure_age_secs,
+        figure_class = figure_grade.class(),
+        own = venue.estimate.own,
+        peers = venue.estimate.peers,
+    )
 }
 
 fn peers_summary(peers: &crate::peers::PeersReport) -> String {
@@ -873,7 +1019,7 @@ async fn gate_page(
             },
             escape(&decision.message),
             format!(
-                "{} · {} · {}{}",
+                "{} · {} · {}{}{}",
                 escape(decision.code.as_str()),
                 or_dash(decision.ticket.as_ref()),
                 escape(&decision.decided_at),
@@ -881,7 +1027,12 @@ async fn gate_page(
                     .accepted_at
                     .as_ref()
                     .map(|gate| format!(" · 已在闸机 <b id=accepted-at>{}</b> 核销", escape(gate)))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                match (decision.is_green(), decision.direction, decision.reentry) {
+                    (true, _, true) => " · <b id=passage>再次入场 re-entry</b>（不扣次数）",
+                    (true, Direction::Exit, _) => " · <b id=passage>离场 exit</b>",
+                    _ => "",
+                }
             ),
             decision
                 .entitlements
@@ -928,6 +1079,11 @@ async fn gate_page(
         Some("auth") => "<p class=bad id=error>请先在本页登录</p>",
         _ => "",
     };
+    let direction = format!(
+        "<span id=direction data-direction={}>{}</span>",
+        gate.config.direction.as_str(),
+        direction_label(gate.config.direction)
+    );
     let uplink = gate.uplink().state;
     let badge = match uplink {
         crate::uplink::link::LinkState::Online | crate::uplink::link::LinkState::Draining => {
@@ -969,8 +1125,9 @@ async fn gate_page(
 #message{{font-size:72px;font-weight:700;line-height:1.2}}#detail{{font-size:24px;opacity:.9;margin-top:16px}}\
 #entitlements{{list-style:none;padding:0;font-size:36px;margin-top:24px}}\
 #badge{{position:absolute;top:16px;right:16px;font-size:24px;font-weight:700;padding:6px 14px;border-radius:8px;background:#fff}}\
-#badge.online{{color:#137333}}#badge.offline{{color:#c5221f}}#controls{{margin:12px}}</style></head><body>\
-<div id=light data-state={state}>{badge}<div id=message>{headline}</div><div id=detail>{detail}</div><ul id=entitlements>{entitlements}</ul></div>\
+#badge.online{{color:#137333}}#badge.offline{{color:#c5221f}}#controls{{margin:12px}}\
+#direction{{position:absolute;bottom:16px;left:16px;font-size:24px;font-weight:700;padding:6px 14px;border-radius:8px;background:#fff;color:#1b1f24}}</style></head><body>\
+<div id=light data-state={state}>{direction}{badge}<div id=message>{headline}</div><div id=detail>{detail}</div><ul id=entitlements>{entitlements}</ul></div>\
 <div id=controls>{error}<div class=card>{operator}</div></div>\
 </body></html>"
     );
@@ -1001,6 +1158,8 @@ mod tests {
             device_id: "dev-1".into(),
             venue_code: "GATE".into(),
             function_code: "ENTRY".into(),
+            direction: Direction::Entry,
+            venue: None,
             operator: Some(OperatorSession {
                 token: Some("t".into()),
                 operator_id: 1,
@@ -1120,6 +1279,71 @@ mod tests {
             (grades.clock, grades.sync_age, grades.key_age, grades.disk),
             (Grade::Bad, Grade::Warn, Grade::Bad, Grade::Warn)
         );
+    }
+
+    fn park(figure_age_secs: i64) -> VenueReport {
+        VenueReport {
+            venue_code: "PARK".into(),
+            name: "<script>乐园</script>".into(),
+            entry_function: "ENTRY".into(),
+            capacity: Some(100),
+            synced_inside: 40,
+            as_of: 1_796_140_800,
+            figure_age_secs,
+            estimate: Occupancy {
+                synced: 40,
+                own: 3,
+                peers: 1,
+            },
+            inside: 44,
+            chart: None,
+            chart_age_secs: None,
+        }
+    }
+
+    #[test]
+    fn the_venue_block_shows_the_estimate_and_grades_the_figure() {
+        let policy = crate::config::OfflinePolicy::default(); // 300 s occupancy figure
+        let mut report = healthy();
+        report.venue = Some(park(100));
+        let (_, grades) = judge(&report, &policy);
+        assert_eq!(grades.occupancy_age, Grade::Ok);
+        let card = venue_card(&report, grades.occupancy_age, 300);
+        assert!(card.contains("<b id=inside>44</b>"), "{card}");
+        assert!(card.contains("<b id=inside-own>+3</b>"), "{card}");
+        assert!(card.contains("&lt;script&gt;乐园"), "escaped: {card}");
+        assert!(!card.contains("<script>"), "{card}");
+        report.venue = Some(park(301));
+        let (_, grades) = judge(&report, &policy);
+        assert_eq!(grades.occupancy_age, Grade::Bad);
+        assert!(venue_card(&report, grades.occupancy_age, 300).contains("OFFLINE_UNVERIFIABLE"));
+        report.venue = Some(VenueReport {
+            capacity: None,
+            ..park(10_000)
+        });
+        assert_eq!(
+            judge(&report, &policy).1.occupancy_age,
+            Grade::Ok,
+            "without a capacity the figure decides nothing"
+        );
+    }
+
+    #[test]
+    fn an_exit_gate_of_no_venue_is_a_problem() {
+        let policy = crate::config::OfflinePolicy::default();
+        let mut report = healthy();
+        report.direction = Direction::Exit;
+        report.last_sync_at = Some("2026-12-02T10:00:00.000Z".into());
+        let (verdict, _) = judge(&report, &policy);
+        assert_eq!(verdict.grade, Grade::Warn);
+        assert!(
+            verdict.text.contains("exits cannot be recorded"),
+            "{}",
+            verdict.text
+        );
+        assert!(venue_card(&report, Grade::Ok, 300).contains("class=bad"));
+        report.direction = Direction::Entry;
+        assert_eq!(judge(&report, &policy).0.grade, Grade::Ok);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The central server's API as the gate uses it: operator login, online scans with a short
-//! deadline, scan lookup by scan_id, and the device endpoints (keys, ticket feed, uploads).
+//! deadline, scan lookup by scan_id, and the device endpoints (keys, ticket feed, uploads,
+//! the venue's occupancy).
 //!
 //! Every failure says whether the request may have reached the server
 //! ([`CallError::outcome_unknown`]): a scan that timed out after it was sent may have been
@@ -319,6 +320,22 @@ impl Central {
             .get(self.url("/device/peers"))
             .bearer_auth(&self.device_credential);
         self.fetch(builder, Duration::from_secs(10)).await
+    }
+
+    /// `GET /device/occupancy`: the occupancy of the device's venue today; `None` when its
+    /// location belongs to no venue (404).
+    pub async fn occupancy(
+        &self,
+    ) -> Result<Option<(stile_shared::api::VenueOccupancy, LinkSample)>, CallError> {
+        let builder = self
+            .client
+            .get(self.url("/device/occupancy"))
+            .bearer_auth(&self.device_credential);
+        match self.fetch(builder, Duration::from_secs(10)).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(CallError::Refused { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     pub async fn upload(

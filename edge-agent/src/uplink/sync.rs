@@ -1,5 +1,5 @@
-//! Keeping the gate in step with the central: the key set, the ticket feed and the upload
-//! of offline acceptances. Each is one step (`*_once`) that tests drive directly; [`run`] is
+//! Keeping the gate in step with the central: the key set, the ticket feed (with the venue's
+//! occupancy figure), the upload of offline acceptances, and the venue's occupancy chart. Each is one step (`*_once`) that tests drive directly; [`run`] is
 //! the thin loop around them that adds timing, backoff with jitter, and shutdown.
 
 use crate::decide::Gate;
@@ -144,16 +144,38 @@ pub async fn tickets_once(gate: &Arc<Gate>, page_size: u32) -> Result<usize, Syn
         changed += page.tickets.len();
         let complete = page.complete;
         let synced_at = now_rfc3339();
-        gate.with_store(move |store| {
-            if let Some(zone) = &page.time_zone {
-                store.set_merchant_zone(zone)?;
-            }
-            store.apply_feed(&page.tickets, &page.next_cursor, &synced_at, page.complete)
-        })
-        .await?;
+        gate.with_store(move |store| store.apply_page(&page, &synced_at))
+            .await?;
         if complete {
             gate.note_full_sync().await?;
             return Ok(changed);
+        }
+    }
+}
+
+/// Fetches the occupancy of the gate's venue today for the status page's chart; returns
+/// whether there is one. A failure keeps the last chart (the page shows its age).
+pub async fn occupancy_once(gate: &Arc<Gate>) -> Result<bool, SyncError> {
+    if gate.with_store(|store| store.venue()).await?.is_none() {
+        gate.set_occupancy_chart(None);
+        return Ok(false);
+    }
+    match gate.central.occupancy().await {
+        Ok(Some((occupancy, sample))) => {
+            gate.link_ok(Some(sample));
+            gate.set_occupancy_chart(Some(crate::decide::OccupancyChart {
+                occupancy,
+                fetched_at: now_rfc3339(),
+            }));
+            Ok(true)
+        }
+        Ok(None) => {
+            gate.set_occupancy_chart(None);
+            Ok(false)
+        }
+        Err(error) => {
+            gate.link_failed(&error);
+            Err(error.into())
         }
     }
 }
@@ -188,6 +210,7 @@ pub async fn upload_once(gate: &Arc<Gate>) -> Result<UploadReport, SyncError> {
             function_code,
             decided_at: item.decided_at.clone(),
             operator_id: item.operator_id,
+            direction: item.direction,
         });
     }
     let answer = match gate.central.upload(decisions).await {
@@ -256,6 +279,12 @@ pub async fn run(gate: Arc<Gate>, mut stopping: watch::Receiver<bool>) {
                 }
             }
             tickets_once(&gate, 2000).await?;
+            if let Err(error) = occupancy_once(&gate).await {
+                // The chart keeps its last answer; uploads go on.
+                if !error.is_transient() {
+                    tracing::warn!(error = %error, "occupancy fetch failed");
+                }
+            }
             loop {
                 let report = upload_once(&gate).await?;
                 if report.applied + report.conflicts + report.invalid < gate.config.upload_batch {

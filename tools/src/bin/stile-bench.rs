@@ -411,6 +411,7 @@ impl Gate {
             venue_code: self.venue_code.clone(),
             device_id: self.device_id.clone(),
             scan_id: Some(uuid::Uuid::new_v4().to_string()),
+            direction: stile_shared::Direction::Entry,
         };
         let started = Instant::now();
         let answer = match self
