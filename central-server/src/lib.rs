@@ -11,6 +11,7 @@
 //! port 0; `main.rs` only parses the command line and settings.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod device;

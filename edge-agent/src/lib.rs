@@ -5,10 +5,11 @@
 //! The folders follow the pipeline: [`capture`] (frame sources and QR decoders) →
 //! [`decide`] (the gate's state and the decision stages) → [`store`] (the SQLite store) and
 //! [`uplink`] (the central's API, the link state, sync); [`peers`] (the other gates of the
-//! venue over the LAN); [`pages`] (status page, gate display, local API); [`config`] (settings), [`metrics`], [`daemon`] (wiring and
+//! venue over the LAN); [`pages`] (status page, gate display, local API); [`config`] (settings), [`cli`] (the command line), [`metrics`], [`daemon`] (wiring and
 //! lifecycle).
 
 pub mod capture;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decide;

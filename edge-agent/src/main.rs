@@ -3,45 +3,13 @@
 //! starts; a bad setting exits 64.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use edge_agent::cli::{Cli, Command};
 use edge_agent::config::AgentConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const EX_USAGE: u8 = 64;
-
-#[derive(Parser)]
-#[command(name = "edge-agent", version, about = "Stile gate agent")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gate daemon.
-    Run {
-        #[arg(long, default_value = "/etc/stile/edge-agent.toml")]
-        config: PathBuf,
-    },
-    /// Check the settings and print them (secrets masked).
-    CheckConfig {
-        #[arg(long, default_value = "/etc/stile/edge-agent.toml")]
-        config: PathBuf,
-    },
-    /// Print this gate's peer public key (made on first use), for the other gates' static
-    /// peer lists at a site without a central.
-    PeerKey {
-        #[arg(long, default_value = "/etc/stile/edge-agent.toml")]
-        config: PathBuf,
-    },
-    /// Print a running agent's status.
-    Status {
-        /// The agent's listener.
-        #[arg(long, default_value = "http://127.0.0.1:9090")]
-        url: String,
-    },
-}
 
 fn load(path: &PathBuf) -> Result<AgentConfig, String> {
     let text = std::fs::read_to_string(path)

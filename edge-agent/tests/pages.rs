@@ -23,9 +23,6 @@ use std::time::Duration;
 const OTA: &str = "ch-ota-secret";
 const MINIAPP: &str = "ch-miniapp-secret";
 const LIMIT: Duration = Duration::from_secs(45);
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Seconds after which a Chromium run is killed, with its helper processes.
-const CHROMIUM_LIMIT_SECS: u32 = 60;
 /// Ticket codes of the fixture: never shown in full on a page.
 const FULL_TICKET_CODES: [&str; 2] = ["TK-MULTI", "TK-MINI"];
 /// The gate light's colours (the page's `#1e8e3e`, `#d93025`, `#5f6368`).
@@ -119,60 +116,7 @@ fn drop_qr_frame(spool: &Path, token: &str) {
     std::fs::rename(&aside, spool.join("frame-0001.png")).expect("publish frame");
 }
 
-/// Runs headless Chromium on `url` with `mode` (`--dump-dom`, or `--screenshot=...` and a
-/// window size), in a fresh profile, killed with its helpers after `CHROMIUM_LIMIT_SECS`
-/// (coreutils `timeout` signals Chromium's whole process group, not just the browser).
-async fn chromium(url: &str, mode: &[String]) -> std::process::Output {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run `STILE_NEED_CHROMIUM=1 scripts/ensure-deps` (as root) to install Debian's chromium"
-    );
-    let profile = tempfile::tempdir().expect("profile dir");
-    let output = tokio::process::Command::new("timeout")
-        .arg("--kill-after=5")
-        .arg(CHROMIUM_LIMIT_SECS.to_string())
-        .arg(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(mode)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("start chromium (through coreutils timeout)");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !matches!(output.status.code(), Some(124 | 137)),
-        "chromium on {url} did not finish within {CHROMIUM_LIMIT_SECS} s; stderr:\n{stderr}"
-    );
-    assert!(
-        output.status.success(),
-        "chromium on {url} failed ({}); stderr:\n{stderr}",
-        output.status
-    );
-    output
-}
-
-/// The DOM Chromium built for `url`, serialized.
-async fn dump_dom(url: &str) -> String {
-    let output = chromium(url, &["--dump-dom".to_owned()]).await;
-    let dom = String::from_utf8(output.stdout).expect("utf-8 DOM");
-    assert!(
-        dom.contains("</html>"),
-        "chromium printed no page for {url}: {dom:?}"
-    );
-    dom
-}
+use stile_testkit::browser::{dump_dom, run as chromium};
 
 /// Screenshots `url` at 1280×900 into `target/test-artifacts/<name>` and returns the picture.
 async fn screenshot(url: &str, name: &str) -> image::RgbImage {

@@ -3,6 +3,7 @@
 //! and agents run in-process or as real processes of the `edge-agent` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+#[allow(unused_imports)] // not every test binary cuts its uplink
 pub use stile_testkit::proxy;
 
 use central_server::{db, seed, AppState};
@@ -79,6 +80,8 @@ async fn count_in(pool: &sqlx::PgPool, sql: &str) -> i64 {
 /// A central server running in this process.
 pub struct Central {
     pub base: String,
+    /// The operations listener (`/metrics`, the admin API).
+    pub ops_base: String,
     pub addr: std::net::SocketAddr,
     pub state: AppState,
     pub pool: sqlx::PgPool,
@@ -95,12 +98,16 @@ impl Central {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ops");
+        let ops_base = format!("http://{}", ops.local_addr().expect("ops addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = state.clone();
         tokio::spawn(async move {
             let listeners = central_server::Listeners {
                 public: listener,
-                ops: None,
+                ops: Some(ops),
             };
             let _ = central_server::serve_state(serving, listeners, async move {
                 let _ = stopped.await;
@@ -109,6 +116,7 @@ impl Central {
         });
         Central {
             base: format!("http://{addr}"),
+            ops_base,
             addr,
             state,
             pool,
