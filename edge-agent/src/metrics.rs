@@ -37,6 +37,19 @@ pub struct AgentMetrics {
     pub store_failures: Counter,
     pub uplink_state: Family<Vec<(String, String)>, Gauge>,
     pub peers: PeerMetrics,
+    /// What the status page grades, for dashboards and alerts: the key set's age, free
+    /// disk, the ticket state's age, and the offline policy's bounds they are judged by.
+    pub readings: Readings,
+}
+
+/// The status page's readings and the bounds it grades them against.
+#[derive(Debug, Clone, Default)]
+pub struct Readings {
+    pub key_age_secs: Gauge,
+    pub disk_free_bytes: Gauge,
+    pub state_age_secs: Gauge,
+    pub max_clock_offset_secs: Gauge,
+    pub max_state_age_secs: Gauge,
 }
 
 /// The venue peers' counters.
@@ -154,8 +167,35 @@ impl AgentMetrics {
             "From a peer's decision to its record at this gate",
             peers.propagation.clone(),
         );
+        let readings = Readings::default();
+        registry.register(
+            "key_age_seconds",
+            "Seconds since the verification keys were last fetched (-1: never)",
+            readings.key_age_secs.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes on the state directory's file system",
+            readings.disk_free_bytes.clone(),
+        );
+        registry.register(
+            "ticket_state_age_seconds",
+            "Seconds since the last complete ticket sync (-1: never)",
+            readings.state_age_secs.clone(),
+        );
+        registry.register(
+            "offline_max_clock_offset_seconds",
+            "The offline policy's largest clock offset (offline.max_clock_offset_secs)",
+            readings.max_clock_offset_secs.clone(),
+        );
+        registry.register(
+            "offline_max_state_age_seconds",
+            "The offline policy's oldest ticket state (offline.max_state_age_secs)",
+            readings.max_state_age_secs.clone(),
+        );
         AgentMetrics {
             registry,
+            readings,
             peers,
             store_failures,
             uplink_state,

@@ -393,3 +393,58 @@ async fn at_capacity_a_stale_figure_leaves_the_room_unverifiable_offline() {
     let page = common::page(&format!("{}/", east.base())).await;
     assert!(page.contains("OFFLINE_UNVERIFIABLE"), "{page}");
 }
+
+#[tokio::test]
+async fn the_operator_turns_an_entry_gate_into_an_exit_gate_on_the_gate_page() {
+    let central = Central::start(&[venue_seed(None)]).await;
+    let gate = entry_gate(&central, "").await;
+    let qr = central.issue_qr("TK-V1", OTA).await;
+    let decision = scan(gate.base(), &qr).await;
+    assert_eq!(code(&decision), "SUCCESS", "in: {decision}");
+
+    // A form without the page's login changes nothing.
+    let mut browser = common::Browser::default();
+    browser.get(&format!("{}/gate", gate.base())).await;
+    let (landed, _) = browser
+        .post_form(
+            &format!("{}/gate/direction", gate.base()),
+            &[("direction", "exit")],
+        )
+        .await;
+    assert!(landed.ends_with("error=auth"), "{landed}");
+    browser
+        .post_form(
+            &format!("{}/gate/login", gate.base()),
+            &[("username", "op-east"), ("password", "correct horse")],
+        )
+        .await;
+    let (landed, page) = browser
+        .post_form(
+            &format!("{}/gate/direction", gate.base()),
+            &[("direction", "sideways")],
+        )
+        .await;
+    assert!(landed.ends_with("error=direction"), "{landed}: {page}");
+    let (landed, page) = browser
+        .post_form(
+            &format!("{}/gate/direction", gate.base()),
+            &[("direction", "exit")],
+        )
+        .await;
+    assert!(!landed.contains("error"), "{landed}");
+    assert!(page.contains("data-direction=exit"), "{page}");
+    let status = wait_status(gate.base(), LIMIT, "status", |_| true).await;
+    assert_eq!(status["direction"], "exit", "{status}");
+
+    // Now it lets the ticket out, once.
+    let decision = scan(gate.base(), &qr).await;
+    assert_eq!(code(&decision), "SUCCESS", "out: {decision}");
+    let decision = scan(gate.base(), &central.issue_qr("TK-V1", OTA).await).await;
+    assert_eq!(code(&decision), "NOT_INSIDE", "{decision}");
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM passages WHERE direction = 'exit'")
+            .await,
+        1
+    );
+}

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use stile_shared::token::JwkSet;
-use stile_shared::{FunctionCode, KeySet};
+use stile_shared::{Direction, FunctionCode, KeySet};
 
 /// Everything the gate knows and does.
 pub struct Gate {
@@ -27,6 +27,9 @@ pub struct Gate {
     pub(super) keys: RwLock<(KeySet, JwkSet)>,
     pub(super) session: RwLock<Option<OperatorSession>>,
     pub(super) function_code: RwLock<FunctionCode>,
+    /// Entry or exit: the configured direction until the operator switches it on the gate
+    /// page.
+    pub(super) direction: RwLock<Direction>,
     pub(super) uplink: Mutex<Uplink>,
     pub(super) debounce: Mutex<HashMap<(String, String), (Instant, GateDecision)>>,
     pub(super) display: Mutex<Display>,
@@ -168,6 +171,7 @@ impl Gate {
         )?;
         Ok(Gate {
             function_code: RwLock::new(config.function_code.clone()),
+            direction: RwLock::new(config.direction),
             config,
             central,
             store: Mutex::new(store),
@@ -370,6 +374,20 @@ impl Gate {
     pub fn set_function_code(&self, code: FunctionCode) {
         if let Ok(mut guard) = self.function_code.write() {
             *guard = code;
+        }
+    }
+
+    /// Which way this gate lets people through now.
+    pub fn direction(&self) -> Direction {
+        self.direction
+            .read()
+            .map(|d| *d)
+            .unwrap_or(self.config.direction)
+    }
+
+    pub fn set_direction(&self, direction: Direction) {
+        if let Ok(mut guard) = self.direction.write() {
+            *guard = direction;
         }
     }
 

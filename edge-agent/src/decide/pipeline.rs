@@ -190,9 +190,9 @@ impl Gate {
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             repeated: false,
             accepted_at: outcome.peer.clone(),
-            direction: self.config.direction,
+            direction: self.direction(),
             reentry: outcome.code == ApiCode::Success
-                && self.config.direction == Direction::Entry
+                && self.direction() == Direction::Entry
                 && outcome.passage.is_some()
                 && !outcome.redeemed,
         }
@@ -219,7 +219,7 @@ impl Gate {
             upload_state: upload.then(|| "pending".to_owned()),
             upload_code: None,
             peer_device: outcome.peer.clone(),
-            direction: self.config.direction,
+            direction: self.direction(),
             occupancy_change: outcome
                 .passage
                 .filter(|_| decision.code == ApiCode::Success),
@@ -333,7 +333,7 @@ impl Gate {
         // copy with them, by the shared function and in its order of checks (a ticket that
         // left the venue may re-enter); only its ALREADY_REDEEMED is answered here, anything
         // else goes on to the central. (An exit redeems nothing: it has no such stage.)
-        let direction = self.config.direction;
+        let direction = self.direction();
         let (accepted, read) = if direction == Direction::Entry {
             let (jti, function, ticket_code) = (
                 claims.jti.to_string(),
@@ -419,7 +419,7 @@ impl Gate {
             venue_code: self.config.venue_code.clone(),
             device_id: self.config.device_id.clone(),
             scan_id: Some(scan_id.to_owned()),
-            direction: self.config.direction,
+            direction: self.direction(),
         };
         let operator = Some(session.operator_id);
         let token = session.token.as_deref()?;
@@ -491,7 +491,7 @@ impl Gate {
         function_code: &FunctionCode,
         answer: &ScanResponse,
     ) -> (Option<i64>, bool) {
-        let direction = self.config.direction;
+        let direction = self.direction();
         if direction == Direction::Exit {
             return (Some(-1), false);
         }
@@ -548,7 +548,7 @@ impl Gate {
         session: &OperatorSession,
         accepted: Option<&AcceptedBy>,
     ) -> Result<Outcome, StoreError> {
-        let direction = self.config.direction;
+        let direction = self.direction();
         let (ticket_code, function) = (claims.tid.clone(), function_code.clone());
         let since = self.venue_clock(MerchantZone::default()).since_local();
         let read = self

@@ -421,7 +421,7 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
         device_id: gate.config.device_id.to_string(),
         venue_code: gate.config.venue_code.to_string(),
         function_code: gate.function_code().to_string(),
-        direction: gate.config.direction,
+        direction: gate.direction(),
         venue,
         operator_session: gate
             .session()
@@ -485,6 +485,7 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/gate/login", post(gate_login))
         .route("/gate/logout", post(gate_logout))
         .route("/gate/function", post(gate_function))
+        .route("/gate/direction", post(gate_direction))
         .route("/api/status", get(api_status))
         .route("/api/scan", post(api_scan))
         .route("/api/peer-acceptances", get(api_peer_acceptances))
@@ -569,6 +570,27 @@ async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
         .with_store(|store| store.queue_state())
         .await
         .unwrap_or_default();
+    // The readings the status page grades, with the bounds it grades them by.
+    let readings = &gate.metrics.readings;
+    if let Ok(report) = report(&gate).await {
+        readings
+            .key_age_secs
+            .set(report.keys.age_secs.unwrap_or(-1));
+        readings
+            .state_age_secs
+            .set(report.last_sync_age_secs.unwrap_or(-1));
+        readings.disk_free_bytes.set(
+            report
+                .disk_free_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+        );
+    }
+    readings
+        .max_clock_offset_secs
+        .set(gate.config.offline.max_clock_offset_secs);
+    readings
+        .max_state_age_secs
+        .set(i64::try_from(gate.config.offline.max_state_age_secs).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
@@ -687,6 +709,32 @@ async fn gate_function(
             Redirect::to("/gate").into_response()
         }
         Err(_) => refused("function"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DirectionForm {
+    direction: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The operator turns the gate into an entry or an exit gate (until the agent restarts,
+/// which brings back the configured `direction`).
+async fn gate_direction(
+    State(gate): State<Arc<Gate>>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<DirectionForm>,
+) -> Response {
+    if !page_session_ok(&gate, &headers, &form.csrf) {
+        return refused("auth");
+    }
+    match Direction::parse(form.direction.trim()) {
+        Some(direction) => {
+            gate.set_direction(direction);
+            Redirect::to("/gate").into_response()
+        }
+        None => refused("direction"),
     }
 }
 
@@ -1081,8 +1129,8 @@ async fn gate_page(
     };
     let direction = format!(
         "<span id=direction data-direction={}>{}</span>",
-        gate.config.direction.as_str(),
-        direction_label(gate.config.direction)
+        gate.direction().as_str(),
+        direction_label(gate.direction())
     );
     let uplink = gate.uplink().state;
     let badge = match uplink {
@@ -1107,9 +1155,12 @@ async fn gate_page(
     let operator = match gate.session() {
         Some(session) if page_session => format!(
             "<form method=post action=/gate/logout>{csrf_field}操作员 <b id=operator>{}</b> <button>退出登录</button></form>\
-<form method=post action=/gate/function>{csrf_field}核销权益 <input name=function_code value=\"{}\" size=10> <button>切换</button></form>",
+<form method=post action=/gate/function>{csrf_field}核销权益 <input name=function_code value=\"{}\" size=10> <button>切换</button></form>\
+<form method=post action=/gate/direction>{csrf_field}方向 <select name=direction><option value=entry{entry}>入口 Entry</option><option value=exit{exit}>出口 Exit</option></select> <button>切换</button></form>",
             escape(&session.username),
             escape(gate.function_code().as_str()),
+            entry = if gate.direction() == Direction::Entry { " selected" } else { "" },
+            exit = if gate.direction() == Direction::Exit { " selected" } else { "" },
         ),
         Some(session) => format!(
             "<div>操作员 <b id=operator>{}</b> · 核销权益 <b id=function>{}</b></div><div>登录以更改设置：</div>{login_form}",

@@ -166,11 +166,16 @@ async fn main() -> anyhow::Result<ExitCode> {
     let concurrencies: Vec<usize> = std::iter::once(args.concurrency)
         .chain(args.also_concurrency.iter().copied().filter(|c| *c > 0))
         .collect();
-    // One share per concurrency, and one more for the phase with check-in rules.
-    let share = throughput_end / (concurrencies.len() + 1);
+    // One share per concurrency, one more for the phase with check-in rules and one for the
+    // phase at a venue with a capacity.
+    let share = throughput_end / (concurrencies.len() + 2);
     let rules_range = (
         concurrencies.len() * share,
         (concurrencies.len() + 1) * share,
+    );
+    let venue_range = (
+        (concurrencies.len() + 1) * share,
+        (concurrencies.len() + 2) * share,
     );
     put_rules_on(&pool, rules_range).await?;
     let mut phases = Vec::new();
@@ -236,6 +241,38 @@ async fn main() -> anyhow::Result<ExitCode> {
         with_rules.p99_ms,
         throughput.p99_ms
     );
+    // The same scans again with the gate's location in a venue with a capacity: every
+    // entry is a passage, decided on the transaction path under the venue's lock (the lock
+    // that keeps two gates from letting in more than the capacity).
+    put_location_in_a_venue(&pool).await?;
+    // The server's device binding (with its venue) is cached for 2 s.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let at_venue = run_throughput(
+        &gate,
+        phases[0].clients,
+        venue_range.0,
+        venue_range.1,
+        args.duration,
+    )
+    .await?;
+    println!("\nat a venue with a capacity (every entry a passage under the venue's lock):");
+    at_venue.print(phases[0].clients);
+    println!(
+        "  venue vs none, {} clients: {:.0} vs {:.0} scans/s, ratio {:.2}; p99 {:.1} vs {:.1} ms",
+        phases[0].clients,
+        at_venue.scans_per_sec(),
+        throughput.scans_per_sec(),
+        at_venue.scans_per_sec() / throughput.scans_per_sec().max(1e-9),
+        at_venue.p99_ms,
+        throughput.p99_ms
+    );
+    // The phases after this one measure what they measured before: no venue.
+    sqlx::query("UPDATE locations SET venue_id = NULL WHERE venue_code = $1")
+        .bind(VENUE_CODE)
+        .execute(&pool)
+        .await
+        .context("taking the bench location out of its venue")?;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let flood = if args.flood_logins > 0 {
         let middle = throughput_end + flood_tickets / 2;
         Some(
@@ -507,6 +544,22 @@ impl ThroughputResult {
 
 /// `concurrency` tasks scan tickets `0..end`, each ticket once, until `secs` have passed or
 /// the tickets run out.
+/// Puts the bench gate's location in a venue whose capacity no phase reaches.
+async fn put_location_in_a_venue(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "WITH v AS (INSERT INTO venues (merchant_id, code, name, capacity) \
+                    SELECT merchant_id, 'BENCH-PARK', 'bench venue', 100000000 FROM locations \
+                    WHERE venue_code = $1 RETURNING id, merchant_id) \
+         UPDATE locations l SET venue_id = v.id FROM v \
+         WHERE l.merchant_id = v.merchant_id AND l.venue_code = $1",
+    )
+    .bind(VENUE_CODE)
+    .execute(pool)
+    .await
+    .context("putting the bench location in a venue")?;
+    Ok(())
+}
+
 /// Puts check-in rules that allow one use now on the entitlements of the tickets of
 /// `range` (token indexes; ticket `B{n}` is index n - 1).
 async fn put_rules_on(pool: &sqlx::PgPool, range: (usize, usize)) -> anyhow::Result<()> {
