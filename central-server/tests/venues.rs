@@ -286,6 +286,40 @@ async fn pass_function(
     server.scan(token, qr, function).await
 }
 
+/// Reads the device feed from `cursor` until the tickets handed out so far satisfy `done`
+/// (a page only holds commits older than every open transaction of the cluster, and the
+/// other tests' transactions share it): the tickets and the last page.
+async fn feed_until(
+    server: &TestServer,
+    device: &str,
+    mut cursor: Option<String>,
+    done: impl Fn(&[Value]) -> bool,
+) -> (Vec<Value>, Value) {
+    let started = std::time::Instant::now();
+    let mut seen: Vec<Value> = Vec::new();
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/device/tickets?limit=2000&cursor={cursor}"),
+            None => "/device/tickets?limit=2000".to_owned(),
+        };
+        let (status, page) = server.call("GET", &path, Some(device)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for ticket in page["tickets"].as_array().expect("tickets") {
+            seen.retain(|t| t["ticket_code"] != ticket["ticket_code"]);
+            seen.push(ticket.clone());
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if done(&seen) {
+            return (seen, page);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the feed never handed out what was expected: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn device(id: &str, secret: &str) -> String {
     format!("{id}:{secret}")
 }
@@ -312,16 +346,17 @@ async fn the_feed_and_the_device_see_presence_and_occupancy() {
     assert_eq!(code(&body), "SUCCESS", "{body}");
 
     let out = device("dev-out-1", "dev-secret-out");
-    let (status, page) = server
-        .call("GET", "/device/tickets?limit=2000", Some(&out))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{page}");
+    let (tickets, page) = feed_until(&server, &out, None, |tickets| {
+        tickets.iter().any(|t| t["ticket_code"] == "TK-F1")
+            && tickets.iter().any(|t| t["ticket_code"] == "TK-F2")
+    })
+    .await;
     assert_eq!(page["venue"]["venue_code"], "PARK", "{page}");
     assert_eq!(page["venue"]["capacity"], 5);
     assert_eq!(page["venue"]["inside"], 0);
     assert_eq!(page["venue"]["entry_function"], "ENTRY");
     assert!(page["venue"]["as_of"].as_i64().is_some());
-    let tickets = page["tickets"].as_array().expect("tickets");
+    assert!(page["database_epoch"].as_str().is_some(), "{page}");
     let f1 = tickets
         .iter()
         .find(|t| t["ticket_code"] == "TK-F1")
@@ -337,18 +372,11 @@ async fn the_feed_and_the_device_see_presence_and_occupancy() {
     let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
     let (_, body) = pass(&server, &token, &one, WEST, "entry").await;
     assert_eq!(code(&body), "SUCCESS", "re-entry: {body}");
-    let (_, delta) = server
-        .call(
-            "GET",
-            &format!("/device/tickets?cursor={cursor}"),
-            Some(&out),
-        )
-        .await;
-    let changed: Vec<&Value> = delta["tickets"]
-        .as_array()
-        .expect("tickets")
-        .iter()
-        .collect();
+    let (changed, delta) = feed_until(&server, &out, Some(cursor), |tickets| {
+        tickets.iter().any(|t| t["ticket_code"] == "TK-F1")
+    })
+    .await;
+    let changed: Vec<&Value> = changed.iter().collect();
     assert_eq!(changed.len(), 1, "{delta}");
     assert_eq!(changed[0]["passage"]["direction"], "entry");
     assert_eq!(delta["venue"]["inside"], 1);
