@@ -80,6 +80,35 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// PostgreSQL's SQLSTATE of a failure, if it came from the server.
+/// Which database this is, as far as a lost commit is concerned: the cluster's system
+/// identifier, its timeline (a promoted standby or a point-in-time restore starts a new one)
+/// and the database's oid (a restore from a dump into a new database gets a new one). A gate
+/// that sees it change re-uploads the online successes it holds: they may be gone with the
+/// database they were committed to. A role that may not read the control file (it needs
+/// superuser: pg_control_* are restricted by default) gets the oid
+/// alone, which still changes with a restore from a dump.
+pub async fn epoch(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let full = sqlx::query_as::<_, (String,)>(
+        "SELECT (SELECT system_identifier::text FROM pg_control_system()) || '.' || \
+                (SELECT timeline_id::text FROM pg_control_checkpoint()) || '.' || \
+                (SELECT oid::text FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await;
+    match full {
+        Ok((epoch,)) => Ok(epoch),
+        Err(error) if sqlstate(&error).as_deref() == Some("42501") => {
+            let (epoch,): (String,) = sqlx::query_as(
+                "SELECT 'db.' || oid::text FROM pg_database WHERE datname = current_database()",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok(epoch)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
     match error {
         sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),

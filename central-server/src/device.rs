@@ -65,6 +65,8 @@ pub async fn ticket_feed(
     cursor: Option<&str>,
     limit: Option<&str>,
 ) -> Result<TicketFeedPage, AppError> {
+    // Read before the page: a database replaced after this read shows on the next page.
+    let database_epoch = crate::db::epoch(&state.pool).await?;
     let after = match cursor {
         None | Some("") => FeedCursor::START,
         Some(raw) => FeedCursor::decode(raw)
@@ -267,6 +269,7 @@ pub async fn ticket_feed(
         complete,
         time_zone: Some(time_zone),
         venue,
+        database_epoch: Some(database_epoch),
     })
 }
 

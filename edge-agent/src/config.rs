@@ -96,6 +96,9 @@ pub struct OfflinePolicy {
     /// that takes a place at a venue with a capacity is still decided offline; older, such
     /// an entry is `OFFLINE_UNVERIFIABLE` (the gate cannot know whether there is room).
     pub occupancy_max_age_secs: u64,
+    /// How long an online `SUCCESS` keeps its token in the store, to be uploaded again if
+    /// the central's database changes (a restore, a standby promoted) within that time.
+    pub hold_online_secs: u64,
 }
 
 impl Default for OfflinePolicy {
@@ -106,6 +109,7 @@ impl Default for OfflinePolicy {
             allow_ota: true,
             max_clock_offset_secs: 30,
             occupancy_max_age_secs: 300,
+            hold_online_secs: 86_400,
         }
     }
 }
@@ -542,6 +546,12 @@ impl AgentConfig {
             1,
             86_400,
             "offline.occupancy_max_age_secs",
+        )?;
+        in_range(
+            offline.hold_online_secs,
+            60,
+            30 * 86_400,
+            "offline.hold_online_secs",
         )?;
         let source = file.source.unwrap_or(SourceConfig::None);
         check_source(&source)?;

@@ -41,6 +41,12 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The upload state of an online success that keeps its token until `hold_online_secs` have
+/// passed: uploaded again (as `pending`) when the central's database epoch changes.
+pub const HELD: &str = "held";
+/// The store's key of the central's database epoch as the feed last named it.
+const DATABASE_EPOCH_STATE: &str = "database_epoch";
+
 /// The store's key of the device's venue as the feed last named it.
 const VENUE_STATE: &str = "venue";
 
@@ -639,6 +645,41 @@ impl Store {
         Ok(())
     }
 
+    /// Notes the central's database epoch a feed page named. When it differs from the one
+    /// noted before, the online successes held since `held_since` (RFC 3339) are queued for
+    /// upload again: they were committed to a database that is no longer the one answering.
+    /// Held successes older than that give their token up. Returns how many were queued.
+    pub fn note_database_epoch(
+        &mut self,
+        epoch: &str,
+        held_since: &str,
+    ) -> Result<usize, StoreError> {
+        let tx = self.connection.transaction()?;
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT value FROM sync_state WHERE name = ?1",
+                params![DATABASE_EPOCH_STATE],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let queued = match previous {
+            Some(previous) if previous != epoch => tx.execute(
+                "UPDATE decisions SET upload_state = 'pending' \
+                 WHERE upload_state = ?1 AND decided_at >= ?2",
+                params![HELD, held_since],
+            )?,
+            _ => 0,
+        };
+        tx.execute(
+            "UPDATE decisions SET upload_state = NULL, qr_token = NULL \
+             WHERE upload_state = ?1 AND decided_at < ?2",
+            params![HELD, held_since],
+        )?;
+        set_state(&tx, DATABASE_EPOCH_STATE, epoch)?;
+        tx.commit()?;
+        Ok(queued)
+    }
+
     /// The device's venue with the occupancy the central counted, as the feed last named it.
     pub fn venue(&self) -> Result<Option<SyncedVenue>, StoreError> {
         self.get_state(VENUE_STATE)?
@@ -1009,6 +1050,56 @@ mod tests {
     }
 
     #[test]
+    fn held_online_successes_go_again_when_the_database_epoch_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("open");
+        let mut old = record("old", Mode::Online, "SUCCESS", Some(HELD));
+        old.decided_at = "2026-11-20T10:00:00.000Z".into();
+        let mut recent = record("recent", Mode::Online, "SUCCESS", Some(HELD));
+        recent.decided_at = "2026-11-24T10:00:00.000Z".into();
+        store.record(&old).expect("record");
+        store.record(&recent).expect("record");
+        let since = "2026-11-23T10:00:00.000Z";
+        let held = |store: &Store, scan_id: &str| {
+            store
+                .connection
+                .query_row(
+                    "SELECT upload_state, qr_token FROM decisions WHERE scan_id = ?1",
+                    params![scan_id],
+                    |row| {
+                        Ok((
+                            row.get::<_, Option<String>>(0)?,
+                            row.get::<_, Option<String>>(1)?,
+                        ))
+                    },
+                )
+                .expect("row")
+        };
+        // The first epoch a gate sees is noted, nothing is sent; the old one lets its token go.
+        assert_eq!(store.note_database_epoch("A", since).expect("note"), 0);
+        assert_eq!(held(&store, "old"), (None, None));
+        assert_eq!(
+            held(&store, "recent"),
+            (Some(HELD.into()), Some("token".into()))
+        );
+        assert_eq!(store.note_database_epoch("A", since).expect("note"), 0);
+        assert!(store.pending_uploads(10).expect("pending").is_empty());
+        // Another database answers: the held one goes again, with its token and scan_id.
+        assert_eq!(store.note_database_epoch("B", since).expect("note"), 1);
+        let pending = store.pending_uploads(10).expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (pending[0].scan_id.as_str(), pending[0].qr_token.as_str()),
+            ("recent", "token")
+        );
+        // An online success is no use this gate must take off its copy's counts.
+        assert!(store
+            .unsynced_uses("TK-1", "ENTRY")
+            .expect("uses")
+            .is_empty());
+    }
+
+    #[test]
     fn an_offline_acceptance_is_durable_blocks_and_queues() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state/agent.db");
@@ -1214,6 +1305,7 @@ mod tests {
             complete: true,
             time_zone: Some("Asia/Shanghai".into()),
             venue,
+            database_epoch: None,
         };
         assert_eq!(store.venue().expect("venue"), None);
         store

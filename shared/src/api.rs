@@ -355,6 +355,11 @@ pub struct TicketFeedPage {
     /// when the location belongs to no venue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub venue: Option<SyncedVenue>,
+    /// Which database answered (cluster, timeline, database): when it changes, the commits
+    /// of the previous one may be lost (a restore, an asynchronous standby promoted), and a
+    /// gate re-uploads the online successes it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_epoch: Option<String>,
 }
 
 /// A venue as a gate keeps it: which scans are its entries, its capacity, and the occupancy

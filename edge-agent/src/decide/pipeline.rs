@@ -203,7 +203,11 @@ impl Gate {
         decision: &GateDecision,
         outcome: &Outcome,
     ) -> Result<(), StoreError> {
-        let upload = decision.mode == Mode::Offline && decision.code == ApiCode::Success;
+        let success = decision.code == ApiCode::Success;
+        let upload = decision.mode == Mode::Offline && success;
+        // An online success keeps its token, held: if the central's database is replaced
+        // (restored, a standby promoted) it may be gone, and it is uploaded again.
+        let hold = decision.mode == Mode::Online && success && outcome.upload_token.is_some();
         let claims = outcome.claims.as_ref();
         let record = DecisionRecord {
             scan_id: decision.scan_id.clone(),
@@ -214,9 +218,15 @@ impl Gate {
             mode: decision.mode,
             decided_at: decision.decided_at.clone(),
             latency_ms: decision.latency_ms,
-            qr_token: upload.then(|| outcome.upload_token.clone().unwrap_or_default()),
+            qr_token: (upload || hold).then(|| outcome.upload_token.clone().unwrap_or_default()),
             operator_id: outcome.operator_id,
-            upload_state: upload.then(|| "pending".to_owned()),
+            upload_state: if upload {
+                Some("pending".to_owned())
+            } else if hold {
+                Some(crate::store::HELD.to_owned())
+            } else {
+                None
+            },
             upload_code: None,
             peer_device: outcome.peer.clone(),
             direction: self.direction(),
@@ -458,6 +468,7 @@ impl Gate {
             Ok(answer) => {
                 let mut outcome = online(answer.code.into());
                 if outcome.code == ApiCode::Success {
+                    outcome.upload_token = Some(request.qr_token.clone());
                     (outcome.passage, outcome.redeemed) =
                         self.online_passage(claims, function_code, &answer).await;
                 }

@@ -144,8 +144,27 @@ pub async fn tickets_once(gate: &Arc<Gate>, page_size: u32) -> Result<usize, Syn
         changed += page.tickets.len();
         let complete = page.complete;
         let synced_at = now_rfc3339();
+        let epoch = page.database_epoch.clone();
         gate.with_store(move |store| store.apply_page(&page, &synced_at))
             .await?;
+        if let Some(epoch) = epoch {
+            let hold = chrono::Duration::seconds(
+                i64::try_from(gate.config.offline.hold_online_secs).unwrap_or(i64::MAX),
+            );
+            let since =
+                (chrono::Utc::now() - hold).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let shown = epoch.clone();
+            let queued = gate
+                .with_store(move |store| store.note_database_epoch(&epoch, &since))
+                .await?;
+            if queued > 0 {
+                tracing::warn!(
+                    epoch = %shown,
+                    queued,
+                    "the central's database changed: uploading the online successes held again"
+                );
+            }
+        }
         if complete {
             gate.note_full_sync().await?;
             return Ok(changed);

@@ -80,6 +80,8 @@ async fn count_in(pool: &sqlx::PgPool, sql: &str) -> i64 {
 /// A central server running in this process.
 pub struct Central {
     pub base: String,
+    /// The database the central serves from (a test may replace it under the server).
+    pub database_url: String,
     /// The operations listener (`/metrics`, the admin API).
     pub ops_base: String,
     pub addr: std::net::SocketAddr,
@@ -116,6 +118,7 @@ impl Central {
         });
         Central {
             base: format!("http://{addr}"),
+            database_url: url,
             ops_base,
             addr,
             state,

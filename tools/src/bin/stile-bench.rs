@@ -178,46 +178,18 @@ async fn main() -> anyhow::Result<ExitCode> {
         (concurrencies.len() + 2) * share,
     );
     put_rules_on(&pool, rules_range).await?;
-    let mut phases = Vec::new();
-    for (i, &clients) in concurrencies.iter().enumerate() {
-        use stile_tools::baseline::{cores, machine_busy_secs, process_cpu_secs};
-        let cpu_now = || {
-            (
-                process_cpu_secs(server.pid()),
-                process_cpu_secs(std::process::id()),
-                machine_busy_secs(),
-            )
-        };
-        let before = (DbCounters::read(&pool).await?, cpu_now());
-        let result =
-            run_throughput(&gate, clients, i * share, (i + 1) * share, args.duration).await?;
-        let after = (DbCounters::read(&pool).await?, cpu_now());
-        result.print(clients);
-        let (wal, statements) = before.0.per(&after.0, result.successes, 2);
-        let records = before.0.records_per(&after.0, result.successes);
-        let elapsed = result.elapsed.as_secs_f64();
-        let cpu = cores(before.1 .0, after.1 .0, elapsed);
-        let client_cpu = cores(before.1 .1, after.1 .1, elapsed);
-        let machine_cpu = cores(before.1 .2, after.1 .2, elapsed);
-        println!(
-            "  cores: server {}, this load generator {}, the rest of the machine (PostgreSQL) {}, of {}",
-            or_na(cpu, 2),
-            or_na(client_cpu, 2),
-            or_na(
-                machine_cpu.zip(cpu).zip(client_cpu).map(|((m, s), c)| m - s - c),
-                2
-            ),
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        );
-        phases.push(Phase {
-            clients,
-            result,
-            cpu_cores: cpu,
-            wal_per_scan: wal,
-            statements_per_scan: statements,
-            wal_records_per_scan: records,
-        });
-    }
+    // The first concurrency's plain phase, then at once the same load with check-in rules
+    // and at a venue (so the three are measured side by side, before the heavier phases
+    // have grown the tables), then the other concurrencies.
+    let mut phases = vec![
+        plain_phase(
+            &server,
+            &pool,
+            &gate,
+            (0, concurrencies[0], share, args.duration),
+        )
+        .await?,
+    ];
     let throughput = &phases[0].result;
     // The same scans at the first concurrency, every entitlement carrying check-in rules
     // that allow the use (a period around now, a window of the whole day, one use a day, a
@@ -273,6 +245,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         .await
         .context("taking the bench location out of its venue")?;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    for (i, &clients) in concurrencies.iter().enumerate().skip(1) {
+        phases.push(plain_phase(&server, &pool, &gate, (i, clients, share, args.duration)).await?);
+    }
+    let throughput = &phases[0].result;
     let flood = if args.flood_logins > 0 {
         let middle = throughput_end + flood_tickets / 2;
         Some(
@@ -544,6 +520,52 @@ impl ThroughputResult {
 
 /// `concurrency` tasks scan tickets `0..end`, each ticket once, until `secs` have passed or
 /// the tickets run out.
+/// One plain phase: `clients` scanning share `i` of the tickets, with the server's and the
+/// database's costs around it.
+async fn plain_phase(
+    server: &ServerProcess,
+    pool: &sqlx::PgPool,
+    gate: &Arc<Gate>,
+    (i, clients, share, duration): (usize, usize, usize, u64),
+) -> anyhow::Result<Phase> {
+    use stile_tools::baseline::{cores, machine_busy_secs, process_cpu_secs};
+    let cpu_now = || {
+        (
+            process_cpu_secs(server.pid()),
+            process_cpu_secs(std::process::id()),
+            machine_busy_secs(),
+        )
+    };
+    let before = (DbCounters::read(pool).await?, cpu_now());
+    let result = run_throughput(gate, clients, i * share, (i + 1) * share, duration).await?;
+    let after = (DbCounters::read(pool).await?, cpu_now());
+    result.print(clients);
+    let (wal, statements) = before.0.per(&after.0, result.successes, 2);
+    let records = before.0.records_per(&after.0, result.successes);
+    let elapsed = result.elapsed.as_secs_f64();
+    let cpu = cores(before.1 .0, after.1 .0, elapsed);
+    let client_cpu = cores(before.1 .1, after.1 .1, elapsed);
+    let machine_cpu = cores(before.1 .2, after.1 .2, elapsed);
+    println!(
+            "  cores: server {}, this load generator {}, the rest of the machine (PostgreSQL) {}, of {}",
+            or_na(cpu, 2),
+            or_na(client_cpu, 2),
+            or_na(
+                machine_cpu.zip(cpu).zip(client_cpu).map(|((m, s), c)| m - s - c),
+                2
+            ),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    Ok(Phase {
+        clients,
+        result,
+        cpu_cores: cpu,
+        wal_per_scan: wal,
+        statements_per_scan: statements,
+        wal_records_per_scan: records,
+    })
+}
+
 /// Puts the bench gate's location in a venue whose capacity no phase reaches.
 async fn put_location_in_a_venue(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     sqlx::query(
