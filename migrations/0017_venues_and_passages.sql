@@ -49,13 +49,7 @@ CREATE INDEX passages_ticket_idx ON passages (venue_id, ticket_id, at DESC, id D
 CREATE INDEX passages_day_idx ON passages (venue_id, at) INCLUDE (direction, delta);
 
 -- A passage changes what a gate needs to know of the ticket (its presence): the device feed
--- hands it out again. An entry has already stamped it through its entitlement.
-CREATE FUNCTION stile_passage_stamps_ticket() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE tickets SET sync_xid = pg_current_xact_id()
-     WHERE id = NEW.ticket_id AND sync_xid <> pg_current_xact_id();
-    RETURN NULL;
-END
-$$;
+-- hands it out again. The entitlements' stamp does it (it reads NEW.ticket_id and stamps a
+-- ticket once per transaction), so an entry, which has stamped it already, costs nothing.
 CREATE TRIGGER passages_stamp_ticket AFTER INSERT ON passages
-    FOR EACH ROW EXECUTE FUNCTION stile_passage_stamps_ticket();
+    FOR EACH ROW EXECUTE FUNCTION stile_stamp_ticket_of_entitlement();

@@ -568,12 +568,7 @@ impl Gate {
             })
             .await?;
         let operator = Some(session.operator_id);
-        let offline = |code: ApiCode| {
-            Outcome::local(code)
-                .in_mode(Mode::Offline)
-                .about(claims, operator)
-                .showing_ticket(claims)
-        };
+        let offline = |code: ApiCode| offline_outcome(code, claims, operator);
         let policy = &self.config.offline;
         let state_age = super::gate::age_secs(read.last_sync.as_deref());
         let clock_trusted = self
@@ -675,12 +670,7 @@ impl Gate {
         clock: &VenueClock,
     ) -> Outcome {
         let operator = Some(session.operator_id);
-        let offline = |code: ApiCode| {
-            Outcome::local(code)
-                .in_mode(Mode::Offline)
-                .about(claims, operator)
-                .showing_ticket(claims)
-        };
+        let offline = |code: ApiCode| offline_outcome(code, claims, operator);
         let Some(records) = &read.venue else {
             tracing::warn!(device = %self.config.device_id, "an exit gate at a location of no venue: exits cannot be recorded");
             return offline(ApiCode::Forbidden);
@@ -759,4 +749,12 @@ impl Gate {
             ..decision.clone()
         })
     }
+}
+
+/// The outcome of a decision this gate takes alone about the token's ticket.
+fn offline_outcome(code: ApiCode, claims: &QrClaims, operator: Option<i64>) -> Outcome {
+    Outcome::local(code)
+        .in_mode(Mode::Offline)
+        .about(claims, operator)
+        .showing_ticket(claims)
 }
