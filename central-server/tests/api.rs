@@ -827,3 +827,36 @@ fn the_openapi_document_describes_venues_exits_and_occupancy() {
         assert!(doc["paths"][path]["get"].is_object(), "{path}");
     }
 }
+
+#[test]
+fn the_readme_code_table_is_the_codes() {
+    use stile_shared::{DecisionCode, Lang};
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README");
+    let section = readme
+        .split("## Decision codes")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Decision codes section");
+    for code in DecisionCode::ALL {
+        let row = format!("| `{}` |", code.as_str());
+        let line = section
+            .lines()
+            .find(|line| line.starts_with(&row))
+            .unwrap_or_else(|| panic!("{code} has no row"));
+        assert!(
+            line.contains(&format!(
+                "| {} | {} |",
+                code.message(Lang::ZhCn),
+                code.message(Lang::En)
+            )),
+            "{line}"
+        );
+    }
+    let rows = section.lines().filter(|l| l.starts_with("| `")).count();
+    assert_eq!(
+        rows,
+        DecisionCode::ALL.len(),
+        "no row for a code that does not exist"
+    );
+}
