@@ -74,28 +74,26 @@ async fn online_successes_lost_with_a_restored_database_are_uploaded_again() {
     }
     assert!(redeemed(&central.pool).await.iter().all(|(_, n)| *n == 1));
 
-    // The database is lost and restored from the backup, under the running server.
+    // The database is lost and restored from the backup, under the running server: restored
+    // beside it first, then swapped in whole (a server never sees a half-restored database).
     let name = central
         .database_url
         .rsplit('/')
         .next()
         .expect("database name")
         .to_owned();
-    let admin = sqlx::PgPool::connect(stile_testkit::Cluster::shared().admin_url())
+    let staging = format!("{name}_restore");
+    let cluster = stile_testkit::Cluster::shared();
+    let admin = sqlx::PgPool::connect(cluster.admin_url())
         .await
         .expect("admin connection");
-    central.pool.close().await;
-    sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .expect("drop");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+    sqlx::query(&format!("CREATE DATABASE \"{staging}\""))
         .execute(&admin)
         .await
         .expect("create");
     let restored = Command::new(tool("pg_restore"))
         .args(["--no-owner", "--dbname"])
-        .arg(&central.database_url)
+        .arg(cluster.url_of(&staging))
         .arg(&backup)
         .output()
         .expect("run pg_restore");
@@ -104,6 +102,17 @@ async fn online_successes_lost_with_a_restored_database_are_uploaded_again() {
         "pg_restore: {}",
         String::from_utf8_lossy(&restored.stderr)
     );
+    central.pool.close().await;
+    sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .expect("drop");
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{staging}\" RENAME TO \"{name}\""
+    ))
+    .execute(&admin)
+    .await
+    .expect("swap in");
     let pool = sqlx::PgPool::connect(&central.database_url)
         .await
         .expect("connect to the restored database");
