@@ -39,6 +39,9 @@ pub struct Settings {
     /// A request not answered within this (ms) because the database has not answered is
     /// `SERVICE_UNAVAILABLE` 503 (offline uploads, logins and the admin API excepted).
     pub db_deadline_ms: u64,
+    /// With several hosts in `database_url`: how often (ms) the server asks its host whether
+    /// it still accepts writes, and looks for the new primary when not.
+    pub db_primary_check_ms: u64,
     /// Lifetime of an operator JWT (`expires_in`), one shift by default.
     pub operator_token_ttl_secs: i64,
     /// HMAC key of operator JWTs; when unset, one is generated once and kept in the database
@@ -91,6 +94,7 @@ impl Settings {
             max_connections: self.db_max_connections,
             acquire_timeout: std::time::Duration::from_millis(self.db_acquire_timeout_ms),
             statement_timeout: std::time::Duration::from_millis(self.db_statement_timeout_ms),
+            primary_check: std::time::Duration::from_millis(self.db_primary_check_ms),
         }
     }
 
@@ -161,6 +165,7 @@ pub struct SettingsLayer {
     pub db_acquire_timeout_ms: Option<u64>,
     pub db_statement_timeout_ms: Option<u64>,
     pub db_deadline_ms: Option<u64>,
+    pub db_primary_check_ms: Option<u64>,
     pub operator_token_ttl_secs: Option<i64>,
     pub jwt_secret: Option<String>,
     pub admin_token: Option<String>,
@@ -231,6 +236,9 @@ impl SettingsLayer {
                     layer.db_statement_timeout_ms = Some(number(key, &value)?)
                 }
                 "STILE_DB_DEADLINE_MS" => layer.db_deadline_ms = Some(number(key, &value)?),
+                "STILE_DB_PRIMARY_CHECK_MS" => {
+                    layer.db_primary_check_ms = Some(number(key, &value)?)
+                }
                 "STILE_OPERATOR_TOKEN_TTL_SECS" => {
                     layer.operator_token_ttl_secs = Some(number(key, &value)?)
                 }
@@ -306,6 +314,7 @@ impl SettingsLayer {
             db_acquire_timeout_ms,
             db_statement_timeout_ms,
             db_deadline_ms,
+            db_primary_check_ms,
             operator_token_ttl_secs,
             jwt_secret,
             admin_token,
@@ -367,6 +376,7 @@ impl SettingsLayer {
             db_acquire_timeout_ms: self.db_acquire_timeout_ms.unwrap_or(500),
             db_statement_timeout_ms: self.db_statement_timeout_ms.unwrap_or(2000),
             db_deadline_ms: self.db_deadline_ms.unwrap_or(900),
+            db_primary_check_ms: self.db_primary_check_ms.unwrap_or(500),
             operator_token_ttl_secs: self.operator_token_ttl_secs.unwrap_or(43_200),
             jwt_secret: self.jwt_secret,
             admin_token: self.admin_token,
@@ -424,6 +434,7 @@ impl SettingsLayer {
                 60_000,
             ),
             ("db_deadline_ms", settings.db_deadline_ms, 60_000),
+            ("db_primary_check_ms", settings.db_primary_check_ms, 60_000),
             (
                 "db_statement_timeout_ms",
                 settings.db_statement_timeout_ms,

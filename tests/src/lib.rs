@@ -13,6 +13,8 @@
 //!   migrated once per process, so tests never see each other's rows.
 //! - [`browser`] runs headless Chromium on a page for the page tests (`--dump-dom`,
 //!   screenshots).
+//! - [`ha::HaCluster`] runs a replicated PostgreSQL (pg_auto_failover: a monitor, a primary
+//!   and a synchronous standby) for the failover tests.
 //! - [`corpus`] renders reproducible camera-like frames of QR codes (clean and degraded) for
 //!   the agent's tests, the demo and the decoding benchmark.
 
@@ -384,6 +386,7 @@ fn wait_until_ready(bin: &Path, port: u16, log: &Path) -> anyhow::Result<()> {
 }
 
 pub mod browser;
+pub mod ha;
 pub mod proxy;
 
 /// Sends signal `name` (`STOP`, `CONT`, `TERM`, ...) to process `pid`: how fault tests and

@@ -61,6 +61,7 @@ fn an_empty_machine_needs_everything() {
         [
             "postgresql",
             "postgresql-contrib",
+            "postgresql-15-auto-failover",
             "util-linux",
             "libclang-dev",
             "chromium",
@@ -68,6 +69,35 @@ fn an_empty_machine_needs_everything() {
             "nodejs",
             "npm"
         ]
+    );
+}
+
+#[test]
+fn auto_failover_is_the_tool_and_the_extension_of_the_server_in_use() {
+    let package = "postgresql-16-auto-failover";
+    let server = [
+        "/usr/lib/postgresql/16/bin/initdb*",
+        "/usr/lib/postgresql/16/bin/postgres*",
+        "/usr/lib/postgresql/16/bin/pg_isready*",
+    ];
+    let mut all = server.to_vec();
+    all.extend([
+        "/usr/bin/pg_autoctl*",
+        "/usr/share/postgresql/16/extension/pgautofailover.control",
+        "/usr/lib/postgresql/16/lib/pgautofailover.so",
+    ]);
+    assert!(!needs(&all, package));
+    // The tool without the extension, or the extension of another major version.
+    assert!(needs(&all[..all.len() - 2], package), "no extension");
+    let mut other = server.to_vec();
+    other.extend([
+        "/usr/bin/pg_autoctl*",
+        "/usr/share/postgresql/15/extension/pgautofailover.control",
+        "/usr/lib/postgresql/15/lib/pgautofailover.so",
+    ]);
+    assert!(
+        needs(&other, package),
+        "the extension of PostgreSQL 15 for a 16 server"
     );
 }
 

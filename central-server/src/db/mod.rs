@@ -1,9 +1,11 @@
 //! The PostgreSQL connection pool, the embedded migrations, and the translation of
-//! database failures that mean something to the domain.
+//! database failures that mean something to the domain. [`primary`] follows the writable
+//! host of a URL that names several.
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+pub mod primary;
+
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// The migrations in `migrations/` at the repository root, embedded in the binary.
@@ -18,6 +20,9 @@ pub struct PoolLimits {
     /// Each statement is cancelled by PostgreSQL after this (`statement_timeout`); zero:
     /// no limit.
     pub statement_timeout: Duration,
+    /// With several hosts in the URL: how often the pool's host is asked whether it still
+    /// accepts writes.
+    pub primary_check: Duration,
 }
 
 impl PoolLimits {
@@ -27,6 +32,7 @@ impl PoolLimits {
             max_connections,
             acquire_timeout: Duration::from_secs(10),
             statement_timeout: Duration::ZERO,
+            primary_check: Duration::from_millis(500),
         }
     }
 }
@@ -38,20 +44,29 @@ pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool,
 
 /// Opens a pool on `database_url` (one connection at once, the rest when needed; a
 /// connection found broken is replaced on the next acquire, so the pool recovers by itself
-/// once the database answers again).
+/// once the database answers again). A URL with several hosts gets a pool on the one that
+/// accepts writes, which follows the primary when it moves ([`primary`]).
 pub async fn connect_with(database_url: &str, limits: PoolLimits) -> Result<PgPool, sqlx::Error> {
-    let mut options = PgConnectOptions::from_str(database_url)?.application_name("stile-central");
-    if !limits.statement_timeout.is_zero() {
-        options = options.options([(
-            "statement_timeout",
-            limits.statement_timeout.as_millis().to_string(),
-        )]);
-    }
-    PgPoolOptions::new()
+    let targets = primary::Targets::parse(database_url)?.map(|options| {
+        let options = options.application_name("stile-central");
+        if limits.statement_timeout.is_zero() {
+            options
+        } else {
+            options.options([(
+                "statement_timeout",
+                limits.statement_timeout.as_millis().to_string(),
+            )])
+        }
+    });
+    let pool = PgPoolOptions::new()
         .max_connections(limits.max_connections)
-        .acquire_timeout(limits.acquire_timeout)
-        .connect_with(options)
-        .await
+        .acquire_timeout(limits.acquire_timeout);
+    if targets.is_replicated() {
+        primary::connect_following(targets, pool, limits.acquire_timeout, limits.primary_check)
+            .await
+    } else {
+        pool.connect_with(targets.hosts[0].clone()).await
+    }
 }
 
 /// The database is away rather than refusing this statement: it cannot be reached, is
@@ -79,18 +94,20 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
-/// PostgreSQL's SQLSTATE of a failure, if it came from the server.
 /// Which database this is, as far as a lost commit is concerned: the cluster's system
-/// identifier, its timeline (a promoted standby or a point-in-time restore starts a new one)
+/// identifier, its timeline (a promoted standby or a point-in-time restore starts a new one;
+/// read from the WAL being written, since the control file's checkpoint keeps the old
+/// timeline until the first checkpoint after a promotion)
 /// and the database's oid (a restore from a dump into a new database gets a new one). A gate
 /// that sees it change re-uploads the online successes it holds: they may be gone with the
 /// database they were committed to. A role that may not read the control file (it needs
-/// superuser: pg_control_* are restricted by default) gets the oid
-/// alone, which still changes with a restore from a dump.
+/// superuser: pg_control_* are restricted by default) gets the timeline
+/// and the oid, which still change with a promotion, a point-in-time restore and a restore
+/// from a dump.
 pub async fn epoch(pool: &PgPool) -> Result<String, sqlx::Error> {
     let full = sqlx::query_as::<_, (String,)>(
         "SELECT (SELECT system_identifier::text FROM pg_control_system()) || '.' || \
-                (SELECT timeline_id::text FROM pg_control_checkpoint()) || '.' || \
+                substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '.' || \
                 (SELECT oid::text FROM pg_database WHERE datname = current_database())",
     )
     .fetch_one(pool)
@@ -99,7 +116,8 @@ pub async fn epoch(pool: &PgPool) -> Result<String, sqlx::Error> {
         Ok((epoch,)) => Ok(epoch),
         Err(error) if sqlstate(&error).as_deref() == Some("42501") => {
             let (epoch,): (String,) = sqlx::query_as(
-                "SELECT 'db.' || oid::text FROM pg_database WHERE datname = current_database()",
+                "SELECT 'tl.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '.' || \
+                        oid::text FROM pg_database WHERE datname = current_database()",
             )
             .fetch_one(pool)
             .await?;
@@ -109,6 +127,7 @@ pub async fn epoch(pool: &PgPool) -> Result<String, sqlx::Error> {
     }
 }
 
+/// PostgreSQL's SQLSTATE of a failure, if it came from the server.
 pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
     match error {
         sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),

@@ -1,0 +1,395 @@
+//! The database's primary dies under load and pg_auto_failover promotes its synchronous
+//! standby: real processes on loopback (a monitor and two PostgreSQL nodes run by
+//! `pg_autoctl`, the `central-server` binary given the multi-host URL, a real gate), the
+//! primary's machine killed by the test (SIGKILL to its keeper and PostgreSQL at once).
+//!
+//! - 16 clients scan distinct QRs at `/venue/scan` throughout; a scan that gets no decision
+//!   (503, a dropped connection, a timeout) is sent again with its scan_id until it does.
+//!   Afterwards every SUCCESS a client saw is in `redemption_events` exactly once, no
+//!   entitlement is used twice, and every replay answered SUCCESS, never ALREADY_REDEEMED.
+//! - A gate scans throughout: online before the kill, offline (or online again) during the
+//!   failover. Its offline decisions upload once; the online successes it held are uploaded
+//!   again when it sees the new timeline in the feed and are not counted twice.
+//! - The failover time (last success before the kill to the first one after) and the errors
+//!   clients saw meanwhile are printed, not asserted; the test fails only when there is no
+//!   new primary within a minute.
+
+mod common;
+
+use common::{
+    central_server_binary, free_port, is_synced, scan, start_agent, wait_drained, wait_for,
+    wait_status, FIXTURES,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stile_testkit::ha::HaCluster;
+
+const OTA: &str = "ch-ota-secret";
+const LOAD_TICKETS: usize = 4000;
+const GATE_TICKETS: usize = 30;
+const CLIENTS: usize = 16;
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn tickets(prefix: &str, order: &str, count: usize) -> String {
+    let tickets: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({"ticket_code": format!("{prefix}{i}"), "channel": "OTA", "status": "ACTIVATED",
+            "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1}]})
+        })
+        .collect();
+    json!({"orders": [{"order_id": order, "merchant": "M001",
+        "passengers": [{"name": "团体", "tickets": tickets}]}]})
+    .to_string()
+}
+
+/// What one client's scan ended as.
+#[derive(Debug)]
+struct Outcome {
+    ticket: usize,
+    code: String,
+    /// When the scan was first sent.
+    sent_at: Instant,
+    answered_at: Instant,
+    attempts: usize,
+    redemption_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Load {
+    next: AtomicUsize,
+    stop: AtomicBool,
+    outcomes: Mutex<Vec<Outcome>>,
+    /// Failed attempts by what the client saw (`503 SERVICE_UNAVAILABLE`, `transport`, ...).
+    errors: Mutex<BTreeMap<String, usize>>,
+}
+
+async fn client_loop(load: Arc<Load>, base: String, token: String, qrs: Arc<Vec<String>>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    while !load.stop.load(Ordering::Relaxed) {
+        let ticket = load.next.fetch_add(1, Ordering::Relaxed);
+        if ticket >= qrs.len() {
+            return;
+        }
+        let scan_id = uuid::Uuid::new_v4();
+        let mut attempts = 0;
+        let sent_at = Instant::now();
+        loop {
+            attempts += 1;
+            let sent = client
+                .post(format!("{base}/venue/scan"))
+                .bearer_auth(&token)
+                .json(&json!({"qr_token": qrs[ticket], "function_code": "ENTRY",
+                    "venue_code": "GATE-WEST", "device_id": "dev-west-1", "scan_id": scan_id}))
+                .send()
+                .await;
+            let failure = match sent {
+                Ok(response) => {
+                    let status = response.status();
+                    match response.json::<Value>().await {
+                        Ok(body) if status.is_success() || status.as_u16() == 409 => {
+                            load.outcomes.lock().expect("outcomes").push(Outcome {
+                                ticket,
+                                code: body["code"].as_str().unwrap_or("?").to_owned(),
+                                sent_at,
+                                answered_at: Instant::now(),
+                                attempts,
+                                redemption_id: body["redemption"]["id"]
+                                    .as_str()
+                                    .map(str::to_owned)
+                                    .or_else(|| {
+                                        body["redemption"]["id"].as_i64().map(|n| n.to_string())
+                                    }),
+                            });
+                            break;
+                        }
+                        Ok(body) => format!("{} {}", status.as_u16(), body["code"]),
+                        Err(_) => format!("{} (no body)", status.as_u16()),
+                    }
+                }
+                Err(error) if error.is_timeout() => "timeout".to_owned(),
+                Err(_) => "transport".to_owned(),
+            };
+            *load
+                .errors
+                .lock()
+                .expect("errors")
+                .entry(failure)
+                .or_default() += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn redemptions_by_ticket(pool: &sqlx::PgPool, prefix: &str) -> BTreeMap<String, i64> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT t.ticket_code, count(r.id) FROM tickets t \
+         LEFT JOIN redemption_events r ON r.ticket_id = t.id \
+         WHERE t.ticket_code LIKE $1 GROUP BY t.ticket_code",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_all(pool)
+    .await
+    .expect("redemptions");
+    rows.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
+    let ha = HaCluster::start().await.expect("a replicated PostgreSQL");
+    let url = ha.url();
+    let pool = central_server::db::connect(&url, 4).await.expect("connect");
+    central_server::db::migrate(&pool).await.expect("migrate");
+    for text in [
+        FIXTURES.to_owned(),
+        tickets("TK-L", "ORD-LOAD", LOAD_TICKETS),
+        tickets("TK-G", "ORD-GATE", GATE_TICKETS),
+    ] {
+        let file = central_server::seed::parse(&text).expect("seed parses");
+        central_server::seed::apply(&pool, &file)
+            .await
+            .expect("seed loads");
+    }
+
+    // The central as a real process, on the multi-host URL.
+    let port = free_port();
+    let mut central = std::process::Command::new(central_server_binary())
+        .args(["--database-url", &url, "serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("STILE_OPS_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn central-server");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{base}/healthz"), Duration::from_secs(30)).await;
+    let http = reqwest::Client::new();
+    let mut load_qrs = Vec::with_capacity(LOAD_TICKETS);
+    for i in 0..LOAD_TICKETS {
+        load_qrs.push(issue(&http, &base, &format!("TK-L{i}")).await);
+    }
+    let mut gate_qrs = Vec::with_capacity(GATE_TICKETS);
+    for i in 0..GATE_TICKETS {
+        gate_qrs.push(issue(&http, &base, &format!("TK-G{i}")).await);
+    }
+    let login: Value = http
+        .post(format!("{base}/operators/login"))
+        .json(&json!({"username": "op-east", "password": "correct horse"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login body");
+    let token = login["token"].as_str().expect("token").to_owned();
+
+    let (agent, _dir) = start_agent("dev-east-1", "dev-secret-1", "GATE-EAST", &base, "").await;
+    wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
+    // A complete sync after the QRs, so the gate knows the tickets and the database epoch.
+    let seen = wait_status(&agent.base, LIMIT, "a sync after the QRs", is_synced).await;
+    wait_status(&agent.base, LIMIT, "one more sync", |s| {
+        s["last_sync_at"] != seen["last_sync_at"]
+    })
+    .await;
+    let mut gate_decisions: Vec<(usize, String, String)> = Vec::new();
+    for (i, qr) in gate_qrs.iter().enumerate().take(3) {
+        let decision = scan(&agent.base, qr).await;
+        assert_eq!(decision["mode"], "online", "{decision}");
+        gate_decisions.push((
+            i,
+            decision["code"].as_str().unwrap_or("?").to_owned(),
+            "online".into(),
+        ));
+    }
+
+    // The load.
+    let load = Arc::new(Load::default());
+    let qrs = Arc::new(load_qrs);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(client_loop(
+                load.clone(),
+                base.clone(),
+                token.clone(),
+                qrs.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let primary = ha.writable_node().await.expect("a primary before the kill");
+    let killed_at = Instant::now();
+    ha.kill_node(primary).expect("kill the primary");
+    let mut gate_next = 3;
+    let mut first_after: Option<Instant> = None;
+    loop {
+        if gate_next < GATE_TICKETS {
+            let decision = scan(&agent.base, &gate_qrs[gate_next]).await;
+            gate_decisions.push((
+                gate_next,
+                decision["code"].as_str().unwrap_or("?").to_owned(),
+                decision["mode"].as_str().unwrap_or("?").to_owned(),
+            ));
+            gate_next += 1;
+        }
+        if first_after.is_none() {
+            first_after = load
+                .outcomes
+                .lock()
+                .expect("outcomes")
+                .iter()
+                // First sent after the kill: only the new primary can have committed it.
+                .filter(|o| o.code == "SUCCESS" && o.sent_at > killed_at)
+                .map(|o| o.answered_at)
+                .min();
+        }
+        if first_after.is_some_and(|at| at.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < LIMIT,
+            "no scan succeeded within {LIMIT:?} of the kill; monitor: {:?}\n{}",
+            ha.states().await,
+            ha.log_tail("monitor")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    load.stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client");
+    }
+    let new_primary = ha
+        .writable_node()
+        .await
+        .expect("a primary after the failover");
+    assert_ne!(new_primary, primary, "the standby took over");
+
+    // Every SUCCESS a client saw is there exactly once; nothing was redeemed twice.
+    let outcomes = std::mem::take(&mut *load.outcomes.lock().expect("outcomes"));
+    let counts = redemptions_by_ticket(&pool, "TK-L").await;
+    let mut replayed = 0;
+    for outcome in &outcomes {
+        assert_eq!(
+            outcome.code, "SUCCESS",
+            "a fresh ticket answered otherwise (a replay must give the first answer): {outcome:?}"
+        );
+        if outcome.attempts > 1 {
+            replayed += 1;
+        }
+        let ticket = format!("TK-L{}", outcome.ticket);
+        assert_eq!(counts.get(&ticket), Some(&1), "{ticket}: {outcome:?}");
+    }
+    let answered: std::collections::HashSet<String> = outcomes
+        .iter()
+        .map(|o| format!("TK-L{}", o.ticket))
+        .collect();
+    for (ticket, count) in &counts {
+        assert!(*count <= 1, "{ticket} redeemed {count} times");
+        if !answered.contains(ticket) {
+            assert_eq!(*count, 0, "{ticket} was redeemed without a SUCCESS answer");
+        }
+    }
+    let ids: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.redemption_id.clone())
+        .collect();
+    let (found,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM redemption_events WHERE id::text = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await
+            .expect("ids");
+    assert_eq!(
+        found as usize,
+        ids.len(),
+        "every redemption a client was told of exists"
+    );
+    let (overused,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM entitlements WHERE remaining_uses < 0 OR remaining_uses > total_uses",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("entitlements");
+    assert_eq!(overused, 0);
+
+    // The gate: what it decided offline uploads once, what it held online is not doubled.
+    let status = wait_drained(&agent.base, LIMIT, "uploads drained").await;
+    assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
+    let gate_counts = redemptions_by_ticket(&pool, "TK-G").await;
+    for (ticket, code, mode) in &gate_decisions {
+        let expected = i64::from(code.contains("SUCCESS"));
+        let name = format!("TK-G{ticket}");
+        assert_eq!(
+            gate_counts.get(&name),
+            Some(&expected),
+            "{name} decided {code} {mode}"
+        );
+    }
+    for (ticket, code, _) in &gate_decisions {
+        if code.contains("SUCCESS") {
+            let qr = issue(&http, &base, &format!("TK-G{ticket}")).await;
+            let again = scan(&agent.base, &qr).await;
+            assert_eq!(again["code"], "EXHAUSTED", "TK-G{ticket}: {again}");
+        }
+    }
+
+    // The figures.
+    let last_before = outcomes
+        .iter()
+        .filter(|o| o.answered_at <= killed_at)
+        .map(|o| o.answered_at)
+        .max();
+    let first_after = first_after.expect("a success after the kill");
+    let mut modes: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, code, mode) in &gate_decisions {
+        *modes.entry(format!("{mode} {code}")).or_default() += 1;
+    }
+    println!(
+        "failover: {} scans answered SUCCESS ({} after a retry by scan_id); \
+         failover time {:.2} s (last success answered before the kill to the first success \
+         of a scan first sent after it), that first success {:.2} s after the kill; \
+         errors clients saw: {:?}; gate decisions: {:?}",
+        outcomes.len(),
+        replayed,
+        last_before.map_or(f64::NAN, |at| (first_after - at).as_secs_f64()),
+        (first_after - killed_at).as_secs_f64(),
+        load.errors.lock().expect("errors"),
+        modes,
+    );
+
+    // The old primary comes back as the new standby.
+    let rejoin_started = Instant::now();
+    ha.restart_node(primary).expect("restart the old primary");
+    let states = ha
+        .wait_for(LIMIT, |states| {
+            states.iter().filter(|s| s.reported == "secondary").count() == 1
+                && states.iter().filter(|s| s.reported == "primary").count() == 1
+        })
+        .await
+        .expect("the old primary rejoins");
+    println!(
+        "failover: the old primary rejoined as a standby in {:.1} s: {states:?}",
+        rejoin_started.elapsed().as_secs_f64()
+    );
+    let _ = central.kill();
+    let _ = central.wait();
+}
+
+async fn issue(http: &reqwest::Client, base: &str, ticket: &str) -> String {
+    let issued: Value = http
+        .post(format!("{base}/tickets/{ticket}/qr"))
+        .bearer_auth(OTA)
+        .send()
+        .await
+        .expect("issue")
+        .json()
+        .await
+        .expect("json");
+    issued["qr_token"].as_str().expect("token").to_owned()
+}
