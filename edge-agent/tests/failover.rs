@@ -10,7 +10,9 @@
 //! - A gate scans throughout: online before the kill, offline (or online again) during the
 //!   failover. Its offline decisions upload once; the online successes it held are uploaded
 //!   again when it sees the new timeline in the feed and are not counted twice.
-//! - The failover time (last success before the kill to the first one after) and the errors
+//! - `STILE_FAILOVER_ROUNDS` failovers in a row (default 1), each old primary rejoining as the
+//!   standby before the next.
+//! - The failover time (the longest time without a SUCCESS answer around the kill) and the errors
 //!   clients saw meanwhile are printed, not asserted; the test fails only when there is no
 //!   new primary within a minute.
 
@@ -28,8 +30,10 @@ use std::time::{Duration, Instant};
 use stile_testkit::ha::HaCluster;
 
 const OTA: &str = "ch-ota-secret";
-const LOAD_TICKETS: usize = 4000;
-const GATE_TICKETS: usize = 30;
+/// Distinct tickets per round: more than 16 clients scan in one (about 3,300 here, with a
+/// 6 s failover).
+const LOAD_PER_ROUND: usize = 6000;
+const GATE_PER_ROUND: usize = 30;
 const CLIENTS: usize = 16;
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -139,16 +143,28 @@ async fn redemptions_by_ticket(pool: &sqlx::PgPool, prefix: &str) -> BTreeMap<St
     rows.into_iter().collect()
 }
 
+/// Failovers in one run: `STILE_FAILOVER_ROUNDS` (default 1; `scripts/fault-db --failover`
+/// runs 5), each killing whichever node is primary then and letting it rejoin.
+fn rounds() -> usize {
+    std::env::var("STILE_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|raw| raw.parse().ok())
+        .unwrap_or(1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
+    let rounds = rounds();
+    let load_tickets = LOAD_PER_ROUND * rounds;
+    let gate_tickets = GATE_PER_ROUND * rounds;
     let ha = HaCluster::start().await.expect("a replicated PostgreSQL");
     let url = ha.url();
     let pool = central_server::db::connect(&url, 4).await.expect("connect");
     central_server::db::migrate(&pool).await.expect("migrate");
     for text in [
         FIXTURES.to_owned(),
-        tickets("TK-L", "ORD-LOAD", LOAD_TICKETS),
-        tickets("TK-G", "ORD-GATE", GATE_TICKETS),
+        tickets("TK-L", "ORD-LOAD", load_tickets),
+        tickets("TK-G", "ORD-GATE", gate_tickets),
     ] {
         let file = central_server::seed::parse(&text).expect("seed parses");
         central_server::seed::apply(&pool, &file)
@@ -170,12 +186,12 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     let base = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{base}/healthz"), Duration::from_secs(30)).await;
     let http = reqwest::Client::new();
-    let mut load_qrs = Vec::with_capacity(LOAD_TICKETS);
-    for i in 0..LOAD_TICKETS {
+    let mut load_qrs = Vec::with_capacity(load_tickets);
+    for i in 0..load_tickets {
         load_qrs.push(issue(&http, &base, &format!("TK-L{i}")).await);
     }
-    let mut gate_qrs = Vec::with_capacity(GATE_TICKETS);
-    for i in 0..GATE_TICKETS {
+    let mut gate_qrs = Vec::with_capacity(gate_tickets);
+    for i in 0..gate_tickets {
         gate_qrs.push(issue(&http, &base, &format!("TK-G{i}")).await);
     }
     let login: Value = http
@@ -197,40 +213,21 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
         s["last_sync_at"] != seen["last_sync_at"]
     })
     .await;
-    let mut gate_decisions: Vec<(usize, String, String)> = Vec::new();
-    for (i, qr) in gate_qrs.iter().enumerate().take(3) {
-        let decision = scan(&agent.base, qr).await;
-        assert_eq!(decision["mode"], "online", "{decision}");
-        gate_decisions.push((
-            i,
-            decision["code"].as_str().unwrap_or("?").to_owned(),
-            "online".into(),
-        ));
-    }
 
-    // The load.
     let load = Arc::new(Load::default());
     let qrs = Arc::new(load_qrs);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            tokio::spawn(client_loop(
-                load.clone(),
-                base.clone(),
-                token.clone(),
-                qrs.clone(),
-            ))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let primary = ha.writable_node().await.expect("a primary before the kill");
-    let killed_at = Instant::now();
-    ha.kill_node(primary).expect("kill the primary");
-    let mut gate_next = 3;
-    let mut first_after: Option<Instant> = None;
-    loop {
-        if gate_next < GATE_TICKETS {
+    let mut gate_decisions: Vec<(usize, String, String)> = Vec::new();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for round in 1..=rounds {
+        // The gate online first (after a failover it may take a scan or two to see that
+        // the uplink is back).
+        let mut gate_next = (round - 1) * GATE_PER_ROUND;
+        let gate_end = round * GATE_PER_ROUND;
+        for _ in 0..3 {
             let decision = scan(&agent.base, &gate_qrs[gate_next]).await;
+            if round == 1 {
+                assert_eq!(decision["mode"], "online", "{decision}");
+            }
             gate_decisions.push((
                 gate_next,
                 decision["code"].as_str().unwrap_or("?").to_owned(),
@@ -238,50 +235,156 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
             ));
             gate_next += 1;
         }
-        if first_after.is_none() {
-            first_after = load
-                .outcomes
-                .lock()
-                .expect("outcomes")
-                .iter()
-                // First sent after the kill: only the new primary can have committed it.
-                .filter(|o| o.code == "SUCCESS" && o.sent_at > killed_at)
-                .map(|o| o.answered_at)
-                .min();
-        }
-        if first_after.is_some_and(|at| at.elapsed() > Duration::from_secs(2)) {
-            break;
-        }
-        assert!(
-            killed_at.elapsed() < LIMIT,
-            "no scan succeeded within {LIMIT:?} of the kill; monitor: {:?}\n{}",
-            ha.states().await,
-            ha.log_tail("monitor")
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    load.stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client");
-    }
-    let new_primary = ha
-        .writable_node()
-        .await
-        .expect("a primary after the failover");
-    assert_ne!(new_primary, primary, "the standby took over");
 
-    // Every SUCCESS a client saw is there exactly once; nothing was redeemed twice.
-    let outcomes = std::mem::take(&mut *load.outcomes.lock().expect("outcomes"));
-    let counts = redemptions_by_ticket(&pool, "TK-L").await;
-    let mut replayed = 0;
-    for outcome in &outcomes {
+        // The load.
+        load.stop.store(false, Ordering::Relaxed);
+        load.errors.lock().expect("errors").clear();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                tokio::spawn(client_loop(
+                    load.clone(),
+                    base.clone(),
+                    token.clone(),
+                    qrs.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let primary = ha.writable_node().await.expect("a primary before the kill");
+        let killed_at = Instant::now();
+        ha.kill_node(primary).expect("kill the primary");
+        let mut first_after: Option<Instant> = None;
+        loop {
+            if gate_next < gate_end {
+                let decision = scan(&agent.base, &gate_qrs[gate_next]).await;
+                gate_decisions.push((
+                    gate_next,
+                    decision["code"].as_str().unwrap_or("?").to_owned(),
+                    decision["mode"].as_str().unwrap_or("?").to_owned(),
+                ));
+                gate_next += 1;
+            }
+            if first_after.is_none() {
+                first_after = load
+                    .outcomes
+                    .lock()
+                    .expect("outcomes")
+                    .iter()
+                    // First sent well after the kill: only the new primary can have committed
+                    // it (a backend of the killed one may commit for a few milliseconds).
+                    .filter(|o| {
+                        o.code == "SUCCESS" && o.sent_at > killed_at + Duration::from_millis(500)
+                    })
+                    .map(|o| o.answered_at)
+                    .min();
+            }
+            if first_after.is_some_and(|at| at.elapsed() > Duration::from_secs(2)) {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < LIMIT,
+                "round {round}: no scan succeeded within {LIMIT:?} of the kill; monitor: {:?}\n{}",
+                ha.states().await,
+                ha.log_tail("monitor")
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        load.stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            client.await.expect("client");
+        }
+        let new_primary = ha
+            .writable_node()
+            .await
+            .expect("a primary after the failover");
+        assert_ne!(new_primary, primary, "the standby took over");
+
+        let this_round = std::mem::take(&mut *load.outcomes.lock().expect("outcomes"));
+        // The failover time: the longest stretch without a SUCCESS answer from a second
+        // before the kill on.
+        let mut answered: Vec<Instant> = this_round
+            .iter()
+            .filter(|o| o.code == "SUCCESS" && o.answered_at + Duration::from_secs(1) > killed_at)
+            .map(|o| o.answered_at)
+            .collect();
+        answered.sort();
+        let (gap, gap_end) = answered
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0], pair[1]))
+            .max()
+            .unwrap_or((Duration::ZERO, killed_at));
+        let replayed = this_round.iter().filter(|o| o.attempts > 1).count();
+        println!(
+            "failover round {round}: {} scans answered ({replayed} after a retry by scan_id); \
+             failover time {:.2} s (the longest time without a SUCCESS around the kill), \
+             service back {:.2} s after the kill; errors clients saw: {:?}",
+            this_round.len(),
+            gap.as_secs_f64(),
+            gap_end.saturating_duration_since(killed_at).as_secs_f64(),
+            load.errors.lock().expect("errors"),
+        );
+        outcomes.extend(this_round);
+        check_load(&pool, &outcomes).await;
+
+        // The old primary comes back as the new standby.
+        let rejoin_started = Instant::now();
+        ha.restart_node(primary).expect("restart the old primary");
+        let states = ha
+            .wait_for(LIMIT, |states| {
+                states.iter().filter(|s| s.reported == "secondary").count() == 1
+                    && states.iter().filter(|s| s.reported == "primary").count() == 1
+            })
+            .await
+            .expect("the old primary rejoins");
+        println!(
+            "failover round {round}: the old primary rejoined as a standby in {:.1} s: {:?}",
+            rejoin_started.elapsed().as_secs_f64(),
+            states
+                .iter()
+                .map(|s| format!("{} {}", s.name, s.reported))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    // The gate: what it decided offline uploads once, what it held online is not doubled.
+    let status = wait_drained(&agent.base, LIMIT, "uploads drained").await;
+    assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
+    let gate_counts = redemptions_by_ticket(&pool, "TK-G").await;
+    for (ticket, code, mode) in &gate_decisions {
+        let expected = i64::from(code == "SUCCESS");
+        let name = format!("TK-G{ticket}");
+        assert_eq!(
+            gate_counts.get(&name),
+            Some(&expected),
+            "{name} decided {code} {mode}"
+        );
+    }
+    for (ticket, code, _) in &gate_decisions {
+        if code == "SUCCESS" {
+            let qr = issue(&http, &base, &format!("TK-G{ticket}")).await;
+            let again = scan(&agent.base, &qr).await;
+            assert_eq!(again["code"], "EXHAUSTED", "TK-G{ticket}: {again}");
+        }
+    }
+    let mut modes: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, code, mode) in &gate_decisions {
+        *modes.entry(format!("{mode} {code}")).or_default() += 1;
+    }
+    println!("failover: gate decisions {modes:?}, each uploaded once");
+    let _ = central.kill();
+    let _ = central.wait();
+}
+
+/// Every SUCCESS a client saw is in `redemption_events` exactly once, every replay answered
+/// the first decision, nothing was redeemed without a SUCCESS answer, no use was spent twice.
+async fn check_load(pool: &sqlx::PgPool, outcomes: &[Outcome]) {
+    let counts = redemptions_by_ticket(pool, "TK-L").await;
+    for outcome in outcomes {
         assert_eq!(
             outcome.code, "SUCCESS",
             "a fresh ticket answered otherwise (a replay must give the first answer): {outcome:?}"
         );
-        if outcome.attempts > 1 {
-            replayed += 1;
-        }
         let ticket = format!("TK-L{}", outcome.ticket);
         assert_eq!(counts.get(&ticket), Some(&1), "{ticket}: {outcome:?}");
     }
@@ -302,7 +405,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     let (found,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM redemption_events WHERE id::text = ANY($1)")
             .bind(&ids)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("ids");
     assert_eq!(
@@ -313,72 +416,10 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     let (overused,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM entitlements WHERE remaining_uses < 0 OR remaining_uses > total_uses",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .expect("entitlements");
     assert_eq!(overused, 0);
-
-    // The gate: what it decided offline uploads once, what it held online is not doubled.
-    let status = wait_drained(&agent.base, LIMIT, "uploads drained").await;
-    assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
-    let gate_counts = redemptions_by_ticket(&pool, "TK-G").await;
-    for (ticket, code, mode) in &gate_decisions {
-        let expected = i64::from(code.contains("SUCCESS"));
-        let name = format!("TK-G{ticket}");
-        assert_eq!(
-            gate_counts.get(&name),
-            Some(&expected),
-            "{name} decided {code} {mode}"
-        );
-    }
-    for (ticket, code, _) in &gate_decisions {
-        if code.contains("SUCCESS") {
-            let qr = issue(&http, &base, &format!("TK-G{ticket}")).await;
-            let again = scan(&agent.base, &qr).await;
-            assert_eq!(again["code"], "EXHAUSTED", "TK-G{ticket}: {again}");
-        }
-    }
-
-    // The figures.
-    let last_before = outcomes
-        .iter()
-        .filter(|o| o.answered_at <= killed_at)
-        .map(|o| o.answered_at)
-        .max();
-    let first_after = first_after.expect("a success after the kill");
-    let mut modes: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, code, mode) in &gate_decisions {
-        *modes.entry(format!("{mode} {code}")).or_default() += 1;
-    }
-    println!(
-        "failover: {} scans answered SUCCESS ({} after a retry by scan_id); \
-         failover time {:.2} s (last success answered before the kill to the first success \
-         of a scan first sent after it), that first success {:.2} s after the kill; \
-         errors clients saw: {:?}; gate decisions: {:?}",
-        outcomes.len(),
-        replayed,
-        last_before.map_or(f64::NAN, |at| (first_after - at).as_secs_f64()),
-        (first_after - killed_at).as_secs_f64(),
-        load.errors.lock().expect("errors"),
-        modes,
-    );
-
-    // The old primary comes back as the new standby.
-    let rejoin_started = Instant::now();
-    ha.restart_node(primary).expect("restart the old primary");
-    let states = ha
-        .wait_for(LIMIT, |states| {
-            states.iter().filter(|s| s.reported == "secondary").count() == 1
-                && states.iter().filter(|s| s.reported == "primary").count() == 1
-        })
-        .await
-        .expect("the old primary rejoins");
-    println!(
-        "failover: the old primary rejoined as a standby in {:.1} s: {states:?}",
-        rejoin_started.elapsed().as_secs_f64()
-    );
-    let _ = central.kill();
-    let _ = central.wait();
 }
 
 async fn issue(http: &reqwest::Client, base: &str, ticket: &str) -> String {

@@ -86,7 +86,7 @@ impl HaCluster {
         }
         // The guard: wait for our stdin to close, then kill every component's group.
         let script = format!(
-            "read _ignored; for f in {dir}/*.pgid; do kill -9 -- -$(cat $f) 2>/dev/null; done; \
+            "read _ignored; for f in {dir}/*.pgid; do /bin/kill -s KILL -- -$(cat $f) 2>/dev/null; done; \
              sleep 0.5; rm -rf {dir}",
             dir = dir.display()
         );
@@ -261,17 +261,25 @@ impl HaCluster {
         }
     }
 
-    /// Kills node `index` (0 or 1) with SIGKILL, keeper and PostgreSQL at once: its machine
-    /// died.
-    pub fn kill_node(&self, index: usize) -> anyhow::Result<()> {
+    /// The process group of node `index` (its keeper and PostgreSQL).
+    pub fn process_group(&self, index: usize) -> anyhow::Result<u32> {
         let name = format!("node{}", index + 1);
         let pgid = std::fs::read_to_string(self.dir.join(format!("{name}.pgid")))
             .with_context(|| format!("{name} has no process group"))?;
+        pgid.trim()
+            .parse()
+            .with_context(|| format!("{name}'s process group"))
+    }
+
+    /// Kills node `index` (0 or 1) with SIGKILL, keeper and PostgreSQL at once: its machine
+    /// died.
+    pub fn kill_node(&self, index: usize) -> anyhow::Result<()> {
+        let pgid = self.process_group(index)?;
         let status = Command::new("kill")
-            .args(["-9", "--", &format!("-{}", pgid.trim())])
+            .args(["-9", "--", &format!("-{pgid}")])
             .status()?;
         if !status.success() {
-            bail!("kill -9 of {name}'s group failed");
+            bail!("kill -9 of node{}'s group failed", index + 1);
         }
         Ok(())
     }

@@ -8,12 +8,18 @@
 //! prints each decision as the gate takes it, then prints the status page URLs. Without
 //! `--smoke` it keeps everything running until Ctrl-C.
 //!
+//! `--ha` runs the central on a replicated PostgreSQL instead (pg_auto_failover: a monitor,
+//! a primary and a synchronous standby on loopback, as the failover test runs it), gives the
+//! central the multi-host URL, and prints each node's role, how to kill the primary, and how
+//! to watch the roles change.
+//!
 //! Run: `scripts/demo` (builds, then runs this binary).
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::{json, Value};
 use std::process::Command;
+use stile_testkit::ha::HaCluster;
 use stile_testkit::ClusterOptions;
 use stile_tools::{central_server_binary, ServerProcess};
 
@@ -41,17 +47,50 @@ struct Args {
     /// Stop after the scans instead of serving until Ctrl-C.
     #[arg(long)]
     smoke: bool,
+    /// Run on a replicated PostgreSQL (a monitor and two nodes, pg_auto_failover) started
+    /// for the demo; DATABASE_URL is not used.
+    #[arg(long)]
+    ha: bool,
+}
+
+/// Each node's role, as the monitor and the node itself say.
+async fn print_roles(ha: &HaCluster) -> anyhow::Result<()> {
+    let writable = ha.writable_node().await;
+    for (index, state) in ha.states().await?.iter().enumerate() {
+        let role = if writable == Some(index) {
+            "primary (accepts writes)"
+        } else {
+            "standby (synchronous)"
+        };
+        println!(
+            "▶   {} 127.0.0.1:{}  {role}  [monitor: {} → {}]",
+            state.name, state.port, state.reported, state.goal
+        );
+    }
+    println!("▶   monitor 127.0.0.1:{}", ha.monitor_port);
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (database_url, cluster) =
-        stile_tools::database("stile_demo", &ClusterOptions::default()).await?;
-    match &cluster {
-        Some(_) => println!("▶ private PostgreSQL started (DATABASE_URL not set)"),
-        None => println!("▶ using DATABASE_URL"),
-    }
+    let (database_url, cluster, ha) = if args.ha {
+        println!(
+            "▶ starting a replicated PostgreSQL: a pg_auto_failover monitor, a primary and a \
+             synchronous standby (about 15 s)"
+        );
+        let ha = HaCluster::start().await?;
+        print_roles(&ha).await?;
+        (ha.url(), None, Some(ha))
+    } else {
+        let (url, cluster) =
+            stile_tools::database("stile_demo", &ClusterOptions::default()).await?;
+        match &cluster {
+            Some(_) => println!("▶ private PostgreSQL started (DATABASE_URL not set)"),
+            None => println!("▶ using DATABASE_URL"),
+        }
+        (url, cluster, None)
+    };
 
     let work = std::env::temp_dir().join(format!("stile-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work).context("creating the demo directory")?;
@@ -191,6 +230,20 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("▶ database: {database_url}");
+    if let Some(ha) = &ha {
+        println!("▶ database roles now:");
+        print_roles(ha).await?;
+        if let Some(primary) = ha.writable_node().await {
+            println!(
+                "▶ fail over by killing the primary's machine (its keeper and PostgreSQL): \
+                 kill -9 -- -{}\n▶ the standby takes over within seconds and the central \
+                 follows it (its log says \"the primary moved\"); the roles: \
+                 psql '{}' -c 'SELECT nodename, reportedstate FROM pgautofailover.node'",
+                ha.process_group(primary)?,
+                ha.monitor_url()
+            );
+        }
+    }
     if args.smoke {
         println!("▶ smoke run finished");
         drop(gates);
@@ -205,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
     drop(gates);
     drop(server);
     drop(cluster);
+    drop(ha);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
