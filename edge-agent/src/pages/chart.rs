@@ -3,8 +3,8 @@
 //! with the capacity as a dashed line. A pure function of the answer; every text in it is
 //! escaped, and points whose time cannot be read are left out.
 
-use super::status::escape;
 use stile_shared::api::VenueOccupancy;
+use stile_shared::html::escape;
 
 const WIDTH: f64 = 600.0;
 const HEIGHT: f64 = 160.0;

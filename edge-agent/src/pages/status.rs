@@ -747,7 +747,7 @@ fn latency(ms: f64) -> String {
     }
 }
 
-pub use stile_shared::html::escape;
+use stile_shared::html::escape;
 
 fn or_dash(value: Option<impl ToString>) -> String {
     value
