@@ -94,17 +94,7 @@ fn random_case(rng: &mut StdRng, now: DateTime<Utc>) -> (Value, i32, usize) {
 }
 
 async fn login(central: &Central) -> String {
-    let body: Value = central
-        .client
-        .post(format!("{}/operators/login", central.base))
-        .json(&json!({"username": "op-east", "password": "correct horse"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("login body");
-    body["token"].as_str().expect("token").to_owned()
+    common::operator_token(&central.client, &central.base).await
 }
 
 /// A scan decided by the central itself (at the west gate's device), not through the gate.

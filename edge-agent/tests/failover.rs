@@ -19,8 +19,8 @@
 mod common;
 
 use common::{
-    central_server_binary, free_port, is_synced, scan, start_agent, wait_drained, wait_for,
-    wait_status, FIXTURES,
+    is_synced, issue_qr_at, operator_token, scan, start_agent, wait_drained, wait_status,
+    CentralProcess, FIXTURES,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -173,37 +173,18 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     }
 
     // The central as a real process, on the multi-host URL.
-    let port = free_port();
-    let mut central = std::process::Command::new(central_server_binary())
-        .args(["--database-url", &url, "serve", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .env("STILE_OPS_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn central-server");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for(&format!("{base}/healthz"), Duration::from_secs(30)).await;
+    let central = CentralProcess::serve(&url, pool.clone()).await;
+    let base = central.base.clone();
     let http = reqwest::Client::new();
     let mut load_qrs = Vec::with_capacity(load_tickets);
     for i in 0..load_tickets {
-        load_qrs.push(issue(&http, &base, &format!("TK-L{i}")).await);
+        load_qrs.push(issue_qr_at(&http, &base, &format!("TK-L{i}"), OTA).await);
     }
     let mut gate_qrs = Vec::with_capacity(gate_tickets);
     for i in 0..gate_tickets {
-        gate_qrs.push(issue(&http, &base, &format!("TK-G{i}")).await);
+        gate_qrs.push(issue_qr_at(&http, &base, &format!("TK-G{i}"), OTA).await);
     }
-    let login: Value = http
-        .post(format!("{base}/operators/login"))
-        .json(&json!({"username": "op-east", "password": "correct horse"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("login body");
-    let token = login["token"].as_str().expect("token").to_owned();
+    let token = operator_token(&http, &base).await;
 
     let (agent, _dir) = start_agent("dev-east-1", "dev-secret-1", "GATE-EAST", &base, "").await;
     wait_status(&agent.base, LIMIT, "first sync", is_synced).await;
@@ -362,7 +343,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     }
     for (ticket, code, _) in &gate_decisions {
         if code == "SUCCESS" {
-            let qr = issue(&http, &base, &format!("TK-G{ticket}")).await;
+            let qr = issue_qr_at(&http, &base, &format!("TK-G{ticket}"), OTA).await;
             let again = scan(&agent.base, &qr).await;
             assert_eq!(again["code"], "EXHAUSTED", "TK-G{ticket}: {again}");
         }
@@ -372,8 +353,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
         *modes.entry(format!("{mode} {code}")).or_default() += 1;
     }
     println!("failover: gate decisions {modes:?}, each uploaded once");
-    let _ = central.kill();
-    let _ = central.wait();
+    drop(central);
 }
 
 /// Every SUCCESS a client saw is in `redemption_events` exactly once, every replay answered
@@ -420,17 +400,4 @@ async fn check_load(pool: &sqlx::PgPool, outcomes: &[Outcome]) {
     .await
     .expect("entitlements");
     assert_eq!(overused, 0);
-}
-
-async fn issue(http: &reqwest::Client, base: &str, ticket: &str) -> String {
-    let issued: Value = http
-        .post(format!("{base}/tickets/{ticket}/qr"))
-        .bearer_auth(OTA)
-        .send()
-        .await
-        .expect("issue")
-        .json()
-        .await
-        .expect("json");
-    issued["qr_token"].as_str().expect("token").to_owned()
 }

@@ -11,7 +11,7 @@
 //! - As with [`crate::Cluster`], a guard process holds a pipe: when the test process exits,
 //!   however it exits, every component is killed and the directory removed.
 
-use crate::{as_user, free_port, postgres_bindir, run_as_user, wait_until_ready};
+use crate::{as_user, free_port, postgres_bindir, run_as_user, spawn_guard, wait_until_ready};
 use anyhow::{bail, Context};
 use sqlx::Connection;
 use std::path::{Path, PathBuf};
@@ -90,13 +90,7 @@ impl HaCluster {
              sleep 0.5; rm -rf {dir}",
             dir = dir.display()
         );
-        let guard = as_user(&run_as, Path::new("/bin/sh"))
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the HA guard")?;
+        let guard = spawn_guard(&run_as, &script).context("starting the HA guard")?;
         let cluster = HaCluster {
             dir,
             bin,

@@ -152,13 +152,7 @@ impl Cluster {
             log = dir.join("postgres.log").display(),
             dir = dir.display(),
         );
-        let guard = as_user(&run_as, Path::new("/bin/sh"))
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting postgres")?;
+        let guard = spawn_guard(&run_as, &script).context("starting postgres")?;
         let cluster = Cluster {
             admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             guard: Mutex::new(Some(guard)),
@@ -361,6 +355,17 @@ fn as_user(user: &Option<String>, program: &Path) -> Command {
             command
         }
     }
+}
+
+/// A shell running `script` (as `user`), its stdin a pipe we hold: the script's `read`
+/// returns when the test process closes it, however it exits.
+fn spawn_guard(user: &Option<String>, script: &str) -> std::io::Result<Child> {
+    as_user(user, Path::new("/bin/sh"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
 }
 
 fn free_port() -> anyhow::Result<u16> {

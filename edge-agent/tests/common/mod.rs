@@ -54,7 +54,7 @@ async fn seeded_database(extra_seed: &[String], connections: u32) -> (String, sq
 }
 
 /// `POST /tickets/{ticket}/qr` at `base` with a channel key: the new token.
-async fn issue_qr_at(
+pub async fn issue_qr_at(
     client: &reqwest::Client,
     base: &str,
     ticket: &str,
@@ -70,6 +70,20 @@ async fn issue_qr_at(
         .await
         .expect("json");
     issued["qr_token"].as_str().expect("token").to_owned()
+}
+
+/// `op-east`'s operator token from the central at `base`.
+pub async fn operator_token(client: &reqwest::Client, base: &str) -> String {
+    let body: Value = client
+        .post(format!("{base}/operators/login"))
+        .json(&json!({"username": "op-east", "password": "correct horse"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login body");
+    body["token"].as_str().expect("token").to_owned()
 }
 
 async fn count_in(pool: &sqlx::PgPool, sql: &str) -> i64 {
@@ -409,9 +423,14 @@ pub struct CentralProcess {
 impl CentralProcess {
     pub async fn start(extra_seed: &[String]) -> CentralProcess {
         let (url, pool) = seeded_database(extra_seed, 2).await;
+        CentralProcess::serve(&url, pool).await
+    }
+
+    /// `central-server serve` on a database of the test's own (`pool` is the test's way in).
+    pub async fn serve(url: &str, pool: sqlx::PgPool) -> CentralProcess {
         let port = free_port();
         let child = std::process::Command::new(central_server_binary())
-            .args(["--database-url", &url, "serve", "--listen"])
+            .args(["--database-url", url, "serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .env("STILE_OPS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
