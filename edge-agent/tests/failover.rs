@@ -233,6 +233,15 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
         let primary = ha.writable_node().await.expect("a primary before the kill");
+        // Replication is synchronous: a commit is acknowledged once the standby has it.
+        let (standbys,): (String,) = sqlx::query_as("SHOW synchronous_standby_names")
+            .fetch_one(&pool)
+            .await
+            .expect("synchronous_standby_names");
+        assert!(
+            standbys.contains("pgautofailover_standby"),
+            "the primary waits for its standby: {standbys:?}"
+        );
         let killed_at = Instant::now();
         ha.kill_node(primary).expect("kill the primary");
         let mut first_after: Option<Instant> = None;
