@@ -10,6 +10,8 @@
 //! - A gate scans throughout: online before the kill, offline (or online again) during the
 //!   failover. Its offline decisions upload once; the online successes it held are uploaded
 //!   again when it sees the new timeline in the feed and are not counted twice.
+//! - Then a planned switchover under the same load: the old primary stays up, demoted to a
+//!   standby, and no connection of the central is left on it.
 //! - `STILE_FAILOVER_ROUNDS` failovers in a row (default 1), each old primary rejoining as the
 //!   standby before the next.
 //! - The failover time (the longest time without a SUCCESS answer around the kill) and the errors
@@ -155,7 +157,8 @@ fn rounds() -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     let rounds = rounds();
-    let load_tickets = LOAD_PER_ROUND * rounds;
+    // One share more for the switchover.
+    let load_tickets = LOAD_PER_ROUND * (rounds + 1);
     let gate_tickets = GATE_PER_ROUND * rounds;
     let ha = HaCluster::start().await.expect("a replicated PostgreSQL");
     let url = ha.url();
@@ -176,14 +179,8 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     let central = CentralProcess::serve(&url, pool.clone()).await;
     let base = central.base.clone();
     let http = reqwest::Client::new();
-    let mut load_qrs = Vec::with_capacity(load_tickets);
-    for i in 0..load_tickets {
-        load_qrs.push(issue_qr_at(&http, &base, &format!("TK-L{i}"), OTA).await);
-    }
-    let mut gate_qrs = Vec::with_capacity(gate_tickets);
-    for i in 0..gate_tickets {
-        gate_qrs.push(issue_qr_at(&http, &base, &format!("TK-G{i}"), OTA).await);
-    }
+    let load_qrs = issue_all(&http, &base, "TK-L", load_tickets).await;
+    let gate_qrs = issue_all(&http, &base, "TK-G", gate_tickets).await;
     let token = operator_token(&http, &base).await;
 
     let (agent, _dir) = start_agent("dev-east-1", "dev-secret-1", "GATE-EAST", &base, "").await;
@@ -337,6 +334,89 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
         );
     }
 
+    // A planned switchover under load: the old primary stays up as a standby, and the
+    // central leaves it.
+    load.stop.store(false, Ordering::Relaxed);
+    load.errors.lock().expect("errors").clear();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(client_loop(
+                load.clone(),
+                base.clone(),
+                token.clone(),
+                qrs.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = ha
+        .writable_node()
+        .await
+        .expect("a primary before the switchover");
+    let switch_started = Instant::now();
+    // pg_autoctl blocks until it is done; the clients go on on the other worker.
+    tokio::task::block_in_place(|| ha.switchover()).expect("switchover");
+    let switched = Instant::now();
+    loop {
+        let served = load
+            .outcomes
+            .lock()
+            .expect("outcomes")
+            .iter()
+            .any(|o| o.code == "SUCCESS" && o.sent_at > switched);
+        if served {
+            break;
+        }
+        assert!(
+            switched.elapsed() < LIMIT,
+            "no scan succeeded within {LIMIT:?} of the switchover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("client");
+    }
+    let after = ha
+        .writable_node()
+        .await
+        .expect("a primary after the switchover");
+    assert_ne!(after, before, "the standby took over");
+    let this_round = std::mem::take(&mut *load.outcomes.lock().expect("outcomes"));
+    println!(
+        "switchover: {} scans answered ({} after a retry by scan_id), pg_autoctl took {:.1} s; \
+         errors clients saw: {:?}",
+        this_round.len(),
+        this_round.iter().filter(|o| o.attempts > 1).count(),
+        (switched - switch_started).as_secs_f64(),
+        load.errors.lock().expect("errors"),
+    );
+    outcomes.extend(this_round);
+    check_load(&pool, &outcomes).await;
+    // No connection of the central is left on the demoted node, which still runs.
+    let demoted = sqlx::PgPool::connect(&ha.node_url(before))
+        .await
+        .expect("the demoted node still answers");
+    let started = Instant::now();
+    loop {
+        let (left,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stile-central'",
+        )
+        .fetch_one(&demoted)
+        .await
+        .expect("pg_stat_activity");
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{left} connections of the central stay on the demoted primary"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    demoted.close().await;
+
     // The gate: what it decided offline uploads once, what it held online is not doubled.
     let status = wait_drained(&agent.base, LIMIT, "uploads drained").await;
     assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
@@ -363,6 +443,30 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     }
     println!("failover: gate decisions {modes:?}, each uploaded once");
     drop(central);
+}
+
+/// A QR for each of `prefix`0 .. `prefix`count-1, issued by 8 clients at once.
+async fn issue_all(http: &reqwest::Client, base: &str, prefix: &str, count: usize) -> Vec<String> {
+    const ISSUERS: usize = 8;
+    let issuers: Vec<_> = (0..ISSUERS)
+        .map(|first| {
+            let (http, base, prefix) = (http.clone(), base.to_owned(), prefix.to_owned());
+            tokio::spawn(async move {
+                let mut issued = Vec::new();
+                for i in (first..count).step_by(ISSUERS) {
+                    let qr = issue_qr_at(&http, &base, &format!("{prefix}{i}"), OTA).await;
+                    issued.push((i, qr));
+                }
+                issued
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    for issuer in issuers {
+        all.extend(issuer.await.expect("issuer"));
+    }
+    all.sort();
+    all.into_iter().map(|(_, qr)| qr).collect()
 }
 
 /// Every SUCCESS a client saw is in `redemption_events` exactly once, every replay answered

@@ -340,15 +340,10 @@ impl HaCluster {
     /// and its output appended to `<name>.log`.
     fn launch(&self, name: &str, args: &[&str]) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
-        let dir = self.dir.display();
-        let quoted: Vec<String> = args.iter().map(|arg| format!("'{arg}'")).collect();
         let script = format!(
-            "export PATH={bin}:/usr/bin:/bin XDG_CONFIG_HOME={dir}/config \
-                    XDG_DATA_HOME={dir}/data XDG_RUNTIME_DIR={dir}/run; \
-             exec {autoctl} {args} >> {dir}/{name}.log 2>&1 < /dev/null",
-            bin = self.bin.display(),
-            autoctl = pg_autoctl(),
-            args = quoted.join(" "),
+            "{} >> {}/{name}.log 2>&1 < /dev/null",
+            self.autoctl_command(args),
+            self.dir.display()
         );
         let mut child = as_user(&self.run_as, Path::new("/bin/sh"))
             .args(["-c", &script])
@@ -364,6 +359,48 @@ impl HaCluster {
         )?;
         // Reap it in the background when it ends.
         std::thread::spawn(move || child.wait());
+        Ok(())
+    }
+
+    /// `exec pg_autoctl args` with this formation's environment (its configuration and
+    /// state directories, the PostgreSQL binaries on the PATH), for `sh -c`.
+    fn autoctl_command(&self, args: &[&str]) -> String {
+        let dir = self.dir.display();
+        let quoted: Vec<String> = args.iter().map(|arg| format!("'{arg}'")).collect();
+        format!(
+            "export PATH={bin}:/usr/bin:/bin XDG_CONFIG_HOME={dir}/config \
+                    XDG_DATA_HOME={dir}/data XDG_RUNTIME_DIR={dir}/run; \
+             exec {autoctl} {args}",
+            bin = self.bin.display(),
+            autoctl = pg_autoctl(),
+            args = quoted.join(" "),
+        )
+    }
+
+    /// A planned switchover (`pg_autoctl perform switchover`): the primary is demoted, alive,
+    /// to a standby and the standby promoted. Returns when the monitor reports it done.
+    pub fn switchover(&self) -> anyhow::Result<()> {
+        let monitor = self.dir.join("monitor").display().to_string();
+        let script = self.autoctl_command(&[
+            "perform",
+            "switchover",
+            "--pgdata",
+            &monitor,
+            "--wait",
+            "60",
+        ]);
+        let output = as_user(&self.run_as, Path::new("/bin/sh"))
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_autoctl perform switchover")?;
+        if !output.status.success() {
+            bail!(
+                "pg_autoctl perform switchover failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
         Ok(())
     }
 
