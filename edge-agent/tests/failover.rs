@@ -312,7 +312,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
             load.errors.lock().expect("errors"),
         );
         outcomes.extend(this_round);
-        check_load(&pool, &outcomes).await;
+        check_load(&on_primary(&ha).await, &outcomes).await;
 
         // The old primary comes back as the new standby.
         let rejoin_started = Instant::now();
@@ -393,7 +393,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
         load.errors.lock().expect("errors"),
     );
     outcomes.extend(this_round);
-    check_load(&pool, &outcomes).await;
+    check_load(&on_primary(&ha).await, &outcomes).await;
     // No connection of the central is left on the demoted node, which still runs.
     let demoted = sqlx::PgPool::connect(&ha.node_url(before))
         .await
@@ -420,7 +420,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     // The gate: what it decided offline uploads once, what it held online is not doubled.
     let status = wait_drained(&agent.base, LIMIT, "uploads drained").await;
     assert_eq!(status["outbox"]["conflicts"], 0, "{status}");
-    let gate_counts = redemptions_by_ticket(&pool, "TK-G").await;
+    let gate_counts = redemptions_by_ticket(&on_primary(&ha).await, "TK-G").await;
     for (ticket, code, mode) in &gate_decisions {
         let expected = i64::from(code == "SUCCESS");
         let name = format!("TK-G{ticket}");
@@ -443,6 +443,15 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
     }
     println!("failover: gate decisions {modes:?}, each uploaded once");
     drop(central);
+}
+
+/// A pool on the node that accepts writes now, for the checks: a pool following the
+/// primary may still hold a connection to a node just demoted, whose reads can be stale.
+async fn on_primary(ha: &HaCluster) -> sqlx::PgPool {
+    let node = ha.writable_node().await.expect("a primary");
+    sqlx::PgPool::connect(&ha.node_url(node))
+        .await
+        .expect("connect to the primary")
 }
 
 /// A QR for each of `prefix`0 .. `prefix`count-1, issued by 8 clients at once.

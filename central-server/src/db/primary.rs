@@ -8,8 +8,10 @@
 //! is out of recovery but still read-only). When it does not answer, or answers "read-only",
 //! every host is asked on a connection of its own; the first writable one becomes the
 //! pool's target, and every pooled connection opened before the switch is closed when it is
-//! next acquired, so no request runs on a demoted primary. Until a writable host is found,
-//! requests fail fast (the pool's acquire timeout) and are answered 503.
+//! next acquired, so no request runs on a demoted primary; every new connection is checked
+//! too, and one that finds its host read-only is refused (503) and wakes the watcher at once.
+//! Until a writable host is found, requests fail fast (the pool's acquire timeout) and are
+//! answered 503.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -186,10 +188,25 @@ pub async fn connect_following(
         last_ms: AtomicU64::new(0),
     });
     let on_acquire = switches.clone();
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    let on_connect = nudge.clone();
     let pool = options
         .before_acquire(move |_, meta| {
             let current = on_acquire.is_current(meta.age);
             Box::pin(async move { Ok(current) })
+        })
+        // Every new connection is checked, so a connection opened with the old host's
+        // options around a switch never serves on a standby (reads there may be stale).
+        .after_connect(move |connection, _| {
+            let nudge = on_connect.clone();
+            Box::pin(async move {
+                if query_writable(connection).await? {
+                    Ok(())
+                } else {
+                    nudge.notify_one();
+                    Err(not_writable())
+                }
+            })
         })
         .connect_with(targets.hosts[current].clone())
         .await?;
@@ -202,25 +219,48 @@ pub async fn connect_following(
         pool.clone(),
         targets,
         current,
-        switches,
-        acquire_timeout,
-        check_interval,
+        Watch {
+            switches,
+            nudge,
+            timeout: acquire_timeout,
+            interval: check_interval,
+        },
     ));
     Ok(pool)
 }
 
-async fn follow(
-    pool: PgPool,
-    targets: Targets,
-    mut current: usize,
+/// A connection refused because its host no longer accepts writes: answered like a host
+/// that is away (503), since the primary is moving.
+fn not_writable() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the database host no longer accepts writes (the primary is moving)",
+    ))
+}
+
+/// What the watcher needs besides the pool and the hosts.
+struct Watch {
     switches: Arc<Switches>,
+    /// Rung when a new connection found its host read-only: check now, not at the tick.
+    nudge: Arc<tokio::sync::Notify>,
     timeout: Duration,
     interval: Duration,
-) {
+}
+
+async fn follow(pool: PgPool, targets: Targets, mut current: usize, watch: Watch) {
+    let Watch {
+        switches,
+        nudge,
+        timeout,
+        interval,
+    } = watch;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = nudge.notified() => {}
+        }
         if pool.is_closed() {
             return;
         }
