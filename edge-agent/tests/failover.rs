@@ -72,6 +72,46 @@ struct Load {
     errors: Mutex<BTreeMap<String, usize>>,
 }
 
+impl Load {
+    /// The 16 clients, from the next unscanned ticket on.
+    fn start(
+        self: &Arc<Self>,
+        base: &str,
+        token: &str,
+        qrs: &Arc<Vec<String>>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.stop.store(false, Ordering::Relaxed);
+        self.errors.lock().expect("errors").clear();
+        (0..CLIENTS)
+            .map(|_| {
+                tokio::spawn(client_loop(
+                    self.clone(),
+                    base.to_owned(),
+                    token.to_owned(),
+                    qrs.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Stops the clients (each finishes its scan), checks that another node than
+    /// `old_primary` took over, and takes what they got.
+    async fn finish(
+        &self,
+        clients: Vec<tokio::task::JoinHandle<()>>,
+        ha: &HaCluster,
+        old_primary: usize,
+    ) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            client.await.expect("client");
+        }
+        let primary = ha.writable_node().await.expect("a primary afterwards");
+        assert_ne!(primary, old_primary, "the standby took over");
+        std::mem::take(&mut *self.outcomes.lock().expect("outcomes"))
+    }
+}
+
 async fn client_loop(load: Arc<Load>, base: String, token: String, qrs: Arc<Vec<String>>) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -215,18 +255,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
         }
 
         // The load.
-        load.stop.store(false, Ordering::Relaxed);
-        load.errors.lock().expect("errors").clear();
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                tokio::spawn(client_loop(
-                    load.clone(),
-                    base.clone(),
-                    token.clone(),
-                    qrs.clone(),
-                ))
-            })
-            .collect();
+        let clients = load.start(&base, &token, &qrs);
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
         let primary = ha.writable_node().await.expect("a primary before the kill");
@@ -277,17 +306,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        load.stop.store(true, Ordering::Relaxed);
-        for client in clients {
-            client.await.expect("client");
-        }
-        let new_primary = ha
-            .writable_node()
-            .await
-            .expect("a primary after the failover");
-        assert_ne!(new_primary, primary, "the standby took over");
-
-        let this_round = std::mem::take(&mut *load.outcomes.lock().expect("outcomes"));
+        let this_round = load.finish(clients, &ha, primary).await;
         // The failover time: the longest stretch without a SUCCESS answer from a second
         // before the kill on.
         let mut answered: Vec<Instant> = this_round
@@ -336,18 +355,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
 
     // A planned switchover under load: the old primary stays up as a standby, and the
     // central leaves it.
-    load.stop.store(false, Ordering::Relaxed);
-    load.errors.lock().expect("errors").clear();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            tokio::spawn(client_loop(
-                load.clone(),
-                base.clone(),
-                token.clone(),
-                qrs.clone(),
-            ))
-        })
-        .collect();
+    let clients = load.start(&base, &token, &qrs);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let before = ha
         .writable_node()
@@ -374,16 +382,7 @@ async fn the_primary_killed_under_load_loses_and_doubles_no_redemption() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    load.stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client");
-    }
-    let after = ha
-        .writable_node()
-        .await
-        .expect("a primary after the switchover");
-    assert_ne!(after, before, "the standby took over");
-    let this_round = std::mem::take(&mut *load.outcomes.lock().expect("outcomes"));
+    let this_round = load.finish(clients, &ha, before).await;
     println!(
         "switchover: {} scans answered ({} after a retry by scan_id), pg_autoctl took {:.1} s; \
          errors clients saw: {:?}",
