@@ -129,12 +129,15 @@ pub struct OwnPassage {
     pub central_since: Option<i64>,
 }
 
-/// An acceptance of the venue's entry function at a peer gate: an entry there.
+/// A passage at a peer gate of this gate's venue, as the peer announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerEntry {
+pub struct PeerPassage {
     pub ticket_code: String,
+    pub direction: Direction,
     /// Unix seconds, the peer's clock; `None` when its time cannot be read.
     pub at: Option<i64>,
+    /// What it changed the occupancy by (+1 for what a peer of an older version announced).
+    pub change: i64,
 }
 
 /// Who accepted a (jti, function_code) before.
@@ -156,6 +159,10 @@ pub struct PeerAcceptanceLine {
     pub decided_at: String,
     pub mode: String,
     pub received_at: String,
+    /// `entry` or `exit`.
+    pub direction: String,
+    /// Whether it used a count (an exit or a re-entry uses none).
+    pub redeemed: bool,
 }
 
 /// An offline acceptance waiting for upload.
@@ -190,7 +197,7 @@ impl std::fmt::Debug for Store {
 /// The schema, one step per version: step `i` brings a store of version `i` to `i + 1`, in
 /// one transaction with the version it reaches, so a step is applied once and whole. A landed
 /// step is never edited; every change is a new step.
-pub const MIGRATIONS: [&str; 3] = [
+pub const MIGRATIONS: [&str; 4] = [
     // 1: decisions, accepted pairs, synced tickets, small state.
     "CREATE TABLE IF NOT EXISTS decisions (
          scan_id TEXT PRIMARY KEY,
@@ -258,6 +265,13 @@ pub const MIGRATIONS: [&str; 3] = [
      UPDATE decisions SET redeemed = 1 WHERE code = 'SUCCESS';
      CREATE INDEX decisions_passages ON decisions (decided_at) WHERE occupancy_change IS NOT NULL;
      CREATE INDEX peer_acceptances_received ON peer_acceptances (received_at);",
+    // 4: peers announce passages too: which way, whether a count was used, at which venue
+    // and what it changed the occupancy by (what peers sent before is a redeeming entry of
+    // no venue named).
+    "ALTER TABLE peer_acceptances ADD COLUMN direction TEXT NOT NULL DEFAULT 'entry';
+     ALTER TABLE peer_acceptances ADD COLUMN redeemed INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE peer_acceptances ADD COLUMN venue_code TEXT;
+     ALTER TABLE peer_acceptances ADD COLUMN occupancy_change INTEGER;",
 ];
 
 impl Store {
@@ -326,8 +340,8 @@ impl Store {
         self.record_announced(decision, None).map(|_| ())
     }
 
-    /// [`Store::record`], and for a redemption with an `announce`, the next entry of this
-    /// gate's peer log in the same transaction: `announce(seq)` signs the message. Returns
+    /// [`Store::record`], and for a redemption or a passage with an `announce`, the next
+    /// entry of this gate's peer log in the same transaction: `announce(seq)` signs the message. Returns
     /// the message for the peers (only once it is durable).
     pub fn record_announced(
         &mut self,
@@ -360,26 +374,31 @@ impl Store {
             ],
         )?;
         let mut message = None;
+        // A redemption is announced once per pair (when it is first accepted here); a
+        // passage that used no count (an exit, a re-entry) every time it happens.
+        let mut announced = false;
         if decision.code == "SUCCESS" && decision.redeemed {
             if let Some(jti) = &decision.jti {
-                let new = tx.execute(
+                announced = tx.execute(
                     "INSERT OR IGNORE INTO accepted (jti, function_code, scan_id) VALUES (?1, ?2, ?3)",
                     params![jti, decision.function_code, decision.scan_id],
-                )?;
-                if let (1, Some(announce)) = (new, announce) {
-                    let seq: i64 = tx.query_row(
-                        "SELECT coalesce(max(seq), 0) + 1 FROM peer_log",
-                        [],
-                        |row| row.get(0),
-                    )?;
-                    let signed = announce(seq as u64);
-                    tx.execute(
-                        "INSERT INTO peer_log (seq, message) VALUES (?1, ?2)",
-                        params![seq, signed],
-                    )?;
-                    message = Some(signed);
-                }
+                )? == 1;
             }
+        } else if decision.code == "SUCCESS" && decision.occupancy_change.is_some() {
+            announced = decision.jti.is_some();
+        }
+        if let (true, Some(announce)) = (announced, announce) {
+            let seq: i64 = tx.query_row(
+                "SELECT coalesce(max(seq), 0) + 1 FROM peer_log",
+                [],
+                |row| row.get(0),
+            )?;
+            let signed = announce(seq as u64);
+            tx.execute(
+                "INSERT INTO peer_log (seq, message) VALUES (?1, ?2)",
+                params![seq, signed],
+            )?;
+            message = Some(signed);
         }
         tx.commit()?;
         Ok(message)
@@ -414,7 +433,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let new = self.connection.execute(
             "INSERT OR IGNORE INTO peer_acceptances (device, log, seq, jti, function_code, ticket_code, \
-             decided_at, mode, received_at, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             decided_at, mode, received_at, message, direction, redeemed, venue_code, occupancy_change) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 acceptance.device.as_str(),
                 acceptance.log.as_str(),
@@ -426,6 +446,10 @@ impl Store {
                 acceptance.mode.as_str(),
                 received_at,
                 message,
+                acceptance.direction.as_str(),
+                acceptance.redeemed,
+                acceptance.venue.as_ref().map(|v| v.as_str()),
+                acceptance.occupancy_change,
             ],
         )?;
         Ok(new == 1)
@@ -475,7 +499,7 @@ impl Store {
             .connection
             .query_row(
                 "SELECT device FROM peer_acceptances WHERE jti = ?1 AND function_code = ?2 \
-                 ORDER BY received_at LIMIT 1",
+                 AND redeemed = 1 ORDER BY received_at LIMIT 1",
                 params![jti, function_code],
                 |row| row.get(0),
             )
@@ -496,7 +520,7 @@ impl Store {
         let mut uses = self.unsynced_uses(ticket_code, function_code)?;
         let mut statement = self.connection.prepare_cached(
             "SELECT p.jti, min(p.decided_at) FROM peer_acceptances p WHERE p.ticket_code = ?1 AND p.function_code = ?2 \
-             AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.jti = p.jti AND a.function_code = p.function_code) \
+             AND p.redeemed = 1 AND NOT EXISTS (SELECT 1 FROM accepted a WHERE a.jti = p.jti AND a.function_code = p.function_code) \
              GROUP BY p.jti",
         )?;
         let peers = statement
@@ -541,8 +565,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<PeerAcceptanceLine>, StoreError> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT device, seq, jti, function_code, ticket_code, decided_at, mode, received_at \
-             FROM peer_acceptances ORDER BY received_at DESC LIMIT ?1",
+            "SELECT device, seq, jti, function_code, ticket_code, decided_at, mode, received_at, \
+             direction, redeemed FROM peer_acceptances ORDER BY received_at DESC LIMIT ?1",
         )?;
         let rows = statement.query_map(params![limit as i64], |row| {
             Ok(PeerAcceptanceLine {
@@ -554,6 +578,8 @@ impl Store {
                 decided_at: row.get(5)?,
                 mode: row.get(6)?,
                 received_at: row.get(7)?,
+                direction: row.get(8)?,
+                redeemed: row.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -746,30 +772,41 @@ impl Store {
             .collect()
     }
 
-    /// Peers' acceptances of `entry_function` (entries at their gates) received at or after
-    /// `since` (Unix seconds, this gate's clock), of one ticket or of all.
-    pub fn peer_entries(
+    /// Peers' passages at `venue_code` (entries, re-entries and exits at their gates),
+    /// received at or after `since` (Unix seconds, this gate's clock), of one ticket or of
+    /// all. An acceptance that names no venue (a peer of an older version, or one whose
+    /// location is in none) counts as an entry that took a place when it is of
+    /// `entry_function`.
+    pub fn peer_passages(
         &self,
+        venue_code: &str,
         entry_function: &str,
         ticket_code: Option<&str>,
         since: i64,
-    ) -> Result<Vec<PeerEntry>, StoreError> {
+    ) -> Result<Vec<PeerPassage>, StoreError> {
+        // (One statement each way, so that one ticket's passages are found by its index.)
         let mut statement = self.connection.prepare_cached(match ticket_code {
             Some(_) => {
-                "SELECT ticket_code, decided_at FROM peer_acceptances WHERE ticket_code = ?3 \
-                 AND function_code = ?1 AND received_at >= ?2"
+                "SELECT ticket_code, direction, decided_at, coalesce(occupancy_change, 1) FROM peer_acceptances \
+                 WHERE ticket_code = ?3 AND received_at >= ?2 \
+                 AND ((venue_code = ?4 AND occupancy_change IS NOT NULL) \
+                      OR (venue_code IS NULL AND function_code = ?1 AND direction = 'entry'))"
             }
             None => {
-                "SELECT ticket_code, decided_at FROM peer_acceptances WHERE function_code = ?1 \
-                 AND received_at >= ?2 AND ?3 IS NULL"
+                "SELECT ticket_code, direction, decided_at, coalesce(occupancy_change, 1) FROM peer_acceptances \
+                 WHERE received_at >= ?2 AND ?3 IS NULL \
+                 AND ((venue_code = ?4 AND occupancy_change IS NOT NULL) \
+                      OR (venue_code IS NULL AND function_code = ?1 AND direction = 'entry'))"
             }
         })?;
         let rows = statement.query_map(
-            params![entry_function, rfc3339_at(since), ticket_code],
+            params![entry_function, rfc3339_at(since), ticket_code, venue_code],
             |row| {
-                Ok(PeerEntry {
+                Ok(PeerPassage {
                     ticket_code: row.get(0)?,
-                    at: unix_seconds(&row.get::<_, String>(1)?).ok(),
+                    direction: direction_column(row, 1)?,
+                    at: unix_seconds(&row.get::<_, String>(2)?).ok(),
+                    change: row.get(3)?,
                 })
             },
         )?;
@@ -1157,7 +1194,10 @@ mod tests {
                  qr_token, operator_id, upload_state) VALUES \
                  ('old-1', 'J1', 'TK-1', 'ENTRY', 'SUCCESS', 'offline', '2026-11-24T10:00:00.000Z', 1.0, 'token', 7, 'pending'), \
                  ('old-2', 'J2', 'TK-2', 'ENTRY', 'EXHAUSTED', 'offline', '2026-11-24T10:00:01.000Z', 1.0, NULL, 7, NULL);
-                 INSERT INTO accepted (jti, function_code, scan_id) VALUES ('J1', 'ENTRY', 'old-1');",
+                 INSERT INTO accepted (jti, function_code, scan_id) VALUES ('J1', 'ENTRY', 'old-1');
+                 INSERT INTO peer_acceptances (device, log, seq, jti, function_code, ticket_code, decided_at, mode, \
+                 received_at, message) VALUES ('dev-w', 'L', 1, 'J9', 'ENTRY', 'TK-9', '2026-11-24T10:00:00.000Z', \
+                 'offline', '2026-11-24T10:00:00.100Z', 'm');",
             )
             .expect("old rows");
         }
@@ -1175,6 +1215,22 @@ mod tests {
                 (old.direction, old.occupancy_change, old.redeemed),
                 (Direction::Entry, None, true),
                 "an old success was a redemption, and no passage"
+            );
+            assert_eq!(
+                store.accepted_by("J9", "ENTRY").expect("query"),
+                Some(AcceptedBy::Peer("dev-w".into())),
+                "a peer's old acceptance still blocks its pair"
+            );
+            let passages = store
+                .peer_passages("PARK", "ENTRY", Some("TK-9"), 0)
+                .expect("passages");
+            assert_eq!(
+                passages
+                    .iter()
+                    .map(|p| (p.direction, p.change))
+                    .collect::<Vec<_>>(),
+                [(Direction::Entry, 1)],
+                "and counts as an entry that took a place"
             );
             let refusal = recent.iter().find(|r| r.scan_id == "old-2").expect("kept");
             assert!(!refusal.redeemed);
@@ -1205,7 +1261,8 @@ mod tests {
             r
         };
         let announce = |seq: u64| format!("signed {seq}");
-        // An online first entry, an offline exit, an offline re-entry: one peer message.
+        // An online first entry, an offline exit, an offline re-entry: each a peer message
+        // (the peers' presence and occupancy need all three), a refusal none.
         for (decision, announced) in [
             (
                 passage("in", Mode::Online, Direction::Entry, 1, true, "10"),
@@ -1213,11 +1270,11 @@ mod tests {
             ),
             (
                 passage("out", Mode::Offline, Direction::Exit, -1, false, "20"),
-                false,
+                true,
             ),
             (
                 passage("back", Mode::Offline, Direction::Entry, 1, false, "30"),
-                false,
+                true,
             ),
         ] {
             let message = store
@@ -1227,7 +1284,13 @@ mod tests {
         }
         let mut refusal = record("no", Mode::Offline, "NOT_INSIDE", None);
         refusal.direction = Direction::Exit;
-        store.record(&refusal).expect("record");
+        assert_eq!(
+            store
+                .record_announced(&refusal, Some(&announce))
+                .expect("record"),
+            None
+        );
+        assert_eq!(store.own_log_head().expect("head"), 3);
         assert!(store.is_accepted("J-in", "ENTRY").expect("query"));
         assert!(!store.is_accepted("J-out", "ENTRY").expect("query"));
         assert!(!store.is_accepted("J-back", "ENTRY").expect("query"));
@@ -1351,43 +1414,125 @@ mod tests {
             ticket: Identifier::parse(ticket).expect("id"),
             decided_at: decided_at.into(),
             mode: AcceptMode::Offline,
+            direction: Direction::Entry,
+            redeemed: true,
+            venue: None,
+            occupancy_change: None,
         };
-        for (seq, function, ticket, decided_at) in [
-            (1, "ENTRY", "TK-1", "2026-12-02T04:00:00.000Z"),
-            (2, "MEAL", "TK-1", "2026-12-02T04:00:01.000Z"),
-            (3, "ENTRY", "TK-2", "garbled"),
-        ] {
+        let park = Some(Identifier::parse("PARK").expect("id"));
+        let zoo = Some(Identifier::parse("ZOO").expect("id"));
+        let passed =
+            |mut a: Acceptance, direction, redeemed, venue: &Option<Identifier>, change| {
+                a.direction = direction;
+                a.redeemed = redeemed;
+                a.venue = venue.clone();
+                a.occupancy_change = Some(change);
+                a
+            };
+        let t = "2026-12-02T04:00:00.000Z";
+        for (n, acceptance) in [
+            // a peer of an older version: no venue named
+            acceptance(1, "ENTRY", "TK-1", t),
+            acceptance(2, "MEAL", "TK-1", "2026-12-02T04:00:01.000Z"),
+            acceptance(3, "ENTRY", "TK-2", "garbled"),
+            // this venue's: an exit, a re-entry, an entry of a ticket inside
+            passed(
+                acceptance(4, "ENTRY", "TK-3", t),
+                Direction::Exit,
+                false,
+                &park,
+                -1,
+            ),
+            passed(
+                acceptance(5, "ENTRY", "TK-3", t),
+                Direction::Entry,
+                false,
+                &park,
+                1,
+            ),
+            passed(
+                acceptance(6, "ENTRY", "TK-4", t),
+                Direction::Entry,
+                true,
+                &park,
+                0,
+            ),
+            // another venue's entry
+            passed(
+                acceptance(7, "ENTRY", "TK-5", t),
+                Direction::Entry,
+                true,
+                &zoo,
+                1,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             store
-                .insert_peer_acceptance(
-                    &acceptance(seq, function, ticket, decided_at),
-                    "m",
-                    "2026-12-02T04:00:02.000Z",
-                )
+                .insert_peer_acceptance(&acceptance, &format!("m{n}"), "2026-12-02T04:00:02.000Z")
                 .expect("insert");
         }
-        let entries = store.peer_entries("ENTRY", None, 0).expect("entries");
-        assert_eq!(entries.len(), 2);
+        let all = store
+            .peer_passages("PARK", "ENTRY", None, 0)
+            .expect("passages");
+        let mut seen: Vec<(String, Direction, i64)> = all
+            .iter()
+            .map(|p| (p.ticket_code.clone(), p.direction, p.change))
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+        assert_eq!(
+            seen,
+            [
+                ("TK-1".into(), Direction::Entry, 1),
+                ("TK-2".into(), Direction::Entry, 1),
+                ("TK-3".into(), Direction::Exit, -1),
+                ("TK-3".into(), Direction::Entry, 1),
+                ("TK-4".into(), Direction::Entry, 0),
+            ],
+            "this venue's passages and the entries of no venue, not the zoo's nor a meal"
+        );
         assert_eq!(
             store
-                .peer_entries("ENTRY", Some("TK-1"), 0)
-                .expect("entries"),
-            [PeerEntry {
+                .peer_passages("PARK", "ENTRY", Some("TK-1"), 0)
+                .expect("passages"),
+            [PeerPassage {
                 ticket_code: "TK-1".into(),
-                at: unix_seconds("2026-12-02T04:00:00.000Z").ok(),
+                direction: Direction::Entry,
+                at: unix_seconds(t).ok(),
+                change: 1,
             }]
         );
         assert_eq!(
             store
-                .peer_entries("ENTRY", Some("TK-2"), 0)
-                .expect("entries")[0]
+                .peer_passages("PARK", "ENTRY", Some("TK-2"), 0)
+                .expect("passages")[0]
                 .at,
             None,
             "an unreadable time is kept as unknown"
         );
+        assert_eq!(
+            store
+                .peer_passages("ZOO", "ENTRY", Some("TK-5"), 0)
+                .expect("passages")
+                .len(),
+            1
+        );
+        // A passage that used no count neither blocks its pair nor comes off the counts.
+        assert_eq!(
+            store
+                .accepted_by(Jti::from_bytes([4; 16]).as_str(), "ENTRY")
+                .expect("query"),
+            None
+        );
+        assert!(store
+            .uses_not_in_copy("TK-3", "ENTRY", None)
+            .expect("uses")
+            .is_empty());
         let received = unix_seconds("2026-12-02T04:00:02.000Z").expect("time");
         assert!(store
-            .peer_entries("ENTRY", None, received + 1)
-            .expect("entries")
+            .peer_passages("PARK", "ENTRY", None, received + 1)
+            .expect("passages")
             .is_empty());
     }
 
@@ -1462,6 +1607,10 @@ mod tests {
             ticket: Identifier::parse("TK-1").expect("id"),
             decided_at: "2026-12-02T10:00:00.000Z".into(),
             mode: AcceptMode::Offline,
+            direction: Direction::Entry,
+            redeemed: true,
+            venue: None,
+            occupancy_change: None,
         };
         assert!(store
             .insert_peer_acceptance(&acceptance(1, jti(1)), "m1", "2026-12-02T10:00:00.010Z")

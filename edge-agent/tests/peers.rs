@@ -52,12 +52,24 @@ impl PeerGate {
         venue: &str,
         extra: &str,
     ) -> PeerGate {
+        PeerGate::start_configured(uplink, device, secret, venue, "", extra).await
+    }
+
+    /// `top`: more top-level settings (before the `[peers]` section).
+    async fn start_configured(
+        uplink: &Proxy,
+        device: &str,
+        secret: &str,
+        venue: &str,
+        top: &str,
+        extra: &str,
+    ) -> PeerGate {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, peer_port) = (free_port(), free_port());
         let lan = Proxy::start(format!("127.0.0.1:{peer_port}").parse().expect("addr")).await;
         let config = dir.path().join("agent.toml");
         let peers = format!(
-            "[peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"{}\"\npull_interval_ms = 500\npush_timeout_ms = 300\n{extra}",
+            "{top}\n[peers]\nlisten = \"127.0.0.1:{peer_port}\"\nadvertise = \"{}\"\npull_interval_ms = 500\npush_timeout_ms = 300\n{extra}",
             lan.addr
         );
         std::fs::write(
@@ -289,6 +301,141 @@ async fn a_stopped_peer_costs_no_scan_and_catches_up_when_it_resumes() {
 }
 
 /// The jti inside a QR token (its claims, read without verifying).
+/// The fixtures' east and west gates grouped into the venue `PARK` with room for two, and
+/// one-use OTA tickets: `TK-V1`, `TK-V2` plain, `TK-R1` with `reentry`.
+fn park_of_two() -> String {
+    let ticket = |code: &str, rules: Value| {
+        json!({"ticket_code": code, "channel": "OTA", "status": "ACTIVATED",
+               "entitlements": [{"function_code": "ENTRY", "name": "入园", "total_uses": 1, "rules": rules}]})
+    };
+    json!({
+        "merchants": [{"code": "M001", "name": "示例乐园",
+                       "locations": [{"venue_code": "GATE-EAST", "name": "东门"},
+                                     {"venue_code": "GATE-WEST", "name": "西门"}],
+                       "venues": [{"code": "PARK", "name": "示例乐园", "capacity": 2,
+                                   "locations": ["GATE-EAST", "GATE-WEST"]}]}],
+        "orders": [{"order_id": "ORD-PARK", "merchant": "M001",
+                    "passengers": [{"name": "游客", "tickets": [
+                        ticket("TK-V1", json!({})), ticket("TK-V2", json!({})),
+                        ticket("TK-R1", json!({"reentry": true}))]}]}]
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exit_at_a_peer_frees_a_place_and_lets_the_ticket_back_in_while_the_central_is_away() {
+    let central = Central::start(&[park_of_two()]).await;
+    let (uplink, west_uplink) = (
+        Proxy::start(central.addr).await,
+        Proxy::start(central.addr).await,
+    );
+    let (v1, v2, r1) = (
+        central.issue_qr("TK-V1", OTA).await,
+        central.issue_qr("TK-V2", OTA).await,
+        central.issue_qr("TK-R1", OTA).await,
+    );
+    let east = PeerGate::start(&uplink, "dev-east-1", "dev-secret-1", "GATE-EAST").await;
+    let west = PeerGate::start_configured(
+        &west_uplink,
+        "dev-west-1",
+        "dev-secret-2",
+        "GATE-WEST",
+        "direction = \"exit\"",
+        "",
+    )
+    .await;
+    wait_peers_up(&east, &["dev-west-1"]).await;
+    wait_peers_up(&west, &["dev-east-1"]).await;
+
+    // Two in, online: the venue is full.
+    for qr in [&v1, &r1] {
+        assert_eq!(code(&scan(east.base(), qr).await), ("SUCCESS", "online"));
+    }
+    common::wait_figure(east.base(), LIMIT, 2, chrono::Utc::now().timestamp() + 2).await;
+    uplink.cut();
+    west_uplink.cut();
+    let full = scan(east.base(), &v2).await;
+    assert_eq!(code(&full), ("VENUE_FULL", "offline"), "{full}");
+
+    // The re-entry ticket leaves at the west gate: east hears of the exit from its peer.
+    let out = scan(west.base(), &r1).await;
+    assert_eq!(code(&out), ("SUCCESS", "offline"), "{out}");
+    wait_pulled(&east, "dev-west-1", 1).await;
+    let status = wait_status(east.base(), LIMIT, "the peer's exit counted", |s| {
+        s["venue"]["inside"].as_i64() == Some(1)
+    })
+    .await;
+    assert_eq!(status["venue"]["estimate"]["peers"], -1, "{status}");
+
+    // Its place goes to the next guest; coming back, the ticket that left finds it full.
+    let next = scan(east.base(), &v2).await;
+    assert_eq!(code(&next), ("SUCCESS", "offline"), "{next}");
+    let back = scan(east.base(), &r1).await;
+    assert_eq!(
+        code(&back),
+        ("VENUE_FULL", "offline"),
+        "the ticket left (not a rescan of one inside), and there is no room: {back}"
+    );
+    // A second exit at the peer: now it comes back in without using a count.
+    let out = scan(west.base(), &v1).await;
+    assert_eq!(code(&out), ("SUCCESS", "offline"), "{out}");
+    wait_pulled(&east, "dev-west-1", 2).await;
+    wait_status(east.base(), LIMIT, "the second exit counted", |s| {
+        s["venue"]["inside"].as_i64() == Some(1)
+    })
+    .await;
+    let back = scan(east.base(), &r1).await;
+    assert_eq!(code(&back), ("SUCCESS", "offline"), "{back}");
+    assert_eq!(back["reentry"], true, "{back}");
+    // A peer's exit is no redemption: it blocks no pair at the exit gate's peers.
+    let held: Value = reqwest::get(format!("{}/api/peer-acceptances", east.base()))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let exits = held["acceptances"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|a| a["direction"] == "exit")
+        .count();
+    assert_eq!(exits, 2, "{held}");
+
+    // The central is back: what each gate decided is uploaded once, and its count agrees.
+    // (The central decides an upload on what it holds when it arrives: the exits come
+    // first, as a re-entry uploaded before the exit it rests on would conflict.)
+    west_uplink.restore();
+    common::wait_drained(west.base(), LIMIT, "the exits uploaded").await;
+    uplink.restore();
+    common::wait_drained(east.base(), LIMIT, "the entries uploaded").await;
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM passages WHERE direction = 'exit' AND source = 'offline'")
+            .await,
+        2
+    );
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM passages WHERE reentry AND source = 'offline'")
+            .await,
+        1
+    );
+    assert_eq!(
+        central
+            .count("SELECT count(*) FROM merchant_redemptions WHERE result = 'CONFLICT'")
+            .await,
+        0
+    );
+    assert_eq!(
+        central
+            .count("SELECT inside FROM venues WHERE code = 'PARK'")
+            .await,
+        2,
+        "V2 and R1 inside"
+    );
+}
+
 fn jti_of(token: &str) -> Jti {
     let payload = token.split('.').nth(1).expect("payload");
     let claims: Value =
@@ -311,6 +458,10 @@ fn acceptance(device: &str, merchant: &str, seq: u64, token: &str, ticket: &str)
         ticket: id(ticket),
         decided_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         mode: AcceptMode::Offline,
+        direction: Default::default(),
+        redeemed: true,
+        venue: None,
+        occupancy_change: None,
     })
 }
 

@@ -96,20 +96,8 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Waits until the gate holds the central's occupancy figure `inside`, counted at or after
-/// `counted_after`, and then for one more complete sync (so the tickets the passages
-/// stamped are in its copy too).
 async fn wait_figure(gate: &Gate, inside: i64, counted_after: i64) {
-    let status = wait_status(gate.base(), LIMIT, "the venue's figure", |s| {
-        s["venue"]["synced_inside"].as_i64() == Some(inside)
-            && s["venue"]["as_of"].as_i64() >= Some(counted_after)
-    })
-    .await;
-    let synced = status["last_sync_at"].clone();
-    wait_status(gate.base(), LIMIT, "one more ticket sync", |s| {
-        s["last_sync_at"] != synced
-    })
-    .await;
+    common::wait_figure(gate.base(), LIMIT, inside, counted_after).await;
 }
 
 fn remaining(decision: &Value) -> Vec<(String, i64)> {

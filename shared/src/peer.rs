@@ -21,6 +21,7 @@
 
 use crate::domain::{FunctionCode, Identifier};
 use crate::token::Jti;
+use crate::venue::Direction;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -69,6 +70,34 @@ pub struct Acceptance {
     /// RFC 3339, the accepting gate's clock.
     pub decided_at: String,
     pub mode: AcceptMode,
+    /// Which way the scan went: an exit gate announces its exits too. Absent: an entry
+    /// (every acceptance before venues was one).
+    #[serde(default, skip_serializing_if = "is_entry")]
+    pub direction: Direction,
+    /// Whether the acceptance used a count of the entitlement (what blocks the pair at the
+    /// peers and comes off their counts): an exit and a re-entry use none. Absent: `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub redeemed: bool,
+    /// The venue of the accepting gate's location, when it has one: a peer counts only
+    /// passages of its own venue into its presence and occupancy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub venue: Option<Identifier>,
+    /// What the passage changed the venue's occupancy by (+1 an entry that took a place,
+    /// 0 an entry of a ticket inside, -1 an exit); absent when the scan was no passage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occupancy_change: Option<i64>,
+}
+
+fn is_entry(direction: &Direction) -> bool {
+    *direction == Direction::Entry
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// A request of one gate to another (the `Authorization: StilePeer` header of a push or a
@@ -349,7 +378,49 @@ mod tests {
             ticket: id("TK-1"),
             decided_at: "2026-12-02T10:00:00.000Z".into(),
             mode: AcceptMode::Offline,
+            direction: Direction::Entry,
+            redeemed: true,
+            venue: None,
+            occupancy_change: None,
         })
+    }
+
+    #[test]
+    fn an_acceptance_without_the_venue_fields_is_a_redeeming_entry() {
+        // The form every gate sent before exits travelled between peers.
+        let old = r#"{"kind":"accept","device":"dev-west","merchant":"M001","log":"BwcHBwcHBwcHBwcHBwcHBw","seq":1,"jti":"AQEBAQEBAQEBAQEBAQEBAQ","function_code":"ENTRY","ticket":"TK-1","decided_at":"2026-12-02T10:00:00.000Z","mode":"offline"}"#;
+        let message: PeerMessage = serde_json::from_str(old).expect("old form");
+        assert_eq!(message, acceptance("dev-west", "M001"));
+        // A redeeming entry without a venue is still written in that form.
+        let encoded = serde_json::to_string(&message).expect("json");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&encoded).expect("json"),
+            serde_json::from_str::<serde_json::Value>(old).expect("json")
+        );
+        // An exit carries what makes it one, and reads back the same.
+        let mut exit = message.clone();
+        if let PeerMessage::Accept(a) = &mut exit {
+            a.direction = Direction::Exit;
+            a.redeemed = false;
+            a.venue = Some(id("PARK"));
+            a.occupancy_change = Some(-1);
+        }
+        let encoded = serde_json::to_string(&exit).expect("json");
+        for field in [
+            r#""direction":"exit""#,
+            r#""redeemed":false"#,
+            r#""venue":"PARK""#,
+            r#""occupancy_change":-1"#,
+        ] {
+            assert!(encoded.contains(field), "{encoded}");
+        }
+        assert_eq!(
+            serde_json::from_str::<PeerMessage>(&encoded).expect("exit"),
+            exit
+        );
+        // A field nobody knows is still refused.
+        let unknown = old.replace(r#""mode":"offline""#, r#""mode":"offline","extra":1"#);
+        assert!(serde_json::from_str::<PeerMessage>(&unknown).is_err());
     }
 
     #[test]

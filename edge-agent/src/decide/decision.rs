@@ -90,6 +90,8 @@ pub(super) struct Outcome {
     pub(super) passage: Option<i64>,
     /// Whether a success used a count (not an exit, not a re-entry).
     pub(super) redeemed: bool,
+    /// For a passage: the venue's code (what the peers are told it passed).
+    pub(super) venue: Option<String>,
 }
 
 impl Outcome {
@@ -105,6 +107,7 @@ impl Outcome {
             peer: None,
             passage: None,
             redeemed: true,
+            venue: None,
         }
     }
 

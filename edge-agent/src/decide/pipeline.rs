@@ -10,6 +10,7 @@ use super::decision::{mask_ticket_code, GateDecision, Origin, Outcome, Staged, D
 use super::gate::Gate;
 use super::session::OperatorSession;
 use super::venue::{self, VenueClock, VenueRecords};
+use crate::peers::Announced;
 use crate::store::{
     now_rfc3339, snapshot_for_decision, AcceptedBy, DecisionRecord, Mode, Store, StoreError,
 };
@@ -251,14 +252,15 @@ impl Gate {
         Ok(())
     }
 
-    /// For a redemption, with peers on: what signs its entry of this gate's peer log (exits
-    /// and re-entries use no count, and the peer protocol carries redemptions only).
+    /// For a success that redeemed or passed the venue, with peers on: what signs its entry
+    /// of this gate's peer log (a redemption blocks the pair at the peers; a passage, an exit
+    /// or a re-entry included, moves their presence and occupancy).
     fn announcement(
         &self,
         decision: &GateDecision,
         outcome: &Outcome,
     ) -> Option<impl Fn(u64) -> String + Send + 'static> {
-        if !outcome.redeemed {
+        if !outcome.redeemed && outcome.passage.is_none() {
             return None;
         }
         let peers = self.peers.as_ref()?;
@@ -276,14 +278,24 @@ impl Gate {
             tracing::warn!(ticket = %mask_ticket_code(&claims.tid), "acceptance not announced: its codes do not fit the peer protocol");
             return None;
         };
-        Some(peers.announcement(
+        // A venue code that does not fit the protocol is left out: the peers then count the
+        // passage as an entry of no venue (the safe side for a capacity).
+        let venue = outcome
+            .passage
+            .and(outcome.venue.as_deref())
+            .and_then(|code| stile_shared::Identifier::parse(code).ok());
+        Some(peers.announcement(Announced {
             merchant,
-            claims.jti.clone(),
+            jti: claims.jti.clone(),
             function_code,
             ticket,
-            decision.decided_at.clone(),
+            decided_at: decision.decided_at.clone(),
             mode,
-        ))
+            direction: decision.direction,
+            redeemed: outcome.redeemed,
+            occupancy_change: venue.as_ref().and(outcome.passage),
+            venue,
+        }))
     }
 
     /// Verify → debounce → session → token checks → local block → online → lookup →
@@ -469,7 +481,7 @@ impl Gate {
                 let mut outcome = online(answer.code.into());
                 if outcome.code == ApiCode::Success {
                     outcome.upload_token = Some(request.qr_token.clone());
-                    (outcome.passage, outcome.redeemed) =
+                    (outcome.passage, outcome.redeemed, outcome.venue) =
                         self.online_passage(claims, function_code, &answer).await;
                 }
                 outcome.entitlements = answer
@@ -493,18 +505,21 @@ impl Gate {
     }
 
     /// What a success the central decided did at the venue: its occupancy change (from the
-    /// ticket's presence as this gate knows it) and whether it used a count (an exit never
+    /// ticket's presence as this gate knows it), whether it used a count (an exit never
     /// does; an entry at the venue did when the central answered with a redemption, a
-    /// re-entry has none).
+    /// re-entry has none) and the venue's code.
     async fn online_passage(
         self: &Arc<Self>,
         claims: &QrClaims,
         function_code: &FunctionCode,
         answer: &ScanResponse,
-    ) -> (Option<i64>, bool) {
+    ) -> (Option<i64>, bool, Option<String>) {
         let direction = self.direction();
         if direction == Direction::Exit {
-            return (Some(-1), false);
+            let venue = self.with_store(|store| store.venue()).await;
+            self.store_result(&venue);
+            let code = venue.ok().flatten().map(|v| v.venue_code);
+            return (Some(-1), false, code);
         }
         let (ticket_code, function) = (claims.tid.clone(), function_code.clone());
         let since = self.venue_clock(MerchantZone::default()).since_local();
@@ -520,14 +535,15 @@ impl Gate {
                     Some(snapshot) => (
                         Some(venue::occupancy_change(direction, &snapshot)),
                         answer.redemption.is_some(),
+                        read.venue.map(|records| records.venue.venue_code),
                     ),
-                    None => (None, true),
+                    None => (None, true, None),
                 }
             }
             Err(error) => {
                 // The central's decision stands; only this gate's estimate misses it.
                 self.store_result::<()>(&Err(error));
-                (None, true)
+                (None, true, None)
             }
         }
     }
@@ -650,6 +666,11 @@ impl Gate {
             outcome.passage = venue
                 .as_ref()
                 .map(|snapshot| venue::occupancy_change(Direction::Entry, snapshot));
+            outcome.venue = read
+                .venue
+                .as_ref()
+                .filter(|_| outcome.passage.is_some())
+                .map(|records| records.venue.venue_code.clone());
             outcome.redeemed = matches!(verdict, Decision::Redeem { .. });
         }
         Ok(outcome)
@@ -700,6 +721,7 @@ impl Gate {
             outcome.upload_token = Some(token.to_owned());
             outcome.passage = Some(-1);
             outcome.redeemed = false;
+            outcome.venue = Some(records.venue.venue_code.clone());
         }
         outcome
     }

@@ -5,25 +5,24 @@
 //!
 //! - **Presence**: the latest of the ticket's synced passage (the central's), this gate's
 //!   own latest passage of it (entries and exits, online and offline) and its peers' latest
-//!   entry of it (an acceptance of the entry function), read by
+//!   passage of it at this venue (entries, re-entries and exits they announced), read by
 //!   [`stile_shared::venue::presence`]: today's only.
 //! - **Occupancy estimate**: the feed's figure (`venue.inside` at `as_of`; none when it is
 //!   of an earlier merchant-local day, as the central's count starts again each day), plus
 //!   the changes of this gate's own passages of today the figure cannot include (decided
-//!   after it, or offline and not uploaded before it), plus one for each peer entry of today
-//!   decided at or after it.
-//! - **Limits**: peers announce redemptions only, so their exits and re-entries are not in
-//!   the estimate (it runs high: the safe side for a capacity) and a ticket that left at a
-//!   peer's exit still looks inside here (its re-entry here is refused as a rescan until the
-//!   feed shows the exit); a peer's offline entry decided before the figure but uploaded
-//!   after it is missing (low, until the next figure); entries at the merchant's gates of
-//!   other venues with the same entry function, when they are this gate's peers, count
-//!   (high).
+//!   after it, or offline and not uploaded before it), plus the changes of its peers'
+//!   passages of today decided at or after it.
+//! - **Limits**: a peer's offline passage decided before the figure but uploaded after it is
+//!   missing (until the next figure: low after an entry, high after an exit); a peer's
+//!   online passage decided just before the figure was counted may be in it and counted
+//!   again (the peers' clocks are not moved onto the central's); a peer of an older version
+//!   announces redemptions only, named by no venue: each of its acceptances of the entry
+//!   function counts as an entry that took a place (high: the safe side for a capacity).
 //!
 //! Clocks: the feed's times are the central's; this gate's decisions carry its own clock,
 //! moved onto the central's by the measured offset (central minus local).
 
-use crate::store::{OwnPassage, PeerEntry, Store, StoreError};
+use crate::store::{OwnPassage, PeerPassage, Store, StoreError};
 use stile_shared::api::SyncedVenue;
 use stile_shared::venue::{self, Direction, Passage, Presence, VenueSnapshot};
 use stile_shared::{FunctionCode, MerchantZone};
@@ -61,11 +60,11 @@ pub fn is_passage(venue: &SyncedVenue, function_code: &FunctionCode, direction: 
 }
 
 /// The ticket's presence: the latest of its synced passage, this gate's own passages of it
-/// and its peers' entries of it.
+/// and its peers' passages of it.
 pub fn presence(
     synced: Option<Passage>,
     own: &[OwnPassage],
-    peers: &[PeerEntry],
+    peers: &[PeerPassage],
     clock: &VenueClock,
 ) -> Presence {
     let own = own.iter().map(|p| Passage {
@@ -74,7 +73,7 @@ pub fn presence(
     });
     let peers = peers.iter().filter_map(|p| {
         p.at.map(|at| Passage {
-            direction: Direction::Entry,
+            direction: p.direction,
             at,
         })
     });
@@ -89,7 +88,7 @@ pub struct Occupancy {
     pub synced: i64,
     /// This gate's own passages the figure cannot include.
     pub own: i64,
-    /// Peers' entries since the figure.
+    /// Peers' passages since the figure.
     pub peers: i64,
 }
 
@@ -99,12 +98,12 @@ impl Occupancy {
     }
 }
 
-/// The estimate from the feed's figure and every passage of this gate and entry of its
-/// peers read since [`VenueClock::since_local`].
+/// The estimate from the feed's figure and every passage of this gate and of its peers read
+/// since [`VenueClock::since_local`].
 pub fn occupancy(
     venue: &SyncedVenue,
     own: &[OwnPassage],
-    peers: &[PeerEntry],
+    peers: &[PeerPassage],
     clock: &VenueClock,
 ) -> Occupancy {
     let as_of_local = venue.as_of - clock.offset;
@@ -123,10 +122,15 @@ pub fn occupancy(
     let peers = peers
         .iter()
         .filter(|p| {
-            // An entry whose time cannot be read counts (the safe side).
-            p.at.is_none_or(|at| clock.today(at) && at >= venue.as_of)
+            // A passage whose time cannot be read counts when it takes a place (the safe
+            // side), not when it frees one.
+            match p.at {
+                Some(at) => clock.today(at) && at >= venue.as_of,
+                None => p.change > 0,
+            }
         })
-        .count() as i64;
+        .map(|p| p.change)
+        .sum();
     Occupancy { synced, own, peers }
 }
 
@@ -143,12 +147,12 @@ pub fn occupancy_change(direction: Direction, snapshot: &VenueSnapshot) -> i64 {
 #[derive(Debug, Clone)]
 pub struct VenueRecords {
     pub venue: SyncedVenue,
-    /// This gate's passages of the ticket, and its peers' entries of it (for presence).
+    /// This gate's passages of the ticket, and its peers' (for presence).
     pub own: Vec<OwnPassage>,
-    pub peers: Vec<PeerEntry>,
-    /// Every passage of this gate and entry of its peers (for the estimate): read only for
-    /// an entry at a venue with a capacity.
-    pub everyone: Option<(Vec<OwnPassage>, Vec<PeerEntry>)>,
+    pub peers: Vec<PeerPassage>,
+    /// Every passage of this gate and of its peers (for the estimate): read only for an
+    /// entry at a venue with a capacity.
+    pub everyone: Option<(Vec<OwnPassage>, Vec<PeerPassage>)>,
 }
 
 impl VenueRecords {
@@ -167,13 +171,13 @@ impl VenueRecords {
         if !is_passage(&venue, function_code, direction) {
             return Ok(None);
         }
-        let entry = venue.entry_function.as_str();
+        let (code, entry) = (venue.venue_code.as_str(), venue.entry_function.as_str());
         let own = store.own_passages(Some(ticket_code), since_local)?;
-        let peers = store.peer_entries(entry, Some(ticket_code), since_local)?;
+        let peers = store.peer_passages(code, entry, Some(ticket_code), since_local)?;
         let everyone = if direction == Direction::Entry && venue.capacity.is_some() {
             Some((
                 store.own_passages(None, since_local)?,
-                store.peer_entries(entry, None, since_local)?,
+                store.peer_passages(code, entry, None, since_local)?,
             ))
         } else {
             None
@@ -256,16 +260,18 @@ mod tests {
     #[test]
     fn presence_is_the_latest_of_the_synced_own_and_peer_passages() {
         use Direction::{Entry, Exit};
-        let peer = |at| PeerEntry {
+        let peer = |direction, at| PeerPassage {
             ticket_code: "TK-1".into(),
+            direction,
             at: Some(at),
+            change: if direction == Exit { -1 } else { 1 },
         };
         let c = clock(0);
         type Case<'a> = (
             &'a str,
             Option<Passage>,
             Vec<OwnPassage>,
-            Vec<PeerEntry>,
+            Vec<PeerPassage>,
             Presence,
         );
         let cases: Vec<Case> = vec![
@@ -295,7 +301,21 @@ mod tests {
                 "a peer's entry after the own exit",
                 None,
                 vec![own(Exit, NOON - 30, -1, None)],
-                vec![peer(NOON - 5)],
+                vec![peer(Entry, NOON - 5)],
+                Presence::Inside,
+            ),
+            (
+                "a peer's exit after the synced entry",
+                Some(entry(NOON - 60)),
+                vec![],
+                vec![peer(Exit, NOON - 5)],
+                Presence::Left,
+            ),
+            (
+                "own re-entry after a peer's exit",
+                Some(entry(NOON - 60)),
+                vec![own(Entry, NOON - 2, 1, None)],
+                vec![peer(Exit, NOON - 5)],
                 Presence::Inside,
             ),
             (
@@ -342,27 +362,33 @@ mod tests {
             // yesterday's, not uploaded: another day's count
             own(Entry, MIDNIGHT - 60, 1, None),
         ];
+        let peer = |ticket: &str, direction, at, change| PeerPassage {
+            ticket_code: ticket.into(),
+            direction,
+            at,
+            change,
+        };
         let peers = [
-            PeerEntry {
-                ticket_code: "TK-2".into(),
-                at: Some(NOON - 30),
-            },
-            PeerEntry {
-                ticket_code: "TK-3".into(),
-                at: Some(NOON - 500),
-            },
-            PeerEntry {
-                ticket_code: "TK-4".into(),
-                at: None,
-            },
+            // after the figure: an entry, a re-entry and an exit
+            peer("TK-2", Entry, Some(NOON - 30), 1),
+            peer("TK-5", Entry, Some(NOON - 25), 1),
+            peer("TK-6", Exit, Some(NOON - 20), -1),
+            // an entry of a ticket inside takes no place
+            peer("TK-7", Entry, Some(NOON - 15), 0),
+            // before the figure: in it
+            peer("TK-3", Entry, Some(NOON - 500), 1),
+            peer("TK-8", Exit, Some(NOON - 400), -1),
+            // unreadable times: an entry counts, an exit does not
+            peer("TK-4", Entry, None, 1),
+            peer("TK-9", Exit, None, -1),
         ];
         let estimate = occupancy(&park(5, as_of), &passages, &peers, &clock(0));
         assert_eq!(
             estimate,
             Occupancy {
                 synced: 5,
-                own: 1, // +1 uploaded after the figure, -1 pending, +1 after it, 0
-                peers: 2
+                own: 1,   // +1 uploaded after the figure, -1 pending, +1 after it, 0
+                peers: 2  // +1 +1 -1 +0 after the figure, +1 unreadable
             }
         );
         assert_eq!(estimate.inside(), 8);

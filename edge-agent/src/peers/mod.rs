@@ -13,8 +13,10 @@
 //!   (anti-entropy: each peer's log is pulled from the last entry held).
 //!
 //! An acceptance taken from a peer is an input to the shared `decide` exactly like one of
-//! this gate's own (see `decide::pipeline`): the pair counts as redeemed, the use comes
-//! off the copy's count. Nothing a peer says is uploaded: the gate that accepted uploads.
+//! this gate's own (see `decide::pipeline`): a redemption blocks the pair and its use comes
+//! off the copy's count; a passage at the gate's venue (an entry, a re-entry, an exit) moves
+//! the ticket's presence and the occupancy estimate (see `decide::venue`). Nothing a peer
+//! says is uploaded: the gate that accepted uploads.
 
 pub mod exchange;
 pub mod identity;
@@ -35,6 +37,7 @@ use stile_shared::peer::{
     PeerRequest, Receiver,
 };
 use stile_shared::token::Jti;
+use stile_shared::venue::Direction;
 use stile_shared::{FunctionCode, Identifier};
 use tokio::sync::mpsc;
 
@@ -58,6 +61,22 @@ pub struct DirectoryEntry {
     /// base64url Ed25519 public key.
     pub public_key: String,
     pub source: PeerSource,
+}
+
+/// What a gate announces of one of its successes (the [`Acceptance`] without the log's
+/// numbering, which the store gives it).
+#[derive(Debug, Clone)]
+pub struct Announced {
+    pub merchant: Identifier,
+    pub jti: Jti,
+    pub function_code: FunctionCode,
+    pub ticket: Identifier,
+    pub decided_at: String,
+    pub mode: AcceptMode,
+    pub direction: Direction,
+    pub redeemed: bool,
+    pub venue: Option<Identifier>,
+    pub occupancy_change: Option<i64>,
 }
 
 /// The peers and the merchant they share.
@@ -328,30 +347,27 @@ impl Peers {
 
     /// The announcement of an acceptance: a closure that signs entry `seq` of this gate's log
     /// (the store numbers it inside the transaction that records the decision).
-    pub fn announcement(
-        &self,
-        merchant: Identifier,
-        jti: Jti,
-        function_code: FunctionCode,
-        ticket: Identifier,
-        decided_at: String,
-        mode: AcceptMode,
-    ) -> impl Fn(u64) -> String + Send + 'static {
+    pub fn announcement(&self, what: Announced) -> impl Fn(u64) -> String + Send + 'static {
         let key = self.key.clone();
         let device = self.device.clone();
         let log = self.log.clone();
         move |seq| {
+            let what = what.clone();
             sign(
                 &PeerMessage::Accept(Acceptance {
                     device: device.clone(),
-                    merchant: merchant.clone(),
+                    merchant: what.merchant,
                     log: log.clone(),
                     seq,
-                    jti: jti.clone(),
-                    function_code: function_code.clone(),
-                    ticket: ticket.clone(),
-                    decided_at: decided_at.clone(),
-                    mode,
+                    jti: what.jti,
+                    function_code: what.function_code,
+                    ticket: what.ticket,
+                    decided_at: what.decided_at,
+                    mode: what.mode,
+                    direction: what.direction,
+                    redeemed: what.redeemed,
+                    venue: what.venue,
+                    occupancy_change: what.occupancy_change,
                 }),
                 &key,
             )

@@ -365,6 +365,22 @@ pub async fn wait_drained(base: &str, limit: Duration, what: &str) -> Value {
     .await
 }
 
+/// Waits until the gate holds the central's occupancy figure `inside`, counted at or after
+/// `counted_after` (Unix seconds), and then for one more complete sync (so the tickets the
+/// passages stamped are in its copy too).
+pub async fn wait_figure(base: &str, limit: Duration, inside: i64, counted_after: i64) {
+    let status = wait_status(base, limit, "the venue's figure", |s| {
+        s["venue"]["synced_inside"].as_i64() == Some(inside)
+            && s["venue"]["as_of"].as_i64() >= Some(counted_after)
+    })
+    .await;
+    let synced = status["last_sync_at"].clone();
+    wait_status(base, limit, "one more ticket sync", |s| {
+        s["last_sync_at"] != synced
+    })
+    .await;
+}
+
 /// Synced at least once, keys loaded, an operator logged in.
 pub fn is_synced(status: &Value) -> bool {
     !status["last_sync_at"].is_null()
