@@ -182,7 +182,17 @@ pub struct QueueState {
     pub depth: i64,
     pub oldest_decided_at: Option<String>,
     pub conflicts: i64,
+    /// Of `depth`, the re-entries (each waits until the feed shows its ticket's exit, at
+    /// most [`REENTRY_UPLOAD_HOLD_SECS`]).
+    pub reentries: i64,
 }
+
+/// How long an offline re-entry's upload waits, from its first chance to go, for the feed to
+/// show the exit it rests on (then it goes anyway, and the central decides it on what it has).
+pub const REENTRY_UPLOAD_HOLD_SECS: i64 = 1800;
+
+/// An offline re-entry among the decisions: an entry at the venue that used no count.
+const REENTRY: &str = "(direction = 'entry' AND redeemed = 0 AND occupancy_change IS NOT NULL)";
 
 pub struct Store {
     connection: Connection,
@@ -267,11 +277,12 @@ pub const MIGRATIONS: [&str; 4] = [
      CREATE INDEX peer_acceptances_received ON peer_acceptances (received_at);",
     // 4: peers announce passages too: which way, whether a count was used, at which venue
     // and what it changed the occupancy by (what peers sent before is a redeeming entry of
-    // no venue named).
+    // no venue named); and since when an offline re-entry's upload waits for its exit.
     "ALTER TABLE peer_acceptances ADD COLUMN direction TEXT NOT NULL DEFAULT 'entry';
      ALTER TABLE peer_acceptances ADD COLUMN redeemed INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE peer_acceptances ADD COLUMN venue_code TEXT;
-     ALTER TABLE peer_acceptances ADD COLUMN occupancy_change INTEGER;",
+     ALTER TABLE peer_acceptances ADD COLUMN occupancy_change INTEGER;
+     ALTER TABLE decisions ADD COLUMN upload_held_since TEXT;",
 ];
 
 impl Store {
@@ -867,12 +878,31 @@ impl Store {
     }
 
     /// The oldest queued offline acceptances.
-    pub fn pending_uploads(&self, limit: usize) -> Result<Vec<PendingUpload>, StoreError> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT scan_id, qr_token, function_code, decided_at, operator_id, direction FROM decisions \
-             WHERE upload_state = 'pending' ORDER BY decided_at LIMIT ?1",
+    pub fn pending_uploads(
+        &mut self,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<PendingUpload>, StoreError> {
+        // An offline re-entry rests on an exit (often a peer's): the central decides an upload
+        // on what it holds when it arrives, so the re-entry waits until the feed shows the
+        // ticket's exit (the exit is there), for at most REENTRY_UPLOAD_HOLD_SECS from its
+        // first chance to go.
+        self.connection.execute(
+            &format!(
+                "UPDATE decisions SET upload_held_since = ?1 WHERE upload_state = 'pending' \
+                 AND upload_held_since IS NULL AND {REENTRY}"
+            ),
+            params![rfc3339_at(now)],
         )?;
-        let rows = statement.query_map(params![limit as i64], |row| {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT scan_id, qr_token, function_code, decided_at, operator_id, direction FROM decisions d \
+             WHERE upload_state = 'pending' AND NOT ({REENTRY} AND upload_held_since > ?2 \
+             AND coalesce((SELECT json_extract(t.body, '$.passage.direction') FROM tickets t \
+                           WHERE t.ticket_code = d.ticket_code), '') <> 'exit') \
+             ORDER BY decided_at LIMIT ?1"
+        ))?;
+        let hold_from = rfc3339_at(now - REENTRY_UPLOAD_HOLD_SECS);
+        let rows = statement.query_map(params![limit as i64, hold_from], |row| {
             Ok(PendingUpload {
                 scan_id: row.get(0)?,
                 qr_token: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
@@ -903,10 +933,13 @@ impl Store {
     }
 
     pub fn queue_state(&self) -> Result<QueueState, StoreError> {
-        let (depth, oldest): (i64, Option<String>) = self.connection.query_row(
-            "SELECT count(*), min(decided_at) FROM decisions WHERE upload_state = 'pending'",
+        let (depth, oldest, reentries): (i64, Option<String>, i64) = self.connection.query_row(
+            &format!(
+                "SELECT count(*), min(decided_at), count(*) FILTER (WHERE {REENTRY}) FROM decisions \
+                 WHERE upload_state = 'pending'"
+            ),
             [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )?;
         let conflicts: i64 = self.connection.query_row(
             "SELECT count(*) FROM decisions WHERE upload_state = 'conflict'",
@@ -917,6 +950,7 @@ impl Store {
             depth,
             oldest_decided_at: oldest,
             conflicts,
+            reentries,
         })
     }
 
@@ -1120,10 +1154,15 @@ mod tests {
             (Some(HELD.into()), Some("token".into()))
         );
         assert_eq!(store.note_database_epoch("A", since).expect("note"), 0);
-        assert!(store.pending_uploads(10).expect("pending").is_empty());
+        assert!(store
+            .pending_uploads(10, chrono::Utc::now().timestamp())
+            .expect("pending")
+            .is_empty());
         // Another database answers: the held one goes again, with its token and scan_id.
         assert_eq!(store.note_database_epoch("B", since).expect("note"), 1);
-        let pending = store.pending_uploads(10).expect("pending");
+        let pending = store
+            .pending_uploads(10, chrono::Utc::now().timestamp())
+            .expect("pending");
         assert_eq!(pending.len(), 1);
         assert_eq!(
             (pending[0].scan_id.as_str(), pending[0].qr_token.as_str()),
@@ -1157,13 +1196,18 @@ mod tests {
         assert!(!store
             .is_accepted("AQEBAQEBAQEBAQEBAQEBAQ", "MEAL")
             .expect("query"));
-        let pending = store.pending_uploads(10).expect("pending");
+        let pending = store
+            .pending_uploads(10, chrono::Utc::now().timestamp())
+            .expect("pending");
         assert_eq!(pending.len(), 1);
         assert_eq!(store.unsynced_uses("TK-1", "ENTRY").expect("uses").len(), 1);
         store
             .mark_uploaded("s1", "conflict", "ALREADY_REDEEMED", "2026-11-24T10:01:00Z")
             .expect("mark");
-        assert!(store.pending_uploads(10).expect("pending").is_empty());
+        assert!(store
+            .pending_uploads(10, chrono::Utc::now().timestamp())
+            .expect("pending")
+            .is_empty());
         assert_eq!(store.queue_state().expect("queue").conflicts, 1);
         assert_eq!(
             store.conflicts(5).expect("conflicts")[0]
@@ -1203,7 +1247,7 @@ mod tests {
         }
         for _ in 0..2 {
             // Opened twice: the upgrade runs once, the second open finds it done.
-            let store = Store::open(&path).expect("upgrade");
+            let mut store = Store::open(&path).expect("upgrade");
             let version: i64 = store
                 .connection
                 .pragma_query_value(None, "user_version", |row| row.get(0))
@@ -1235,7 +1279,9 @@ mod tests {
             let refusal = recent.iter().find(|r| r.scan_id == "old-2").expect("kept");
             assert!(!refusal.redeemed);
             assert_eq!(store.unsynced_uses("TK-1", "ENTRY").expect("uses").len(), 1);
-            let pending = store.pending_uploads(5).expect("pending");
+            let pending = store
+                .pending_uploads(5, chrono::Utc::now().timestamp())
+                .expect("pending");
             assert_eq!((pending.len(), pending[0].direction), (1, Direction::Entry));
             assert!(store.own_passages(None, 0).expect("passages").is_empty());
         }
@@ -1301,18 +1347,56 @@ mod tests {
                 .is_empty(),
             "neither the exit nor the re-entry comes off the counts"
         );
-        let pending = store.pending_uploads(10).expect("pending");
+        let now = chrono::Utc::now().timestamp();
+        let due = |store: &mut Store, now: i64| {
+            store
+                .pending_uploads(10, now)
+                .expect("pending")
+                .into_iter()
+                .map(|p| (p.scan_id, p.direction))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            pending
-                .iter()
-                .map(|p| (p.scan_id.as_str(), p.direction))
-                .collect::<Vec<_>>(),
-            [("out", Direction::Exit), ("back", Direction::Entry)],
-            "offline exits and re-entries are uploaded, with their direction"
+            due(&mut store, now),
+            [("out".to_owned(), Direction::Exit)],
+            "offline exits are uploaded with their direction; the re-entry waits for its exit"
+        );
+        assert_eq!(store.queue_state().expect("queue").reentries, 1);
+        assert_eq!(
+            due(&mut store, now + REENTRY_UPLOAD_HOLD_SECS + 1),
+            [
+                ("out".to_owned(), Direction::Exit),
+                ("back".to_owned(), Direction::Entry)
+            ],
+            "past the hold it goes anyway"
         );
         store
             .mark_uploaded("out", "applied", "SUCCESS", &at("25"))
             .expect("mark");
+        assert!(
+            due(&mut store, now).is_empty(),
+            "the feed shows no exit yet"
+        );
+        let ticket = SyncedTicket {
+            ticket_code: "TK-1".into(),
+            status: TicketStatus::Used,
+            channel: Channel::Ota,
+            current_jti: None,
+            current_issued_at: None,
+            entitlements: vec![],
+            redeemed_functions: vec![],
+            rules: vec![],
+            passage: Some(stile_shared::venue::Passage {
+                direction: Direction::Exit,
+                at: unix_seconds(&at("20")).expect("time"),
+            }),
+        };
+        upsert_tickets(&store.connection, &[ticket]).expect("feed");
+        assert_eq!(
+            due(&mut store, now),
+            [("back".to_owned(), Direction::Entry)],
+            "the feed shows the exit: the re-entry goes"
+        );
         let t = |s: &str| unix_seconds(&at(s)).expect("time");
         let passages = store.own_passages(Some("TK-1"), t("15")).expect("passages");
         assert_eq!(

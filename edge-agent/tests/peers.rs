@@ -402,13 +402,31 @@ async fn an_exit_at_a_peer_frees_a_place_and_lets_the_ticket_back_in_while_the_c
         .count();
     assert_eq!(exits, 2, "{held}");
 
-    // The central is back: what each gate decided is uploaded once, and its count agrees.
-    // (The central decides an upload on what it holds when it arrives: the exits come
-    // first, as a re-entry uploaded before the exit it rests on would conflict.)
-    west_uplink.restore();
-    common::wait_drained(west.base(), LIMIT, "the exits uploaded").await;
+    // East's re-entry waits in its queue for the exit it rests on, which is west's to upload.
+    let waiting = wait_status(east.base(), LIMIT, "status", |_| true).await;
+    assert_eq!(waiting["outbox"]["reentries"], 1, "{waiting}");
+    // The central is back for east first: its entry goes, its re-entry stays (uploaded now,
+    // before the exit it rests on, the central would find the ticket inside: a conflict).
     uplink.restore();
-    common::wait_drained(east.base(), LIMIT, "the entries uploaded").await;
+    let synced = wait_status(east.base(), LIMIT, "east's entry uploaded", |s| {
+        s["outbox"]["depth"] == 1 && s["uplink"]["online"] == true
+    })
+    .await;
+    wait_status(east.base(), LIMIT, "one more sync", |s| {
+        s["last_sync_at"] != synced["last_sync_at"]
+    })
+    .await;
+    let held = wait_status(east.base(), LIMIT, "status", |_| true).await;
+    assert_eq!(
+        (&held["outbox"]["depth"], &held["outbox"]["reentries"]),
+        (&json!(1), &json!(1)),
+        "{held}"
+    );
+    // Then for west: its exits go, the feed shows them, and east's re-entry follows.
+    west_uplink.restore();
+    for gate in [&west, &east] {
+        common::wait_drained(gate.base(), LIMIT, "drained").await;
+    }
     assert_eq!(
         central
             .count("SELECT count(*) FROM passages WHERE direction = 'exit' AND source = 'offline'")

@@ -211,7 +211,7 @@ pub struct UploadReport {
 pub async fn upload_once(gate: &Arc<Gate>) -> Result<UploadReport, SyncError> {
     let batch = gate.config.upload_batch;
     let pending = gate
-        .with_store(move |store| store.pending_uploads(batch))
+        .with_store(move |store| store.pending_uploads(batch, chrono::Utc::now().timestamp()))
         .await?;
     if pending.is_empty() {
         gate.set_draining(false);
