@@ -3,7 +3,7 @@
 //! a five-minute series through the merchant-local day.
 //!
 //! "Inside now" is the venue's running count (the figure an entry at capacity is decided
-//! against, under the venue's lock); the series sums the day's passages' occupancy changes,
+//! against, and changed on condition that a place is free); the series sums the day's passages' occupancy changes,
 //! so a past day's series ends at what was inside at its end.
 
 use crate::error::AppError;

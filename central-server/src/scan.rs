@@ -295,9 +295,12 @@ pub async fn redeem(
         }
     }
     let mut attempt = 1;
+    // A venue's count is read without its lock and changed as the transaction's last write
+    // (see `VenueRead`); when a place went meanwhile, the scan is decided again under it.
+    let mut venue_read = VenueRead::Snapshot;
     loop {
         let mut tx = pool.begin().await?;
-        match attempt_redeem(&mut tx, policy, context, command).await {
+        match attempt_redeem(&mut tx, policy, context, command, venue_read).await {
             Ok(Attempt::Decided(outcome)) => match tx.commit().await {
                 Ok(()) => return Ok(*outcome),
                 Err(error) if db::redemption_may_rerun(&error) && attempt < MAX_ATTEMPTS => {
@@ -319,10 +322,36 @@ pub async fn redeem(
                 // A short, growing pause lets the winner of the race commit first.
                 tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 2)).await;
             }
+            Err(AttemptError::VenueFilled) if venue_read == VenueRead::Snapshot => {
+                drop(tx);
+                on_retry();
+                attempt += 1;
+                venue_read = VenueRead::Locked;
+            }
+            Err(AttemptError::VenueFilled) => {
+                return Err(AppError::Internal(
+                    "the venue's count changed under its lock".into(),
+                ))
+            }
             Err(AttemptError::Database(error)) => return Err(AppError::Database(error)),
             Err(AttemptError::Internal(message)) => return Err(AppError::Internal(message)),
         }
     }
+}
+
+/// How a scan reads its venue's count. The count is one row every entry of the venue
+/// changes, so its lock, held to the commit, serializes the venue's entries: a scan reads
+/// it without the lock (`Snapshot`), decides, and changes it as its transaction's last
+/// write, on condition that the place it takes is still free. If it is not (another entry
+/// took the last place meanwhile) the transaction rolls back and the scan is decided again
+/// with the count read under the lock (`Locked`), as it always was before. So the venue's
+/// lock is held from that last write to the commit only, and never more than `capacity`
+/// are inside. A refusal for capacity rests on a count read in the scan's own transaction
+/// (the venue was full at that moment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VenueRead {
+    Snapshot,
+    Locked,
 }
 
 /// What the group-commit path did.
@@ -339,8 +368,8 @@ enum GroupOutcome {
 /// checks and writes what the transaction path writes for a SUCCESS, and writes nothing
 /// for a scan whose answer could be anything else. Taken for a gate's or the console's QR
 /// scan that passed the ticket-free checks; an order-code scan, an offline upload, a
-/// passage of a venue (an entry or an exit: it takes the venue's lock) and a merchant with
-/// a webhook take the transaction path.
+/// passage of a venue (an entry or an exit: it reads and changes the venue's count) and a
+/// merchant with a webhook take the transaction path.
 async fn redeem_in_group(
     group: &GroupCommit,
     policy: TokenPolicy,
@@ -436,6 +465,8 @@ enum Attempt {
 enum AttemptError {
     Database(sqlx::Error),
     Internal(String),
+    /// The place a passage took on a count read without the lock was gone at its write.
+    VenueFilled,
 }
 
 impl From<sqlx::Error> for AttemptError {
@@ -464,6 +495,7 @@ async fn attempt_redeem(
     policy: TokenPolicy,
     context: &ScanContext,
     command: &ScanCommand,
+    venue_read: VenueRead,
 ) -> Result<Attempt, AttemptError> {
     if let Some(scan_id) = command.scan_id {
         let claimed = sqlx::query(
@@ -512,7 +544,8 @@ async fn attempt_redeem(
                                 current_qr_at(tx, ticket.id, decided_at).await?;
                         }
                     }
-                    decide_and_apply(tx, policy, context, command, claims, locked).await?
+                    decide_and_apply(tx, policy, context, command, claims, locked, venue_read)
+                        .await?
                 }
             }
         }
@@ -537,7 +570,16 @@ async fn attempt_redeem(
                 iat: now,
                 exp: policy.expiry_for(locked.channel, now),
             };
-            decide_and_apply(tx, policy, context, command, &claims, Some(locked)).await?
+            decide_and_apply(
+                tx,
+                policy,
+                context,
+                command,
+                &claims,
+                Some(locked),
+                venue_read,
+            )
+            .await?
         }
     };
     let Decided {
@@ -545,6 +587,7 @@ async fn attempt_redeem(
         ticket,
         redemption,
         jti,
+        count,
     } = decided;
 
     let ticket_id = ticket.as_ref().map(|(id, _)| *id);
@@ -590,6 +633,10 @@ async fn attempt_redeem(
             .execute(&mut *tx)
             .await?;
     }
+    // The venue's count last: its row lock is held from here to the commit only.
+    if let Some(count) = count {
+        count_passage(tx, &count).await?;
+    }
     Ok(Attempt::Decided(Box::new(ScanOutcome {
         response,
         replayed: false,
@@ -617,6 +664,8 @@ struct Decided {
     ticket: Option<(i64, TicketView)>,
     redemption: Option<RedemptionView>,
     jti: Option<Jti>,
+    /// The change to the venue's running count a passage makes, written last.
+    count: Option<VenueCount>,
 }
 
 impl Decided {
@@ -626,6 +675,7 @@ impl Decided {
             ticket: None,
             redemption: None,
             jti,
+            count: None,
         }
     }
 }
@@ -639,6 +689,7 @@ async fn decide_and_apply(
     command: &ScanCommand,
     claims: &QrClaims,
     locked: Option<LockedTicket>,
+    venue_read: VenueRead,
 ) -> Result<Decided, AttemptError> {
     let now = command.decided_at.unwrap_or(command.now).timestamp();
     let zone = locked.as_ref().map(|t| t.zone).unwrap_or_default();
@@ -650,7 +701,7 @@ async fn decide_and_apply(
             if command.direction == Direction::Exit
                 || venue.entry_function == command.function_code =>
         {
-            Some(lock_venue(tx, venue, ticket, command, now, zone).await?)
+            Some(read_venue(tx, venue, ticket, command, (now, zone), venue_read).await?)
         }
         (None, _) if command.direction == Direction::Exit => {
             return Err(AttemptError::Internal(
@@ -677,14 +728,17 @@ async fn decide_and_apply(
             .as_ref()
             .map_or(Presence::Outside, |v| v.snapshot.presence);
         let decision = decide_exit(&input, presence);
+        let mut count = None;
         if let (ExitDecision::Exit, Some(venue), Some(ticket)) = (decision, &venue, &locked) {
-            record_passage(tx, context, command, ticket, venue, Direction::Exit, None).await?;
+            count =
+                record_passage(tx, context, command, ticket, venue, Direction::Exit, None).await?;
         }
         return Ok(Decided {
             code: decision.code(),
             ticket: locked.as_ref().map(|t| (t.id, ticket_view(t))),
             redemption: None,
             jti,
+            count,
         });
     }
     let decision = decide(&input);
@@ -699,9 +753,10 @@ async fn decide_and_apply(
                 entitlement_index,
             )
             .await?;
+            let mut count = None;
             if let Some(venue) = &venue {
                 let event = Some(redemption.id);
-                record_passage(
+                count = record_passage(
                     tx,
                     context,
                     command,
@@ -717,6 +772,7 @@ async fn decide_and_apply(
                 ticket: Some((locked.id, ticket_view(&locked))),
                 redemption: Some(redemption),
                 jti,
+                count,
             })
         }
         (Decision::Reenter { .. }, Some(locked)) => {
@@ -725,12 +781,15 @@ async fn decide_and_apply(
                     "a re-entry decided away from a venue".into(),
                 ));
             };
-            record_passage(tx, context, command, &locked, venue, Direction::Entry, None).await?;
+            let count =
+                record_passage(tx, context, command, &locked, venue, Direction::Entry, None)
+                    .await?;
             Ok(Decided {
                 code: DecisionCode::Success,
                 ticket: Some((locked.id, ticket_view(&locked))),
                 redemption: None,
                 jti,
+                count,
             })
         }
         (Decision::Redeem { .. } | Decision::Reenter { .. }, None) => Err(AttemptError::Internal(
@@ -741,12 +800,13 @@ async fn decide_and_apply(
             ticket: locked.as_ref().map(|t| (t.id, ticket_view(t))),
             redemption: None,
             jti,
+            count: None,
         }),
     }
 }
 
-/// A venue under its lock, for one passage of one (locked) ticket.
-struct LockedVenue {
+/// What a passage of one (locked) ticket is decided on: its presence and the venue's count.
+struct VenueState {
     venue_id: i64,
     snapshot: VenueSnapshot,
     /// The merchant-local day of the central's clock: the day the running count is of.
@@ -756,17 +816,18 @@ struct LockedVenue {
     counts_today: bool,
 }
 
-/// Locks the venue row (after the ticket's, always in this order) and reads the ticket's
-/// presence: its latest passage at the venue up to the decision time. An offline entry
-/// uploaded later is not refused for capacity: the person is in, and is counted.
-async fn lock_venue(
+/// Reads the venue's count (under its lock when `read` says so: after the ticket's, always
+/// in this order) and the ticket's presence: its latest passage at the venue up to the
+/// decision time. An offline entry uploaded later is not refused for capacity: the person
+/// is in, and is counted.
+async fn read_venue(
     tx: &mut PgConnection,
     venue: &VenueRef,
     ticket: &LockedTicket,
     command: &ScanCommand,
-    now: i64,
-    zone: MerchantZone,
-) -> Result<LockedVenue, AttemptError> {
+    (now, zone): (i64, MerchantZone),
+    read: VenueRead,
+) -> Result<VenueState, AttemptError> {
     let latest: Option<(String, i64)> = sqlx::query_as(
         "SELECT direction, floor(extract(epoch FROM at))::bigint FROM passages \
          WHERE venue_id = $1 AND ticket_id = $2 AND at <= $3 ORDER BY at DESC, id DESC LIMIT 1",
@@ -785,15 +846,21 @@ async fn lock_venue(
     let today = zone
         .local_date(command.now.timestamp())
         .ok_or_else(|| AttemptError::Internal("the clock is beyond the calendar".into()))?;
-    let (capacity, inside): (Option<i64>, i64) = sqlx::query_as(
-        "SELECT capacity, CASE WHEN inside_on = $2 THEN inside ELSE 0 END FROM venues \
-         WHERE id = $1 FOR UPDATE",
-    )
+    let (capacity, inside): (Option<i64>, i64) = sqlx::query_as(match read {
+        VenueRead::Snapshot => {
+            "SELECT capacity, CASE WHEN inside_on = $2 THEN inside ELSE 0 END FROM venues \
+             WHERE id = $1"
+        }
+        VenueRead::Locked => {
+            "SELECT capacity, CASE WHEN inside_on = $2 THEN inside ELSE 0 END FROM venues \
+             WHERE id = $1 FOR UPDATE"
+        }
+    })
     .bind(venue.venue_id)
     .bind(today)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(LockedVenue {
+    Ok(VenueState {
         venue_id: venue.venue_id,
         snapshot: VenueSnapshot {
             presence: presence(latest, now, zone),
@@ -809,16 +876,26 @@ async fn lock_venue(
     })
 }
 
-/// Records a passage and its change to the venue's running count.
+/// A passage's change to its venue's running count, written last ([`count_passage`]).
+struct VenueCount {
+    venue_id: i64,
+    today: chrono::NaiveDate,
+    change: i64,
+    /// Whether the change may not take the count past the capacity (an entry decided now;
+    /// an offline entry uploaded later is counted whatever the count: the person is in).
+    within_capacity: bool,
+}
+
+/// Records a passage; returns its change to the venue's running count, if any.
 async fn record_passage(
     tx: &mut PgConnection,
     context: &ScanContext,
     command: &ScanCommand,
     ticket: &LockedTicket,
-    venue: &LockedVenue,
+    venue: &VenueState,
     direction: Direction,
     redemption_event_id: Option<i64>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<VenueCount>, sqlx::Error> {
     let change: i16 = match direction {
         Direction::Exit => -1,
         Direction::Entry => i16::from(venue.snapshot.takes_place()),
@@ -847,16 +924,29 @@ async fn record_passage(
     .bind(context.source.as_str())
     .execute(&mut *tx)
     .await?;
-    if venue.counts_today && change != 0 {
-        sqlx::query(
-            "UPDATE venues SET inside = GREATEST(CASE WHEN inside_on = $2 THEN inside ELSE 0 END + $3, 0), \
-             inside_on = $2 WHERE id = $1",
-        )
-        .bind(venue.venue_id)
-        .bind(venue.today)
-        .bind(i64::from(change))
-        .execute(&mut *tx)
-        .await?;
+    Ok((venue.counts_today && change != 0).then(|| VenueCount {
+        venue_id: venue.venue_id,
+        today: venue.today,
+        change: i64::from(change),
+        within_capacity: venue.snapshot.capacity.is_some(),
+    }))
+}
+
+/// Changes the venue's running count; an entry only while the place it takes is free.
+async fn count_passage(tx: &mut PgConnection, count: &VenueCount) -> Result<(), AttemptError> {
+    let changed = sqlx::query(
+        "UPDATE venues SET inside = GREATEST(CASE WHEN inside_on = $2 THEN inside ELSE 0 END + $3, 0), \
+         inside_on = $2 WHERE id = $1 AND (NOT $4 OR $3 <= 0 OR capacity IS NULL \
+         OR CASE WHEN inside_on = $2 THEN inside ELSE 0 END + $3 <= capacity)",
+    )
+    .bind(count.venue_id)
+    .bind(count.today)
+    .bind(count.change)
+    .bind(count.within_capacity)
+    .execute(&mut *tx)
+    .await?;
+    if changed.rows_affected() == 0 {
+        return Err(AttemptError::VenueFilled);
     }
     Ok(())
 }

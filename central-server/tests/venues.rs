@@ -497,6 +497,86 @@ async fn two_gates_never_let_in_more_than_capacity() {
     server.stop().await;
 }
 
+/// The count is read without the venue's lock and changed last, on condition: entries that
+/// decided on a count that then filled are decided again, under the lock.
+#[tokio::test]
+async fn entries_decided_on_a_count_that_filled_meanwhile_are_decided_again() {
+    const CAPACITY: i64 = 5;
+    const RACERS: usize = 6;
+    let server = TestServer::start().await;
+    let codes: Vec<String> = (0..RACERS).map(|i| format!("TK-F{i}")).collect();
+    load(
+        &server,
+        &venue_seed(
+            CAPACITY,
+            codes.iter().map(|c| ticket(c, 1, json!({}))).collect(),
+        ),
+    )
+    .await;
+    let token = server.login(OPERATOR).await;
+    let mut qrs = Vec::new();
+    for code in &codes {
+        qrs.push(server.issue_qr(code, OTA_KEY).await.qr_token);
+    }
+    // The test holds the venue's row: every entry reads the count (0 of 5) and decides, and
+    // then waits at its write of the count.
+    let mut holder = server.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM venues WHERE code = 'PARK' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock the venue");
+    let scans = futures_util::future::join_all(
+        qrs.iter()
+            .map(|qr| pass(&server, &token, qr, EAST, "entry")),
+    );
+    let fill = async {
+        let started = std::time::Instant::now();
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'UPDATE venues SET inside%'",
+            )
+            .fetch_one(&server.pool)
+            .await
+            .expect("waiting");
+            if waiting as usize == RACERS {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(1500),
+                "the entries never all waited at the count's write ({waiting} did)"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Meanwhile four came in by other gates: one place is left.
+        sqlx::query(
+            "UPDATE venues SET inside = 4, inside_on = (now() AT TIME ZONE 'Asia/Shanghai')::date \
+             WHERE code = 'PARK'",
+        )
+        .execute(&mut *holder)
+        .await
+        .expect("fill");
+        holder.commit().await.expect("commit");
+    };
+    let (answers, ()) = tokio::join!(scans, fill);
+    let admitted = answers.iter().filter(|(_, b)| code(b) == "SUCCESS").count();
+    let full = answers
+        .iter()
+        .filter(|(_, b)| code(b) == "VENUE_FULL")
+        .count();
+    assert_eq!((admitted, full), (1, RACERS - 1), "{answers:?}");
+    assert_eq!(inside(&server, &token).await, CAPACITY);
+    let (redeemed,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM redemption_events r JOIN tickets t ON t.id = r.ticket_id \
+         WHERE t.ticket_code LIKE 'TK-F%'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .expect("count");
+    assert_eq!(redeemed, 1, "a refused entry's redemption rolled back");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn presence_and_occupancy_turn_over_at_local_midnight() {
     let server = TestServer::start().await;

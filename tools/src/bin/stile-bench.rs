@@ -214,8 +214,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         throughput.p99_ms
     );
     // The same scans again with the gate's location in a venue with a capacity: every
-    // entry is a passage, decided on the transaction path under the venue's lock (the lock
-    // that keeps two gates from letting in more than the capacity).
+    // entry is a passage, decided on the transaction path and counted against the capacity
+    // (the count that keeps two gates from letting in more than the capacity).
     put_location_in_a_venue(&pool).await?;
     // The server's device binding (with its venue) is cached for 2 s.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
@@ -227,7 +227,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         args.duration,
     )
     .await?;
-    println!("\nat a venue with a capacity (every entry a passage under the venue's lock):");
+    println!("\nat a venue with a capacity (every entry a passage, counted against the capacity):");
     at_venue.print(phases[0].clients);
     println!(
         "  venue vs none, {} clients: {:.0} vs {:.0} scans/s, ratio {:.2}; p99 {:.1} vs {:.1} ms",
