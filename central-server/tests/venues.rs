@@ -454,16 +454,19 @@ async fn the_feed_and_the_device_see_presence_and_occupancy() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn two_gates_never_let_in_more_than_capacity() {
-    const CAPACITY: i64 = 5;
-    const TICKETS: usize = 24;
-    let server = TestServer::start().await;
-    let codes: Vec<String> = (0..TICKETS).map(|i| format!("TK-R{i:02}")).collect();
+/// The park of `capacity` with `count` one-use tickets `{prefix}00`, `{prefix}01`, ...: the
+/// operator's token and a QR of each.
+async fn park_of_one_use_tickets(
+    server: &TestServer,
+    capacity: i64,
+    prefix: &str,
+    count: usize,
+) -> (String, Vec<String>) {
+    let codes: Vec<String> = (0..count).map(|i| format!("{prefix}{i:02}")).collect();
     load(
-        &server,
+        server,
         &venue_seed(
-            CAPACITY,
+            capacity,
             codes.iter().map(|c| ticket(c, 1, json!({}))).collect(),
         ),
     )
@@ -473,6 +476,15 @@ async fn two_gates_never_let_in_more_than_capacity() {
     for code in &codes {
         qrs.push(server.issue_qr(code, OTA_KEY).await.qr_token);
     }
+    (token, qrs)
+}
+
+#[tokio::test]
+async fn two_gates_never_let_in_more_than_capacity() {
+    const CAPACITY: i64 = 5;
+    const TICKETS: usize = 24;
+    let server = TestServer::start().await;
+    let (token, qrs) = park_of_one_use_tickets(&server, CAPACITY, "TK-R", TICKETS).await;
     let scans = qrs.iter().enumerate().map(|(i, qr)| {
         let gate = if i % 2 == 0 { EAST } else { WEST };
         pass(&server, &token, qr, gate, "entry")
@@ -504,20 +516,7 @@ async fn entries_decided_on_a_count_that_filled_meanwhile_are_decided_again() {
     const CAPACITY: i64 = 5;
     const RACERS: usize = 6;
     let server = TestServer::start().await;
-    let codes: Vec<String> = (0..RACERS).map(|i| format!("TK-F{i}")).collect();
-    load(
-        &server,
-        &venue_seed(
-            CAPACITY,
-            codes.iter().map(|c| ticket(c, 1, json!({}))).collect(),
-        ),
-    )
-    .await;
-    let token = server.login(OPERATOR).await;
-    let mut qrs = Vec::new();
-    for code in &codes {
-        qrs.push(server.issue_qr(code, OTA_KEY).await.qr_token);
-    }
+    let (token, qrs) = park_of_one_use_tickets(&server, CAPACITY, "TK-F", RACERS).await;
     // The test holds the venue's row: every entry reads the count (0 of 5) and decides, and
     // then waits at its write of the count.
     let mut holder = server.pool.begin().await.expect("begin");

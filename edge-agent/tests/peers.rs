@@ -427,31 +427,24 @@ async fn an_exit_at_a_peer_frees_a_place_and_lets_the_ticket_back_in_while_the_c
     for gate in [&west, &east] {
         common::wait_drained(gate.base(), LIMIT, "drained").await;
     }
-    assert_eq!(
-        central
-            .count("SELECT count(*) FROM passages WHERE direction = 'exit' AND source = 'offline'")
-            .await,
-        2
-    );
-    assert_eq!(
-        central
-            .count("SELECT count(*) FROM passages WHERE reentry AND source = 'offline'")
-            .await,
-        1
-    );
-    assert_eq!(
-        central
-            .count("SELECT count(*) FROM merchant_redemptions WHERE result = 'CONFLICT'")
-            .await,
-        0
-    );
-    assert_eq!(
-        central
-            .count("SELECT inside FROM venues WHERE code = 'PARK'")
-            .await,
-        2,
-        "V2 and R1 inside"
-    );
+    central
+        .expect_counts(&[
+            (
+                "SELECT count(*) FROM passages WHERE direction = 'exit' AND source = 'offline'",
+                2,
+            ),
+            (
+                "SELECT count(*) FROM passages WHERE reentry AND source = 'offline'",
+                1,
+            ),
+            (
+                "SELECT count(*) FROM merchant_redemptions WHERE result = 'CONFLICT'",
+                0,
+            ),
+            // V2 and R1 inside.
+            ("SELECT inside FROM venues WHERE code = 'PARK'", 2),
+        ])
+        .await;
 }
 
 fn jti_of(token: &str) -> Jti {

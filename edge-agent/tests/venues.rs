@@ -269,18 +269,18 @@ async fn a_ticket_that_left_reenters_offline_without_using_a_count() {
 
     east.proxy.restore();
     common::wait_drained(east.base(), LIMIT, "the re-entry uploaded").await;
-    assert_eq!(
-        central
-            .count("SELECT count(*) FROM passages WHERE reentry AND source = 'offline'")
-            .await,
-        1
-    );
-    assert_eq!(
-        central
-            .count("SELECT count(*) FROM merchant_redemptions WHERE result = 'CONFLICT'")
-            .await,
-        0
-    );
+    central
+        .expect_counts(&[
+            (
+                "SELECT count(*) FROM passages WHERE reentry AND source = 'offline'",
+                1,
+            ),
+            (
+                "SELECT count(*) FROM merchant_redemptions WHERE result = 'CONFLICT'",
+                0,
+            ),
+        ])
+        .await;
     assert_eq!(central.remaining("TK-R1", "ENTRY").await, 0);
     assert_eq!(
         central

@@ -150,6 +150,13 @@ impl Central {
         count_in(&self.pool, sql).await
     }
 
+    /// Asserts what each query counts (the query names the failure).
+    pub async fn expect_counts(&self, expected: &[(&str, i64)]) {
+        for (sql, want) in expected {
+            assert_eq!(count_in(&self.pool, sql).await, *want, "{sql}");
+        }
+    }
+
     pub async fn remaining(&self, ticket: &str, function: &str) -> i32 {
         let (n,): (i32,) = sqlx::query_as(
             "SELECT e.remaining_uses FROM entitlements e JOIN tickets t ON t.id = e.ticket_id WHERE t.ticket_code = $1 AND e.function_code = $2",
