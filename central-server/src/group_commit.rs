@@ -8,12 +8,17 @@
 //! heavy load it is what queued during the previous statement, so the wait a scan adds is
 //! at most one statement's time and the flushes per second fall as the load rises.
 //!
-//! A scan of an entitlement with check-in rules is locked and read by the statement but not
-//! written: it answers `rules` with the state the rules need, the worker decides it with the
-//! shared `decide` (at most one scan per entitlement a batch; any other goes to the
-//! transaction path) and redeems what it allows with `stile_redeem_write`, in the same
-//! transaction, before the commit. So the batch runs in an explicit transaction: one round
-//! trip more at each end, still one WAL flush.
+//! A scan of an entitlement with check-in rules, and an entry at a venue, is locked and
+//! read by the statement but not written: it answers `rules` with the state the decision
+//! needs (the rules, the uses they read, the ticket's latest passage at the venue). The
+//! worker locks the batch's venues (after all of its tickets, in id order), decides each
+//! such scan with the shared `decide` against the venue's running count (at most one scan
+//! per entitlement a batch; a scan `decide` does not redeem, or a second one of an
+//! entitlement, goes to the transaction path), and writes what it allows with
+//! `stile_write_allowed` (migration 0018: the redemption, its passage, the count), in the
+//! same transaction, before the commit. So the batch runs in an explicit transaction: one
+//! round trip more at each end, still one WAL flush, and a venue's entries of one batch
+//! take its count once.
 //!
 //! Exactly once holds per scan as on the one-scan path: a scan the statement does not
 //! redeem writes nothing (no scan's writes depend on another's), the statement commits or
@@ -23,10 +28,11 @@
 //! an unknown commit outcome must be: the client retries with its scan_id.
 
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use stile_shared::decision::{decide, Decision, DecisionInput};
 use stile_shared::token::QrClaims;
+use stile_shared::venue::{self, Passage, VenueSnapshot};
 use stile_shared::{
     EntitlementRules, EntitlementSnapshot, FunctionCode, MerchantZone, QrKnowledge, TicketSnapshot,
     TicketStatus, TokenPolicy,
@@ -55,6 +61,9 @@ pub struct BatchScan {
     pub claims: QrClaims,
     pub merchant_code: String,
     pub policy: TokenPolicy,
+    /// For an entry at a venue (a scan of its entry function at one of its locations): the
+    /// venue, whose capacity the scan is decided against.
+    pub venue_id: Option<i64>,
 }
 
 /// What the statement read, under the ticket's lock, of a scan of an entitlement with rules.
@@ -68,6 +77,11 @@ struct RulesState {
     rules: EntitlementRules,
     time_zone: String,
     recent_uses: Vec<i64>,
+    /// For an entry at a venue: the venue, and the ticket's latest passage there.
+    #[serde(default)]
+    venue: Option<i64>,
+    #[serde(default)]
+    passage: Option<Passage>,
 }
 
 impl RulesState {
@@ -75,7 +89,7 @@ impl RulesState {
     /// current QR to be this token, the entitlement present with uses left and this jti not
     /// redeemed, so the snapshot holds just that entitlement. `None` when the state cannot
     /// be read as a snapshot (the transaction path decides then).
-    fn decide(&self, scan: &BatchScan) -> Option<Decision> {
+    fn decide(&self, scan: &BatchScan, venue: Option<&VenueSnapshot>) -> Option<Decision> {
         let function_code = FunctionCode::parse(&scan.function_code).ok()?;
         let snapshot = TicketSnapshot {
             status: TicketStatus::parse(&self.status)?,
@@ -98,11 +112,29 @@ impl RulesState {
             function_code: &function_code,
             now: scan.now.timestamp(),
             policy: scan.policy,
-            zone: MerchantZone::parse(&self.time_zone)?,
-            // Passages of a venue never join a batch.
-            venue: None,
+            zone: self.zone()?,
+            venue,
         }))
     }
+
+    fn zone(&self) -> Option<MerchantZone> {
+        MerchantZone::parse(&self.time_zone)
+    }
+}
+
+/// A venue of the batch under its lock: its capacity and its count of the day `today`.
+struct LockedVenue {
+    today: chrono::NaiveDate,
+    capacity: Option<i64>,
+    inside: i64,
+}
+
+/// A redemption the worker allows: its scan, what was read, and for an entry at a venue
+/// its change to the count on the venue's day.
+struct Allowed {
+    index: usize,
+    state: RulesState,
+    passage: Option<(i64, chrono::NaiveDate)>,
 }
 
 /// What the statement did with one scan.
@@ -226,7 +258,7 @@ async fn run_batch(pool: &PgPool, batch: Vec<Job>) {
 }
 
 /// Binds the scans as the first twelve parameters, one array each, in the order both
-/// `stile_redeem_batch` and `stile_redeem_write` take them.
+/// `stile_redeem_batch` and `stile_write_allowed` take them.
 fn bind_scans<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     scans: &[&'q BatchScan],
@@ -261,8 +293,9 @@ fn bind_scans<'q, O>(
         .bind(scans.iter().map(|s| s.answer.clone()).collect::<Vec<_>>())
 }
 
-/// One batch: `stile_redeem_batch`, then the scans with rules that `decide` allows written
-/// by `stile_redeem_write`, in one transaction. The outcome of each scan, by position.
+/// One batch: `stile_redeem_batch`, then the venues of its entries locked, then the scans
+/// with rules or at a venue that `decide` allows written by `stile_write_allowed`, in one
+/// transaction. The outcome of each scan, by position.
 pub async fn redeem_batch(
     pool: &PgPool,
     scans: &[&BatchScan],
@@ -271,15 +304,16 @@ pub async fn redeem_batch(
     let rows: Vec<(i32, String, Option<serde_json::Value>)> = bind_scans(
         sqlx::query_as(
             "SELECT item, outcome, answer FROM stile_redeem_batch($1, $2, $3, $4, $5, $6, $7, \
-             $8, $9, $10, $11, $12)",
+             $8, $9, $10, $11, $12, $13)",
         ),
         scans,
     )
+    .bind(scans.iter().map(|s| s.venue_id).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; scans.len()];
-    let mut allowed: Vec<(usize, RulesState)> = Vec::new();
-    let mut entitlements_taken = HashSet::new();
+    // The scans to decide here, in the statement's order (by ticket).
+    let mut to_decide: Vec<(usize, RulesState)> = Vec::new();
     for (item, outcome, answer) in rows {
         let index = usize::try_from(item)
             .ok()
@@ -294,17 +328,8 @@ pub async fn redeem_batch(
                 let state: RulesState = serde_json::from_value(state).map_err(|error| {
                     sqlx::Error::Protocol(format!("stile_redeem_batch rules state: {error}"))
                 })?;
-                // One decision per entitlement a batch: a second scan of it would be decided
-                // on a state the first one changes.
-                let first = entitlements_taken.insert(state.entitlement);
-                match state.decide(scans[index]) {
-                    Some(Decision::Redeem { .. }) if first => {
-                        allowed.push((index, state));
-                        continue;
-                    }
-                    // A refusal is decided and recorded on the transaction path.
-                    _ => BatchOutcome::Decide,
-                }
+                to_decide.push((index, state));
+                continue;
             }
             (other, _) => {
                 return Err(sqlx::Error::Protocol(format!(
@@ -313,51 +338,64 @@ pub async fn redeem_batch(
             }
         });
     }
+    let mut venues = lock_venues(&mut tx, scans, &to_decide).await?;
+    let mut allowed: Vec<Allowed> = Vec::new();
+    let mut entitlements_taken = HashSet::new();
+    for (index, state) in to_decide {
+        let scan = scans[index];
+        // One decision per entitlement a batch: a second scan of it would be decided on a
+        // state the first one changes.
+        let first = entitlements_taken.insert(state.entitlement);
+        let at_venue = match state.venue {
+            None => None,
+            Some(venue_id) => {
+                let today = state
+                    .zone()
+                    .and_then(|zone| Some((zone, zone.local_date(scan.now.timestamp())?)));
+                match (venues.get_mut(&venue_id), today) {
+                    // The scan is of the day the venue's count was read for.
+                    (Some(locked), Some((zone, today))) if locked.today == today => {
+                        let now = scan.now.timestamp();
+                        let snapshot = VenueSnapshot {
+                            presence: venue::presence(state.passage, now, zone),
+                            inside: locked.inside,
+                            capacity: locked.capacity,
+                        };
+                        Some((venue_id, locked, snapshot))
+                    }
+                    _ => {
+                        outcomes[index] = Some(BatchOutcome::Decide);
+                        continue;
+                    }
+                }
+            }
+        };
+        let decision = state.decide(scan, at_venue.as_ref().map(|(_, _, snapshot)| snapshot));
+        match decision {
+            Some(Decision::Redeem { .. }) if first => {
+                let passage = at_venue.map(|(_, locked, snapshot)| {
+                    let change = i64::from(snapshot.takes_place());
+                    locked.inside += change;
+                    (change, locked.today)
+                });
+                allowed.push(Allowed {
+                    index,
+                    state,
+                    passage,
+                });
+            }
+            // A refusal (and a re-entry) is decided and recorded on the transaction path.
+            _ => outcomes[index] = Some(BatchOutcome::Decide),
+        }
+    }
     if !allowed.is_empty() {
-        let allowed_scans: Vec<&BatchScan> = allowed.iter().map(|(i, _)| scans[*i]).collect();
-        let written: Vec<(i64, Option<serde_json::Value>)> = bind_scans(
-            sqlx::query_as(
-                "SELECT x.i, stile_redeem_write(x.scan_id, x.merchant_id, x.operator_id, \
-                        x.device_pk, x.location_id, x.token_sha256, x.function_code, x.jti, \
-                        x.ticket_code, x.source, x.now, x.answer, x.ticket, x.entitlement, \
-                        x.status, x.order_id) \
-                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                             $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                             $11::timestamptz[], $12::jsonb[], $13::bigint[], $14::bigint[], \
-                             $15::text[], $16::bigint[], $17::bigint[]) \
-                      AS x(scan_id, merchant_id, operator_id, device_pk, location_id, \
-                           token_sha256, function_code, jti, ticket_code, source, now, answer, \
-                           ticket, entitlement, status, order_id, i)",
-            ),
-            &allowed_scans,
-        )
-        .bind(allowed.iter().map(|(_, s)| s.ticket).collect::<Vec<_>>())
-        .bind(
-            allowed
-                .iter()
-                .map(|(_, s)| s.entitlement)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            allowed
-                .iter()
-                .map(|(_, s)| s.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(allowed.iter().map(|(_, s)| s.order).collect::<Vec<_>>())
-        .bind(
-            allowed
-                .iter()
-                .map(|(i, _)| i64::try_from(*i).unwrap_or(i64::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for (index, answer) in written {
+        for (index, answer) in write_allowed(&mut tx, scans, &allowed).await? {
             let slot = usize::try_from(index)
                 .ok()
                 .and_then(|index| outcomes.get_mut(index))
-                .ok_or_else(|| sqlx::Error::Protocol(format!("stile_redeem_write item {index}")))?;
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("stile_write_allowed item {index}"))
+                })?;
             *slot = Some(match answer {
                 Some(answer) => BatchOutcome::Redeemed(answer),
                 None => BatchOutcome::Replay,
@@ -366,4 +404,112 @@ pub async fn redeem_batch(
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Locks the venues of the batch's entries (after every ticket of the batch, in id order:
+/// the transaction path, too, takes a venue's row only after its ticket's) and reads each
+/// one's capacity and its count of the merchant-local day of the batch's first entry there.
+async fn lock_venues(
+    tx: &mut sqlx::PgConnection,
+    scans: &[&BatchScan],
+    to_decide: &[(usize, RulesState)],
+) -> Result<HashMap<i64, LockedVenue>, sqlx::Error> {
+    let mut days: Vec<(i64, chrono::NaiveDate)> = Vec::new();
+    for (index, state) in to_decide {
+        let (Some(venue_id), Some(zone)) = (state.venue, state.zone()) else {
+            continue;
+        };
+        if days.iter().any(|(id, _)| *id == venue_id) {
+            continue;
+        }
+        if let Some(today) = zone.local_date(scans[*index].now.timestamp()) {
+            days.push((venue_id, today));
+        }
+    }
+    if days.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT v.id, v.capacity, CASE WHEN v.inside_on = x.today THEN v.inside ELSE 0 END \
+         FROM venues v JOIN unnest($1::bigint[], $2::date[]) AS x(id, today) ON x.id = v.id \
+         ORDER BY v.id FOR UPDATE OF v",
+    )
+    .bind(days.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(days.iter().map(|(_, today)| *today).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, capacity, inside)| {
+            let today = days.iter().find(|(venue, _)| *venue == id)?.1;
+            Some((
+                id,
+                LockedVenue {
+                    today,
+                    capacity,
+                    inside,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Writes the allowed redemptions (with their passages and changes to their venues'
+/// counts): each scan's position and its stored answer (`None`: its scan_id was taken).
+async fn write_allowed(
+    tx: &mut sqlx::PgConnection,
+    scans: &[&BatchScan],
+    allowed: &[Allowed],
+) -> Result<Vec<(i64, Option<serde_json::Value>)>, sqlx::Error> {
+    let allowed_scans: Vec<&BatchScan> = allowed.iter().map(|a| scans[a.index]).collect();
+    bind_scans(
+        sqlx::query_as(
+            "SELECT item, answer FROM stile_write_allowed($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        ),
+        &allowed_scans,
+    )
+    .bind(allowed.iter().map(|a| a.state.ticket).collect::<Vec<_>>())
+    .bind(
+        allowed
+            .iter()
+            .map(|a| a.state.entitlement)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        allowed
+            .iter()
+            .map(|a| a.state.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(allowed.iter().map(|a| a.state.order).collect::<Vec<_>>())
+    .bind(
+        allowed
+            .iter()
+            .map(|a| i64::try_from(a.index).unwrap_or(i64::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        allowed
+            .iter()
+            .map(|a| a.passage.and(a.state.venue))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        allowed
+            .iter()
+            .map(|a| {
+                a.passage
+                    .map(|(change, _)| i32::try_from(change).unwrap_or(0))
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        allowed
+            .iter()
+            .map(|a| a.passage.map(|(_, today)| today))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await
 }

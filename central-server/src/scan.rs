@@ -364,12 +364,13 @@ enum GroupOutcome {
     ScanIdTaken,
 }
 
-/// A plain successful scan, group-committed: `stile_redeem_batch` (migration 0014) locks,
-/// checks and writes what the transaction path writes for a SUCCESS, and writes nothing
-/// for a scan whose answer could be anything else. Taken for a gate's or the console's QR
-/// scan that passed the ticket-free checks; an order-code scan, an offline upload, a
-/// passage of a venue (an entry or an exit: it reads and changes the venue's count) and a
-/// merchant with a webhook take the transaction path.
+/// A plain successful scan, group-committed: `stile_redeem_batch` (migrations 0014, 0016,
+/// 0018) locks, checks and writes what the transaction path writes for a SUCCESS (for an
+/// entry at a venue, its passage and the venue's count too), and writes nothing for a scan
+/// whose answer could be anything else. Taken for a gate's or the console's QR scan that
+/// passed the ticket-free checks; an order-code scan, an offline upload, an exit and a
+/// merchant with a webhook take the transaction path, and so does a scan the batch does not
+/// redeem (a refusal, a re-entry).
 async fn redeem_in_group(
     group: &GroupCommit,
     policy: TokenPolicy,
@@ -380,13 +381,13 @@ async fn redeem_in_group(
         return Ok(GroupOutcome::NotPlain);
     };
     let claims = &verified.claims;
-    let at_venue = context
+    let venue_id = context
         .location
         .as_ref()
         .and_then(|l| l.venue.as_ref())
-        .is_some_and(|v| v.entry_function == command.function_code);
+        .filter(|v| v.entry_function == command.function_code)
+        .map(|v| v.venue_id);
     if command.decided_at.is_some()
-        || at_venue
         || command.direction == Direction::Exit
         || context.source == RedemptionSource::Offline
         || check_token(
@@ -435,6 +436,7 @@ async fn redeem_in_group(
             claims: claims.clone(),
             merchant_code: context.merchant_code.clone(),
             policy,
+            venue_id,
         })
         .await?;
     match outcome {

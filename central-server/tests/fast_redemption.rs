@@ -4,8 +4,10 @@
 //! it does, it writes what the transaction path writes. Batches also hold a second scan of
 //! a QR already in the batch (redeemed once only) and a resent scan_id (replayed). The asked
 //! entitlement may carry check-in rules (allowing, or refusing for each rule), with an
-//! earlier use of another QR: the worker decides those with `decide` in the batch's
-//! transaction, and must land where `decide` over the whole ticket does.
+//! earlier use of another QR, and the scan may be an entry at a venue (with or without a
+//! capacity, some of it taken, the ticket inside, left or outside): the worker decides those
+//! with `decide` in the batch's transaction, and must land where `decide` over the whole
+//! ticket and venue does, writing the passage and the count when it redeems.
 
 use central_server::db;
 use central_server::group_commit::{redeem_batch, BatchOutcome, BatchScan};
@@ -14,6 +16,7 @@ use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicU32, Ordering};
 use stile_shared::decision::{decide, Decision, DecisionInput};
 use stile_shared::token::{Jti, QrClaims};
+use stile_shared::venue::{self, Direction, Passage, VenueSnapshot};
 use stile_shared::{
     Channel, EntitlementRules, EntitlementSnapshot, FunctionCode, QrKnowledge, TicketSnapshot,
     TicketStatus, TokenPolicy,
@@ -38,6 +41,9 @@ struct State {
     /// valid, 3 no longer valid, 4 one use a day and one a minute ago, 5 an hour between
     /// uses and one a minute ago, 6 two a day and one a minute ago (allows).
     rules: usize,
+    /// An entry at a venue of its own: (capacity, inside now, the ticket's latest passage
+    /// a minute ago: 0 none, 1 an entry, 2 an exit).
+    venue: Option<(Option<i64>, i64, usize)>,
 }
 
 /// The rule set of [`State::rules`], and whether it comes with an earlier use.
@@ -106,15 +112,25 @@ fn state() -> impl Strategy<Value = State> {
         0..FUNCTIONS.len(),
         prop::bool::weighted(0.15),
         prop_oneof![4 => Just(0usize), 3 => 1..7usize],
+        prop_oneof![
+            3 => Just(None),
+            2 => (
+                prop_oneof![1 => Just(None), 3 => (0..4i64).prop_map(Some)],
+                0..3i64,
+                0..3usize
+            )
+                .prop_map(Some)
+        ],
     )
         .prop_map(
-            |(status, current, entitlements, asked, webhook, rules)| State {
+            |(status, current, entitlements, asked, webhook, rules, venue)| State {
                 status,
                 current,
                 entitlements,
                 asked,
                 webhook,
                 rules,
+                venue,
             },
         )
 }
@@ -180,12 +196,13 @@ fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_pa
         tally.replayed.into_inner(),
     );
     let with_rules = tally.redeemed_with_rules.into_inner();
+    let at_venue = tally.redeemed_at_venue.into_inner();
     println!(
-        "{redeemed} redeemed ({with_rules} with rules), {decided} left to the transaction path, {replayed} replayed"
+        "{redeemed} redeemed ({with_rules} with rules, {at_venue} at a venue), {decided} left to the transaction path, {replayed} replayed"
     );
     assert!(
-        redeemed > 10 && decided > 10 && replayed > 3 && with_rules > 3,
-        "every outcome was tried: {redeemed} ({with_rules}) / {decided} / {replayed}"
+        redeemed > 10 && decided > 10 && replayed > 3 && with_rules > 3 && at_venue > 3,
+        "every outcome was tried: {redeemed} ({with_rules}, {at_venue}) / {decided} / {replayed}"
     );
 }
 
@@ -194,6 +211,8 @@ struct Tally {
     redeemed: AtomicU32,
     /// Redeemed with rules on the entitlement: decided by the worker in the transaction.
     redeemed_with_rules: AtomicU32,
+    /// Redeemed as an entry at a venue: decided by the worker against the locked count.
+    redeemed_at_venue: AtomicU32,
     decided: AtomicU32,
     replayed: AtomicU32,
 }
@@ -215,6 +234,8 @@ struct Prepared {
     entitlements: Vec<EntitlementSnapshot>,
     verdict: Decision,
     scan: BatchScan,
+    /// The venue of an entry: its id, its count before, and whether the entry takes a place.
+    venue: Option<(i64, i64, bool)>,
 }
 
 async fn batch(
@@ -252,6 +273,9 @@ async fn batch(
         if redeemed && p.state.rules > 0 && p.state.entitlements[p.state.asked].is_some() {
             tally.redeemed_with_rules.fetch_add(1, Ordering::SeqCst);
         }
+        if redeemed && p.venue.is_some() {
+            tally.redeemed_at_venue.fetch_add(1, Ordering::SeqCst);
+        }
         let counter = if redeemed {
             &tally.redeemed
         } else {
@@ -268,10 +292,11 @@ async fn batch(
                 tally.replayed.fetch_add(1, Ordering::SeqCst);
             }
             (Extra::SameScanId, false, BatchOutcome::Decide) => {}
-            // A scan with rules is written after the batch's loop, so its resent scan_id is
-            // not seen taken there: it goes to the transaction path, which replays it.
-            (Extra::SameScanId, true, BatchOutcome::Decide) if prepared[target].state.rules > 0 => {
-            }
+            // A scan with rules (or at a venue) is written after the batch's loop, so its
+            // resent scan_id is not seen taken there: it goes to the transaction path,
+            // which replays it.
+            (Extra::SameScanId, true, BatchOutcome::Decide)
+                if prepared[target].state.rules > 0 || prepared[target].venue.is_some() => {}
             (extra, first, outcome) => panic!(
                 "{extra:?} after a first scan that redeemed: {first}, answered {outcome:?}: {:?}",
                 prepared[target].state
@@ -391,6 +416,58 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
             recent_uses,
         });
     }
+    let (venue, venue_snapshot) = match state.venue {
+        None => (None, None),
+        Some((capacity, inside, latest)) => {
+            let (venue_id,): (i64,) = sqlx::query_as(
+                "INSERT INTO venues (merchant_id, code, name, capacity, inside, inside_on) \
+                 VALUES ($1, $2, $2, $3, $4, (now() AT TIME ZONE 'Asia/Shanghai')::date) RETURNING id",
+            )
+            .bind(merchant_id)
+            .bind(format!("V-{n}"))
+            .bind(capacity)
+            .bind(inside)
+            .fetch_one(pool)
+            .await
+            .expect("venue");
+            let at = now - chrono::Duration::seconds(60);
+            let latest = match latest {
+                1 => Some(Direction::Entry),
+                2 => Some(Direction::Exit),
+                _ => None,
+            };
+            if let Some(direction) = latest {
+                sqlx::query(
+                    "INSERT INTO passages (merchant_id, venue_id, ticket_id, direction, delta, at, \
+                     recorded_at, source) VALUES ($1, $2, $3, $4, 0, $5, $5, 'merchant')",
+                )
+                .bind(merchant_id)
+                .bind(venue_id)
+                .bind(ticket_id)
+                .bind(direction.as_str())
+                .bind(at)
+                .execute(pool)
+                .await
+                .expect("passage");
+            }
+            let snapshot = VenueSnapshot {
+                presence: venue::presence(
+                    latest.map(|direction| Passage {
+                        direction,
+                        at: at.timestamp(),
+                    }),
+                    now.timestamp(),
+                    Default::default(),
+                ),
+                inside,
+                capacity,
+            };
+            (
+                Some((venue_id, inside, snapshot.takes_place())),
+                Some(snapshot),
+            )
+        }
+    };
     let asked = FunctionCode::parse(FUNCTIONS[state.asked]).expect("code");
     let claims = QrClaims {
         jti: jti.clone(),
@@ -416,7 +493,7 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
         now: now.timestamp(),
         policy: TokenPolicy::default(),
         zone: Default::default(),
-        venue: None,
+        venue: venue_snapshot.as_ref(),
     });
     let answer = serde_json::json!({"result": "SUCCESS", "code": "SUCCESS", "message": "核销成功",
         "ticket": null, "redemption": {"id": 0, "redeemed_at": "x", "operator": {"id": operator_id, "username": "u"},
@@ -426,6 +503,7 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
         ticket_id,
         entitlements,
         verdict,
+        venue,
         scan: BatchScan {
             scan_id: Some(uuid::Uuid::new_v4()),
             merchant_id,
@@ -442,6 +520,7 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
             claims,
             merchant_code: merchant_code.to_owned(),
             policy: TokenPolicy::default(),
+            venue_id: venue.map(|(id, _, _)| id),
         },
     }
 }
@@ -510,6 +589,28 @@ async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome) -> boo
             // One record per redemption: the log row is its audit record; the stored
             // answer is the one given.
             assert_eq!(rows, (1, 1, 0, 1), "{state:?}");
+            if let Some((venue_id, before, takes_place)) = p.venue {
+                // Its passage, and the count moved by the place it took.
+                let (passages, inside): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM passages WHERE venue_id = $1 AND ticket_id = $2 \
+                             AND redemption_event_id = $3 AND direction = 'entry' AND delta = $4 \
+                             AND NOT reentry AND scan_id = $5), \
+                            (SELECT inside FROM venues WHERE id = $1)",
+                )
+                .bind(venue_id)
+                .bind(ticket_id)
+                .bind(event)
+                .bind(i16::from(takes_place))
+                .bind(scan_id)
+                .fetch_one(pool)
+                .await
+                .expect("passage");
+                assert_eq!(
+                    (passages, inside),
+                    (1, before + i64::from(takes_place)),
+                    "{state:?}"
+                );
+            }
             let ticket = response.ticket.expect("ticket view");
             assert_eq!(ticket.status.as_str(), status_expected);
             assert_eq!(
@@ -531,6 +632,17 @@ async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome) -> boo
             assert_eq!(remaining, before, "{state:?}");
             assert_eq!(status_after, STATUSES[state.status]);
             assert_eq!(stored, 0);
+            if let Some((venue_id, before, _)) = p.venue {
+                let (passages, inside): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM passages WHERE venue_id = $1 AND scan_id IS NOT NULL), \
+                            (SELECT inside FROM venues WHERE id = $1)",
+                )
+                .bind(venue_id)
+                .fetch_one(pool)
+                .await
+                .expect("passages");
+                assert_eq!((passages, inside), (0, before), "{state:?}");
+            }
             false
         }
         (outcome, expected) => {
