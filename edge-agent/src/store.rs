@@ -182,17 +182,26 @@ pub struct QueueState {
     pub depth: i64,
     pub oldest_decided_at: Option<String>,
     pub conflicts: i64,
-    /// Of `depth`, the re-entries (each waits until the feed shows its ticket's exit, at
-    /// most [`REENTRY_UPLOAD_HOLD_SECS`]).
-    pub reentries: i64,
+    /// Of `depth`, the exits and re-entries that wait until the feed shows the passage they
+    /// rest on (at most [`PASSAGE_UPLOAD_HOLD_SECS`]).
+    pub held: i64,
 }
 
-/// How long an offline re-entry's upload waits, from its first chance to go, for the feed to
-/// show the exit it rests on (then it goes anyway, and the central decides it on what it has).
-pub const REENTRY_UPLOAD_HOLD_SECS: i64 = 1800;
+/// How long an offline exit's or re-entry's upload waits, from its first chance to go, for
+/// the feed to show the passage it rests on (then it goes anyway, and the central decides it
+/// on what it has).
+pub const PASSAGE_UPLOAD_HOLD_SECS: i64 = 1800;
 
-/// An offline re-entry among the decisions: an entry at the venue that used no count.
-const REENTRY: &str = "(direction = 'entry' AND redeemed = 0 AND occupancy_change IS NOT NULL)";
+/// An offline passage that used no count among the decisions: an exit (it rests on an
+/// entry) or a re-entry (it rests on an exit).
+const RESTING: &str = "(redeemed = 0 AND occupancy_change IS NOT NULL)";
+
+/// For a [`RESTING`] decision: the feed does not show the ticket's latest passage as the one
+/// it rests on yet.
+const NOT_SHOWN: &str =
+    "coalesce((SELECT json_extract(t.body, '$.passage.direction') FROM tickets t \
+     WHERE t.ticket_code = decisions.ticket_code), '') \
+     <> CASE decisions.direction WHEN 'exit' THEN 'entry' ELSE 'exit' END";
 
 pub struct Store {
     connection: Connection,
@@ -883,25 +892,23 @@ impl Store {
         limit: usize,
         now: i64,
     ) -> Result<Vec<PendingUpload>, StoreError> {
-        // An offline re-entry rests on an exit (often a peer's): the central decides an upload
-        // on what it holds when it arrives, so the re-entry waits until the feed shows the
-        // ticket's exit (the exit is there), for at most REENTRY_UPLOAD_HOLD_SECS from its
-        // first chance to go.
+        // An offline exit rests on an entry, a re-entry on an exit, often a peer's: the
+        // central decides an upload on what it holds when it arrives, so each waits until the
+        // feed shows the passage it rests on (the central has it), for at most
+        // PASSAGE_UPLOAD_HOLD_SECS from its first chance to go.
         self.connection.execute(
             &format!(
                 "UPDATE decisions SET upload_held_since = ?1 WHERE upload_state = 'pending' \
-                 AND upload_held_since IS NULL AND {REENTRY}"
+                 AND upload_held_since IS NULL AND {RESTING}"
             ),
             params![rfc3339_at(now)],
         )?;
         let mut statement = self.connection.prepare_cached(&format!(
-            "SELECT scan_id, qr_token, function_code, decided_at, operator_id, direction FROM decisions d \
-             WHERE upload_state = 'pending' AND NOT ({REENTRY} AND upload_held_since > ?2 \
-             AND coalesce((SELECT json_extract(t.body, '$.passage.direction') FROM tickets t \
-                           WHERE t.ticket_code = d.ticket_code), '') <> 'exit') \
+            "SELECT scan_id, qr_token, function_code, decided_at, operator_id, direction FROM decisions \
+             WHERE upload_state = 'pending' AND NOT ({RESTING} AND upload_held_since > ?2 AND {NOT_SHOWN}) \
              ORDER BY decided_at LIMIT ?1"
         ))?;
-        let hold_from = rfc3339_at(now - REENTRY_UPLOAD_HOLD_SECS);
+        let hold_from = rfc3339_at(now - PASSAGE_UPLOAD_HOLD_SECS);
         let rows = statement.query_map(params![limit as i64, hold_from], |row| {
             Ok(PendingUpload {
                 scan_id: row.get(0)?,
@@ -933,10 +940,10 @@ impl Store {
     }
 
     pub fn queue_state(&self) -> Result<QueueState, StoreError> {
-        let (depth, oldest, reentries): (i64, Option<String>, i64) = self.connection.query_row(
+        let (depth, oldest, held): (i64, Option<String>, i64) = self.connection.query_row(
             &format!(
-                "SELECT count(*), min(decided_at), count(*) FILTER (WHERE {REENTRY}) FROM decisions \
-                 WHERE upload_state = 'pending'"
+                "SELECT count(*), min(decided_at), count(*) FILTER (WHERE {RESTING} AND {NOT_SHOWN}) \
+                 FROM decisions WHERE upload_state = 'pending'"
             ),
             [],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
@@ -950,7 +957,7 @@ impl Store {
             depth,
             oldest_decided_at: oldest,
             conflicts,
-            reentries,
+            held,
         })
     }
 
@@ -1356,20 +1363,44 @@ mod tests {
                 .map(|p| (p.scan_id, p.direction))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(
-            due(&mut store, now),
-            [("out".to_owned(), Direction::Exit)],
-            "offline exits are uploaded with their direction; the re-entry waits for its exit"
+        // The feed shows the ticket's latest passage as `direction` (at second `second`).
+        let feed_shows = |store: &mut Store, direction: Direction, second: &str| {
+            let ticket = SyncedTicket {
+                ticket_code: "TK-1".into(),
+                status: TicketStatus::Used,
+                channel: Channel::Ota,
+                current_jti: None,
+                current_issued_at: None,
+                entitlements: vec![],
+                redeemed_functions: vec![],
+                rules: vec![],
+                passage: Some(stile_shared::venue::Passage {
+                    direction,
+                    at: unix_seconds(&at(second)).expect("time"),
+                }),
+            };
+            upsert_tickets(&store.connection, &[ticket]).expect("feed");
+        };
+        assert!(
+            due(&mut store, now).is_empty(),
+            "the feed shows no entry for the exit to rest on, nor an exit for the re-entry"
         );
-        assert_eq!(store.queue_state().expect("queue").reentries, 1);
+        assert_eq!(store.queue_state().expect("queue").held, 2);
         assert_eq!(
-            due(&mut store, now + REENTRY_UPLOAD_HOLD_SECS + 1),
+            due(&mut store, now + PASSAGE_UPLOAD_HOLD_SECS + 1),
             [
                 ("out".to_owned(), Direction::Exit),
                 ("back".to_owned(), Direction::Entry)
             ],
-            "past the hold it goes anyway"
+            "past the hold both go anyway, with their direction"
         );
+        feed_shows(&mut store, Direction::Entry, "10");
+        assert_eq!(
+            due(&mut store, now),
+            [("out".to_owned(), Direction::Exit)],
+            "the feed shows the entry: the exit goes; the re-entry waits for the exit"
+        );
+        assert_eq!(store.queue_state().expect("queue").held, 1);
         store
             .mark_uploaded("out", "applied", "SUCCESS", &at("25"))
             .expect("mark");
@@ -1377,21 +1408,7 @@ mod tests {
             due(&mut store, now).is_empty(),
             "the feed shows no exit yet"
         );
-        let ticket = SyncedTicket {
-            ticket_code: "TK-1".into(),
-            status: TicketStatus::Used,
-            channel: Channel::Ota,
-            current_jti: None,
-            current_issued_at: None,
-            entitlements: vec![],
-            redeemed_functions: vec![],
-            rules: vec![],
-            passage: Some(stile_shared::venue::Passage {
-                direction: Direction::Exit,
-                at: unix_seconds(&at("20")).expect("time"),
-            }),
-        };
-        upsert_tickets(&store.connection, &[ticket]).expect("feed");
+        feed_shows(&mut store, Direction::Exit, "20");
         assert_eq!(
             due(&mut store, now),
             [("back".to_owned(), Direction::Entry)],

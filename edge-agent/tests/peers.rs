@@ -401,10 +401,17 @@ async fn an_exit_at_a_peer_frees_a_place_and_lets_the_ticket_back_in_while_the_c
         .filter(|a| a["direction"] == "exit")
         .count();
     assert_eq!(exits, 2, "{held}");
+    // V2, let in offline at east, leaves by west: west knows it is inside from its peer.
+    wait_pulled(&west, "dev-east-1", 3).await;
+    let out = scan(west.base(), &v2).await;
+    assert_eq!(code(&out), ("SUCCESS", "offline"), "{out}");
 
-    // East's re-entry waits in its queue for the exit it rests on, which is west's to upload.
-    let waiting = wait_status(east.base(), LIMIT, "status", |_| true).await;
-    assert_eq!(waiting["outbox"]["reentries"], 1, "{waiting}");
+    // East's re-entry waits in its queue for the exit it rests on, which is west's to upload;
+    // west's exit of V2 waits for the entry it rests on, which is east's.
+    for gate in [&east, &west] {
+        let waiting = wait_status(gate.base(), LIMIT, "status", |_| true).await;
+        assert_eq!(waiting["outbox"]["held"], 1, "{waiting}");
+    }
     // The central is back for east first: its entry goes, its re-entry stays (uploaded now,
     // before the exit it rests on, the central would find the ticket inside: a conflict).
     uplink.restore();
@@ -418,11 +425,12 @@ async fn an_exit_at_a_peer_frees_a_place_and_lets_the_ticket_back_in_while_the_c
     .await;
     let held = wait_status(east.base(), LIMIT, "status", |_| true).await;
     assert_eq!(
-        (&held["outbox"]["depth"], &held["outbox"]["reentries"]),
+        (&held["outbox"]["depth"], &held["outbox"]["held"]),
         (&json!(1), &json!(1)),
         "{held}"
     );
-    // Then for west: its exits go, the feed shows them, and east's re-entry follows.
+    // Then for west: its exits go (V2's once the feed shows east's entry), the feed shows
+    // them, and east's re-entry follows.
     west_uplink.restore();
     for gate in [&west, &east] {
         common::wait_drained(gate.base(), LIMIT, "drained").await;
@@ -431,7 +439,7 @@ async fn an_exit_at_a_peer_frees_a_place_and_lets_the_ticket_back_in_while_the_c
         .expect_counts(&[
             (
                 "SELECT count(*) FROM passages WHERE direction = 'exit' AND source = 'offline'",
-                2,
+                3,
             ),
             (
                 "SELECT count(*) FROM passages WHERE reentry AND source = 'offline'",
@@ -441,8 +449,8 @@ async fn an_exit_at_a_peer_frees_a_place_and_lets_the_ticket_back_in_while_the_c
                 "SELECT count(*) FROM merchant_redemptions WHERE result = 'CONFLICT'",
                 0,
             ),
-            // V2 and R1 inside.
-            ("SELECT inside FROM venues WHERE code = 'PARK'", 2),
+            // R1 inside, V1 and V2 gone.
+            ("SELECT inside FROM venues WHERE code = 'PARK'", 1),
         ])
         .await;
 }

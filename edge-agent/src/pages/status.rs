@@ -847,7 +847,7 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
 <div class=grid>\
 <div class=card><h2>Camera</h2><div id=camera>{camera}</div><div>frames seen <b id=frames>{frames}</b>, dropped {dropped}, with a code {decoded}</div><div>decode rate <b id=decode-rate>{rate:.1}%</b></div><div>per frame <b id=frame-ms>{frame_ms:.1} ms</b> (scaling included; {scaled} scaled down)</div>{decoders}</div>\
 <div class=card><h2>Uplink</h2><div id=uplink>{uplink}</div><div>round trip {rtt}</div><div>last ok {last_ok}</div><div>last error {last_error}</div></div>\
-<div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age class={sync_class}>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s{reentries}</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
+<div class=card><h2>Sync</h2><div>last ticket sync <b id=sync-age class={sync_class}>{sync_age}</b> s ago ({tickets} tickets)</div><div>outbox <b id=outbox>{outbox}</b>, oldest {oldest} s{held}</div><div>conflicts <b id=conflicts>{conflicts}</b></div></div>\
 <div class=card><h2>Keys &amp; clock</h2><div>kids <b id=kids>{kids}</b>, fetched <b id=key-age class={key_class}>{keys_age}</b> s ago</div><div>clock offset <b id=clock-offset class={clock_class}>{offset}</b> s</div><div>SQLite {sqlite} KiB, disk free <b id=disk-free class={disk_class}>{disk}</b></div></div>\
 <div class=card><h2>Gate</h2><div>direction <b id=direction>{direction}</b></div><div>function <b id=function>{function}</b></div><div>operator {operator}</div></div>\
 <div class=card><h2>Peers</h2><div id=peers-summary>{peers_summary}</div></div>\
@@ -912,9 +912,11 @@ async fn status_page(State(gate): State<Arc<Gate>>) -> Response {
         tickets = report.synced_tickets,
         outbox = report.outbox.depth,
         oldest = or_dash(report.oldest_queued_age_secs),
-        reentries = match report.outbox.reentries {
+        held = match report.outbox.held {
             0 => String::new(),
-            n => format!(", {n} re-entries wait until the central has the exits they rest on"),
+            n => format!(
+                ", {n} exits and re-entries wait until the central has the passages they rest on"
+            ),
         },
         conflicts = report.outbox.conflicts,
         kids = escape(&report.keys.kids.join(", ")),
