@@ -361,7 +361,7 @@ pub async fn redeem_batch(
                             inside: locked.inside,
                             capacity: locked.capacity,
                         };
-                        Some((venue_id, locked, snapshot))
+                        Some((locked, snapshot))
                     }
                     _ => {
                         outcomes[index] = Some(BatchOutcome::Decide);
@@ -370,10 +370,10 @@ pub async fn redeem_batch(
                 }
             }
         };
-        let decision = state.decide(scan, at_venue.as_ref().map(|(_, _, snapshot)| snapshot));
+        let decision = state.decide(scan, at_venue.as_ref().map(|(_, snapshot)| snapshot));
         match decision {
             Some(Decision::Redeem { .. }) if first => {
-                let passage = at_venue.map(|(_, locked, snapshot)| {
+                let passage = at_venue.map(|(locked, snapshot)| {
                     let change = i64::from(snapshot.takes_place());
                     locked.inside += change;
                     (change, locked.today)

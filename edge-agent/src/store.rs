@@ -286,7 +286,8 @@ pub const MIGRATIONS: [&str; 4] = [
      CREATE INDEX peer_acceptances_received ON peer_acceptances (received_at);",
     // 4: peers announce passages too: which way, whether a count was used, at which venue
     // and what it changed the occupancy by (what peers sent before is a redeeming entry of
-    // no venue named); and since when an offline re-entry's upload waits for its exit.
+    // no venue named); and since when an offline exit's or re-entry's upload waits for the
+    // passage it rests on.
     "ALTER TABLE peer_acceptances ADD COLUMN direction TEXT NOT NULL DEFAULT 'entry';
      ALTER TABLE peer_acceptances ADD COLUMN redeemed INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE peer_acceptances ADD COLUMN venue_code TEXT;
@@ -361,8 +362,8 @@ impl Store {
     }
 
     /// [`Store::record`], and for a redemption or a passage with an `announce`, the next
-    /// entry of this gate's peer log in the same transaction: `announce(seq)` signs the message. Returns
-    /// the message for the peers (only once it is durable).
+    /// entry of this gate's peer log in the same transaction: `announce(seq)` signs the
+    /// message. Returns the message for the peers (only once it is durable).
     pub fn record_announced(
         &mut self,
         decision: &DecisionRecord,
@@ -792,15 +793,14 @@ impl Store {
             .collect()
     }
 
-    /// Peers' passages at `venue_code` (entries, re-entries and exits at their gates),
-    /// received at or after `since` (Unix seconds, this gate's clock), of one ticket or of
-    /// all. An acceptance that names no venue (a peer of an older version, or one whose
-    /// location is in none) counts as an entry that took a place when it is of
-    /// `entry_function`.
+    /// Peers' passages at `venue` (entries, re-entries and exits at their gates), received
+    /// at or after `since` (Unix seconds, this gate's clock), of one ticket or of all. An
+    /// acceptance that names no venue (a peer of an older version, or one whose location is
+    /// in none) counts as an entry that took a place when it is of the venue's entry
+    /// function.
     pub fn peer_passages(
         &self,
-        venue_code: &str,
-        entry_function: &str,
+        venue: &SyncedVenue,
         ticket_code: Option<&str>,
         since: i64,
     ) -> Result<Vec<PeerPassage>, StoreError> {
@@ -820,7 +820,12 @@ impl Store {
             }
         })?;
         let rows = statement.query_map(
-            params![entry_function, rfc3339_at(since), ticket_code, venue_code],
+            params![
+                venue.entry_function.as_str(),
+                rfc3339_at(since),
+                ticket_code,
+                venue.venue_code
+            ],
             |row| {
                 Ok(PeerPassage {
                     ticket_code: row.get(0)?,
@@ -1106,6 +1111,18 @@ mod tests {
     use stile_shared::token::Jti;
     use stile_shared::{Channel, TicketStatus};
 
+    /// A venue `code` with the entry function `ENTRY`, room for 500, 42 inside.
+    fn venue(code: &str) -> SyncedVenue {
+        SyncedVenue {
+            venue_code: code.into(),
+            name: "乐园".into(),
+            entry_function: FunctionCode::parse("ENTRY").expect("code"),
+            capacity: Some(500),
+            inside: 42,
+            as_of: 1_796_180_000,
+        }
+    }
+
     fn record(scan_id: &str, mode: Mode, code: &str, upload: Option<&str>) -> DecisionRecord {
         DecisionRecord {
             scan_id: scan_id.into(),
@@ -1273,7 +1290,7 @@ mod tests {
                 "a peer's old acceptance still blocks its pair"
             );
             let passages = store
-                .peer_passages("PARK", "ENTRY", Some("TK-9"), 0)
+                .peer_passages(&venue("PARK"), Some("TK-9"), 0)
                 .expect("passages");
             assert_eq!(
                 passages
@@ -1455,14 +1472,7 @@ mod tests {
         use stile_shared::Identifier;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = Store::open(&dir.path().join("agent.db")).expect("open");
-        let park = SyncedVenue {
-            venue_code: "PARK".into(),
-            name: "乐园".into(),
-            entry_function: FunctionCode::parse("ENTRY").expect("code"),
-            capacity: Some(500),
-            inside: 42,
-            as_of: 1_796_180_000,
-        };
+        let park = venue("PARK");
         let page = |venue: Option<SyncedVenue>| TicketFeedPage {
             tickets: vec![],
             next_cursor: "c1".into(),
@@ -1575,7 +1585,7 @@ mod tests {
                 .expect("insert");
         }
         let all = store
-            .peer_passages("PARK", "ENTRY", None, 0)
+            .peer_passages(&venue("PARK"), None, 0)
             .expect("passages");
         let mut seen: Vec<(String, Direction, i64)> = all
             .iter()
@@ -1595,7 +1605,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .peer_passages("PARK", "ENTRY", Some("TK-1"), 0)
+                .peer_passages(&venue("PARK"), Some("TK-1"), 0)
                 .expect("passages"),
             [PeerPassage {
                 ticket_code: "TK-1".into(),
@@ -1606,7 +1616,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .peer_passages("PARK", "ENTRY", Some("TK-2"), 0)
+                .peer_passages(&venue("PARK"), Some("TK-2"), 0)
                 .expect("passages")[0]
                 .at,
             None,
@@ -1614,7 +1624,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .peer_passages("ZOO", "ENTRY", Some("TK-5"), 0)
+                .peer_passages(&venue("ZOO"), Some("TK-5"), 0)
                 .expect("passages")
                 .len(),
             1
@@ -1632,7 +1642,7 @@ mod tests {
             .is_empty());
         let received = unix_seconds("2026-12-02T04:00:02.000Z").expect("time");
         assert!(store
-            .peer_passages("PARK", "ENTRY", None, received + 1)
+            .peer_passages(&venue("PARK"), None, received + 1)
             .expect("passages")
             .is_empty());
     }

@@ -516,9 +516,15 @@ impl Gate {
     ) -> (Option<i64>, bool, Option<String>) {
         let direction = self.direction();
         if direction == Direction::Exit {
-            let venue = self.with_store(|store| store.venue()).await;
-            self.store_result(&venue);
-            let code = venue.ok().flatten().map(|v| v.venue_code);
+            // The venue's code is for the peers' announcement only.
+            let code = match &self.peers {
+                Some(_) => {
+                    let venue = self.with_store(|store| store.venue()).await;
+                    self.store_result(&venue);
+                    venue.ok().flatten().map(|v| v.venue_code)
+                }
+                None => None,
+            };
             return (Some(-1), false, code);
         }
         let (ticket_code, function) = (claims.tid.clone(), function_code.clone());
@@ -669,7 +675,6 @@ impl Gate {
             outcome.venue = read
                 .venue
                 .as_ref()
-                .filter(|_| outcome.passage.is_some())
                 .map(|records| records.venue.venue_code.clone());
             outcome.redeemed = matches!(verdict, Decision::Redeem { .. });
         }

@@ -171,13 +171,12 @@ impl VenueRecords {
         if !is_passage(&venue, function_code, direction) {
             return Ok(None);
         }
-        let (code, entry) = (venue.venue_code.as_str(), venue.entry_function.as_str());
         let own = store.own_passages(Some(ticket_code), since_local)?;
-        let peers = store.peer_passages(code, entry, Some(ticket_code), since_local)?;
+        let peers = store.peer_passages(&venue, Some(ticket_code), since_local)?;
         let everyone = if direction == Direction::Entry && venue.capacity.is_some() {
             Some((
                 store.own_passages(None, since_local)?,
-                store.peer_passages(code, entry, None, since_local)?,
+                store.peer_passages(&venue, None, since_local)?,
             ))
         } else {
             None

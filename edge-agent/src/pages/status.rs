@@ -361,9 +361,8 @@ pub async fn report(gate: &Arc<Gate>) -> Result<StatusReport, crate::store::Stor
         .with_store(move |store| {
             let venue = match store.venue()? {
                 Some(venue) => {
-                    let (code, entry) = (venue.venue_code.as_str(), venue.entry_function.as_str());
                     let own = store.own_passages(None, since)?;
-                    let peers = store.peer_passages(code, entry, None, since)?;
+                    let peers = store.peer_passages(&venue, None, since)?;
                     Some((venue, own, peers, store.merchant_zone()?))
                 }
                 None => None,
