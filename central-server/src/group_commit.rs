@@ -1,6 +1,7 @@
 //! Group commit of plain successful scans: the scans that arrive while a redemption
 //! statement runs are redeemed together by the next one (`stile_redeem_batch`, migrations
-//! 0014 and 0016), in one transaction and one WAL flush.
+//! 0014, 0016, 0018 and 0019), in one transaction and one WAL flush. The function works set
+//! by set: a fixed number of SQL statements per batch, not per scan.
 //!
 //! A scan is handed to a queue; `workers` tasks each take the first waiting scan and every
 //! other one queued behind it (at most `max_batch`), run one statement, and answer each
@@ -13,8 +14,8 @@
 //! needs (the rules, the uses they read, the ticket's latest passage at the venue). The
 //! worker locks the batch's venues (after all of its tickets, in id order), decides each
 //! such scan with the shared `decide` against the venue's running count (at most one scan
-//! per entitlement a batch; a scan `decide` does not redeem, or a second one of an
-//! entitlement, goes to the transaction path), and writes what it allows with
+//! per ticket a batch; a scan `decide` does not redeem, or a second one of a ticket, goes
+//! to the transaction path), and writes what it allows with
 //! `stile_write_allowed` (migration 0018: the redemption, its passage, the count), in the
 //! same transaction, before the commit. So the batch runs in an explicit transaction: one
 //! round trip more at each end, still one WAL flush, and a venue's entries of one batch
@@ -340,12 +341,12 @@ pub async fn redeem_batch(
     }
     let mut venues = lock_venues(&mut tx, scans, &to_decide).await?;
     let mut allowed: Vec<Allowed> = Vec::new();
-    let mut entitlements_taken = HashSet::new();
+    let mut tickets_taken = HashSet::new();
     for (index, state) in to_decide {
         let scan = scans[index];
-        // One decision per entitlement a batch: a second scan of it would be decided on a
-        // state the first one changes.
-        let first = entitlements_taken.insert(state.entitlement);
+        // One decision per ticket a batch: a second scan of it would be decided on a state
+        // the first one changes, and `stile_redeem_writes` writes a ticket once.
+        let first = tickets_taken.insert(state.ticket);
         let at_venue = match state.venue {
             None => None,
             Some(venue_id) => {
