@@ -17,9 +17,13 @@
 //! per ticket a batch; a scan `decide` does not redeem, or a second one of a ticket, goes
 //! to the transaction path), and writes what it allows with
 //! `stile_write_allowed` (migration 0018: the redemption, its passage, the count), in the
-//! same transaction, before the commit. So the batch runs in an explicit transaction: one
+//! same transaction, before the commit. Such a batch runs in an explicit transaction: one
 //! round trip more at each end, still one WAL flush, and a venue's entries of one batch
-//! take its count once.
+//! take its count once. A batch with no entry at a venue, while no scan of an entitlement
+//! with rules has been seen for [`RULES_HINT`], is one autocommitted statement instead
+//! ([`Commit::Statement`]): a scan with rules in it after all is handed to the transaction
+//! path (its lock ended with the statement), and the next batches take the transaction
+//! again.
 //!
 //! Exactly once holds per scan as on the one-scan path: a scan the statement does not
 //! redeem writes nothing (no scan's writes depend on another's), the statement commits or
@@ -30,7 +34,9 @@
 
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use stile_shared::decision::{decide, Decision, DecisionInput};
 use stile_shared::token::QrClaims;
 use stile_shared::venue::{self, Passage, VenueSnapshot};
@@ -149,6 +155,30 @@ pub enum BatchOutcome {
     Replay,
 }
 
+/// How a batch commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// `stile_redeem_batch` alone, autocommitted: one round trip. A scan that needs a
+    /// decision in Rust (rules, an entry at a venue) is answered `Decide`: nothing was
+    /// written for it and its lock ended with the statement.
+    Statement,
+    /// An explicit transaction: the statement, the venues' locks, the writes of what
+    /// `decide` allows, the commit.
+    Transaction,
+}
+
+/// What a batch did: each scan's outcome by position, and whether a scan of it needed a
+/// decision in Rust (the hint for the next batches' [`Commit`]).
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    pub outcomes: Vec<Option<BatchOutcome>>,
+    pub needed_decide: bool,
+}
+
+/// How long after a scan that needed a decision in Rust the batches keep taking a
+/// transaction.
+pub const RULES_HINT: Duration = Duration::from_secs(30);
+
 /// Why a scan's batch did not answer it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BatchError {
@@ -193,10 +223,12 @@ impl GroupCommit {
         let (jobs, receiver) = mpsc::channel::<Job>(max_batch * settings.workers.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let on_batch = Arc::new(on_batch);
+        let hint = Arc::new(Hint::new());
         for _ in 0..settings.workers.max(1) {
             let receiver = receiver.clone();
             let pool = pool.clone();
             let on_batch = on_batch.clone();
+            let hint = hint.clone();
             tokio::spawn(async move {
                 loop {
                     let mut batch = Vec::with_capacity(max_batch);
@@ -214,7 +246,7 @@ impl GroupCommit {
                         }
                     }
                     on_batch(batch.len());
-                    run_batch(&pool, batch).await;
+                    run_batch(&pool, batch, &hint).await;
                 }
             });
         }
@@ -232,11 +264,52 @@ impl GroupCommit {
     }
 }
 
-async fn run_batch(pool: &PgPool, batch: Vec<Job>) {
+/// When a scan last needed a decision in Rust, in milliseconds after `start` (0: never).
+struct Hint {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Hint {
+    fn new() -> Hint {
+        Hint {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// How the batch of `scans` commits: a transaction when one of them is an entry at a
+    /// venue or a scan lately needed a decision in Rust.
+    fn commit_for(&self, scans: &[&BatchScan]) -> Commit {
+        let last = self.last.load(Ordering::Relaxed);
+        let recent = last != 0
+            && self
+                .start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last))
+                < RULES_HINT;
+        if recent || scans.iter().any(|scan| scan.venue_id.is_some()) {
+            Commit::Transaction
+        } else {
+            Commit::Statement
+        }
+    }
+
+    fn needed_decide(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now.max(1), Ordering::Relaxed);
+    }
+}
+
+async fn run_batch(pool: &PgPool, batch: Vec<Job>, hint: &Hint) {
     let scans: Vec<&BatchScan> = batch.iter().map(|job| &job.scan).collect();
-    let result = redeem_batch(pool, &scans).await;
+    let result = redeem_batch(pool, &scans, hint.commit_for(&scans)).await;
     match result {
-        Ok(mut outcomes) => {
+        Ok(result) => {
+            if result.needed_decide {
+                hint.needed_decide();
+            }
+            let mut outcomes = result.outcomes;
             for (index, job) in batch.into_iter().enumerate() {
                 let outcome = outcomes
                     .get_mut(index)
@@ -294,15 +367,18 @@ fn bind_scans<'q, O>(
         .bind(scans.iter().map(|s| s.answer.clone()).collect::<Vec<_>>())
 }
 
-/// One batch: `stile_redeem_batch`, then the venues of its entries locked, then the scans
-/// with rules or at a venue that `decide` allows written by `stile_write_allowed`, in one
-/// transaction. The outcome of each scan, by position.
-pub async fn redeem_batch(
-    pool: &PgPool,
-    scans: &[&BatchScan],
-) -> Result<Vec<Option<BatchOutcome>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let rows: Vec<(i32, String, Option<serde_json::Value>)> = bind_scans(
+/// The statement of a batch, its rows: position (from 1), outcome, answer.
+type BatchRows = Vec<(i32, String, Option<serde_json::Value>)>;
+
+fn batch_statement<'q>(
+    scans: &[&'q BatchScan],
+) -> sqlx::query::QueryAs<
+    'q,
+    sqlx::Postgres,
+    (i32, String, Option<serde_json::Value>),
+    sqlx::postgres::PgArguments,
+> {
+    bind_scans(
         sqlx::query_as(
             "SELECT item, outcome, answer FROM stile_redeem_batch($1, $2, $3, $4, $5, $6, $7, \
              $8, $9, $10, $11, $12, $13)",
@@ -310,35 +386,45 @@ pub async fn redeem_batch(
         scans,
     )
     .bind(scans.iter().map(|s| s.venue_id).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; scans.len()];
-    // The scans to decide here, in the statement's order (by ticket).
-    let mut to_decide: Vec<(usize, RulesState)> = Vec::new();
-    for (item, outcome, answer) in rows {
-        let index = usize::try_from(item)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .filter(|index| *index < scans.len())
-            .ok_or_else(|| sqlx::Error::Protocol(format!("stile_redeem_batch item {item}")))?;
-        outcomes[index] = Some(match (outcome.as_str(), answer) {
-            ("redeemed", Some(answer)) => BatchOutcome::Redeemed(answer),
-            ("decide", _) => BatchOutcome::Decide,
-            ("replay", _) => BatchOutcome::Replay,
-            ("rules", Some(state)) => {
-                let state: RulesState = serde_json::from_value(state).map_err(|error| {
-                    sqlx::Error::Protocol(format!("stile_redeem_batch rules state: {error}"))
-                })?;
-                to_decide.push((index, state));
-                continue;
-            }
-            (other, _) => {
-                return Err(sqlx::Error::Protocol(format!(
-                    "stile_redeem_batch outcome {other}"
-                )))
-            }
+}
+
+/// One batch. With [`Commit::Transaction`]: `stile_redeem_batch`, then the venues of its
+/// entries locked, then the scans with rules or at a venue that `decide` allows written by
+/// `stile_write_allowed`, in one transaction; with [`Commit::Statement`]:
+/// `stile_redeem_batch` alone, autocommitted, and a scan that needs `decide` is answered
+/// `Decide`.
+pub async fn redeem_batch(
+    pool: &PgPool,
+    scans: &[&BatchScan],
+    commit: Commit,
+) -> Result<BatchResult, sqlx::Error> {
+    if commit == Commit::Statement {
+        let rows: BatchRows = batch_statement(scans).fetch_all(pool).await?;
+        let mut needed_decide = false;
+        let outcomes = read_outcomes(scans, rows, |_, _| {
+            needed_decide = true;
+            Ok(())
+        })?;
+        return Ok(BatchResult {
+            outcomes: outcomes
+                .into_iter()
+                .map(|outcome| Some(outcome.unwrap_or(BatchOutcome::Decide)))
+                .collect(),
+            needed_decide,
         });
     }
+    let mut tx = pool.begin().await?;
+    let rows: BatchRows = batch_statement(scans).fetch_all(&mut *tx).await?;
+    // The scans to decide here, in the statement's order (by ticket).
+    let mut to_decide: Vec<(usize, RulesState)> = Vec::new();
+    let mut outcomes = read_outcomes(scans, rows, |index, state| {
+        let state: RulesState = serde_json::from_value(state).map_err(|error| {
+            sqlx::Error::Protocol(format!("stile_redeem_batch rules state: {error}"))
+        })?;
+        to_decide.push((index, state));
+        Ok(())
+    })?;
+    let needed_decide = !to_decide.is_empty();
     let mut venues = lock_venues(&mut tx, scans, &to_decide).await?;
     let mut allowed: Vec<Allowed> = Vec::new();
     let mut tickets_taken = HashSet::new();
@@ -404,6 +490,41 @@ pub async fn redeem_batch(
         }
     }
     tx.commit().await?;
+    Ok(BatchResult {
+        outcomes,
+        needed_decide,
+    })
+}
+
+/// Each scan's outcome from the statement's rows, by position; a `rules` row (the state
+/// `decide` needs) goes to `rules` with its position and leaves the outcome empty.
+fn read_outcomes(
+    scans: &[&BatchScan],
+    rows: BatchRows,
+    mut rules: impl FnMut(usize, serde_json::Value) -> Result<(), sqlx::Error>,
+) -> Result<Vec<Option<BatchOutcome>>, sqlx::Error> {
+    let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; scans.len()];
+    for (item, outcome, answer) in rows {
+        let index = usize::try_from(item)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|index| *index < scans.len())
+            .ok_or_else(|| sqlx::Error::Protocol(format!("stile_redeem_batch item {item}")))?;
+        outcomes[index] = match (outcome.as_str(), answer) {
+            ("redeemed", Some(answer)) => Some(BatchOutcome::Redeemed(answer)),
+            ("decide", _) => Some(BatchOutcome::Decide),
+            ("replay", _) => Some(BatchOutcome::Replay),
+            ("rules", Some(state)) => {
+                rules(index, state)?;
+                None
+            }
+            (other, _) => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "stile_redeem_batch outcome {other}"
+                )))
+            }
+        };
+    }
     Ok(outcomes)
 }
 
