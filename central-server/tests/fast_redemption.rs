@@ -7,7 +7,9 @@
 //! earlier use of another QR, and the scan may be an entry at a venue (with or without a
 //! capacity, some of it taken, the ticket inside, left or outside): the worker decides those
 //! with `decide` in the batch's transaction, and must land where `decide` over the whole
-//! ticket and venue does, writing the passage and the count when it redeems.
+//! ticket and venue does, writing the passage and the count when it redeems. Batches run
+//! both ways: in a transaction, and autocommitted (rules decided between two statements,
+//! written only if the ticket did not change in between: tested on its own below).
 
 use central_server::db;
 use central_server::group_commit::{redeem_batch, BatchOutcome, BatchScan, Commit};
@@ -277,8 +279,7 @@ async fn batch(
     }
     let outcomes = redeem_batch(pool, &scans, commit)
         .await
-        .expect("the batch runs")
-        .outcomes;
+        .expect("the batch runs");
     assert_eq!(outcomes.len(), scans.len());
     for (p, outcome) in prepared.iter().zip(&outcomes) {
         let outcome = outcome.clone().expect("every scan has an outcome");
@@ -563,10 +564,9 @@ async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome, commit
         .fetch_one(pool)
         .await
         .expect("stored");
-    // An autocommitted batch leaves what needs `decide` in Rust (rules on the entitlement,
-    // an entry at a venue) to the transaction path.
-    let needs_decide =
-        (state.rules > 0 && state.entitlements[state.asked].is_some()) || p.venue.is_some();
+    // An autocommitted batch locks no venue: it leaves an entry at one to the transaction
+    // path (the worker sends those in a transaction).
+    let needs_decide = p.venue.is_some();
     let expect_redeem = matches!(verdict, Decision::Redeem { .. })
         && !state.webhook
         && !(commit == Commit::Statement && needs_decide);
@@ -729,4 +729,124 @@ async fn redemption_records_take_no_lock_and_what_they_refer_to_cannot_be_delete
         .expect("trigger");
         assert!(guarded, "{table} rows can be deleted");
     }
+}
+
+/// An autocommitted batch decides a scan with rules between two statements, holding no lock
+/// in between: `stile_write_decided` writes it only if its ticket's feed stamp is still the
+/// one read. A use of the entitlement committed in between (here: by another transaction)
+/// moves the stamp, and the scan is left to the transaction path with nothing written; read
+/// again, it is written.
+#[tokio::test]
+async fn a_scan_decided_between_statements_is_not_written_if_its_ticket_changed() {
+    let url = Cluster::shared()
+        .fresh_database(&db::MIGRATOR)
+        .await
+        .expect("database");
+    let pool = db::connect(&url, 2).await.expect("connect");
+    sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
+        .execute(&pool)
+        .await
+        .expect("merchants");
+    sqlx::query(
+        "INSERT INTO operators (merchant_id, username, password_hash) SELECT id, 'op-' || code, 'x' FROM merchants",
+    )
+    .execute(&pool)
+    .await
+    .expect("operators");
+    let state = State {
+        status: 0,
+        current: 0,
+        entitlements: [Some((3, 3, false)), None, None],
+        asked: 0,
+        webhook: false,
+        rules: 1,
+        venue: None,
+    };
+    let p = prepare(&pool, 1, &state).await;
+    assert!(matches!(p.verdict, Decision::Redeem { .. }));
+    let scan = &p.scan;
+    let read = || async {
+        let (outcome, state): (String, Option<serde_json::Value>) = sqlx::query_as(
+            "SELECT outcome, answer FROM stile_redeem_batch(ARRAY[$1::uuid], ARRAY[$2::bigint], \
+             ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], ARRAY[$4::bytea], \
+             ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], ARRAY['merchant'], \
+             ARRAY[$8::timestamptz], ARRAY[$9::jsonb], ARRAY[NULL::bigint], true)",
+        )
+        .bind(scan.scan_id)
+        .bind(scan.merchant_id)
+        .bind(scan.operator_id)
+        .bind(scan.token_sha256.to_vec())
+        .bind(scan.function_code.as_str())
+        .bind(scan.jti.as_str())
+        .bind(scan.ticket_code.as_str())
+        .bind(scan.now)
+        .bind(scan.answer.clone())
+        .fetch_one(&pool)
+        .await
+        .expect("the batch statement");
+        assert_eq!(outcome, "rules");
+        state.expect("the state decide needs")
+    };
+    let write = |state: serde_json::Value| {
+        let pool = pool.clone();
+        async move {
+            let (outcome, answer): (String, Option<serde_json::Value>) = sqlx::query_as(
+                "SELECT outcome, answer FROM stile_write_decided(ARRAY[$1::uuid], \
+                 ARRAY[$2::bigint], ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], \
+                 ARRAY[$4::bytea], ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], \
+                 ARRAY['merchant'], ARRAY[$8::timestamptz], ARRAY[$9::jsonb], \
+                 ARRAY[$10::bigint], ARRAY[$11::bigint], ARRAY[$12::text], ARRAY[$13::bigint], \
+                 ARRAY[0::bigint], ARRAY[$14::text])",
+            )
+            .bind(scan.scan_id)
+            .bind(scan.merchant_id)
+            .bind(scan.operator_id)
+            .bind(scan.token_sha256.to_vec())
+            .bind(scan.function_code.as_str())
+            .bind(scan.jti.as_str())
+            .bind(scan.ticket_code.as_str())
+            .bind(scan.now)
+            .bind(scan.answer.clone())
+            .bind(state["ticket"].as_i64())
+            .bind(state["entitlement"].as_i64())
+            .bind(state["status"].as_str().map(str::to_owned))
+            .bind(state["order"].as_i64())
+            .bind(state["stamp"].as_str().map(str::to_owned))
+            .fetch_one(&pool)
+            .await
+            .expect("the write statement");
+            (outcome, answer)
+        }
+    };
+    let written = || async {
+        let (events, stored): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM redemption_events WHERE ticket_id = $1), \
+                    (SELECT count(*) FROM scan_requests WHERE scan_id = $2)",
+        )
+        .bind(p.ticket_id)
+        .bind(scan.scan_id)
+        .fetch_one(&pool)
+        .await
+        .expect("events");
+        (events, stored)
+    };
+
+    let stale = read().await;
+    // Another use of the entitlement commits between the two statements.
+    sqlx::query("UPDATE entitlements SET remaining_uses = remaining_uses - 1 WHERE ticket_id = $1")
+        .bind(p.ticket_id)
+        .execute(&pool)
+        .await
+        .expect("another use");
+    let (outcome, answer) = write(stale.clone()).await;
+    assert_eq!((outcome.as_str(), answer), ("decide", None));
+    assert_eq!(written().await, (0, 0), "nothing written on a stale read");
+
+    let fresh = read().await;
+    assert_ne!(fresh["stamp"], stale["stamp"], "the use moved the stamp");
+    let (outcome, answer) = write(fresh).await;
+    assert_eq!(outcome, "redeemed");
+    let answer = answer.expect("the stored answer");
+    assert_eq!(answer["ticket"]["entitlements"][0]["remaining_uses"], 1);
+    assert_eq!(written().await, (1, 1));
 }
