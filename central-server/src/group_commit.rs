@@ -383,17 +383,12 @@ pub async fn redeem_batch(
                 Err(error) => return Err(error),
             };
             for (index, outcome, answer) in written {
-                let slot = usize::try_from(index)
-                    .ok()
-                    .and_then(|index| outcomes.get_mut(index))
-                    .ok_or_else(|| {
-                        sqlx::Error::Protocol(format!("stile_write_decided item {index}"))
-                    })?;
-                *slot = Some(match (outcome.as_str(), answer) {
+                let outcome = match (outcome.as_str(), answer) {
                     ("redeemed", Some(answer)) => BatchOutcome::Redeemed(answer),
                     ("replay", _) => BatchOutcome::Replay,
                     _ => BatchOutcome::Decide,
-                });
+                };
+                set_outcome(&mut outcomes, index, outcome, "stile_write_decided")?;
             }
         }
         return Ok(outcomes);
@@ -405,20 +400,30 @@ pub async fn redeem_batch(
     let allowed = decide_scans(scans, to_decide, &mut venues, &mut outcomes);
     if !allowed.is_empty() {
         for (index, answer) in write_allowed(&mut tx, scans, &allowed).await? {
-            let slot = usize::try_from(index)
-                .ok()
-                .and_then(|index| outcomes.get_mut(index))
-                .ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("stile_write_allowed item {index}"))
-                })?;
-            *slot = Some(match answer {
+            let outcome = match answer {
                 Some(answer) => BatchOutcome::Redeemed(answer),
                 None => BatchOutcome::Replay,
-            });
+            };
+            set_outcome(&mut outcomes, index, outcome, "stile_write_allowed")?;
         }
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Sets the outcome of the scan at `index` (0-based, as a write statement answers it).
+fn set_outcome(
+    outcomes: &mut [Option<BatchOutcome>],
+    index: i64,
+    outcome: BatchOutcome,
+    statement: &str,
+) -> Result<(), sqlx::Error> {
+    let slot = usize::try_from(index)
+        .ok()
+        .and_then(|index| outcomes.get_mut(index))
+        .ok_or_else(|| sqlx::Error::Protocol(format!("{statement} item {index}")))?;
+    *slot = Some(outcome);
+    Ok(())
 }
 
 /// Decides the scans the statement read (`to_decide`, in its order: by ticket) with the

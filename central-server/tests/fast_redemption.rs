@@ -766,21 +766,12 @@ async fn a_scan_decided_between_statements_is_not_written_if_its_ticket_changed(
     assert!(matches!(p.verdict, Decision::Redeem { .. }));
     let scan = &p.scan;
     let read = || async {
-        let (outcome, state): (String, Option<serde_json::Value>) = sqlx::query_as(
+        let (outcome, state): (String, Option<serde_json::Value>) = bind_one_scan(sqlx::query_as(
             "SELECT outcome, answer FROM stile_redeem_batch(ARRAY[$1::uuid], ARRAY[$2::bigint], \
              ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], ARRAY[$4::bytea], \
              ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], ARRAY['merchant'], \
              ARRAY[$8::timestamptz], ARRAY[$9::jsonb], ARRAY[NULL::bigint], true)",
-        )
-        .bind(scan.scan_id)
-        .bind(scan.merchant_id)
-        .bind(scan.operator_id)
-        .bind(scan.token_sha256.to_vec())
-        .bind(scan.function_code.as_str())
-        .bind(scan.jti.as_str())
-        .bind(scan.ticket_code.as_str())
-        .bind(scan.now)
-        .bind(scan.answer.clone())
+        ), scan)
         .fetch_one(&pool)
         .await
         .expect("the batch statement");
@@ -790,23 +781,17 @@ async fn a_scan_decided_between_statements_is_not_written_if_its_ticket_changed(
     let write = |state: serde_json::Value| {
         let pool = pool.clone();
         async move {
-            let (outcome, answer): (String, Option<serde_json::Value>) = sqlx::query_as(
-                "SELECT outcome, answer FROM stile_write_decided(ARRAY[$1::uuid], \
+            let (outcome, answer): (String, Option<serde_json::Value>) = bind_one_scan(
+                sqlx::query_as(
+                    "SELECT outcome, answer FROM stile_write_decided(ARRAY[$1::uuid], \
                  ARRAY[$2::bigint], ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], \
                  ARRAY[$4::bytea], ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], \
                  ARRAY['merchant'], ARRAY[$8::timestamptz], ARRAY[$9::jsonb], \
                  ARRAY[$10::bigint], ARRAY[$11::bigint], ARRAY[$12::text], ARRAY[$13::bigint], \
                  ARRAY[0::bigint], ARRAY[$14::text])",
+                ),
+                scan,
             )
-            .bind(scan.scan_id)
-            .bind(scan.merchant_id)
-            .bind(scan.operator_id)
-            .bind(scan.token_sha256.to_vec())
-            .bind(scan.function_code.as_str())
-            .bind(scan.jti.as_str())
-            .bind(scan.ticket_code.as_str())
-            .bind(scan.now)
-            .bind(scan.answer.clone())
             .bind(state["ticket"].as_i64())
             .bind(state["entitlement"].as_i64())
             .bind(state["status"].as_str().map(str::to_owned))
@@ -849,4 +834,22 @@ async fn a_scan_decided_between_statements_is_not_written_if_its_ticket_changed(
     let answer = answer.expect("the stored answer");
     assert_eq!(answer["ticket"]["entitlements"][0]["remaining_uses"], 1);
     assert_eq!(written().await, (1, 1));
+}
+
+/// Binds one scan as `$1`..`$9` of a call of a batch function with one-element arrays: its
+/// scan_id, merchant, operator, token hash, function, jti, ticket code, time and answer.
+fn bind_one_scan<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    scan: &'q BatchScan,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(scan.scan_id)
+        .bind(scan.merchant_id)
+        .bind(scan.operator_id)
+        .bind(scan.token_sha256.to_vec())
+        .bind(scan.function_code.as_str())
+        .bind(scan.jti.as_str())
+        .bind(scan.ticket_code.as_str())
+        .bind(scan.now)
+        .bind(scan.answer.clone())
 }
