@@ -176,18 +176,10 @@ BEGIN
 END
 $$;
 
--- The batch: the arguments and outcomes of 0018, and `p_unlocked_rules`. Its tickets are
--- locked in one statement (in id order), then read and classified in one more (a new
--- snapshot: what committed while it waited for a lock is seen), then the plain successes
--- are written together. With `p_unlocked_rules` (an autocommitted batch, whose caller
--- writes what `decide` allows with stile_write_decided, which checks each ticket's stamp
--- under its lock) a ticket whose asked entitlement has rules is not locked: it is read as
--- it is and answered 'rules' whatever it reads then, never written here. So such a batch
--- takes no row lock and writes no WAL for its scans with rules before the second statement.
-DROP FUNCTION stile_redeem_batch(uuid[], bigint[], bigint[], bigint[], bigint[], bytea[],
-                                 text[], text[], text[], text[], timestamptz[], jsonb[],
-                                 bigint[]);
-CREATE FUNCTION stile_redeem_batch(
+-- The batch: same arguments and outcomes as 0018. Its tickets are locked in one statement
+-- (in id order), then read and classified in one more (a new snapshot: what committed
+-- while it waited for a lock is seen), then the plain successes are written together.
+CREATE OR REPLACE FUNCTION stile_redeem_batch(
     p_scan_ids uuid[],
     p_merchant_ids bigint[],
     p_operator_ids bigint[],
@@ -200,8 +192,7 @@ CREATE FUNCTION stile_redeem_batch(
     p_sources text[],
     p_nows timestamptz[],
     p_answers jsonb[],
-    p_venue_ids bigint[],
-    p_unlocked_rules boolean
+    p_venue_ids bigint[]
 ) RETURNS TABLE (item integer, outcome text, answer jsonb)
 LANGUAGE plpgsql
 -- As in 0014: every statement is a lookup by key, whatever the tables' sizes were when the
@@ -213,7 +204,6 @@ AS $$
 DECLARE
     r record;
     v_tickets bigint[];
-    v_locked bigint[];
     -- The scans to write, in the order stile_redeem_writes takes them.
     v_items integer[] := '{}';
     v_ticket_ids bigint[] := '{}';
@@ -226,20 +216,12 @@ DECLARE
     v_written jsonb[];
 BEGIN
     -- One index probe per scan (a join here may be planned as a scan of every ticket).
-    SELECT array_agg(x.ticket ORDER BY x.k),
-           coalesce(array_agg(x.ticket) FILTER (WHERE NOT x.unlocked), '{}')
-      INTO v_tickets, v_locked
-      FROM (SELECT s.k, y.ticket,
-                   p_unlocked_rules AND p_venue_ids[s.k] IS NULL
-                   AND coalesce((SELECT e.rules IS NOT NULL FROM entitlements e
-                                  WHERE e.ticket_id = y.ticket
-                                    AND e.function_code = p_function_codes[s.k]), false)
-                       AS unlocked
-              FROM generate_subscripts(p_ticket_codes, 1) AS s(k)
-             CROSS JOIN LATERAL (SELECT (SELECT t.id FROM tickets t
-                                          WHERE t.ticket_code = p_ticket_codes[s.k]
-                                            AND t.merchant_id = p_merchant_ids[s.k]) AS ticket) y) x;
-    PERFORM 1 FROM tickets t WHERE t.id = ANY (v_locked) ORDER BY t.id FOR NO KEY UPDATE;
+    SELECT array_agg((SELECT t.id FROM tickets t
+                       WHERE t.ticket_code = p_ticket_codes[s.k]
+                         AND t.merchant_id = p_merchant_ids[s.k]) ORDER BY s.k)
+      INTO v_tickets
+      FROM generate_subscripts(p_ticket_codes, 1) AS s(k);
+    PERFORM 1 FROM tickets t WHERE t.id = ANY (v_tickets) ORDER BY t.id FOR NO KEY UPDATE;
 
     FOR r IN
         SELECT s.k, t.id AS ticket, t.status, t.current_jti, t.order_id,
@@ -258,16 +240,11 @@ BEGIN
                             AND x.function_code = p_function_codes[s.k] LIMIT 1), false)
                    AS jti_used,
                p_venue_ids[s.k] AS venue,
-               t.id = ANY (v_locked) AS locked,
                -- For an entitlement with rules or an entry at a venue, what `decide` needs
                -- (read here, in this statement, rather than one more statement per scan).
-               CASE WHEN e.rules IS NOT NULL OR p_venue_ids[s.k] IS NOT NULL
-                         OR NOT t.id = ANY (v_locked) THEN
+               CASE WHEN e.rules IS NOT NULL OR p_venue_ids[s.k] IS NOT NULL THEN
                    jsonb_build_object(
                        'ticket', t.id, 'entitlement', e.id, 'order', t.order_id,
-                       -- The ticket's feed stamp: it moves with every change to the ticket,
-                       -- its entitlements (so its uses) and its passages.
-                       'stamp', t.sync_xid::text,
                        'status', t.status, 'remaining_uses', e.remaining_uses,
                        'rules', coalesce(e.rules, '{}'::jsonb),
                        'time_zone', m.timezone,
@@ -313,11 +290,10 @@ BEGIN
               OR r.current_jti IS DISTINCT FROM p_jtis[r.k] OR r.webhook
               OR r.entitlement IS NULL OR r.jti_used OR r.remaining_uses <= 0 THEN
             outcome := 'decide';
-        ELSIF r.rules IS NOT NULL OR r.venue IS NOT NULL OR NOT r.locked THEN
-            -- Read, nothing written: the caller decides the rules and the venue's
-            -- capacity with the shared `decide` and writes what it redeems with
-            -- stile_write_allowed, in this transaction, under this lock; or, unlocked,
-            -- with stile_write_decided if the ticket's stamp has not moved.
+        ELSIF r.rules IS NOT NULL OR r.venue IS NOT NULL THEN
+            -- Locked and read, nothing written: the caller decides the rules and the
+            -- venue's capacity with the shared `decide` and writes what it redeems with
+            -- stile_write_allowed, in this transaction, under this lock.
             outcome := 'rules';
             answer := r.state;
         ELSE
@@ -428,72 +404,6 @@ BEGIN
      WHERE v.id = d.venue;
     RETURN QUERY
         SELECT p_items[k], v_written[k] FROM generate_subscripts(p_items, 1) AS s(k);
-END
-$$;
-
--- The redemptions the caller decided over what an autocommitted stile_redeem_batch read
--- (entitlements with rules, no venue): by position (`p_items`), each with the feed stamp of
--- its ticket as read (`p_stamps`). The tickets are locked again, in id order; a scan whose
--- ticket's stamp has moved since (something changed what `decide` read) is not written and
--- answered 'decide', for the transaction path; the others are written as the batch writes
--- its plain successes ('redeemed', or 'replay' when the scan_id was taken meanwhile). So
--- such a batch is two autocommitted statements, and no lock is held between them.
-CREATE FUNCTION stile_write_decided(
-    p_scan_ids uuid[],
-    p_merchant_ids bigint[],
-    p_operator_ids bigint[],
-    p_device_pks bigint[],
-    p_location_ids bigint[],
-    p_token_sha256s bytea[],
-    p_function_codes text[],
-    p_jtis text[],
-    p_ticket_codes text[],
-    p_sources text[],
-    p_nows timestamptz[],
-    p_answers jsonb[],
-    p_tickets bigint[],
-    p_entitlements bigint[],
-    p_statuses text[],
-    p_orders bigint[],
-    p_items bigint[],
-    p_stamps text[]
-) RETURNS TABLE (item bigint, outcome text, answer jsonb)
-LANGUAGE plpgsql
-SET enable_seqscan = off
-SET plan_cache_mode = force_generic_plan
-AS $$
-#variable_conflict use_variable
-DECLARE
-    v_picks integer[];
-    v_written jsonb[];
-BEGIN
-    IF coalesce(cardinality(p_items), 0) = 0 THEN
-        RETURN;
-    END IF;
-    PERFORM 1 FROM tickets t WHERE t.id = ANY (p_tickets) ORDER BY t.id FOR NO KEY UPDATE;
-    -- (A new statement: it sees what committed while the lock was awaited.)
-    SELECT coalesce(array_agg(s.k ORDER BY s.k), '{}') INTO v_picks
-      FROM generate_subscripts(p_items, 1) AS s(k)
-     WHERE (SELECT t.sync_xid FROM tickets t WHERE t.id = p_tickets[s.k])
-           = p_stamps[s.k]::xid8;
-    IF cardinality(v_picks) > 0 THEN
-        SELECT array_agg(w.answer ORDER BY w.item) INTO v_written
-          FROM stile_redeem_writes(
-                   v_picks, p_scan_ids, p_merchant_ids, p_operator_ids, p_device_pks,
-                   p_location_ids, p_token_sha256s, p_function_codes, p_jtis, p_ticket_codes,
-                   p_sources, p_nows, p_answers,
-                   (SELECT array_agg(p_tickets[k] ORDER BY o) FROM unnest(v_picks) WITH ORDINALITY AS x(k, o)),
-                   (SELECT array_agg(p_entitlements[k] ORDER BY o) FROM unnest(v_picks) WITH ORDINALITY AS x(k, o)),
-                   (SELECT array_agg(p_statuses[k] ORDER BY o) FROM unnest(v_picks) WITH ORDINALITY AS x(k, o)),
-                   (SELECT array_agg(p_orders[k] ORDER BY o) FROM unnest(v_picks) WITH ORDINALITY AS x(k, o))) AS w;
-    END IF;
-    RETURN QUERY
-        SELECT p_items[s.k],
-               CASE WHEN array_position(v_picks, s.k) IS NULL THEN 'decide'
-                    WHEN v_written[array_position(v_picks, s.k)] IS NULL THEN 'replay'
-                    ELSE 'redeemed' END,
-               v_written[array_position(v_picks, s.k)]
-          FROM generate_subscripts(p_items, 1) AS s(k);
 END
 $$;
 
