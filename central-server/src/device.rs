@@ -75,7 +75,7 @@ pub async fn ticket_feed(
     let limit = crate::params::limit(limit, 1000, MAX_FEED_PAGE).map_err(AppError::BadRequest)?;
     // One snapshot for the horizon and every read, so the page is consistent and the
     // horizon is exactly the one the rows were filtered by.
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
@@ -462,7 +462,7 @@ async fn record_conflict(
         );
         return Ok(());
     };
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let entry = LogEntry {
         context,
         ticket_id,

@@ -301,7 +301,7 @@ pub async fn redeem_batch(
     pool: &PgPool,
     scans: &[&BatchScan],
 ) -> Result<Vec<Option<BatchOutcome>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let rows: Vec<(i32, String, Option<serde_json::Value>)> = bind_scans(
         sqlx::query_as(
             "SELECT item, outcome, answer FROM stile_redeem_batch($1, $2, $3, $4, $5, $6, $7, \

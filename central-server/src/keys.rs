@@ -55,7 +55,7 @@ pub enum KeyError {
 
 /// Creates an active key when the database has none. Idempotent and safe to race.
 pub async fn ensure_active_key(pool: &PgPool, encryption: &KeyEncryption) -> Result<(), KeyError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(KEY_LOCK)
         .execute(&mut *tx)
@@ -73,7 +73,7 @@ pub async fn ensure_active_key(pool: &PgPool, encryption: &KeyEncryption) -> Res
 
 /// Makes a new active key; the previous active key stays published for verification.
 pub async fn rotate(pool: &PgPool, encryption: &KeyEncryption) -> Result<String, KeyError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(KEY_LOCK)
         .execute(&mut *tx)
@@ -93,7 +93,7 @@ pub async fn reseal(pool: &PgPool, encryption: &KeyEncryption) -> Result<u64, Ke
     let Some(current) = &encryption.current else {
         return Ok(0);
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(KEY_LOCK)
         .execute(&mut *tx)
@@ -160,7 +160,7 @@ pub async fn active_signer(
 
 /// Stops publishing a key: tokens it signed no longer verify.
 pub async fn retire(pool: &PgPool, kid: &str) -> Result<(), KeyError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let state: Option<(String,)> =
         sqlx::query_as("SELECT state FROM signing_keys WHERE kid = $1 FOR UPDATE")
             .bind(kid)

@@ -114,7 +114,7 @@ pub async fn create_enrollment(
     venue_code: &Identifier,
     ttl: Duration,
 ) -> Result<(String, DateTime<Utc>), AppError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let location: Option<(i64, i64)> = sqlx::query_as(
         "SELECT m.id, l.id FROM merchants m JOIN locations l ON l.merchant_id = m.id \
          WHERE m.code = $1 AND l.venue_code = $2",
@@ -170,7 +170,7 @@ pub async fn exchange_enrollment(
     device_id: &Identifier,
     code: &str,
 ) -> Result<String, AppError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let used: Option<(i64,)> = sqlx::query_as(
         "UPDATE device_enrollments e SET used_at = now() FROM devices d \
          WHERE e.device_id = d.id AND d.device_id = $1 AND e.code_hash = $2 \

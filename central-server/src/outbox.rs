@@ -96,7 +96,7 @@ pub async fn deliver_once(
     settings: &OutboxSettings,
     now: DateTime<Utc>,
 ) -> Result<DeliveryOutcome, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let due: Option<DueNotification> = sqlx::query_as(
         "SELECT n.id, n.payload, n.attempts, m.webhook_url, m.webhook_secret \
          FROM notifications n JOIN merchants m ON m.id = n.merchant_id \

@@ -54,7 +54,7 @@ async fn issue_for(
     ticket_code: &str,
     now: DateTime<Utc>,
 ) -> Result<IssuedQr, AppError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let row: Option<(i64, String, i64, String, bool)> = sqlx::query_as(
         "SELECT t.id, t.channel, t.merchant_id, m.code, \
          EXISTS (SELECT 1 FROM channel_merchants cm WHERE cm.channel_id = $2 AND cm.merchant_id = t.merchant_id) \

@@ -299,7 +299,7 @@ pub async fn redeem(
     // (see `VenueRead`); when a place went meanwhile, the scan is decided again under it.
     let mut venue_read = VenueRead::Snapshot;
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         match attempt_redeem(&mut tx, policy, context, command, venue_read).await {
             Ok(Attempt::Decided(outcome)) => match tx.commit().await {
                 Ok(()) => return Ok(*outcome),

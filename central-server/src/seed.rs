@@ -489,7 +489,7 @@ const SEED_LOCK: i64 = 0x5354_494c_4553_4544; // "STILESED"
 
 /// Loads a checked file in one transaction.
 pub async fn apply(pool: &PgPool, file: &SeedFile) -> Result<SeedSummary, SeedError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     // One loader at a time: two concurrent loads of overlapping files would race on upserts.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SEED_LOCK)

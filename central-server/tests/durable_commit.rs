@@ -80,7 +80,7 @@ async fn a_commit_waiting_for_a_missing_standby_is_never_acknowledged() {
                     .map(|_| ())
             })
         } else {
-            let mut tx = pool.begin().await.expect("begin");
+            let mut tx = central_server::db::begin(&pool).await.expect("begin");
             sqlx::query("INSERT INTO durable VALUES ($1)")
                 .bind(id)
                 .execute(&mut *tx)

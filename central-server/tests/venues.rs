@@ -557,7 +557,9 @@ async fn race_for_the_last_place(server: &TestServer, path: Path) {
         .await
         .expect("webhook");
     }
-    let mut holder = server.pool.begin().await.expect("begin");
+    let mut holder = central_server::db::begin(&server.pool)
+        .await
+        .expect("begin");
     sqlx::query("SELECT 1 FROM venues WHERE code = 'PARK' FOR UPDATE")
         .execute(&mut *holder)
         .await

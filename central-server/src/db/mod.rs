@@ -69,6 +69,24 @@ pub async fn connect_with(database_url: &str, limits: PoolLimits) -> Result<PgPo
     }
 }
 
+/// Starts a transaction on a connection of `pool`, in a task of its own, so that cancelling
+/// the caller (a request past its deadline, a dropped future) cannot stop it halfway. sqlx
+/// (0.8) counts a transaction only once PostgreSQL has answered its `BEGIN`: a `begin()`
+/// cancelled after sending it hands the connection back to the pool inside a transaction
+/// nobody will end, and the next autocommitted statement on that connection would answer
+/// for writes that commit only with someone else's `COMMIT`, or never, holding its locks
+/// meanwhile. Here the task always finishes: a transaction nobody takes any more is dropped,
+/// which rolls it back before the connection is used again. Every transaction of the server
+/// starts here (`clippy.toml` forbids `Pool::begin`).
+pub async fn begin(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    #[allow(clippy::disallowed_methods)]
+    let started = tokio::spawn(async move { pool.begin().await });
+    started.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+}
+
 /// The database is away rather than refusing this statement: it cannot be reached, is
 /// shutting down or starting, is a standby (read-only), or cancelled the statement at
 /// `statement_timeout`. Answered 503: retrying shortly may succeed.
