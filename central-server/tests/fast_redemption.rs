@@ -149,22 +149,11 @@ fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_pa
         .build()
         .expect("runtime");
     let pool = runtime.block_on(async {
-        let url = Cluster::shared().fresh_database(&db::MIGRATOR).await.expect("database");
-        let pool = db::connect(&url, 2).await.expect("connect");
-        sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
-            .execute(&pool)
-            .await
-            .expect("merchants");
+        let pool = merchants_and_operators(2).await;
         sqlx::query("UPDATE merchants SET webhook_url = 'http://127.0.0.1:9/hook', webhook_secret = 's' WHERE code = 'MW'")
             .execute(&pool)
             .await
             .expect("webhook");
-        sqlx::query(
-            "INSERT INTO operators (merchant_id, username, password_hash) SELECT id, 'op-' || code, 'x' FROM merchants",
-        )
-        .execute(&pool)
-        .await
-        .expect("operators");
         pool
     });
     let counter = AtomicU32::new(0);
@@ -738,21 +727,7 @@ async fn redemption_records_take_no_lock_and_what_they_refer_to_cannot_be_delete
 /// again, it is written.
 #[tokio::test]
 async fn a_scan_decided_between_statements_is_not_written_if_its_ticket_changed() {
-    let url = Cluster::shared()
-        .fresh_database(&db::MIGRATOR)
-        .await
-        .expect("database");
-    let pool = db::connect(&url, 2).await.expect("connect");
-    sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
-        .execute(&pool)
-        .await
-        .expect("merchants");
-    sqlx::query(
-        "INSERT INTO operators (merchant_id, username, password_hash) SELECT id, 'op-' || code, 'x' FROM merchants",
-    )
-    .execute(&pool)
-    .await
-    .expect("operators");
+    let pool = merchants_and_operators(2).await;
     let state = State {
         status: 0,
         current: 0,
@@ -861,21 +836,7 @@ fn bind_one_scan<'q, O>(
 /// own, the same scan is redeemed. Both procedures, plain scans and scans with rules.
 #[tokio::test]
 async fn an_autocommitted_batch_refuses_to_run_inside_a_transaction_block() {
-    let url = Cluster::shared()
-        .fresh_database(&db::MIGRATOR)
-        .await
-        .expect("database");
-    let pool = db::connect(&url, 3).await.expect("connect");
-    sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
-        .execute(&pool)
-        .await
-        .expect("merchants");
-    sqlx::query(
-        "INSERT INTO operators (merchant_id, username, password_hash) SELECT id, 'op-' || code, 'x' FROM merchants",
-    )
-    .execute(&pool)
-    .await
-    .expect("operators");
+    let pool = merchants_and_operators(3).await;
     let call_batch = "CALL stile_redeem_batch_autocommit(ARRAY[$1::uuid], ARRAY[$2::bigint], \
          ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], ARRAY[$4::bytea], \
          ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], ARRAY['merchant'], \
@@ -950,3 +911,24 @@ async fn an_autocommitted_batch_refuses_to_run_inside_a_transaction_block() {
 
 /// What the autocommitting procedures answer: items, outcomes, answers.
 type ProcedureRows = (Vec<i32>, Vec<String>, Vec<Option<serde_json::Value>>);
+
+/// A fresh database with the two merchants the tests use (`MP`, and `MW`, which the property
+/// test gives a webhook) and an operator each, on a pool of `connections`.
+async fn merchants_and_operators(connections: u32) -> sqlx::PgPool {
+    let url = Cluster::shared()
+        .fresh_database(&db::MIGRATOR)
+        .await
+        .expect("database");
+    let pool = db::connect(&url, connections).await.expect("connect");
+    sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
+        .execute(&pool)
+        .await
+        .expect("merchants");
+    sqlx::query(
+        "INSERT INTO operators (merchant_id, username, password_hash) SELECT id, 'op-' || code, 'x' FROM merchants",
+    )
+    .execute(&pool)
+    .await
+    .expect("operators");
+    pool
+}
