@@ -932,3 +932,36 @@ async fn merchants_and_operators(connections: u32) -> sqlx::PgPool {
     .expect("operators");
     pool
 }
+
+/// No JIT in the redemption functions nor on the server's connections (migration 0022): a
+/// plan whose estimate crosses `jit_above_cost` is compiled at every execution, 20 ms of a
+/// batch that otherwise takes one. A later migration that restates one of these functions
+/// without `SET jit = off` loses the setting: this catches it.
+#[tokio::test]
+async fn the_redemption_functions_and_the_servers_connections_never_compile_plans() {
+    let pool = merchants_and_operators(1).await;
+    let functions: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p \
+         JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = 'public' AND p.prokind = 'f' \
+           AND p.proname IN ('stile_redeem_batch', 'stile_redeem_writes', 'stile_write_decided', \
+                             'stile_write_allowed', 'stile_stamp_tickets_of_changed') \
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("functions");
+    assert_eq!(functions.len(), 5, "{functions:?}");
+    for (function, config) in &functions {
+        let config = config.clone().unwrap_or_default();
+        assert!(
+            config.iter().any(|setting| setting == "jit=off"),
+            "{function} may be JIT-compiled: {config:?}"
+        );
+    }
+    let (jit,): (String,) = sqlx::query_as("SHOW jit")
+        .fetch_one(&pool)
+        .await
+        .expect("SHOW jit");
+    assert_eq!(jit, "off", "the server's connections");
+}
