@@ -1,6 +1,6 @@
 //! Group commit of plain successful scans: the scans that arrive while a redemption
 //! statement runs are redeemed together by the next one (`stile_redeem_batch`, migrations
-//! 0014, 0016, 0018, 0019 and 0021), in one commit and one WAL flush. The function works set
+//! 0014, 0016, 0018, 0019, 0021 and 0022), in one transaction and one WAL flush. The function works set
 //! by set: a fixed number of SQL statements per batch, not per scan.
 //!
 //! A scan is handed to a queue; `workers` tasks each take the first waiting scan and every
@@ -9,36 +9,25 @@
 //! heavy load it is what queued during the previous statement, so the wait a scan adds is
 //! at most one statement's time and the flushes per second fall as the load rises.
 //!
-//! A batch is one round trip ([`Commit::Statement`]): `CALL stile_redeem_batch_autocommit`,
-//! a transaction of its own. That procedure starts with a `COMMIT`, which PostgreSQL refuses
-//! inside a transaction block, so it can never run inside a transaction an earlier,
-//! cancelled request left open on the connection (it would answer SUCCESS for writes that
-//! commit later, or never): refused, it has locked and written nothing, its connection is
-//! closed, and its scans are decided again on the transaction path. (Every transaction of
-//! the server starts with `db::begin`, which leaves none open; this is the guard that does
-//! not depend on it.)
-//!
-//! A scan of an entitlement with check-in rules is read by that statement without its
-//! ticket's lock and not written: it answers `rules` with the state the decision needs (the
-//! rules, the uses they read, the ticket's feed stamp). The worker decides it with the
-//! shared `decide` (at most one scan per ticket a batch; a scan `decide` does not redeem
-//! goes to the transaction path) and writes what it allows with
-//! `CALL stile_write_decided_autocommit`, a second transaction of its own, which locks the
-//! tickets and writes a scan only if its ticket's feed stamp has not moved since the read
-//! (any change to the ticket, its entitlements or its passages moves it); a scan whose
-//! ticket changed goes to the transaction path. No lock is held between the two.
-//!
-//! A batch with an entry at a venue runs in an explicit transaction instead
-//! ([`Commit::Transaction`]): the statement locks every ticket and reads the venue entries'
-//! state (the ticket's latest passage there), the worker locks the batch's venues (after
-//! all of its tickets, in id order), decides each entry against the venue's running count,
-//! and writes what it allows with `stile_write_allowed` (the redemption, its passage, the
-//! count), before the commit: one round trip more at each end, still one WAL flush, and a
-//! venue's entries of one batch take its count once.
+//! A scan of an entitlement with check-in rules, and an entry at a venue, is locked and
+//! read by the statement but not written: it answers `rules` with the state the decision
+//! needs (the rules, the uses they read, the ticket's latest passage at the venue). The
+//! worker locks the batch's venues (after all of its tickets, in id order), decides each
+//! such scan with the shared `decide` against the venue's running count (at most one scan
+//! per ticket a batch; a scan `decide` does not redeem, or a second one of a ticket, goes
+//! to the transaction path), and writes what it allows with
+//! `stile_write_allowed` (migration 0018: the redemption, its passage, the count), in the
+//! same transaction, before the commit. So the batch runs in an explicit transaction: one
+//! round trip more at each end, still one WAL flush, and a venue's entries of one batch
+//! take its count once. (Migration 0021 made a batch one autocommitted `CALL`, its scans
+//! with rules read unlocked and written by a second call if their tickets had not changed;
+//! once JIT compilation was off (0022) it measured no faster for plain scans and slower
+//! with rules than this transaction, so the batch is a transaction again and 0023 drops
+//! those procedures.)
 //!
 //! Exactly once holds per scan as on the one-scan path: a scan the statement does not
-//! redeem writes nothing (no scan's writes depend on another's), each statement commits or
-//! rolls back as a whole, and a scan is answered only after its commit. A batch that fails
+//! redeem writes nothing (no scan's writes depend on another's), the statement commits or
+//! rolls back as a whole, and a scan is answered only after the commit. A batch that fails
 //! with a transient error (deadlock, serialization) rolled back: each of its scans is
 //! decided again on the transaction path. Any other failure is every scan's failure, as
 //! an unknown commit outcome must be: the client retries with its scan_id.
@@ -93,10 +82,6 @@ struct RulesState {
     rules: EntitlementRules,
     time_zone: String,
     recent_uses: Vec<i64>,
-    /// The ticket's feed stamp (`sync_xid`) as read: an autocommitted batch writes the scan
-    /// only if it has not moved.
-    #[serde(default)]
-    stamp: Option<String>,
     /// For an entry at a venue: the venue, and the ticket's latest passage there.
     #[serde(default)]
     venue: Option<i64>,
@@ -166,21 +151,6 @@ pub enum BatchOutcome {
     Decide,
     /// Its scan_id is taken: nothing written, replay the stored answer.
     Replay,
-}
-
-/// How a batch commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Commit {
-    /// `CALL stile_redeem_batch_autocommit`, then `CALL stile_write_decided_autocommit`
-    /// for the scans with rules that `decide` allows, if there are any: one or two round
-    /// trips, each a transaction of its own (refused inside a transaction block). The scans
-    /// with rules are read without their tickets' locks (the second call writes one only if
-    /// its ticket's feed stamp has not moved since). An entry at a venue is answered
-    /// `Decide` (no venue is locked).
-    Statement,
-    /// An explicit transaction: the statement, the venues' locks, the writes of what
-    /// `decide` allows, the commit.
-    Transaction,
 }
 
 /// Why a scan's batch did not answer it.
@@ -266,18 +236,9 @@ impl GroupCommit {
     }
 }
 
-/// How the batch of `scans` commits: a transaction when one of them is an entry at a venue.
-fn commit_for(scans: &[&BatchScan]) -> Commit {
-    if scans.iter().any(|scan| scan.venue_id.is_some()) {
-        Commit::Transaction
-    } else {
-        Commit::Statement
-    }
-}
-
 async fn run_batch(pool: &PgPool, batch: Vec<Job>) {
     let scans: Vec<&BatchScan> = batch.iter().map(|job| &job.scan).collect();
-    let result = redeem_batch(pool, &scans, commit_for(&scans)).await;
+    let result = redeem_batch(pool, &scans).await;
     match result {
         Ok(mut outcomes) => {
             for (index, job) in batch.into_iter().enumerate() {
@@ -289,7 +250,7 @@ async fn run_batch(pool: &PgPool, batch: Vec<Job>) {
             }
         }
         Err(error) => {
-            let error = if crate::db::redemption_may_rerun(&error) || refused_in_a_block(&error) {
+            let error = if crate::db::redemption_may_rerun(&error) {
                 BatchError::Retry(error.to_string())
             } else {
                 BatchError::Database(Arc::new(error))
@@ -337,19 +298,15 @@ fn bind_scans<'q, O>(
         .bind(scans.iter().map(|s| s.answer.clone()).collect::<Vec<_>>())
 }
 
-/// The statement of a batch, its rows: position (from 1), outcome, answer.
-type BatchRows = Vec<(i32, String, Option<serde_json::Value>)>;
-
-/// `stile_redeem_batch` over `scans`, in the caller's transaction (every ticket locked).
-fn batch_statement<'q>(
-    scans: &[&'q BatchScan],
-) -> sqlx::query::QueryAs<
-    'q,
-    sqlx::Postgres,
-    (i32, String, Option<serde_json::Value>),
-    sqlx::postgres::PgArguments,
-> {
-    bind_scans(
+/// One batch: `stile_redeem_batch`, then the venues of its entries locked, then the scans
+/// with rules or at a venue that `decide` allows written by `stile_write_allowed`, in one
+/// transaction. The outcome of each scan, by position.
+pub async fn redeem_batch(
+    pool: &PgPool,
+    scans: &[&BatchScan],
+) -> Result<Vec<Option<BatchOutcome>>, sqlx::Error> {
+    let mut tx = crate::db::begin(pool).await?;
+    let rows: Vec<(i32, String, Option<serde_json::Value>)> = bind_scans(
         sqlx::query_as(
             "SELECT item, outcome, answer FROM stile_redeem_batch($1, $2, $3, $4, $5, $6, $7, \
              $8, $9, $10, $11, $12, $13, false)",
@@ -357,165 +314,36 @@ fn batch_statement<'q>(
         scans,
     )
     .bind(scans.iter().map(|s| s.venue_id).collect::<Vec<_>>())
-}
-
-/// The procedures' answer: three arrays, one element per row (item, outcome, answer).
-type ProcedureRows<I> = (Vec<I>, Vec<String>, Vec<Option<serde_json::Value>>);
-
-/// `stile_redeem_batch` over `scans` autocommitted, scans with rules read unlocked
-/// ([`Commit::Statement`]): `CALL stile_redeem_batch_autocommit` (migration 0021), which
-/// PostgreSQL refuses inside a transaction block before it locks or writes anything.
-async fn batch_autocommitted(
-    pool: &PgPool,
-    scans: &[&BatchScan],
-) -> Result<BatchRows, sqlx::Error> {
-    let query = bind_scans(
-        sqlx::query_as(
-            "CALL stile_redeem_batch_autocommit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, NULL, NULL, NULL)",
-        ),
-        scans,
-    )
-    .bind(scans.iter().map(|s| s.venue_id).collect::<Vec<_>>());
-    let (items, outcomes, answers): ProcedureRows<i32> = call_alone(pool, query).await?;
-    rows_of(items, outcomes, answers, "stile_redeem_batch_autocommit")
-}
-
-/// Runs an autocommitting procedure on a connection of its own. A connection on which it is
-/// refused (`refused_in_a_block`) was inside a transaction nobody knew of: it is closed
-/// rather than handed back to the pool.
-async fn call_alone<'q, O>(
-    pool: &PgPool,
-    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-) -> Result<O, sqlx::Error>
-where
-    O: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
-{
-    let mut connection = pool.acquire().await?;
-    match query.fetch_one(&mut *connection).await {
-        Err(error) if refused_in_a_block(&error) => {
-            tracing::warn!(%error, "an autocommitted batch met a connection inside a transaction: closed");
-            let _ = connection.close().await;
-            Err(error)
-        }
-        result => result,
-    }
-}
-
-/// The autocommitting procedures' refusal to run inside a transaction block
-/// (`invalid_transaction_termination` at their first `COMMIT`): nothing was locked or
-/// written, the scans can be decided again.
-fn refused_in_a_block(error: &sqlx::Error) -> bool {
-    crate::db::sqlstate(error).as_deref() == Some("2D000")
-}
-
-/// A procedure's three arrays as rows; they must be of one length.
-fn rows_of<I>(
-    items: Vec<I>,
-    outcomes: Vec<String>,
-    answers: Vec<Option<serde_json::Value>>,
-    procedure: &str,
-) -> Result<Vec<(I, String, Option<serde_json::Value>)>, sqlx::Error> {
-    if items.len() != outcomes.len() || items.len() != answers.len() {
-        return Err(sqlx::Error::Protocol(format!(
-            "{procedure}: arrays of different lengths"
-        )));
-    }
-    Ok(items
-        .into_iter()
-        .zip(outcomes)
-        .zip(answers)
-        .map(|((item, outcome), answer)| (item, outcome, answer))
-        .collect())
-}
-
-/// One batch. With [`Commit::Transaction`] (a batch with an entry at a venue):
-/// `stile_redeem_batch`, then the venues of its entries locked, then the scans with rules or
-/// at a venue that `decide` allows written by `stile_write_allowed`, in one transaction.
-/// With [`Commit::Statement`]: `stile_redeem_batch` autocommitted, then, when it read scans
-/// with rules, what `decide` allows of them written by `stile_write_decided` (autocommitted
-/// too: it writes a scan only if its ticket has not changed since it was read). The outcome
-/// of each scan, by position.
-pub async fn redeem_batch(
-    pool: &PgPool,
-    scans: &[&BatchScan],
-    commit: Commit,
-) -> Result<Vec<Option<BatchOutcome>>, sqlx::Error> {
-    if commit == Commit::Statement {
-        let rows: BatchRows = batch_autocommitted(pool, scans).await?;
-        let (mut outcomes, to_decide) = read_outcomes(scans, rows)?;
-        // No venue is locked: an entry at one (the caller sends none this way) goes to the
-        // transaction path.
-        let allowed = decide_scans(scans, to_decide, &mut HashMap::new(), &mut outcomes);
-        if !allowed.is_empty() {
-            let written = match write_decided(pool, scans, &allowed).await {
-                Ok(written) => written,
-                // Rolled back (the first statement's redemptions stand): the transaction
-                // path decides these scans. Any other failure fails the whole batch, as an
-                // unknown outcome must.
-                Err(error)
-                    if crate::db::redemption_may_rerun(&error) || refused_in_a_block(&error) =>
-                {
-                    for allowed in &allowed {
-                        outcomes[allowed.index] = Some(BatchOutcome::Decide);
-                    }
-                    return Ok(outcomes);
-                }
-                Err(error) => return Err(error),
-            };
-            for (index, outcome, answer) in written {
-                let outcome = match (outcome.as_str(), answer) {
-                    ("redeemed", Some(answer)) => BatchOutcome::Redeemed(answer),
-                    ("replay", _) => BatchOutcome::Replay,
-                    _ => BatchOutcome::Decide,
-                };
-                set_outcome(&mut outcomes, index, outcome, "stile_write_decided")?;
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; scans.len()];
+    // The scans to decide here, in the statement's order (by ticket).
+    let mut to_decide: Vec<(usize, RulesState)> = Vec::new();
+    for (item, outcome, answer) in rows {
+        let index = usize::try_from(item)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|index| *index < scans.len())
+            .ok_or_else(|| sqlx::Error::Protocol(format!("stile_redeem_batch item {item}")))?;
+        outcomes[index] = Some(match (outcome.as_str(), answer) {
+            ("redeemed", Some(answer)) => BatchOutcome::Redeemed(answer),
+            ("decide", _) => BatchOutcome::Decide,
+            ("replay", _) => BatchOutcome::Replay,
+            ("rules", Some(state)) => {
+                let state: RulesState = serde_json::from_value(state).map_err(|error| {
+                    sqlx::Error::Protocol(format!("stile_redeem_batch rules state: {error}"))
+                })?;
+                to_decide.push((index, state));
+                continue;
             }
-        }
-        return Ok(outcomes);
+            (other, _) => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "stile_redeem_batch outcome {other}"
+                )))
+            }
+        });
     }
-    let mut tx = crate::db::begin(pool).await?;
-    let rows: BatchRows = batch_statement(scans).fetch_all(&mut *tx).await?;
-    let (mut outcomes, to_decide) = read_outcomes(scans, rows)?;
     let mut venues = lock_venues(&mut tx, scans, &to_decide).await?;
-    let allowed = decide_scans(scans, to_decide, &mut venues, &mut outcomes);
-    if !allowed.is_empty() {
-        for (index, answer) in write_allowed(&mut tx, scans, &allowed).await? {
-            let outcome = match answer {
-                Some(answer) => BatchOutcome::Redeemed(answer),
-                None => BatchOutcome::Replay,
-            };
-            set_outcome(&mut outcomes, index, outcome, "stile_write_allowed")?;
-        }
-    }
-    tx.commit().await?;
-    Ok(outcomes)
-}
-
-/// Sets the outcome of the scan at `index` (0-based, as a write statement answers it).
-fn set_outcome(
-    outcomes: &mut [Option<BatchOutcome>],
-    index: i64,
-    outcome: BatchOutcome,
-    statement: &str,
-) -> Result<(), sqlx::Error> {
-    let slot = usize::try_from(index)
-        .ok()
-        .and_then(|index| outcomes.get_mut(index))
-        .ok_or_else(|| sqlx::Error::Protocol(format!("{statement} item {index}")))?;
-    *slot = Some(outcome);
-    Ok(())
-}
-
-/// Decides the scans the statement read (`to_decide`, in its order: by ticket) with the
-/// shared `decide`, entries at a venue against its running count in `venues`: what it
-/// allows, at most one per ticket. Every other scan is answered `Decide` in `outcomes`.
-fn decide_scans(
-    scans: &[&BatchScan],
-    to_decide: Vec<(usize, RulesState)>,
-    venues: &mut HashMap<i64, LockedVenue>,
-    outcomes: &mut [Option<BatchOutcome>],
-) -> Vec<Allowed> {
     let mut allowed: Vec<Allowed> = Vec::new();
     let mut tickets_taken = HashSet::new();
     for (index, state) in to_decide {
@@ -565,43 +393,22 @@ fn decide_scans(
             _ => outcomes[index] = Some(BatchOutcome::Decide),
         }
     }
-    allowed
-}
-
-/// Each scan's outcome from the statement's rows, by position, and the `rules` rows (the
-/// state `decide` needs), whose outcome is left empty, in the statement's order.
-#[allow(clippy::type_complexity)]
-fn read_outcomes(
-    scans: &[&BatchScan],
-    rows: BatchRows,
-) -> Result<(Vec<Option<BatchOutcome>>, Vec<(usize, RulesState)>), sqlx::Error> {
-    let mut outcomes: Vec<Option<BatchOutcome>> = vec![None; scans.len()];
-    let mut to_decide = Vec::new();
-    for (item, outcome, answer) in rows {
-        let index = usize::try_from(item)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .filter(|index| *index < scans.len())
-            .ok_or_else(|| sqlx::Error::Protocol(format!("stile_redeem_batch item {item}")))?;
-        outcomes[index] = match (outcome.as_str(), answer) {
-            ("redeemed", Some(answer)) => Some(BatchOutcome::Redeemed(answer)),
-            ("decide", _) => Some(BatchOutcome::Decide),
-            ("replay", _) => Some(BatchOutcome::Replay),
-            ("rules", Some(state)) => {
-                let state: RulesState = serde_json::from_value(state).map_err(|error| {
-                    sqlx::Error::Protocol(format!("stile_redeem_batch rules state: {error}"))
+    if !allowed.is_empty() {
+        for (index, answer) in write_allowed(&mut tx, scans, &allowed).await? {
+            let slot = usize::try_from(index)
+                .ok()
+                .and_then(|index| outcomes.get_mut(index))
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("stile_write_allowed item {index}"))
                 })?;
-                to_decide.push((index, state));
-                None
-            }
-            (other, _) => {
-                return Err(sqlx::Error::Protocol(format!(
-                    "stile_redeem_batch outcome {other}"
-                )))
-            }
-        };
+            *slot = Some(match answer {
+                Some(answer) => BatchOutcome::Redeemed(answer),
+                None => BatchOutcome::Replay,
+            });
+        }
     }
-    Ok((outcomes, to_decide))
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 /// Locks the venues of the batch's entries (after every ticket of the batch, in id order:
@@ -652,64 +459,6 @@ async fn lock_venues(
         .collect())
 }
 
-/// Binds what both write statements take after the scans' twelve arrays: the ticket, the
-/// entitlement, the status and the order read of each allowed scan, and its position.
-fn bind_allowed<'q, O>(
-    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    allowed: &'q [Allowed],
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    query
-        .bind(allowed.iter().map(|a| a.state.ticket).collect::<Vec<_>>())
-        .bind(
-            allowed
-                .iter()
-                .map(|a| a.state.entitlement)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            allowed
-                .iter()
-                .map(|a| a.state.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(allowed.iter().map(|a| a.state.order).collect::<Vec<_>>())
-        .bind(
-            allowed
-                .iter()
-                .map(|a| i64::try_from(a.index).unwrap_or(i64::MAX))
-                .collect::<Vec<_>>(),
-        )
-}
-
-/// Writes the redemptions `decide` allowed of an autocommitted batch's scans with rules,
-/// each only if its ticket's feed stamp is still the one read: each scan's position, its
-/// outcome (`redeemed`, `replay`, `decide`) and its stored answer.
-async fn write_decided(
-    pool: &PgPool,
-    scans: &[&BatchScan],
-    allowed: &[Allowed],
-) -> Result<Vec<(i64, String, Option<serde_json::Value>)>, sqlx::Error> {
-    let allowed_scans: Vec<&BatchScan> = allowed.iter().map(|a| scans[a.index]).collect();
-    let query = bind_allowed(
-        bind_scans(
-            sqlx::query_as(
-                "CALL stile_write_decided_autocommit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17, $18, NULL, NULL, NULL)",
-            ),
-            &allowed_scans,
-        ),
-        allowed,
-    )
-    .bind(
-        allowed
-            .iter()
-            .map(|a| a.state.stamp.as_deref())
-            .collect::<Vec<_>>(),
-    );
-    let (items, outcomes, answers): ProcedureRows<i64> = call_alone(pool, query).await?;
-    rows_of(items, outcomes, answers, "stile_write_decided_autocommit")
-}
-
 /// Writes the allowed redemptions (with their passages and changes to their venues'
 /// counts): each scan's position and its stored answer (`None`: its scan_id was taken).
 async fn write_allowed(
@@ -718,15 +467,32 @@ async fn write_allowed(
     allowed: &[Allowed],
 ) -> Result<Vec<(i64, Option<serde_json::Value>)>, sqlx::Error> {
     let allowed_scans: Vec<&BatchScan> = allowed.iter().map(|a| scans[a.index]).collect();
-    bind_allowed(
-        bind_scans(
-            sqlx::query_as(
-                "SELECT item, answer FROM stile_write_allowed($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-            ),
-            &allowed_scans,
+    bind_scans(
+        sqlx::query_as(
+            "SELECT item, answer FROM stile_write_allowed($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         ),
-        allowed,
+        &allowed_scans,
+    )
+    .bind(allowed.iter().map(|a| a.state.ticket).collect::<Vec<_>>())
+    .bind(
+        allowed
+            .iter()
+            .map(|a| a.state.entitlement)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        allowed
+            .iter()
+            .map(|a| a.state.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(allowed.iter().map(|a| a.state.order).collect::<Vec<_>>())
+    .bind(
+        allowed
+            .iter()
+            .map(|a| i64::try_from(a.index).unwrap_or(i64::MAX))
+            .collect::<Vec<_>>(),
     )
     .bind(
         allowed

@@ -1,7 +1,8 @@
 //! A transaction whose caller is cancelled while its `BEGIN` is on the wire (a request past
 //! its deadline) must not stay open on the pooled connection: the next autocommitted
 //! statement on that connection would otherwise answer for writes that commit only with some
-//! later `COMMIT`, or never (the group commit's autocommitted batches rely on this).
+//! later `COMMIT`, or never (every autocommitted write of the server relies on this: a
+//! merchant's or an operator's change, an upload's record).
 //!
 //! The fault: the backend of the pool's only connection is stopped with SIGSTOP, so the
 //! `BEGIN` is sent and not answered (a busy database); the caller gives up after 300 ms; the backend is

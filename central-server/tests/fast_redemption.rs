@@ -7,12 +7,10 @@
 //! earlier use of another QR, and the scan may be an entry at a venue (with or without a
 //! capacity, some of it taken, the ticket inside, left or outside): the worker decides those
 //! with `decide` in the batch's transaction, and must land where `decide` over the whole
-//! ticket and venue does, writing the passage and the count when it redeems. Batches run
-//! both ways: in a transaction, and autocommitted (rules decided between two statements,
-//! written only if the ticket did not change in between: tested on its own below).
+//! ticket and venue does, writing the passage and the count when it redeems.
 
 use central_server::db;
-use central_server::group_commit::{redeem_batch, BatchOutcome, BatchScan, Commit};
+use central_server::group_commit::{redeem_batch, BatchOutcome, BatchScan};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -149,19 +147,30 @@ fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_pa
         .build()
         .expect("runtime");
     let pool = runtime.block_on(async {
-        let pool = merchants_and_operators(2).await;
+        let url = Cluster::shared().fresh_database(&db::MIGRATOR).await.expect("database");
+        let pool = db::connect(&url, 2).await.expect("connect");
+        sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
+            .execute(&pool)
+            .await
+            .expect("merchants");
         sqlx::query("UPDATE merchants SET webhook_url = 'http://127.0.0.1:9/hook', webhook_secret = 's' WHERE code = 'MW'")
             .execute(&pool)
             .await
             .expect("webhook");
+        sqlx::query(
+            "INSERT INTO operators (merchant_id, username, password_hash) SELECT id, 'op-' || code, 'x' FROM merchants",
+        )
+        .execute(&pool)
+        .await
+        .expect("operators");
         pool
     });
     let counter = AtomicU32::new(0);
-    // A fixed seed: the same 160 batches every run, so the check below that every outcome
+    // A fixed seed: the same 80 batches every run, so the check below that every outcome
     // was tried cannot fail by chance.
     let mut runner = TestRunner::new_with_rng(
         Config {
-            cases: 160,
+            cases: 80,
             failure_persistence: None,
             ..Config::default()
         },
@@ -173,10 +182,9 @@ fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_pa
     let batches = (
         prop::collection::vec(state(), 1..6),
         prop_oneof![2 => Just(Extra::None), 1 => Just(Extra::SameQr), 1 => Just(Extra::SameScanId)],
-        prop_oneof![Just(Commit::Transaction), Just(Commit::Statement)],
     );
-    let result = runner.run(&batches, |(states, extra, commit)| {
-        runtime.block_on(batch(&pool, &counter, &states, extra, commit, &tally));
+    let result = runner.run(&batches, |(states, extra)| {
+        runtime.block_on(batch(&pool, &counter, &states, extra, &tally));
         Ok(())
     });
     if let Err(error) = result {
@@ -189,18 +197,12 @@ fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_pa
     );
     let with_rules = tally.redeemed_with_rules.into_inner();
     let at_venue = tally.redeemed_at_venue.into_inner();
-    let autocommitted = tally.redeemed_autocommitted.into_inner();
     println!(
         "{redeemed} redeemed ({with_rules} with rules, {at_venue} at a venue), {decided} left to the transaction path, {replayed} replayed"
     );
     assert!(
-        redeemed > 10
-            && decided > 10
-            && replayed > 3
-            && with_rules > 3
-            && at_venue > 3
-            && autocommitted > 3,
-        "every outcome was tried: {redeemed} ({with_rules}, {at_venue}, {autocommitted}) / {decided} / {replayed}"
+        redeemed > 10 && decided > 10 && replayed > 3 && with_rules > 3 && at_venue > 3,
+        "every outcome was tried: {redeemed} ({with_rules}, {at_venue}) / {decided} / {replayed}"
     );
 }
 
@@ -211,8 +213,6 @@ struct Tally {
     redeemed_with_rules: AtomicU32,
     /// Redeemed as an entry at a venue: decided by the worker against the locked count.
     redeemed_at_venue: AtomicU32,
-    /// Redeemed by a batch that was one autocommitted statement.
-    redeemed_autocommitted: AtomicU32,
     decided: AtomicU32,
     replayed: AtomicU32,
 }
@@ -243,7 +243,6 @@ async fn batch(
     counter: &AtomicU32,
     states: &[State],
     extra: Extra,
-    commit: Commit,
     tally: &Tally,
 ) {
     let mut prepared = Vec::new();
@@ -266,16 +265,11 @@ async fn batch(
         }
         Extra::SameScanId => scans.push(&again),
     }
-    let outcomes = redeem_batch(pool, &scans, commit)
-        .await
-        .expect("the batch runs");
+    let outcomes = redeem_batch(pool, &scans).await.expect("the batch runs");
     assert_eq!(outcomes.len(), scans.len());
     for (p, outcome) in prepared.iter().zip(&outcomes) {
         let outcome = outcome.clone().expect("every scan has an outcome");
-        let redeemed = check(pool, p, &outcome, commit).await;
-        if redeemed && commit == Commit::Statement {
-            tally.redeemed_autocommitted.fetch_add(1, Ordering::SeqCst);
-        }
+        let redeemed = check(pool, p, &outcome).await;
         if redeemed && p.state.rules > 0 && p.state.entitlements[p.state.asked].is_some() {
             tally.redeemed_with_rules.fetch_add(1, Ordering::SeqCst);
         }
@@ -532,7 +526,7 @@ async fn prepare(pool: &sqlx::PgPool, n: u32, state: &State) -> Prepared {
 }
 
 /// Compares what the batch did with one scan to `decide`; returns whether it redeemed.
-async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome, commit: Commit) -> bool {
+async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome) -> bool {
     let (state, ticket_id, entitlements, verdict) =
         (&p.state, p.ticket_id, &p.entitlements, &p.verdict);
     let scan_id = p.scan.scan_id.expect("scan_id");
@@ -553,12 +547,7 @@ async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome, commit
         .fetch_one(pool)
         .await
         .expect("stored");
-    // An autocommitted batch locks no venue: it leaves an entry at one to the transaction
-    // path (the worker sends those in a transaction).
-    let needs_decide = p.venue.is_some();
-    let expect_redeem = matches!(verdict, Decision::Redeem { .. })
-        && !state.webhook
-        && !(commit == Commit::Statement && needs_decide);
+    let expect_redeem = matches!(verdict, Decision::Redeem { .. }) && !state.webhook;
     match (outcome, expect_redeem) {
         (BatchOutcome::Redeemed(answer), true) => {
             // What the transaction path writes for a SUCCESS.
@@ -720,238 +709,29 @@ async fn redemption_records_take_no_lock_and_what_they_refer_to_cannot_be_delete
     }
 }
 
-/// An autocommitted batch decides a scan with rules between two statements, holding no lock
-/// in between: `stile_write_decided` writes it only if its ticket's feed stamp is still the
-/// one read. A use of the entitlement committed in between (here: by another transaction)
-/// moves the stamp, and the scan is left to the transaction path with nothing written; read
-/// again, it is written.
-#[tokio::test]
-async fn a_scan_decided_between_statements_is_not_written_if_its_ticket_changed() {
-    let pool = merchants_and_operators(2).await;
-    let state = State {
-        status: 0,
-        current: 0,
-        entitlements: [Some((3, 3, false)), None, None],
-        asked: 0,
-        webhook: false,
-        rules: 1,
-        venue: None,
-    };
-    let p = prepare(&pool, 1, &state).await;
-    assert!(matches!(p.verdict, Decision::Redeem { .. }));
-    let scan = &p.scan;
-    let read = || async {
-        let (outcome, state): (String, Option<serde_json::Value>) = bind_one_scan(sqlx::query_as(
-            "SELECT outcome, answer FROM stile_redeem_batch(ARRAY[$1::uuid], ARRAY[$2::bigint], \
-             ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], ARRAY[$4::bytea], \
-             ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], ARRAY['merchant'], \
-             ARRAY[$8::timestamptz], ARRAY[$9::jsonb], ARRAY[NULL::bigint], true)",
-        ), scan)
-        .fetch_one(&pool)
-        .await
-        .expect("the batch statement");
-        assert_eq!(outcome, "rules");
-        state.expect("the state decide needs")
-    };
-    let write = |state: serde_json::Value| {
-        let pool = pool.clone();
-        async move {
-            let (outcome, answer): (String, Option<serde_json::Value>) = bind_one_scan(
-                sqlx::query_as(
-                    "SELECT outcome, answer FROM stile_write_decided(ARRAY[$1::uuid], \
-                 ARRAY[$2::bigint], ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], \
-                 ARRAY[$4::bytea], ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], \
-                 ARRAY['merchant'], ARRAY[$8::timestamptz], ARRAY[$9::jsonb], \
-                 ARRAY[$10::bigint], ARRAY[$11::bigint], ARRAY[$12::text], ARRAY[$13::bigint], \
-                 ARRAY[0::bigint], ARRAY[$14::text])",
-                ),
-                scan,
-            )
-            .bind(state["ticket"].as_i64())
-            .bind(state["entitlement"].as_i64())
-            .bind(state["status"].as_str().map(str::to_owned))
-            .bind(state["order"].as_i64())
-            .bind(state["stamp"].as_str().map(str::to_owned))
-            .fetch_one(&pool)
-            .await
-            .expect("the write statement");
-            (outcome, answer)
-        }
-    };
-    let written = || async {
-        let (events, stored): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM redemption_events WHERE ticket_id = $1), \
-                    (SELECT count(*) FROM scan_requests WHERE scan_id = $2)",
-        )
-        .bind(p.ticket_id)
-        .bind(scan.scan_id)
-        .fetch_one(&pool)
-        .await
-        .expect("events");
-        (events, stored)
-    };
-
-    let stale = read().await;
-    // Another use of the entitlement commits between the two statements.
-    sqlx::query("UPDATE entitlements SET remaining_uses = remaining_uses - 1 WHERE ticket_id = $1")
-        .bind(p.ticket_id)
-        .execute(&pool)
-        .await
-        .expect("another use");
-    let (outcome, answer) = write(stale.clone()).await;
-    assert_eq!((outcome.as_str(), answer), ("decide", None));
-    assert_eq!(written().await, (0, 0), "nothing written on a stale read");
-
-    let fresh = read().await;
-    assert_ne!(fresh["stamp"], stale["stamp"], "the use moved the stamp");
-    let (outcome, answer) = write(fresh).await;
-    assert_eq!(outcome, "redeemed");
-    let answer = answer.expect("the stored answer");
-    assert_eq!(answer["ticket"]["entitlements"][0]["remaining_uses"], 1);
-    assert_eq!(written().await, (1, 1));
-}
-
-/// Binds one scan as `$1`..`$9` of a call of a batch function with one-element arrays: its
-/// scan_id, merchant, operator, token hash, function, jti, ticket code, time and answer.
-fn bind_one_scan<'q, O>(
-    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    scan: &'q BatchScan,
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    query
-        .bind(scan.scan_id)
-        .bind(scan.merchant_id)
-        .bind(scan.operator_id)
-        .bind(scan.token_sha256.to_vec())
-        .bind(scan.function_code.as_str())
-        .bind(scan.jti.as_str())
-        .bind(scan.ticket_code.as_str())
-        .bind(scan.now)
-        .bind(scan.answer.clone())
-}
-
-/// An autocommitted batch must be a transaction of its own: inside a transaction block (one
-/// a cancelled request could have left open on a pooled connection) its SUCCESS would stand
-/// for writes that commit only with that block, or never. The procedure refuses at its first
-/// act (`invalid_transaction_termination`), before it locks or writes anything; run on its
-/// own, the same scan is redeemed. Both procedures, plain scans and scans with rules.
-#[tokio::test]
-async fn an_autocommitted_batch_refuses_to_run_inside_a_transaction_block() {
-    let pool = merchants_and_operators(3).await;
-    let call_batch = "CALL stile_redeem_batch_autocommit(ARRAY[$1::uuid], ARRAY[$2::bigint], \
-         ARRAY[$3::bigint], ARRAY[NULL::bigint], ARRAY[NULL::bigint], ARRAY[$4::bytea], \
-         ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text], ARRAY['merchant'], \
-         ARRAY[$8::timestamptz], ARRAY[$9::jsonb], ARRAY[NULL::bigint], NULL, NULL, NULL)";
-    for (n, rules) in [(1, 0), (2, 1)] {
-        let state = State {
-            status: 0,
-            current: 0,
-            entitlements: [Some((3, 3, false)), None, None],
-            asked: 0,
-            webhook: false,
-            rules,
-            venue: None,
-        };
-        let p = prepare(&pool, n, &state).await;
-        assert!(matches!(p.verdict, Decision::Redeem { .. }));
-        let mut block = db::begin(&pool).await.expect("begin");
-        let refused = bind_one_scan(sqlx::query_as::<_, ProcedureRows>(call_batch), &p.scan)
-            .fetch_one(&mut *block)
-            .await
-            .expect_err("the procedure ran inside a transaction block");
-        assert_eq!(
-            db::sqlstate(&refused).as_deref(),
-            Some("2D000"),
-            "{refused}"
-        );
-        // The block is still open: the ticket is not locked by it.
-        let (locked,): (bool,) = sqlx::query_as(
-            "SELECT NOT EXISTS (SELECT 1 FROM tickets WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED)",
-        )
-        .bind(p.ticket_id)
-        .fetch_one(&pool)
-        .await
-        .expect("lock probe");
-        assert!(!locked, "the refused procedure locked the ticket");
-        drop(block);
-        let written: (i64,) =
-            sqlx::query_as("SELECT count(*) FROM scan_requests WHERE scan_id = $1")
-                .bind(p.scan.scan_id)
-                .fetch_one(&pool)
-                .await
-                .expect("stored");
-        assert_eq!(written.0, 0, "the refused procedure wrote");
-
-        // Through the worker's own path, on its own: redeemed (with rules: read, decided,
-        // written by the second procedure).
-        let outcomes = redeem_batch(&pool, &[&p.scan], Commit::Statement)
-            .await
-            .expect("the batch runs");
-        assert!(
-            matches!(outcomes.first(), Some(Some(BatchOutcome::Redeemed(_)))),
-            "rules {rules}: {outcomes:?}"
-        );
-        if rules > 0 {
-            // The second procedure refuses a block too.
-            let mut block = db::begin(&pool).await.expect("begin");
-            let refused = sqlx::query(
-                "CALL stile_write_decided_autocommit('{}', '{}', '{}', '{}', '{}', '{}', '{}', \
-                 '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', NULL, NULL, NULL)",
-            )
-            .execute(&mut *block)
-            .await
-            .expect_err("the write procedure ran inside a transaction block");
-            assert_eq!(
-                db::sqlstate(&refused).as_deref(),
-                Some("2D000"),
-                "{refused}"
-            );
-        }
-    }
-}
-
-/// What the autocommitting procedures answer: items, outcomes, answers.
-type ProcedureRows = (Vec<i32>, Vec<String>, Vec<Option<serde_json::Value>>);
-
-/// A fresh database with the two merchants the tests use (`MP`, and `MW`, which the property
-/// test gives a webhook) and an operator each, on a pool of `connections`.
-async fn merchants_and_operators(connections: u32) -> sqlx::PgPool {
-    let url = Cluster::shared()
-        .fresh_database(&db::MIGRATOR)
-        .await
-        .expect("database");
-    let pool = db::connect(&url, connections).await.expect("connect");
-    sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
-        .execute(&pool)
-        .await
-        .expect("merchants");
-    sqlx::query(
-        "INSERT INTO operators (merchant_id, username, password_hash) SELECT id, 'op-' || code, 'x' FROM merchants",
-    )
-    .execute(&pool)
-    .await
-    .expect("operators");
-    pool
-}
-
 /// No JIT in the redemption functions nor on the server's connections (migration 0022): a
 /// plan whose estimate crosses `jit_above_cost` is compiled at every execution, 20 ms of a
 /// batch that otherwise takes one. A later migration that restates one of these functions
 /// without `SET jit = off` loses the setting: this catches it.
 #[tokio::test]
 async fn the_redemption_functions_and_the_servers_connections_never_compile_plans() {
-    let pool = merchants_and_operators(1).await;
+    let url = Cluster::shared()
+        .fresh_database(&db::MIGRATOR)
+        .await
+        .expect("database");
+    let pool = db::connect(&url, 1).await.expect("connect");
     let functions: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
         "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p \
          JOIN pg_namespace n ON n.oid = p.pronamespace \
          WHERE n.nspname = 'public' AND p.prokind = 'f' \
-           AND p.proname IN ('stile_redeem_batch', 'stile_redeem_writes', 'stile_write_decided', \
+           AND p.proname IN ('stile_redeem_batch', 'stile_redeem_writes', \
                              'stile_write_allowed', 'stile_stamp_tickets_of_changed') \
          ORDER BY 1",
     )
     .fetch_all(&pool)
     .await
     .expect("functions");
-    assert_eq!(functions.len(), 5, "{functions:?}");
+    assert_eq!(functions.len(), 4, "{functions:?}");
     for (function, config) in &functions {
         let config = config.clone().unwrap_or_default();
         assert!(
