@@ -147,8 +147,7 @@ fn the_batch_redeems_exactly_when_decide_does_and_writes_what_the_transaction_pa
         .build()
         .expect("runtime");
     let pool = runtime.block_on(async {
-        let url = Cluster::shared().fresh_database(&db::MIGRATOR).await.expect("database");
-        let pool = db::connect(&url, 2).await.expect("connect");
+        let pool = fresh_pool(2).await;
         sqlx::query("INSERT INTO merchants (code, name) VALUES ('MP', 'plain'), ('MW', 'webhook')")
             .execute(&pool)
             .await
@@ -656,11 +655,7 @@ async fn check(pool: &sqlx::PgPool, p: &Prepared, outcome: &BatchOutcome) -> boo
 /// (migration 0015), and those rows cannot be deleted instead.
 #[tokio::test]
 async fn redemption_records_take_no_lock_and_what_they_refer_to_cannot_be_deleted() {
-    let url = Cluster::shared()
-        .fresh_database(&db::MIGRATOR)
-        .await
-        .expect("database");
-    let pool = db::connect(&url, 2).await.expect("connect");
+    let pool = fresh_pool(2).await;
     let references: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c \
          WHERE c.contype = 'f' \
@@ -715,11 +710,7 @@ async fn redemption_records_take_no_lock_and_what_they_refer_to_cannot_be_delete
 /// without `SET jit = off` loses the setting: this catches it.
 #[tokio::test]
 async fn the_redemption_functions_and_the_servers_connections_never_compile_plans() {
-    let url = Cluster::shared()
-        .fresh_database(&db::MIGRATOR)
-        .await
-        .expect("database");
-    let pool = db::connect(&url, 1).await.expect("connect");
+    let pool = fresh_pool(1).await;
     let functions: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
         "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p \
          JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -744,4 +735,13 @@ async fn the_redemption_functions_and_the_servers_connections_never_compile_plan
         .await
         .expect("SHOW jit");
     assert_eq!(jit, "off", "the server's connections");
+}
+
+/// A pool of `connections` on a fresh, migrated database, opened as the server opens its own.
+async fn fresh_pool(connections: u32) -> sqlx::PgPool {
+    let url = Cluster::shared()
+        .fresh_database(&db::MIGRATOR)
+        .await
+        .expect("database");
+    db::connect(&url, connections).await.expect("connect")
 }
