@@ -1,7 +1,7 @@
 //! Group commit of plain successful scans: the scans that arrive while a redemption
 //! statement runs are redeemed together by the next one (`stile_redeem_batch`, migrations
-//! 0014, 0016, 0018, 0019, 0021 and 0022), in one transaction and one WAL flush. The function works set
-//! by set: a fixed number of SQL statements per batch, not per scan.
+//! 0014, 0016, 0018, 0019, 0021 and 0022), in one transaction and one WAL flush. The
+//! function works set by set: a fixed number of SQL statements per batch, not per scan.
 //!
 //! A scan is handed to a queue; `workers` tasks each take the first waiting scan and every
 //! other one queued behind it (at most `max_batch`), run one statement, and answer each

@@ -174,18 +174,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     // One share per concurrency, one more for the phase with check-in rules, one for the
     // plain phase after it and one for the phase at a venue with a capacity.
     let share = throughput_end / (concurrencies.len() + 3);
-    let rules_range = (
-        concurrencies.len() * share,
-        (concurrencies.len() + 1) * share,
-    );
-    let plain_after_range = (
-        (concurrencies.len() + 1) * share,
-        (concurrencies.len() + 2) * share,
-    );
-    let venue_range = (
-        (concurrencies.len() + 2) * share,
-        (concurrencies.len() + 3) * share,
-    );
+    // The tickets of share `k`.
+    let slot = |k: usize| (k * share, (k + 1) * share);
+    let rules_range = slot(concurrencies.len());
+    let plain_after_range = slot(concurrencies.len() + 1);
+    let venue_range = slot(concurrencies.len() + 2);
     put_rules_on(&pool, rules_range).await?;
     // The first concurrency's plain phase, then at once the same load with check-in rules
     // and at a venue (so the three are measured side by side, before the heavier phases
@@ -195,7 +188,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             &server,
             &pool,
             &gate,
-            (0, concurrencies[0], share, args.duration),
+            (concurrencies[0], slot(0), args.duration),
         )
         .await?,
     ];
@@ -203,27 +196,14 @@ async fn main() -> anyhow::Result<ExitCode> {
     // The same scans at the first concurrency, every entitlement carrying check-in rules
     // that allow the use (a period around now, a window of the whole day, one use a day, a
     // least interval): what rules cost a plain successful scan.
-    let with_rules = run_throughput(
-        &gate,
-        phases[0].clients,
-        rules_range.0,
-        rules_range.1,
-        args.duration,
-    )
-    .await?;
+    let with_rules = run_throughput(&gate, phases[0].clients, rules_range, args.duration).await?;
     println!("\nwith check-in rules on every entitlement:");
     with_rules.print(phases[0].clients);
     // The plain scans again right after: the rules phase is compared with the mean of the
     // plain phases before and after it, so that what drifts over the run (the tables grow,
     // autovacuum wakes after the first phase) weighs on both sides alike.
-    let plain_after = run_throughput(
-        &gate,
-        phases[0].clients,
-        plain_after_range.0,
-        plain_after_range.1,
-        args.duration,
-    )
-    .await?;
+    let plain_after =
+        run_throughput(&gate, phases[0].clients, plain_after_range, args.duration).await?;
     println!("\nno rules again, right after:");
     plain_after.print(phases[0].clients);
     let plain_mean = (throughput.scans_per_sec() + plain_after.scans_per_sec()) / 2.0;
@@ -245,14 +225,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     put_location_in_a_venue(&pool).await?;
     // The server's device binding (with its venue) is cached for 2 s.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let at_venue = run_throughput(
-        &gate,
-        phases[0].clients,
-        venue_range.0,
-        venue_range.1,
-        args.duration,
-    )
-    .await?;
+    let at_venue = run_throughput(&gate, phases[0].clients, venue_range, args.duration).await?;
     println!("\nat a venue with a capacity (every entry a passage, counted against the capacity):");
     at_venue.print(phases[0].clients);
     println!(
@@ -272,7 +245,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .context("taking the bench location out of its venue")?;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     for (i, &clients) in concurrencies.iter().enumerate().skip(1) {
-        phases.push(plain_phase(&server, &pool, &gate, (i, clients, share, args.duration)).await?);
+        phases.push(plain_phase(&server, &pool, &gate, (clients, slot(i), args.duration)).await?);
     }
     let throughput = &phases[0].result;
     let flood = if args.flood_logins > 0 {
@@ -544,15 +517,13 @@ impl ThroughputResult {
     }
 }
 
-/// `concurrency` tasks scan tickets `0..end`, each ticket once, until `secs` have passed or
-/// the tickets run out.
-/// One plain phase: `clients` scanning share `i` of the tickets, with the server's and the
+/// One plain phase: `clients` scanning the tickets of `range`, with the server's and the
 /// database's costs around it.
 async fn plain_phase(
     server: &ServerProcess,
     pool: &sqlx::PgPool,
     gate: &Arc<Gate>,
-    (i, clients, share, duration): (usize, usize, usize, u64),
+    (clients, range, duration): (usize, (usize, usize), u64),
 ) -> anyhow::Result<Phase> {
     use stile_tools::baseline::{cores, machine_busy_secs, process_cpu_secs};
     let cpu_now = || {
@@ -563,7 +534,7 @@ async fn plain_phase(
         )
     };
     let before = (DbCounters::read(pool).await?, cpu_now());
-    let result = run_throughput(gate, clients, i * share, (i + 1) * share, duration).await?;
+    let result = run_throughput(gate, clients, range, duration).await?;
     let after = (DbCounters::read(pool).await?, cpu_now());
     result.print(clients);
     let (wal, statements) = before.0.per(&after.0, result.successes, 2);
@@ -639,11 +610,12 @@ async fn put_rules_on(pool: &sqlx::PgPool, range: (usize, usize)) -> anyhow::Res
     Ok(())
 }
 
+/// `concurrency` tasks scan the tickets `start..end` of `range`, each ticket once, until
+/// `secs` have passed or the tickets run out.
 async fn run_throughput(
     gate: &Arc<Gate>,
     concurrency: usize,
-    start: usize,
-    end: usize,
+    (start, end): (usize, usize),
     secs: u64,
 ) -> anyhow::Result<ThroughputResult> {
     let next = Arc::new(AtomicUsize::new(start));
@@ -1070,7 +1042,7 @@ async fn run_login_flood(
     flood_range: (usize, usize),
 ) -> anyhow::Result<LoginFloodResult> {
     let gates = args.flood_gates.max(1);
-    let quiet = run_throughput(gate, gates, quiet_range.0, quiet_range.1, args.duration).await?;
+    let quiet = run_throughput(gate, gates, quiet_range, args.duration).await?;
     let peak_before_kib = server.memory_kib().map(|(peak, _)| peak);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = reqwest::Client::new();
@@ -1098,7 +1070,7 @@ async fn run_login_flood(
     }
     // Let the flood fill the queue before the gates start.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let flooded = run_throughput(gate, gates, flood_range.0, flood_range.1, args.duration).await?;
+    let flooded = run_throughput(gate, gates, flood_range, args.duration).await?;
     stop.store(true, Ordering::Relaxed);
     let (mut checked, mut refused) = (0, 0);
     for flooder in flooders {
