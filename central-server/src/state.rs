@@ -72,13 +72,15 @@ pub async fn build_state(settings: Settings) -> Result<AppState, ServerError> {
     let metrics = Arc::new(Metrics::new());
     let batch_metrics = metrics.clone();
     let group = crate::group_commit::GroupCommit::start(
-        pool.clone(),
+        &settings.database_url,
+        settings.pool_limits(),
         crate::group_commit::GroupCommitSettings {
             workers: settings.group_commit_workers,
             max_batch: settings.group_commit_max_batch,
         },
         move |scans| batch_metrics.record_batch(scans),
-    );
+    )
+    .await?;
     Ok(AppState {
         redeemer: crate::scan::Redeemer {
             pool: pool.clone(),
