@@ -7,7 +7,9 @@
 //! other one queued behind it (at most `max_batch`), run one statement, and answer each
 //! scan. Nobody waits for a batch to fill: under light load a batch is one scan, under
 //! heavy load it is what queued during the previous statement, so the wait a scan adds is
-//! at most one statement's time and the flushes per second fall as the load rises.
+//! at most one statement's time and the flushes per second fall as the load rises. The
+//! workers run on a thread of their own, with a runtime and connections of their own
+//! ([`GroupCommit::start`] says why).
 //!
 //! A scan of an entitlement with check-in rules, and an entry at a venue, is locked and
 //! read by the statement but not written: it answers `rules` with the state the decision
